@@ -1,0 +1,138 @@
+//! GELU (tanh), SiLU and SwiGLU on CPU.
+
+use super::{with_real, CpuBackend, Real};
+use crate::ops::{check_all, ActivationOps, SwigluDims, REFERENCE_FLOATS};
+use crate::{HostMut, HostRef, Result};
+use rayon::prelude::*;
+
+const CHUNK: usize = 8192;
+const GELU_K: f64 = 0.044715;
+
+fn sqrt_2_over_pi<T: Real>() -> T {
+    T::of((2.0 / std::f64::consts::PI).sqrt())
+}
+
+pub fn gelu<T: Real>(x: T) -> T {
+    let u = sqrt_2_over_pi::<T>() * (x + T::of(GELU_K) * x * x * x);
+    T::of(0.5) * x * (T::one() + u.tanh())
+}
+
+pub fn gelu_grad<T: Real>(x: T) -> T {
+    let s = sqrt_2_over_pi::<T>();
+    let th = (s * (x + T::of(GELU_K) * x * x * x)).tanh();
+    let du = s * (T::one() + T::of(3.0 * GELU_K) * x * x);
+    T::of(0.5) * (T::one() + th) + T::of(0.5) * x * (T::one() - th * th) * du
+}
+
+pub fn sigmoid<T: Real>(x: T) -> T {
+    (T::one() + (-x).exp()).recip()
+}
+
+pub fn silu<T: Real>(x: T) -> T {
+    x * sigmoid(x)
+}
+
+pub fn silu_grad<T: Real>(x: T) -> T {
+    let s = sigmoid(x);
+    s * (T::one() + x * (T::one() - s))
+}
+
+fn map<T: Real>(out: &mut [T], inp: &[T], f: impl Fn(T) -> T + Sync) {
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
+}
+
+fn map_grad<T: Real>(dinp: &mut [T], dout: &[T], inp: &[T], f: impl Fn(T) -> T + Sync) {
+    dinp.par_chunks_mut(CHUNK)
+        .zip(dout.par_chunks(CHUNK))
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|((dx, dy), x)| {
+            for i in 0..dx.len() {
+                dx[i] = dy[i] * f(x[i]);
+            }
+        });
+}
+
+pub fn swiglu_forward<T: Real>(out: &mut [T], inp: &[T], h: usize) {
+    if h == 0 {
+        return;
+    }
+    out.par_chunks_mut(h).zip(inp.par_chunks(2 * h)).for_each(|(o, x)| {
+        let (gate, up) = x.split_at(h);
+        for i in 0..h {
+            o[i] = silu(gate[i]) * up[i];
+        }
+    });
+}
+
+pub fn swiglu_backward<T: Real>(dinp: &mut [T], dout: &[T], inp: &[T], h: usize) {
+    if h == 0 {
+        return;
+    }
+    dinp.par_chunks_mut(2 * h)
+        .zip(dout.par_chunks(h))
+        .zip(inp.par_chunks(2 * h))
+        .for_each(|((dx, dy), x)| {
+            let (gate, up) = x.split_at(h);
+            let (dgate, dup) = dx.split_at_mut(h);
+            for i in 0..h {
+                dgate[i] = dy[i] * up[i] * silu_grad(gate[i]);
+                dup[i] = dy[i] * silu(gate[i]);
+            }
+        });
+}
+
+fn check_unary(op: &'static str, out: &HostMut<'_>, inp: &HostRef<'_>, n: usize) -> Result<crate::DType> {
+    let s = format!("(n={n})");
+    let dt = check_all(op, REFERENCE_FLOATS, &[("inp", Some(inp), n, &s)])?;
+    check_all(op, &[dt], &[("out", Some(out), n, &s)])
+}
+
+fn check_grad(op: &'static str, dinp: &HostMut<'_>, dout: &HostRef<'_>, inp: &HostRef<'_>, n: usize) -> Result<crate::DType> {
+    let s = format!("(n={n})");
+    let dt = check_all(op, REFERENCE_FLOATS, &[("inp", Some(inp), n, &s), ("dout", Some(dout), n, &s)])?;
+    check_all(op, &[dt], &[("dinp", Some(dinp), n, &s)])
+}
+
+impl ActivationOps for CpuBackend {
+    fn gelu_forward(&self, out: HostMut<'_>, inp: HostRef<'_>, n: usize) -> Result<()> {
+        let dt = check_unary("gelu_forward", &out, &inp, n)?;
+        with_real!(dt, T => map::<T>(T::get_mut(out), T::get(inp), gelu));
+        Ok(())
+    }
+    fn gelu_backward(&self, dinp: HostMut<'_>, dout: HostRef<'_>, inp: HostRef<'_>, n: usize) -> Result<()> {
+        let dt = check_grad("gelu_backward", &dinp, &dout, &inp, n)?;
+        with_real!(dt, T => map_grad::<T>(T::get_mut(dinp), T::get(dout), T::get(inp), gelu_grad));
+        Ok(())
+    }
+    fn silu_forward(&self, out: HostMut<'_>, inp: HostRef<'_>, n: usize) -> Result<()> {
+        let dt = check_unary("silu_forward", &out, &inp, n)?;
+        with_real!(dt, T => map::<T>(T::get_mut(out), T::get(inp), silu));
+        Ok(())
+    }
+    fn silu_backward(&self, dinp: HostMut<'_>, dout: HostRef<'_>, inp: HostRef<'_>, n: usize) -> Result<()> {
+        let dt = check_grad("silu_backward", &dinp, &dout, &inp, n)?;
+        with_real!(dt, T => map_grad::<T>(T::get_mut(dinp), T::get(dout), T::get(inp), silu_grad));
+        Ok(())
+    }
+    fn swiglu_forward(&self, out: HostMut<'_>, inp: HostRef<'_>, d: SwigluDims) -> Result<()> {
+        const OP: &str = "swiglu_forward";
+        let (si, so) = (format!("(N={}, 2H={})", d.n, 2 * d.h), format!("(N={}, H={})", d.n, d.h));
+        let dt = check_all(OP, REFERENCE_FLOATS, &[("inp", Some(&inp), d.n * 2 * d.h, &si)])?;
+        check_all(OP, &[dt], &[("out", Some(&out), d.n * d.h, &so)])?;
+        with_real!(dt, T => swiglu_forward::<T>(T::get_mut(out), T::get(inp), d.h));
+        Ok(())
+    }
+    fn swiglu_backward(&self, dinp: HostMut<'_>, dout: HostRef<'_>, inp: HostRef<'_>, d: SwigluDims) -> Result<()> {
+        const OP: &str = "swiglu_backward";
+        let (si, so) = (format!("(N={}, 2H={})", d.n, 2 * d.h), format!("(N={}, H={})", d.n, d.h));
+        let dt = check_all(OP, REFERENCE_FLOATS, &[
+            ("inp", Some(&inp), d.n * 2 * d.h, &si),
+            ("dout", Some(&dout), d.n * d.h, &so),
+        ])?;
+        check_all(OP, &[dt], &[("dinp", Some(&dinp), d.n * 2 * d.h, &si)])?;
+        with_real!(dt, T => swiglu_backward::<T>(T::get_mut(dinp), T::get(dout), T::get(inp), d.h));
+        Ok(())
+    }
+}

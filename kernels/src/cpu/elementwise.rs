@@ -1,0 +1,84 @@
+//! Residual add, scale and dtype casts on CPU.
+
+use super::matmul::{narrow, widen};
+use super::{with_real, CpuBackend, Real};
+use crate::backend::Check;
+use crate::ops::{check_all, ElementwiseOps, REFERENCE_FLOATS};
+use crate::{DType, HostMut, HostRef, Result};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+const CHUNK: usize = 16384;
+
+pub fn add_forward<T: Real>(out: &mut [T], a: &[T], b: &[T]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| (0..o.len()).for_each(|i| o[i] = a[i] + b[i]));
+}
+
+pub fn accumulate<T: Real>(acc: &mut [T], x: &[T]) {
+    acc.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(a, x)| a.iter_mut().zip(x).for_each(|(a, &x)| *a += x));
+}
+
+pub fn scale<T: Real>(out: &mut [T], x: &[T], alpha: T) {
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = alpha * x));
+}
+
+fn check_pair(op: &'static str, names: [&'static str; 2], out: &HostMut<'_>, x: &HostRef<'_>, n: usize) -> Result<DType> {
+    let s = format!("(n={n})");
+    let dt = check_all(op, REFERENCE_FLOATS, &[(names[1], Some(x), n, &s)])?;
+    check_all(op, &[dt], &[(names[0], Some(out), n, &s)])
+}
+
+impl ElementwiseOps for CpuBackend {
+    fn add_forward(&self, out: HostMut<'_>, a: HostRef<'_>, b: HostRef<'_>, n: usize) -> Result<()> {
+        const OP: &str = "add_forward";
+        let s = format!("(n={n})");
+        let dt = check_all(OP, REFERENCE_FLOATS, &[("a", Some(&a), n, &s), ("b", Some(&b), n, &s)])?;
+        check_all(OP, &[dt], &[("out", Some(&out), n, &s)])?;
+        with_real!(dt, T => add_forward::<T>(T::get_mut(out), T::get(a), T::get(b)));
+        Ok(())
+    }
+    fn add_backward(&self, da: HostMut<'_>, db: HostMut<'_>, dout: HostRef<'_>, n: usize) -> Result<()> {
+        const OP: &str = "add_backward";
+        let s = format!("(n={n})");
+        let dt = check_all(OP, REFERENCE_FLOATS, &[("dout", Some(&dout), n, &s)])?;
+        check_all(OP, &[dt], &[("da", Some(&da), n, &s), ("db", Some(&db), n, &s)])?;
+        with_real!(dt, T => {
+            accumulate::<T>(T::get_mut(da), T::get(dout));
+            accumulate::<T>(T::get_mut(db), T::get(dout));
+        });
+        Ok(())
+    }
+    fn scale_forward(&self, out: HostMut<'_>, x: HostRef<'_>, alpha: f32, n: usize) -> Result<()> {
+        let dt = check_pair("scale_forward", ["out", "x"], &out, &x, n)?;
+        with_real!(dt, T => scale::<T>(T::get_mut(out), T::get(x), T::of(alpha as f64)));
+        Ok(())
+    }
+    fn scale_backward(&self, dx: HostMut<'_>, dout: HostRef<'_>, alpha: f32, n: usize) -> Result<()> {
+        let dt = check_pair("scale_backward", ["dx", "dout"], &dx, &dout, n)?;
+        with_real!(dt, T => scale::<T>(T::get_mut(dx), T::get(dout), T::of(alpha as f64)));
+        Ok(())
+    }
+    fn cast(&self, out: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
+        const OP: &str = "cast";
+        let c = Check { op: OP };
+        let floats = [DType::F64, DType::F32, DType::BF16, DType::F16];
+        let (din, dout) = (c.dtype_in("x", x.dtype(), &floats)?, c.dtype_in("out", out.dtype(), &floats)?);
+        c.arg("x", &x, din, n, || format!("(n={n})"))?;
+        c.arg("out", &out, dout, n, || format!("(n={n})"))?;
+        match (x, out) {
+            (HostRef::F64(s), HostMut::F64(d)) => d.copy_from_slice(s),
+            (HostRef::F64(s), HostMut::F32(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = s as f32),
+            // Direct rounding from f64 (no double rounding through f32).
+            (HostRef::F64(s), HostMut::BF16(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = bf16::from_f64(s)),
+            (HostRef::F64(s), HostMut::F16(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = f16::from_f64(s)),
+            (x, out) => narrow(&widen(x), out),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! Norms and the AdamW step over flat buffers, on CPU.
+
+use super::{with_real, CpuBackend, Real};
+use crate::ops::{check_all, AdamW, OptimOps, REFERENCE_FLOATS};
+use crate::{HostMut, HostRef, Result};
+use rayon::prelude::*;
+
+const CHUNK: usize = 16384;
+
+/// `Σ x²` in f64, chunked in a fixed order so the result does not depend on thread count.
+pub fn sum_squares<T: Real>(x: &[T]) -> f64 {
+    let parts: Vec<f64> = x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| v.f64() * v.f64()).sum()).collect();
+    parts.iter().sum()
+}
+
+pub fn adamw_update<T: Real>(p: &mut [T], m: &mut [T], v: &mut [T], g: &[T], h: &AdamW) {
+    let (b1, b2) = (h.beta1 as f64, h.beta2 as f64);
+    let bc1 = 1.0 - b1.powi(h.step as i32);
+    let bc2 = 1.0 - b2.powi(h.step as i32);
+    let step_size = T::of(h.lr as f64 / bc1);
+    let bc2_sqrt = T::of(bc2.sqrt());
+    let decay = T::of(1.0 - h.lr as f64 * h.weight_decay as f64);
+    let (b1, b2, eps, gs) = (T::of(b1), T::of(b2), T::of(h.eps as f64), T::of(h.grad_scale as f64));
+    p.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| {
+            for i in 0..p.len() {
+                let gi = g[i] * gs;
+                m[i] = b1 * m[i] + (T::one() - b1) * gi;
+                v[i] = b2 * v[i] + (T::one() - b2) * gi * gi;
+                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                p[i] = p[i] * decay - step_size * m[i] / denom;
+            }
+        });
+}
+
+impl OptimOps for CpuBackend {
+    fn sum_squares(&self, acc: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
+        const OP: &str = "sum_squares";
+        let dt = check_all(OP, REFERENCE_FLOATS, &[("x", Some(&x), n, &format!("(n={n})"))])?;
+        check_all(OP, &[dt], &[("acc", Some(&acc), 1, "(1)")])?;
+        with_real!(dt, T => { let a = T::get_mut(acc); a[0] = T::of(a[0].f64() + sum_squares::<T>(T::get(x))); });
+        Ok(())
+    }
+    fn l2norm_forward(&self, out: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
+        const OP: &str = "l2norm_forward";
+        let dt = check_all(OP, REFERENCE_FLOATS, &[("x", Some(&x), n, &format!("(n={n})"))])?;
+        check_all(OP, &[dt], &[("out", Some(&out), 1, "(1)")])?;
+        with_real!(dt, T => T::get_mut(out)[0] = T::of(sum_squares::<T>(T::get(x)).sqrt()));
+        Ok(())
+    }
+    fn l2norm_backward(&self, dx: HostMut<'_>, dout: HostRef<'_>, x: HostRef<'_>, norm: HostRef<'_>, n: usize) -> Result<()> {
+        const OP: &str = "l2norm_backward";
+        let s = format!("(n={n})");
+        let dt = check_all(OP, REFERENCE_FLOATS, &[
+            ("x", Some(&x), n, &s),
+            ("dout", Some(&dout), 1, "(1)"),
+            ("norm", Some(&norm), 1, "(1)"),
+        ])?;
+        check_all(OP, &[dt], &[("dx", Some(&dx), n, &s)])?;
+        with_real!(dt, T => {
+            let nrm = T::get(norm)[0];
+            let k = if nrm > T::of(0.0) { T::get(dout)[0] / nrm } else { T::of(0.0) };
+            T::get_mut(dx).iter_mut().zip(T::get(x)).for_each(|(d, &x)| *d = k * x);
+        });
+        Ok(())
+    }
+    fn adamw_update(&self, params: HostMut<'_>, m: HostMut<'_>, v: HostMut<'_>, grads: HostRef<'_>, h: AdamW, n: usize) -> Result<()> {
+        const OP: &str = "adamw_update";
+        h.rule(OP)?;
+        let s = format!("(n={n})");
+        let dt = check_all(OP, REFERENCE_FLOATS, &[("grads", Some(&grads), n, &s)])?;
+        check_all(OP, &[dt], &[("params", Some(&params), n, &s), ("m", Some(&m), n, &s), ("v", Some(&v), n, &s)])?;
+        with_real!(dt, T => adamw_update::<T>(T::get_mut(params), T::get_mut(m), T::get_mut(v), T::get(grads), &h));
+        Ok(())
+    }
+}

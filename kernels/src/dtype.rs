@@ -1,0 +1,193 @@
+//! Element types and the host-side views every backend copies from and to.
+
+use half::{bf16, f16};
+use std::fmt;
+
+/// Element type of a buffer.
+///
+/// `F64` exists for the CPU reference and the finite-difference checks; training uses `F32`
+/// master weights with `BF16` / `F16` compute copies. `I32` holds token ids and targets, `U16`
+/// holds raw 16-bit payloads (token shards, bf16 bit patterns on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F64,
+    F32,
+    BF16,
+    F16,
+    I32,
+    U16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::BF16 | DType::F16 | DType::U16 => 2,
+        }
+    }
+
+    /// True for the floating-point types.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F64 | DType::F32 | DType::BF16 | DType::F16)
+    }
+
+    /// The lower-case name used in configs and messages (`"bf16"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F64 => "f64",
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            DType::I32 => "i32",
+            DType::U16 => "u16",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Round an f32 to bf16 with round-to-nearest-even; NaN stays NaN (quiet), infinities stay
+/// infinite, values past the largest bf16 round to infinity exactly as IEEE rounding does.
+/// The CUDA kernel `cast_f32_bf16` in `kernels/cuda/elementwise.cu` is the same bit recipe.
+#[inline]
+pub fn f32_to_bf16_rne(x: f32) -> bf16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return bf16::from_bits(((bits >> 16) as u16) | 0x0040);
+    }
+    let lsb = (bits >> 16) & 1;
+    bf16::from_bits((bits.wrapping_add(0x7fff + lsb) >> 16) as u16)
+}
+
+/// Widen a bf16 to f32 (exact).
+#[inline]
+pub fn bf16_to_f32(x: bf16) -> f32 {
+    f32::from_bits((x.to_bits() as u32) << 16)
+}
+
+macro_rules! host_views {
+    ($($variant:ident => $ty:ty),* $(,)?) => {
+        /// A borrowed, typed slice of host memory. It is also the CPU backend's read view.
+        #[derive(Clone, Copy, Debug)]
+        pub enum HostRef<'a> { $($variant(&'a [$ty])),* }
+
+        /// A mutable, typed slice of host memory. It is also the CPU backend's write view.
+        #[derive(Debug)]
+        pub enum HostMut<'a> { $($variant(&'a mut [$ty])),* }
+
+        /// An owned, typed host vector: the CPU backend's buffer.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum HostVec { $($variant(Vec<$ty>)),* }
+
+        impl<'a> HostRef<'a> {
+            pub fn dtype(&self) -> DType { match self { $(HostRef::$variant(_) => DType::$variant),* } }
+            pub fn len(&self) -> usize { match self { $(HostRef::$variant(s) => s.len()),* } }
+            pub fn is_empty(&self) -> bool { self.len() == 0 }
+            /// Split into `[..mid]` and `[mid..]`; panics if `mid > len` (as slices do).
+            pub fn split_at(self, mid: usize) -> (Self, Self) {
+                match self { $(HostRef::$variant(s) => { let (a, b) = s.split_at(mid); (HostRef::$variant(a), HostRef::$variant(b)) }),* }
+            }
+            /// The raw bytes (native endian).
+            pub fn as_bytes(&self) -> &'a [u8] {
+                match *self { $(HostRef::$variant(s) => bytes_of(s)),* }
+            }
+        }
+
+        impl<'a> HostMut<'a> {
+            pub fn dtype(&self) -> DType { match self { $(HostMut::$variant(_) => DType::$variant),* } }
+            pub fn len(&self) -> usize { match self { $(HostMut::$variant(s) => s.len()),* } }
+            pub fn is_empty(&self) -> bool { self.len() == 0 }
+            pub fn split_at(self, mid: usize) -> (Self, Self) {
+                match self { $(HostMut::$variant(s) => { let (a, b) = s.split_at_mut(mid); (HostMut::$variant(a), HostMut::$variant(b)) }),* }
+            }
+            /// A shorter-lived mutable view of the same memory.
+            pub fn rb(&mut self) -> HostMut<'_> {
+                match self { $(HostMut::$variant(s) => HostMut::$variant(&mut **s)),* }
+            }
+            /// A read view of the same memory.
+            pub fn as_ref(&self) -> HostRef<'_> {
+                match self { $(HostMut::$variant(s) => HostRef::$variant(&**s)),* }
+            }
+            /// The raw bytes (native endian).
+            pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+                match self { $(HostMut::$variant(s) => bytes_of_mut(s)),* }
+            }
+        }
+
+        impl HostVec {
+            /// A zero-filled vector of `len` elements.
+            pub fn zeros(dtype: DType, len: usize) -> Self {
+                match dtype { $(DType::$variant => HostVec::$variant(vec![<$ty>::default(); len])),* }
+            }
+            pub fn dtype(&self) -> DType { self.view().dtype() }
+            pub fn len(&self) -> usize { self.view().len() }
+            pub fn is_empty(&self) -> bool { self.len() == 0 }
+            pub fn view(&self) -> HostRef<'_> { match self { $(HostVec::$variant(v) => HostRef::$variant(v)),* } }
+            pub fn view_mut(&mut self) -> HostMut<'_> { match self { $(HostVec::$variant(v) => HostMut::$variant(v)),* } }
+        }
+
+        $(
+            impl<'a> From<&'a [$ty]> for HostRef<'a> { fn from(s: &'a [$ty]) -> Self { HostRef::$variant(s) } }
+            impl<'a> From<&'a Vec<$ty>> for HostRef<'a> { fn from(s: &'a Vec<$ty>) -> Self { HostRef::$variant(s) } }
+            impl<'a> From<&'a mut [$ty]> for HostMut<'a> { fn from(s: &'a mut [$ty]) -> Self { HostMut::$variant(s) } }
+            impl<'a> From<&'a mut Vec<$ty>> for HostMut<'a> { fn from(s: &'a mut Vec<$ty>) -> Self { HostMut::$variant(s) } }
+            impl From<Vec<$ty>> for HostVec { fn from(v: Vec<$ty>) -> Self { HostVec::$variant(v) } }
+        )*
+    };
+}
+
+host_views!(F64 => f64, F32 => f32, BF16 => bf16, F16 => f16, I32 => i32, U16 => u16);
+
+fn bytes_of<T: Copy>(s: &[T]) -> &[u8] {
+    // SAFETY: every element type above is plain old data without padding; u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+}
+
+fn bytes_of_mut<T: Copy>(s: &mut [T]) -> &mut [u8] {
+    // SAFETY: as in `bytes_of`; every bit pattern is a valid value of these element types.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_ieee_round_to_nearest_even() {
+        // Walk a spread of bit patterns (every exponent, many mantissas, both signs) and compare
+        // against `half`'s independent conversion.
+        let mut checked = 0;
+        for hi in 0u32..=0xffff {
+            for lo in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff, 0x1234, 0xc000] {
+                let x = f32::from_bits((hi << 16) | lo);
+                let ours = f32_to_bf16_rne(x);
+                let theirs = bf16::from_f32(x);
+                if x.is_nan() {
+                    assert!(ours.is_nan());
+                } else {
+                    assert_eq!(ours.to_bits(), theirs.to_bits(), "x = {x:e} ({:#x})", x.to_bits());
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 65536 * 8);
+        // Ties go to even: 1 + 2^-8 is exactly halfway between two bf16 values.
+        assert_eq!(f32_to_bf16_rne(1.0 + 2f32.powi(-8)).to_bits(), bf16::from_f32(1.0).to_bits());
+        assert_eq!(bf16_to_f32(f32_to_bf16_rne(3.0)), 3.0);
+    }
+
+    #[test]
+    fn views_split_and_report_dtype() {
+        let v = vec![1.0f32, 2.0, 3.0];
+        let r = HostRef::from(&v);
+        let (a, b) = r.split_at(1);
+        assert_eq!((a.len(), b.len(), b.dtype()), (1, 2, DType::F32));
+        assert_eq!(r.as_bytes().len(), 12);
+    }
+}
