@@ -73,10 +73,14 @@ impl Check {
             Ok(got)
         } else {
             let names: Vec<_> = allowed.iter().map(|d| d.name()).collect();
+            let expected = match names.as_slice() {
+                [one] => one.to_string(),
+                _ => format!("one of {}", names.join(", ")),
+            };
             Err(Error::DType {
                 op: self.op,
                 arg,
-                expected: format!("one of {}", names.join(", ")),
+                expected,
                 got,
             })
         }

@@ -65,6 +65,26 @@ pub fn f32_to_bf16_rne(x: f32) -> bf16 {
     bf16::from_bits((bits.wrapping_add(0x7fff + lsb) >> 16) as u16)
 }
 
+/// Round an f64 to bf16 with a single round-to-nearest-even.
+///
+/// Going through f32 with ordinary rounding would round twice (1 + 2⁻⁸ + 2⁻³⁰ would land on
+/// 1.0 instead of 1 + 2⁻⁷). Rounding to f32 *to odd* first keeps the information the second
+/// rounding needs, because f32 carries 16 more mantissa bits than bf16 at every exponent.
+pub fn f64_to_bf16_rne(x: f64) -> bf16 {
+    if x.is_nan() {
+        return bf16::NAN;
+    }
+    let f = x as f32;
+    let mut bits = f.to_bits();
+    if f as f64 != x {
+        if (f as f64).abs() > x.abs() {
+            bits -= 1; // step toward zero (sign-magnitude), then mark inexact with the low bit
+        }
+        bits |= 1;
+    }
+    f32_to_bf16_rne(f32::from_bits(bits))
+}
+
 /// Widen a bf16 to f32 (exact).
 #[inline]
 pub fn bf16_to_f32(x: bf16) -> f32 {
@@ -180,6 +200,31 @@ mod tests {
         // Ties go to even: 1 + 2^-8 is exactly halfway between two bf16 values.
         assert_eq!(f32_to_bf16_rne(1.0 + 2f32.powi(-8)).to_bits(), bf16::from_f32(1.0).to_bits());
         assert_eq!(bf16_to_f32(f32_to_bf16_rne(3.0)), 3.0);
+    }
+
+    #[test]
+    fn f64_to_bf16_rounds_once() {
+        // Just above a tie: must round up, although the f32 nearest is exactly the tie.
+        assert_eq!(f64_to_bf16_rne(1.0 + 2f64.powi(-8) + 2f64.powi(-30)).to_f64(), 1.0 + 2f64.powi(-7));
+        assert_eq!(f64_to_bf16_rne(-(1.0 + 2f64.powi(-8) + 2f64.powi(-30))).to_f64(), -(1.0 + 2f64.powi(-7)));
+        // Exact ties still go to even.
+        assert_eq!(f64_to_bf16_rne(1.0 + 2f64.powi(-8)).to_f64(), 1.0);
+        // Values exactly representable in f32 agree with the f32 path.
+        for x in [0.0, -0.0, 1.5, -3.25e-3, 6.5e4, 1e-40, f64::INFINITY] {
+            assert_eq!(f64_to_bf16_rne(x).to_bits(), f32_to_bf16_rne(x as f32).to_bits(), "{x}");
+        }
+        // Beyond f32's range: infinity; far below the smallest subnormal: zero.
+        assert!(f64_to_bf16_rne(1e300).is_infinite());
+        assert_eq!(f64_to_bf16_rne(1e-300).to_f64(), 0.0);
+        assert!(f64_to_bf16_rne(f64::NAN).is_nan());
+        // Against exact arithmetic: the result is the nearest bf16 on a sweep of inputs.
+        let mut x = 1.0e-3f64;
+        while x < 1.0e3 {
+            let r = f64_to_bf16_rne(x).to_f64();
+            let (lo, hi) = (bf16::from_bits(f64_to_bf16_rne(x).to_bits() - 1).to_f64(), bf16::from_bits(f64_to_bf16_rne(x).to_bits() + 1).to_f64());
+            assert!((r - x).abs() <= (lo - x).abs() && (r - x).abs() <= (hi - x).abs(), "{x}");
+            x *= 1.000_37;
+        }
     }
 
     #[test]

@@ -164,7 +164,6 @@ pub fn compare(name: &str, got: &[f64], want: &[f64], tol: Tolerance) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::Real;
 
     /// `y = x²·a` elementwise, with a correct and a deliberately wrong backward.
     fn fwd(x: &[Vec<f64>]) -> Vec<f64> {
@@ -210,7 +209,6 @@ mod tests {
     fn a_subtly_wrong_layernorm_backward_fails() {
         // The real LayerNorm forward with a backward that drops the mean-gradient term — the
         // classic bug. The checker must catch it even though the result "looks" plausible.
-        use crate::cpu::Real as _;
         let d = crate::NormDims { n: 3, c: 5, eps: 1e-5 };
         let mut r = SplitMix::new(3);
         let inputs = vec![r.vec(15)];
@@ -232,7 +230,6 @@ mod tests {
             vec![Some(dx)]
         };
         assert!(check_gradients("layernorm (wrong)", &inputs, fwd, wrong, Options::default()).is_err());
-        let _ = f64::of(0.0);
     }
 
     #[test]

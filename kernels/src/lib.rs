@@ -37,7 +37,7 @@ pub mod ops;
 
 pub use backend::{Backend, Slice};
 pub use cpu::CpuBackend;
-pub use dtype::{bf16_to_f32, f32_to_bf16_rne, DType, HostMut, HostRef, HostVec};
+pub use dtype::{bf16_to_f32, f32_to_bf16_rne, f64_to_bf16_rne, DType, HostMut, HostRef, HostVec};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use ops::*;

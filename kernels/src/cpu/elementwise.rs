@@ -4,8 +4,8 @@ use super::matmul::{narrow, widen};
 use super::{with_real, CpuBackend, Real};
 use crate::backend::Check;
 use crate::ops::{check_all, ElementwiseOps, REFERENCE_FLOATS};
-use crate::{DType, HostMut, HostRef, Result};
-use half::{bf16, f16};
+use crate::{f64_to_bf16_rne, DType, HostMut, HostRef, Result};
+use half::f16;
 use rayon::prelude::*;
 
 const CHUNK: usize = 16384;
@@ -75,7 +75,7 @@ impl ElementwiseOps for CpuBackend {
             (HostRef::F64(s), HostMut::F64(d)) => d.copy_from_slice(s),
             (HostRef::F64(s), HostMut::F32(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = s as f32),
             // Direct rounding from f64 (no double rounding through f32).
-            (HostRef::F64(s), HostMut::BF16(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = bf16::from_f64(s)),
+            (HostRef::F64(s), HostMut::BF16(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = f64_to_bf16_rne(s)),
             (HostRef::F64(s), HostMut::F16(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = f16::from_f64(s)),
             (x, out) => narrow(&widen(x), out),
         }

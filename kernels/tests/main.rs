@@ -1,0 +1,9 @@
+//! Integration tests of weft-kernels, one module per area.
+
+mod harness;
+
+mod attention;
+mod cuda;
+mod errors;
+mod gradients;
+mod numerics;
