@@ -198,20 +198,33 @@ mod tests {
         }
         assert_eq!(checked, 65536 * 8);
         // Ties go to even: 1 + 2^-8 is exactly halfway between two bf16 values.
-        assert_eq!(f32_to_bf16_rne(1.0 + 2f32.powi(-8)).to_bits(), bf16::from_f32(1.0).to_bits());
+        assert_eq!(
+            f32_to_bf16_rne(1.0 + 2f32.powi(-8)).to_bits(),
+            bf16::from_f32(1.0).to_bits()
+        );
         assert_eq!(bf16_to_f32(f32_to_bf16_rne(3.0)), 3.0);
     }
 
     #[test]
     fn f64_to_bf16_rounds_once() {
         // Just above a tie: must round up, although the f32 nearest is exactly the tie.
-        assert_eq!(f64_to_bf16_rne(1.0 + 2f64.powi(-8) + 2f64.powi(-30)).to_f64(), 1.0 + 2f64.powi(-7));
-        assert_eq!(f64_to_bf16_rne(-(1.0 + 2f64.powi(-8) + 2f64.powi(-30))).to_f64(), -(1.0 + 2f64.powi(-7)));
+        assert_eq!(
+            f64_to_bf16_rne(1.0 + 2f64.powi(-8) + 2f64.powi(-30)).to_f64(),
+            1.0 + 2f64.powi(-7)
+        );
+        assert_eq!(
+            f64_to_bf16_rne(-(1.0 + 2f64.powi(-8) + 2f64.powi(-30))).to_f64(),
+            -(1.0 + 2f64.powi(-7))
+        );
         // Exact ties still go to even.
         assert_eq!(f64_to_bf16_rne(1.0 + 2f64.powi(-8)).to_f64(), 1.0);
         // Values exactly representable in f32 agree with the f32 path.
         for x in [0.0, -0.0, 1.5, -3.25e-3, 6.5e4, 1e-40, f64::INFINITY] {
-            assert_eq!(f64_to_bf16_rne(x).to_bits(), f32_to_bf16_rne(x as f32).to_bits(), "{x}");
+            assert_eq!(
+                f64_to_bf16_rne(x).to_bits(),
+                f32_to_bf16_rne(x as f32).to_bits(),
+                "{x}"
+            );
         }
         // Beyond f32's range: infinity; far below the smallest subnormal: zero.
         assert!(f64_to_bf16_rne(1e300).is_infinite());
@@ -221,8 +234,14 @@ mod tests {
         let mut x = 1.0e-3f64;
         while x < 1.0e3 {
             let r = f64_to_bf16_rne(x).to_f64();
-            let (lo, hi) = (bf16::from_bits(f64_to_bf16_rne(x).to_bits() - 1).to_f64(), bf16::from_bits(f64_to_bf16_rne(x).to_bits() + 1).to_f64());
-            assert!((r - x).abs() <= (lo - x).abs() && (r - x).abs() <= (hi - x).abs(), "{x}");
+            let (lo, hi) = (
+                bf16::from_bits(f64_to_bf16_rne(x).to_bits() - 1).to_f64(),
+                bf16::from_bits(f64_to_bf16_rne(x).to_bits() + 1).to_f64(),
+            );
+            assert!(
+                (r - x).abs() <= (lo - x).abs() && (r - x).abs() <= (hi - x).abs(),
+                "{x}"
+            );
             x *= 1.000_37;
         }
     }

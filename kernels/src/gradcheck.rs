@@ -18,7 +18,10 @@ pub struct Tolerance {
 impl Tolerance {
     /// Analytic backward vs central finite differences, both in f64 with `h = 1e-5`
     /// (truncation error ~h², round-off ~1e-16/h).
-    pub const FINITE_DIFF: Tolerance = Tolerance { atol: 1e-7, rtol: 1e-6 };
+    pub const FINITE_DIFF: Tolerance = Tolerance {
+        atol: 1e-7,
+        rtol: 1e-6,
+    };
 
     /// An op computed in `dtype` against the same op computed in f64.
     ///
@@ -30,10 +33,22 @@ impl Tolerance {
     /// | bf16 | 2e-2 | 3e-2 | 8-bit mantissa inputs, f32 accumulation |
     pub fn for_dtype(dtype: DType) -> Tolerance {
         match dtype {
-            DType::F64 => Tolerance { atol: 1e-12, rtol: 1e-10 },
-            DType::F32 => Tolerance { atol: 1e-5, rtol: 1e-4 },
-            DType::F16 => Tolerance { atol: 2e-3, rtol: 5e-3 },
-            DType::BF16 => Tolerance { atol: 2e-2, rtol: 3e-2 },
+            DType::F64 => Tolerance {
+                atol: 1e-12,
+                rtol: 1e-10,
+            },
+            DType::F32 => Tolerance {
+                atol: 1e-5,
+                rtol: 1e-4,
+            },
+            DType::F16 => Tolerance {
+                atol: 2e-3,
+                rtol: 5e-3,
+            },
+            DType::BF16 => Tolerance {
+                atol: 2e-2,
+                rtol: 3e-2,
+            },
             DType::I32 | DType::U16 => Tolerance { atol: 0.0, rtol: 0.0 },
         }
     }
@@ -57,7 +72,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { h: 1e-5, max_probes: 96, tol: Tolerance::FINITE_DIFF, seed: 0x5eed }
+        Options {
+            h: 1e-5,
+            max_probes: 96,
+            tol: Tolerance::FINITE_DIFF,
+            seed: 0x5eed,
+        }
     }
 }
 
@@ -108,14 +128,25 @@ pub fn check_gradients(
     let loss = |x: &[Vec<f64>]| -> f64 { forward(x).iter().zip(&w).map(|(o, w)| o * w).sum() };
     let grads = backward(inputs, &w);
     if grads.len() != inputs.len() {
-        return Err(format!("{name}: backward returned {} gradients for {} inputs", grads.len(), inputs.len()));
+        return Err(format!(
+            "{name}: backward returned {} gradients for {} inputs",
+            grads.len(),
+            inputs.len()
+        ));
     }
-    let mut report = Report { probes: 0, max_abs_err: 0.0 };
+    let mut report = Report {
+        probes: 0,
+        max_abs_err: 0.0,
+    };
     let mut x = inputs.to_vec();
     for (i, g) in grads.iter().enumerate() {
         let Some(g) = g else { continue };
         if g.len() != inputs[i].len() {
-            return Err(format!("{name}: gradient {i} has {} elements, input has {}", g.len(), inputs[i].len()));
+            return Err(format!(
+                "{name}: gradient {i} has {} elements, input has {}",
+                g.len(),
+                inputs[i].len()
+            ));
         }
         let n = g.len();
         let stride = n.div_ceil(opts.max_probes.max(1)).max(1);
@@ -144,7 +175,11 @@ pub fn check_gradients(
 /// Element-wise comparison of a run against a reference; `Err` names the first bad element.
 pub fn compare(name: &str, got: &[f64], want: &[f64], tol: Tolerance) -> Result<f64, String> {
     if got.len() != want.len() {
-        return Err(format!("{name}: {} elements, reference has {}", got.len(), want.len()));
+        return Err(format!(
+            "{name}: {} elements, reference has {}",
+            got.len(),
+            want.len()
+        ));
     }
     let mut max_err = 0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -153,7 +188,9 @@ pub fn compare(name: &str, got: &[f64], want: &[f64], tol: Tolerance) -> Result<
         }
         if g.is_finite() && w.is_finite() {
             if !tol.ok(g, w) {
-                return Err(format!("{name}[{i}]: got {g:.9e}, reference {w:.9e} (tolerance {tol:?})"));
+                return Err(format!(
+                    "{name}[{i}]: got {g:.9e}, reference {w:.9e} (tolerance {tol:?})"
+                ));
             }
             max_err = max_err.max((g - w).abs());
         }
@@ -209,7 +246,11 @@ mod tests {
     fn a_subtly_wrong_layernorm_backward_fails() {
         // The real LayerNorm forward with a backward that drops the mean-gradient term — the
         // classic bug. The checker must catch it even though the result "looks" plausible.
-        let d = crate::NormDims { n: 3, c: 5, eps: 1e-5 };
+        let d = crate::NormDims {
+            n: 3,
+            c: 5,
+            eps: 1e-5,
+        };
         let mut r = SplitMix::new(3);
         let inputs = vec![r.vec(15)];
         let fwd = |x: &[Vec<f64>]| {

@@ -45,7 +45,9 @@ fn naive(q: &[f64], k: &[f64], v: &[f64], d: &AttnDims) -> (Vec<f64>, Vec<f64>) 
 fn run(dt: DType, q: &[f64], k: &[f64], v: &[f64], d: AttnDims) -> (Vec<f64>, Vec<f64>) {
     let (q, k, v) = (host(q, dt), host(k, dt), host(v, dt));
     let (mut out, mut lse) = (zeros(dt, q.len()), zeros(dt, d.b * d.nh * d.tq));
-    cpu().attention_forward(out.view_mut(), lse.view_mut(), q.view(), k.view(), v.view(), d).unwrap();
+    cpu()
+        .attention_forward(out.view_mut(), lse.view_mut(), q.view(), k.view(), v.view(), d)
+        .unwrap();
     (f64s(&out), f64s(&lse))
 }
 
@@ -71,7 +73,18 @@ proptest! {
 #[test]
 fn fully_masked_rows_are_zero_with_infinite_lse() {
     // Keys start after the queries: every causal row sees nothing.
-    let d = AttnDims { b: 1, tq: 3, tk: 4, nh: 1, nkv: 1, hd: 2, causal: true, scale: 1.0, q_start: 0, k_start: 10 };
+    let d = AttnDims {
+        b: 1,
+        tq: 3,
+        tk: 4,
+        nh: 1,
+        nkv: 1,
+        hd: 2,
+        causal: true,
+        scale: 1.0,
+        q_start: 0,
+        k_start: 10,
+    };
     let (o, l) = run(DType::F32, &rand_vec(1, 6), &rand_vec(2, 8), &rand_vec(3, 8), d);
     assert!(o.iter().all(|&x| x == 0.0));
     assert!(l.iter().all(|&x| x == f64::NEG_INFINITY));
@@ -83,7 +96,18 @@ fn lse_merges_two_halves_of_the_keys_exactly() {
     // attention over each half. This is the property context parallelism relies on.
     let (tq, tk, hd) = (5, 12, 3);
     let (q, k, v) = (rand_vec(1, tq * hd), rand_vec(2, tk * hd), rand_vec(3, tk * hd));
-    let full = AttnDims { b: 1, tq, tk, nh: 1, nkv: 1, hd, causal: false, scale: 0.7, q_start: 0, k_start: 0 };
+    let full = AttnDims {
+        b: 1,
+        tq,
+        tk,
+        nh: 1,
+        nkv: 1,
+        hd,
+        causal: false,
+        scale: 0.7,
+        q_start: 0,
+        k_start: 0,
+    };
     let half = AttnDims { tk: tk / 2, ..full };
     let (o, l) = run(DType::F64, &q, &k, &v, full);
     let (o1, l1) = run(DType::F64, &q, &k[..tk / 2 * hd], &v[..tk / 2 * hd], half);

@@ -17,12 +17,25 @@ fn opt_grad(v: Option<HostVec>) -> Option<Vec<f64>> {
 fn matmul_run(d: MatmulDims, with_bias: bool) -> impl Fn(DType, &[Vec<f64>], Option<&[f64]>) -> Run {
     move |dt, x, dout| {
         let c = cpu();
-        let odt = if matches!(dt, DType::BF16 | DType::F16) { DType::F32 } else { dt };
+        let odt = if matches!(dt, DType::BF16 | DType::F16) {
+            DType::F32
+        } else {
+            dt
+        };
         let (a, b) = (host(&x[0], dt), host(&x[1], dt));
         let bias = with_bias.then(|| host(&x[2], odt));
         let mut out = zeros(odt, d.batch * d.m * d.n);
-        c.matmul_forward(out.view_mut(), a.view(), b.view(), bias.as_ref().map(|b| b.view()), d).unwrap();
-        let Some(dout) = dout else { return (f64s(&out), vec![]) };
+        c.matmul_forward(
+            out.view_mut(),
+            a.view(),
+            b.view(),
+            bias.as_ref().map(|b| b.view()),
+            d,
+        )
+        .unwrap();
+        let Some(dout) = dout else {
+            return (f64s(&out), vec![]);
+        };
         let dout = host(dout, odt);
         let (mut da, mut db) = (zeros(dt, x[0].len()), zeros(dt, x[1].len()));
         let mut dbias = with_bias.then(|| zeros(odt, d.n));
@@ -62,23 +75,49 @@ fn matmul_transformer_shaped_in_bf16() {
     // K large enough that bf16 rounding of the inputs and f32 accumulation both matter.
     let d = MatmulDims::linear(24, 96, 40);
     let x = vec![rand_vec(7, 24 * 96), rand_vec(8, 40 * 96), rand_vec(9, 40)];
-    check_op("linear 24x96->40", &x, &[DType::F32, DType::BF16], matmul_run(d, true));
+    check_op(
+        "linear 24x96->40",
+        &x,
+        &[DType::F32, DType::BF16],
+        matmul_run(d, true),
+    );
 }
 
 #[test]
 fn matmul_backward_accumulates_weight_grads_and_overwrites_input_grads() {
     let c = cpu();
     let d = MatmulDims::linear(2, 3, 2);
-    let (a, b) = (host(&rand_vec(1, 6), DType::F64), host(&rand_vec(2, 6), DType::F64));
+    let (a, b) = (
+        host(&rand_vec(1, 6), DType::F64),
+        host(&rand_vec(2, 6), DType::F64),
+    );
     let dout = host(&rand_vec(3, 4), DType::F64);
     let mut da = host(&[9.0; 6], DType::F64);
     let mut db = zeros(DType::F64, 6);
     for _ in 0..2 {
-        c.matmul_backward(Some(da.view_mut()), Some(db.view_mut()), None, dout.view(), a.view(), b.view(), d).unwrap();
+        c.matmul_backward(
+            Some(da.view_mut()),
+            Some(db.view_mut()),
+            None,
+            dout.view(),
+            a.view(),
+            b.view(),
+            d,
+        )
+        .unwrap();
     }
     let mut db1 = zeros(DType::F64, 6);
     let mut da1 = zeros(DType::F64, 6);
-    c.matmul_backward(Some(da1.view_mut()), Some(db1.view_mut()), None, dout.view(), a.view(), b.view(), d).unwrap();
+    c.matmul_backward(
+        Some(da1.view_mut()),
+        Some(db1.view_mut()),
+        None,
+        dout.view(),
+        a.view(),
+        b.view(),
+        d,
+    )
+    .unwrap();
     assert_eq!(f64s(&da), f64s(&da1), "da is overwritten");
     let twice: Vec<f64> = f64s(&db1).iter().map(|v| 2.0 * v).collect();
     assert_eq!(f64s(&db), twice, "db accumulates");
@@ -90,16 +129,40 @@ fn layernorm_run(d: NormDims, affine: bool) -> impl Fn(DType, &[Vec<f64>], Optio
     move |dt, x, dout| {
         let c = cpu();
         let inp = host(&x[0], dt);
-        let (w, b) = if affine { (Some(host(&x[1], dt)), Some(host(&x[2], dt))) } else { (None, None) };
+        let (w, b) = if affine {
+            (Some(host(&x[1], dt)), Some(host(&x[2], dt)))
+        } else {
+            (None, None)
+        };
         let (mut out, mut mean, mut rstd) = (zeros(dt, d.n * d.c), zeros(dt, d.n), zeros(dt, d.n));
-        c.layernorm_forward(out.view_mut(), mean.view_mut(), rstd.view_mut(), inp.view(),
-            w.as_ref().map(|v| v.view()), b.as_ref().map(|v| v.view()), d).unwrap();
-        let Some(dout) = dout else { return (f64s(&out), vec![]) };
+        c.layernorm_forward(
+            out.view_mut(),
+            mean.view_mut(),
+            rstd.view_mut(),
+            inp.view(),
+            w.as_ref().map(|v| v.view()),
+            b.as_ref().map(|v| v.view()),
+            d,
+        )
+        .unwrap();
+        let Some(dout) = dout else {
+            return (f64s(&out), vec![]);
+        };
         let dout = host(dout, dt);
         let mut dinp = zeros(dt, d.n * d.c);
         let (mut dw, mut db) = (zeros(dt, d.c), zeros(dt, d.c));
-        c.layernorm_backward(dinp.view_mut(), affine.then(|| dw.view_mut()), affine.then(|| db.view_mut()),
-            dout.view(), inp.view(), w.as_ref().map(|v| v.view()), mean.view(), rstd.view(), d).unwrap();
+        c.layernorm_backward(
+            dinp.view_mut(),
+            affine.then(|| dw.view_mut()),
+            affine.then(|| db.view_mut()),
+            dout.view(),
+            inp.view(),
+            w.as_ref().map(|v| v.view()),
+            mean.view(),
+            rstd.view(),
+            d,
+        )
+        .unwrap();
         let mut g = vec![Some(f64s(&dinp))];
         if affine {
             g.push(Some(f64s(&dw)));
@@ -115,12 +178,29 @@ fn rmsnorm_run(d: NormDims, affine: bool) -> impl Fn(DType, &[Vec<f64>], Option<
         let inp = host(&x[0], dt);
         let w = affine.then(|| host(&x[1], dt));
         let (mut out, mut rstd) = (zeros(dt, d.n * d.c), zeros(dt, d.n));
-        c.rmsnorm_forward(out.view_mut(), rstd.view_mut(), inp.view(), w.as_ref().map(|v| v.view()), d).unwrap();
-        let Some(dout) = dout else { return (f64s(&out), vec![]) };
+        c.rmsnorm_forward(
+            out.view_mut(),
+            rstd.view_mut(),
+            inp.view(),
+            w.as_ref().map(|v| v.view()),
+            d,
+        )
+        .unwrap();
+        let Some(dout) = dout else {
+            return (f64s(&out), vec![]);
+        };
         let dout = host(dout, dt);
         let (mut dinp, mut dw) = (zeros(dt, d.n * d.c), zeros(dt, d.c));
-        c.rmsnorm_backward(dinp.view_mut(), affine.then(|| dw.view_mut()), dout.view(), inp.view(),
-            w.as_ref().map(|v| v.view()), rstd.view(), d).unwrap();
+        c.rmsnorm_backward(
+            dinp.view_mut(),
+            affine.then(|| dw.view_mut()),
+            dout.view(),
+            inp.view(),
+            w.as_ref().map(|v| v.view()),
+            rstd.view(),
+            d,
+        )
+        .unwrap();
         let mut g = vec![Some(f64s(&dinp))];
         if affine {
             g.push(Some(f64s(&dw)));
@@ -152,7 +232,11 @@ proptest! {
 #[test]
 fn qk_norm_is_rmsnorm_over_the_head_dim() {
     // (B=2, T=3, NH=2, HD=8) → N = 12 rows of HD = 8, one learned scale of HD.
-    let d = NormDims { n: 2 * 3 * 2, c: 8, eps: 1e-6 };
+    let d = NormDims {
+        n: 2 * 3 * 2,
+        c: 8,
+        eps: 1e-6,
+    };
     let x = vec![rand_vec(11, 12 * 8), rand_vec(12, 8)];
     check_op("qk_norm", &x, F32, rmsnorm_run(d, true));
 }
@@ -169,7 +253,9 @@ fn unary_run(
         let inp = host(&x[0], dt);
         let mut out = zeros(dt, n);
         fwd(&c, out.view_mut(), inp.view(), n).unwrap();
-        let Some(dout) = dout else { return (f64s(&out), vec![]) };
+        let Some(dout) = dout else {
+            return (f64s(&out), vec![]);
+        };
         let mut dinp = zeros(dt, n);
         bwd(&c, dinp.view_mut(), host(dout, dt).view(), inp.view(), n).unwrap();
         (f64s(&out), vec![Some(f64s(&dinp))])
@@ -255,10 +341,14 @@ fn rope_run(d: RopeDims, table: RopeTable) -> impl Fn(DType, &[Vec<f64>], Option
         let (cos, sin) = (host(&table.cos, dt), host(&table.sin, dt));
         let inp = host(&x[0], dt);
         let mut out = zeros(dt, x[0].len());
-        c.rope_forward(out.view_mut(), inp.view(), cos.view(), sin.view(), d).unwrap();
-        let Some(dout) = dout else { return (f64s(&out), vec![]) };
+        c.rope_forward(out.view_mut(), inp.view(), cos.view(), sin.view(), d)
+            .unwrap();
+        let Some(dout) = dout else {
+            return (f64s(&out), vec![]);
+        };
         let mut dinp = zeros(dt, x[0].len());
-        c.rope_backward(dinp.view_mut(), host(dout, dt).view(), cos.view(), sin.view(), d).unwrap();
+        c.rope_backward(dinp.view_mut(), host(dout, dt).view(), cos.view(), sin.view(), d)
+            .unwrap();
         (f64s(&out), vec![Some(f64s(&dinp))])
     }
 }
@@ -304,12 +394,33 @@ pub fn attention_run(d: AttnDims) -> impl Fn(DType, &[Vec<f64>], Option<&[f64]>)
         let c = cpu();
         let (q, k, v) = (host(&x[0], dt), host(&x[1], dt), host(&x[2], dt));
         let (mut out, mut lse) = (zeros(dt, x[0].len()), zeros(dt, d.b * d.nh * d.tq));
-        c.attention_forward(out.view_mut(), lse.view_mut(), q.view(), k.view(), v.view(), d).unwrap();
-        let Some(dout) = dout else { return (f64s(&out), vec![]) };
-        let (mut dq, mut dk, mut dv) = (zeros(dt, x[0].len()), zeros(dt, x[1].len()), zeros(dt, x[2].len()));
-        c.attention_backward(dq.view_mut(), dk.view_mut(), dv.view_mut(), host(dout, dt).view(), q.view(),
-            k.view(), v.view(), out.view(), lse.view(), d).unwrap();
-        (f64s(&out), vec![Some(f64s(&dq)), Some(f64s(&dk)), Some(f64s(&dv))])
+        c.attention_forward(out.view_mut(), lse.view_mut(), q.view(), k.view(), v.view(), d)
+            .unwrap();
+        let Some(dout) = dout else {
+            return (f64s(&out), vec![]);
+        };
+        let (mut dq, mut dk, mut dv) = (
+            zeros(dt, x[0].len()),
+            zeros(dt, x[1].len()),
+            zeros(dt, x[2].len()),
+        );
+        c.attention_backward(
+            dq.view_mut(),
+            dk.view_mut(),
+            dv.view_mut(),
+            host(dout, dt).view(),
+            q.view(),
+            k.view(),
+            v.view(),
+            out.view(),
+            lse.view(),
+            d,
+        )
+        .unwrap();
+        (
+            f64s(&out),
+            vec![Some(f64s(&dq)), Some(f64s(&dk)), Some(f64s(&dv))],
+        )
     }
 }
 
@@ -330,8 +441,23 @@ proptest! {
 fn attention_longer_than_one_block_with_offsets() {
     // 70 queries against 100 keys crosses block edges (BQ=32, BK=64); the query chunk starts at
     // global position 30, as a context-parallel shard would.
-    let d = AttnDims { b: 1, tq: 70, tk: 100, nh: 4, nkv: 2, hd: 4, causal: true, scale: 0.4, q_start: 30, k_start: 0 };
-    let x = vec![rand_vec(1, 70 * 4 * 4), rand_vec(2, 100 * 2 * 4), rand_vec(3, 100 * 2 * 4)];
+    let d = AttnDims {
+        b: 1,
+        tq: 70,
+        tk: 100,
+        nh: 4,
+        nkv: 2,
+        hd: 4,
+        causal: true,
+        scale: 0.4,
+        q_start: 30,
+        k_start: 0,
+    };
+    let x = vec![
+        rand_vec(1, 70 * 4 * 4),
+        rand_vec(2, 100 * 2 * 4),
+        rand_vec(3, 100 * 2 * 4),
+    ];
     check_op("attention (blocks, offsets)", &x, F32, attention_run(d));
 }
 
@@ -399,7 +525,7 @@ proptest! {
                                nt in 1usize..3, nh in 1usize..3, nw in 1usize..3, c in 1usize..4, seed in 0u64..1000) {
         let d = PatchDims { b, t: nt * pt, h: nh * ph, w: nw * pw, c, pt, ph, pw };
         let x = rand_vec(seed, d.numel());
-        check_op("patchify", &[x.clone()], F32, move |dt, x, dout| {
+        check_op("patchify", std::slice::from_ref(&x), F32, move |dt, x, dout| {
             let cpu = cpu();
             let v = host(&x[0], dt);
             let mut out = zeros(dt, d.numel());
@@ -409,7 +535,7 @@ proptest! {
             cpu.patchify_backward(dx.view_mut(), host(dout, dt).view(), d).unwrap();
             (f64s(&out), vec![Some(f64s(&dx))])
         });
-        check_op("unpatchify", &[x.clone()], F32, move |dt, x, dout| {
+        check_op("unpatchify", std::slice::from_ref(&x), F32, move |dt, x, dout| {
             let cpu = cpu();
             let v = host(&x[0], dt);
             let mut out = zeros(dt, d.numel());
@@ -448,13 +574,31 @@ proptest! {
 #[test]
 fn patch_layout_is_documented_order() {
     // (B=1, T=2, H=2, W=2, C=1) with 1x2x2 patches: token 0 holds frame 0, in (h, w) order.
-    let d = PatchDims { b: 1, t: 2, h: 2, w: 2, c: 1, pt: 1, ph: 2, pw: 2 };
+    let d = PatchDims {
+        b: 1,
+        t: 2,
+        h: 2,
+        w: 2,
+        c: 1,
+        pt: 1,
+        ph: 2,
+        pw: 2,
+    };
     let x: Vec<f64> = (0..8).map(|i| i as f64).collect();
     let mut out = zeros(DType::F64, 8);
-    cpu().patchify_forward(out.view_mut(), host(&x, DType::F64).view(), d).unwrap();
+    cpu()
+        .patchify_forward(out.view_mut(), host(&x, DType::F64).view(), d)
+        .unwrap();
     assert_eq!(f64s(&out), x);
-    let d = PatchDims { pt: 2, ph: 1, pw: 1, ..d };
-    cpu().patchify_forward(out.view_mut(), host(&x, DType::F64).view(), d).unwrap();
+    let d = PatchDims {
+        pt: 2,
+        ph: 1,
+        pw: 1,
+        ..d
+    };
+    cpu()
+        .patchify_forward(out.view_mut(), host(&x, DType::F64).view(), d)
+        .unwrap();
     // Token (h=0, w=0) holds frames 0 and 1 of that pixel: values 0 and 4.
     assert_eq!(f64s(&out)[..2], [0.0, 4.0]);
 }

@@ -46,7 +46,12 @@ pub type Run = (Vec<f64>, Vec<Option<Vec<f64>>>);
 /// The f64 finite-difference check, then each dtype in `dtypes` against the f64 run (inputs
 /// rounded to that dtype first, so only the kernel's own error is measured).
 /// `run(dtype, inputs, dout)` must compute forward, and backward when `dout` is `Some`.
-pub fn check_op(name: &str, inputs: &[Vec<f64>], dtypes: &[DType], run: impl Fn(DType, &[Vec<f64>], Option<&[f64]>) -> Run) {
+pub fn check_op(
+    name: &str,
+    inputs: &[Vec<f64>],
+    dtypes: &[DType],
+    run: impl Fn(DType, &[Vec<f64>], Option<&[f64]>) -> Run,
+) {
     let opts = Options::default();
     let rep = check_gradients(
         name,
@@ -56,7 +61,10 @@ pub fn check_op(name: &str, inputs: &[Vec<f64>], dtypes: &[DType], run: impl Fn(
         opts,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(rep.probes > 0 || inputs.iter().all(|x| x.is_empty()), "{name}: nothing was probed");
+    assert!(
+        rep.probes > 0 || inputs.iter().all(|x| x.is_empty()),
+        "{name}: nothing was probed"
+    );
 
     for &dt in dtypes {
         let rounded: Vec<Vec<f64>> = inputs.iter().map(|x| f64s(&host(x, dt))).collect();

@@ -1,7 +1,7 @@
 //! Numerics that are not gradients: the optimizer step, casts, reductions, determinism.
 
-use crate::harness::*;
 use crate::gradients::attention_run;
+use crate::harness::*;
 use weft_kernels::gradcheck::{compare, Tolerance};
 use weft_kernels::*;
 
@@ -30,11 +30,34 @@ fn adamw_matches_reference_over_several_steps() {
         let (mut qp, mut qm, mut qv) = (f64s(&p), vec![0.0; n], vec![0.0; n]);
         for step in 1..=5u32 {
             let g = rand_vec(100 + step as u64, n);
-            let h = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.5 };
-            c.adamw_update(p.view_mut(), m.view_mut(), v.view_mut(), host(&g, dt).view(), h, n).unwrap();
+            let h = AdamW {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                step,
+                grad_scale: 0.5,
+            };
+            c.adamw_update(
+                p.view_mut(),
+                m.view_mut(),
+                v.view_mut(),
+                host(&g, dt).view(),
+                h,
+                n,
+            )
+            .unwrap();
             adamw_reference(&mut qp, &mut qm, &mut qv, &g, &h);
         }
-        let tol = if dt == DType::F64 { Tolerance { atol: 1e-12, rtol: 1e-9 } } else { Tolerance::for_dtype(dt) };
+        let tol = if dt == DType::F64 {
+            Tolerance {
+                atol: 1e-12,
+                rtol: 1e-9,
+            }
+        } else {
+            Tolerance::for_dtype(dt)
+        };
         compare(&format!("adamw params [{dt}]"), &f64s(&p), &qp, tol).unwrap();
         compare(&format!("adamw m [{dt}]"), &f64s(&m), &qm, tol).unwrap();
         compare(&format!("adamw v [{dt}]"), &f64s(&v), &qv, tol).unwrap();
@@ -44,7 +67,14 @@ fn adamw_matches_reference_over_several_steps() {
 #[test]
 fn cast_rounds_to_nearest_even_and_round_trips() {
     let c = cpu();
-    let x = vec![1.0f32, 1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), -2.5, 1e30, f32::INFINITY];
+    let x = vec![
+        1.0f32,
+        1.0 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        -2.5,
+        1e30,
+        f32::INFINITY,
+    ];
     let n = x.len();
     let mut b = zeros(DType::BF16, n);
     c.cast(b.view_mut(), HostVec::from(x.clone()).view(), n).unwrap();
@@ -61,7 +91,12 @@ fn cast_rounds_to_nearest_even_and_round_trips() {
     assert_eq!(again, b, "bf16 → f32 → bf16 is the identity");
     // f64 → bf16 rounds once, directly.
     let mut d = zeros(DType::BF16, 1);
-    c.cast(d.view_mut(), HostVec::from(vec![1.0f64 + 2f64.powi(-8) + 2f64.powi(-30)]).view(), 1).unwrap();
+    c.cast(
+        d.view_mut(),
+        HostVec::from(vec![1.0f64 + 2f64.powi(-8) + 2f64.powi(-30)]).view(),
+        1,
+    )
+    .unwrap();
     assert_eq!(f64s(&d), vec![1.0 + 2f64.powi(-7)]);
 }
 
@@ -75,26 +110,44 @@ fn sum_squares_accumulates_across_ranges() {
     c.sum_squares(acc.view_mut(), a, 40_000).unwrap();
     c.sum_squares(acc.view_mut(), b, 60_003).unwrap();
     let want: f64 = f64s(&xs).iter().map(|v| v * v).sum();
-    compare("sum_squares", &f64s(&acc), &[want], Tolerance::for_dtype(DType::F32)).unwrap();
+    compare(
+        "sum_squares",
+        &f64s(&acc),
+        &[want],
+        Tolerance::for_dtype(DType::F32),
+    )
+    .unwrap();
 }
 
 #[test]
 fn results_do_not_depend_on_thread_count() {
     let d = AttnDims::new(2, 70, 4, 2, 8, true);
-    let x = vec![rand_vec(1, 2 * 70 * 4 * 8), rand_vec(2, 2 * 70 * 2 * 8), rand_vec(3, 2 * 70 * 2 * 8)];
+    let x = vec![
+        rand_vec(1, 2 * 70 * 4 * 8),
+        rand_vec(2, 2 * 70 * 2 * 8),
+        rand_vec(3, 2 * 70 * 2 * 8),
+    ];
     let w = rand_vec(4, 2 * 70 * 4 * 8);
     let run = attention_run(d);
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
     let a = one.install(|| run(DType::F32, &x, Some(&w)));
     let b = three.install(|| run(DType::F32, &x, Some(&w)));
-    assert_eq!(a, b, "attention forward/backward must be bitwise identical across thread counts");
+    assert_eq!(
+        a, b,
+        "attention forward/backward must be bitwise identical across thread counts"
+    );
 
     let dm = MatmulDims::linear(64, 96, 80);
-    let (xa, xb) = (host(&rand_vec(5, 64 * 96), DType::F32), host(&rand_vec(6, 80 * 96), DType::F32));
+    let (xa, xb) = (
+        host(&rand_vec(5, 64 * 96), DType::F32),
+        host(&rand_vec(6, 80 * 96), DType::F32),
+    );
     let mm = || {
         let mut out = zeros(DType::F32, 64 * 80);
-        cpu().matmul_forward(out.view_mut(), xa.view(), xb.view(), None, dm).unwrap();
+        cpu()
+            .matmul_forward(out.view_mut(), xa.view(), xb.view(), None, dm)
+            .unwrap();
         out
     };
     assert_eq!(one.install(mm), three.install(mm));
@@ -104,16 +157,40 @@ fn results_do_not_depend_on_thread_count() {
 fn views_hand_out_disjoint_ranges_of_one_flat_buffer() {
     // One flat gradient buffer; LayerNorm's dweight and dbias are two ranges of it.
     let c = cpu();
-    let d = NormDims { n: 2, c: 3, eps: 1e-5 };
+    let d = NormDims {
+        n: 2,
+        c: 3,
+        eps: 1e-5,
+    };
     let inp = host(&rand_vec(1, 6), DType::F32);
     let (mut out, mut mean, mut rstd) = (zeros(DType::F32, 6), zeros(DType::F32, 2), zeros(DType::F32, 2));
-    c.layernorm_forward(out.view_mut(), mean.view_mut(), rstd.view_mut(), inp.view(), None, None, d).unwrap();
+    c.layernorm_forward(
+        out.view_mut(),
+        mean.view_mut(),
+        rstd.view_mut(),
+        inp.view(),
+        None,
+        None,
+        d,
+    )
+    .unwrap();
     let mut grads = zeros(DType::F32, 10); // [ 4 other | dweight 3 | dbias 3 ]
     let (_, rest) = grads.view_mut().split_at(4);
     let (dw, db) = rest.split_at(3);
     let mut dinp = zeros(DType::F32, 6);
     let dout = host(&[1.0; 6], DType::F32);
-    c.layernorm_backward(dinp.view_mut(), Some(dw), Some(db), dout.view(), inp.view(), None, mean.view(), rstd.view(), d).unwrap();
+    c.layernorm_backward(
+        dinp.view_mut(),
+        Some(dw),
+        Some(db),
+        dout.view(),
+        inp.view(),
+        None,
+        mean.view(),
+        rstd.view(),
+        d,
+    )
+    .unwrap();
     let g = f64s(&grads);
     assert_eq!(g[..4], [0.0; 4]);
     assert_eq!(g[7..], [2.0; 3], "dbias = Σ_rows dout");

@@ -1,1 +1,52 @@
-fn main(){}
+//! `weft`: the command line of the weft trainer.
+
+mod bench;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "Distributed training of video diffusion transformers and language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure the compute engine on this machine.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// Show the compute devices weft can use here.
+    Info,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Matmul GFLOP/s against the machine's measured sgemm peak, and attention tokens/s.
+    Kernels(bench::KernelBenchArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Bench {
+            what: BenchWhat::Kernels(args),
+        } => bench::kernels(&args),
+        Command::Info => {
+            bench::info();
+            Ok(())
+        }
+    }
+}

@@ -58,12 +58,14 @@ pub fn swiglu_forward<T: Real>(out: &mut [T], inp: &[T], h: usize) {
     if h == 0 {
         return;
     }
-    out.par_chunks_mut(h).zip(inp.par_chunks(2 * h)).for_each(|(o, x)| {
-        let (gate, up) = x.split_at(h);
-        for i in 0..h {
-            o[i] = silu(gate[i]) * up[i];
-        }
-    });
+    out.par_chunks_mut(h)
+        .zip(inp.par_chunks(2 * h))
+        .for_each(|(o, x)| {
+            let (gate, up) = x.split_at(h);
+            for i in 0..h {
+                o[i] = silu(gate[i]) * up[i];
+            }
+        });
 }
 
 pub fn swiglu_backward<T: Real>(dinp: &mut [T], dout: &[T], inp: &[T], h: usize) {
@@ -89,9 +91,19 @@ fn check_unary(op: &'static str, out: &HostMut<'_>, inp: &HostRef<'_>, n: usize)
     check_all(op, &[dt], &[("out", Some(out), n, &s)])
 }
 
-fn check_grad(op: &'static str, dinp: &HostMut<'_>, dout: &HostRef<'_>, inp: &HostRef<'_>, n: usize) -> Result<crate::DType> {
+fn check_grad(
+    op: &'static str,
+    dinp: &HostMut<'_>,
+    dout: &HostRef<'_>,
+    inp: &HostRef<'_>,
+    n: usize,
+) -> Result<crate::DType> {
     let s = format!("(n={n})");
-    let dt = check_all(op, REFERENCE_FLOATS, &[("inp", Some(inp), n, &s), ("dout", Some(dout), n, &s)])?;
+    let dt = check_all(
+        op,
+        REFERENCE_FLOATS,
+        &[("inp", Some(inp), n, &s), ("dout", Some(dout), n, &s)],
+    )?;
     check_all(op, &[dt], &[("dinp", Some(dinp), n, &s)])
 }
 
@@ -118,19 +130,35 @@ impl ActivationOps for CpuBackend {
     }
     fn swiglu_forward(&self, out: HostMut<'_>, inp: HostRef<'_>, d: SwigluDims) -> Result<()> {
         const OP: &str = "swiglu_forward";
-        let (si, so) = (format!("(N={}, 2H={})", d.n, 2 * d.h), format!("(N={}, H={})", d.n, d.h));
+        let (si, so) = (
+            format!("(N={}, 2H={})", d.n, 2 * d.h),
+            format!("(N={}, H={})", d.n, d.h),
+        );
         let dt = check_all(OP, REFERENCE_FLOATS, &[("inp", Some(&inp), d.n * 2 * d.h, &si)])?;
         check_all(OP, &[dt], &[("out", Some(&out), d.n * d.h, &so)])?;
         with_real!(dt, T => swiglu_forward::<T>(T::get_mut(out), T::get(inp), d.h));
         Ok(())
     }
-    fn swiglu_backward(&self, dinp: HostMut<'_>, dout: HostRef<'_>, inp: HostRef<'_>, d: SwigluDims) -> Result<()> {
+    fn swiglu_backward(
+        &self,
+        dinp: HostMut<'_>,
+        dout: HostRef<'_>,
+        inp: HostRef<'_>,
+        d: SwigluDims,
+    ) -> Result<()> {
         const OP: &str = "swiglu_backward";
-        let (si, so) = (format!("(N={}, 2H={})", d.n, 2 * d.h), format!("(N={}, H={})", d.n, d.h));
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("inp", Some(&inp), d.n * 2 * d.h, &si),
-            ("dout", Some(&dout), d.n * d.h, &so),
-        ])?;
+        let (si, so) = (
+            format!("(N={}, 2H={})", d.n, 2 * d.h),
+            format!("(N={}, H={})", d.n, d.h),
+        );
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("inp", Some(&inp), d.n * 2 * d.h, &si),
+                ("dout", Some(&dout), d.n * d.h, &so),
+            ],
+        )?;
         check_all(OP, &[dt], &[("dinp", Some(&dinp), d.n * 2 * d.h, &si)])?;
         with_real!(dt, T => swiglu_backward::<T>(T::get_mut(dinp), T::get(dout), T::get(inp), d.h));
         Ok(())

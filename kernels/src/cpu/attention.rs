@@ -56,7 +56,9 @@ impl Layout {
         if !self.d.causal {
             return self.d.tk;
         }
-        (self.d.q_start + qi + 1).saturating_sub(self.d.k_start).min(self.d.tk)
+        (self.d.q_start + qi + 1)
+            .saturating_sub(self.d.k_start)
+            .min(self.d.tk)
     }
     fn group(&self) -> usize {
         self.d.nh / self.d.nkv
@@ -252,12 +254,23 @@ impl AttentionOps for CpuBackend {
         d.rule(OP)?;
         let (qs, kvs, ls) = (d.q(), d.kv(), d.lse());
         let (nq, nkv) = (d.b * d.tq * d.nh * d.hd, d.b * d.tk * d.nkv * d.hd);
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("q", Some(&q), nq, &qs),
-            ("k", Some(&k), nkv, &kvs),
-            ("v", Some(&v), nkv, &kvs),
-        ])?;
-        check_all(OP, &[dt], &[("out", Some(&out), nq, &qs), ("lse", Some(&lse), d.b * d.nh * d.tq, &ls)])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("q", Some(&q), nq, &qs),
+                ("k", Some(&k), nkv, &kvs),
+                ("v", Some(&v), nkv, &kvs),
+            ],
+        )?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("out", Some(&out), nq, &qs),
+                ("lse", Some(&lse), d.b * d.nh * d.tq, &ls),
+            ],
+        )?;
         with_real!(dt, T => attention_forward::<T>(T::get_mut(out), T::get_mut(lse), T::get(q), T::get(k), T::get(v), &d));
         Ok(())
     }
@@ -279,19 +292,27 @@ impl AttentionOps for CpuBackend {
         d.rule(OP)?;
         let (qs, kvs, ls) = (d.q(), d.kv(), d.lse());
         let (nq, nkv) = (d.b * d.tq * d.nh * d.hd, d.b * d.tk * d.nkv * d.hd);
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("q", Some(&q), nq, &qs),
-            ("k", Some(&k), nkv, &kvs),
-            ("v", Some(&v), nkv, &kvs),
-            ("out", Some(&out), nq, &qs),
-            ("dout", Some(&dout), nq, &qs),
-            ("lse", Some(&lse), d.b * d.nh * d.tq, &ls),
-        ])?;
-        check_all(OP, &[dt], &[
-            ("dq", Some(&dq), nq, &qs),
-            ("dk", Some(&dk), nkv, &kvs),
-            ("dv", Some(&dv), nkv, &kvs),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("q", Some(&q), nq, &qs),
+                ("k", Some(&k), nkv, &kvs),
+                ("v", Some(&v), nkv, &kvs),
+                ("out", Some(&out), nq, &qs),
+                ("dout", Some(&dout), nq, &qs),
+                ("lse", Some(&lse), d.b * d.nh * d.tq, &ls),
+            ],
+        )?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("dq", Some(&dq), nq, &qs),
+                ("dk", Some(&dk), nkv, &kvs),
+                ("dv", Some(&dv), nkv, &kvs),
+            ],
+        )?;
         with_real!(dt, T => attention_backward::<T>(
             T::get_mut(dq), T::get_mut(dk), T::get_mut(dv), T::get(dout), T::get(q), T::get(k),
             T::get(v), T::get(out), T::get(lse), &d));

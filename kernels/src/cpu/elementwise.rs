@@ -28,7 +28,13 @@ pub fn scale<T: Real>(out: &mut [T], x: &[T], alpha: T) {
         .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = alpha * x));
 }
 
-fn check_pair(op: &'static str, names: [&'static str; 2], out: &HostMut<'_>, x: &HostRef<'_>, n: usize) -> Result<DType> {
+fn check_pair(
+    op: &'static str,
+    names: [&'static str; 2],
+    out: &HostMut<'_>,
+    x: &HostRef<'_>,
+    n: usize,
+) -> Result<DType> {
     let s = format!("(n={n})");
     let dt = check_all(op, REFERENCE_FLOATS, &[(names[1], Some(x), n, &s)])?;
     check_all(op, &[dt], &[(names[0], Some(out), n, &s)])
@@ -38,7 +44,11 @@ impl ElementwiseOps for CpuBackend {
     fn add_forward(&self, out: HostMut<'_>, a: HostRef<'_>, b: HostRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "add_forward";
         let s = format!("(n={n})");
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("a", Some(&a), n, &s), ("b", Some(&b), n, &s)])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[("a", Some(&a), n, &s), ("b", Some(&b), n, &s)],
+        )?;
         check_all(OP, &[dt], &[("out", Some(&out), n, &s)])?;
         with_real!(dt, T => add_forward::<T>(T::get_mut(out), T::get(a), T::get(b)));
         Ok(())
@@ -68,15 +78,22 @@ impl ElementwiseOps for CpuBackend {
         const OP: &str = "cast";
         let c = Check { op: OP };
         let floats = [DType::F64, DType::F32, DType::BF16, DType::F16];
-        let (din, dout) = (c.dtype_in("x", x.dtype(), &floats)?, c.dtype_in("out", out.dtype(), &floats)?);
+        let (din, dout) = (
+            c.dtype_in("x", x.dtype(), &floats)?,
+            c.dtype_in("out", out.dtype(), &floats)?,
+        );
         c.arg("x", &x, din, n, || format!("(n={n})"))?;
         c.arg("out", &out, dout, n, || format!("(n={n})"))?;
         match (x, out) {
             (HostRef::F64(s), HostMut::F64(d)) => d.copy_from_slice(s),
             (HostRef::F64(s), HostMut::F32(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = s as f32),
             // Direct rounding from f64 (no double rounding through f32).
-            (HostRef::F64(s), HostMut::BF16(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = f64_to_bf16_rne(s)),
-            (HostRef::F64(s), HostMut::F16(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = f16::from_f64(s)),
+            (HostRef::F64(s), HostMut::BF16(d)) => {
+                d.iter_mut().zip(s).for_each(|(d, &s)| *d = f64_to_bf16_rne(s))
+            }
+            (HostRef::F64(s), HostMut::F16(d)) => {
+                d.iter_mut().zip(s).for_each(|(d, &s)| *d = f16::from_f64(s))
+            }
             (x, out) => narrow(&widen(x), out),
         }
         Ok(())

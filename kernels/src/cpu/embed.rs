@@ -19,7 +19,9 @@ pub fn embedding_forward<T: Real>(out: &mut [T], ids: &[i32], table: &[T], c: us
 pub fn embedding_backward<T: Real>(dtable: &mut [T], dout: &[T], ids: &[i32], c: usize) {
     for (i, &id) in ids.iter().enumerate() {
         let row = &mut dtable[id as usize * c..(id as usize + 1) * c];
-        row.iter_mut().zip(&dout[i * c..(i + 1) * c]).for_each(|(d, &g)| *d += g);
+        row.iter_mut()
+            .zip(&dout[i * c..(i + 1) * c])
+            .for_each(|(d, &g)| *d += g);
     }
 }
 
@@ -30,27 +32,29 @@ pub fn patch_permute<T: Real>(dst: &mut [T], src: &[T], d: &PatchDims, to_tokens
     if per_sample == 0 {
         return;
     }
-    dst.par_chunks_mut(per_sample).zip(src.par_chunks(per_sample)).for_each(|(dst, src)| {
-        for it in 0..nt {
-            for ih in 0..nh {
-                for iw in 0..nw {
-                    let tok = (it * nh + ih) * nw + iw;
-                    for dt in 0..d.pt {
-                        for dh in 0..d.ph {
-                            // pw·C values are contiguous on both sides.
-                            let v = (((it * d.pt + dt) * d.h + ih * d.ph + dh) * d.w + iw * d.pw) * d.c;
-                            let p = tok * tok_dim + (dt * d.ph + dh) * run;
-                            if to_tokens {
-                                dst[p..p + run].copy_from_slice(&src[v..v + run]);
-                            } else {
-                                dst[v..v + run].copy_from_slice(&src[p..p + run]);
+    dst.par_chunks_mut(per_sample)
+        .zip(src.par_chunks(per_sample))
+        .for_each(|(dst, src)| {
+            for it in 0..nt {
+                for ih in 0..nh {
+                    for iw in 0..nw {
+                        let tok = (it * nh + ih) * nw + iw;
+                        for dt in 0..d.pt {
+                            for dh in 0..d.ph {
+                                // pw·C values are contiguous on both sides.
+                                let v = (((it * d.pt + dt) * d.h + ih * d.ph + dh) * d.w + iw * d.pw) * d.c;
+                                let p = tok * tok_dim + (dt * d.ph + dh) * run;
+                                if to_tokens {
+                                    dst[p..p + run].copy_from_slice(&src[v..v + run]);
+                                } else {
+                                    dst[v..v + run].copy_from_slice(&src[p..p + run]);
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-    });
+        });
 }
 
 fn freq<T: Real>(j: usize, half: usize, max_period: f64) -> T {
@@ -96,13 +100,30 @@ fn ids<'a>(v: HostRef<'a>) -> &'a [i32] {
 
 fn check_ids(op: &'static str, v: &HostRef<'_>, d: &EmbeddingDims) -> Result<()> {
     Check { op }.arg("ids", v, DType::I32, d.n, || format!("(N={})", d.n))?;
-    if let Some((pos, &id)) = ids(*v).iter().enumerate().find(|(_, &id)| id < 0 || id as usize >= d.v) {
-        return Err(Error::Index { op, arg: "ids", index: id as i64, pos, bound: d.v });
+    if let Some((pos, &id)) = ids(*v)
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id < 0 || id as usize >= d.v)
+    {
+        return Err(Error::Index {
+            op,
+            arg: "ids",
+            index: id as i64,
+            pos,
+            bound: d.v,
+        });
     }
     Ok(())
 }
 
-fn check_patch(op: &'static str, dst: &HostMut<'_>, dst_is_tokens: bool, src: &HostRef<'_>, names: (&'static str, &'static str), d: &PatchDims) -> Result<DType> {
+fn check_patch(
+    op: &'static str,
+    dst: &HostMut<'_>,
+    dst_is_tokens: bool,
+    src: &HostRef<'_>,
+    names: (&'static str, &'static str),
+    d: &PatchDims,
+) -> Result<DType> {
     d.rule(op)?;
     let (vs, ps) = (d.video(), d.patches());
     let (dshape, sshape) = if dst_is_tokens { (&ps, &vs) } else { (&vs, &ps) };
@@ -111,18 +132,36 @@ fn check_patch(op: &'static str, dst: &HostMut<'_>, dst_is_tokens: bool, src: &H
 }
 
 impl EmbedOps for CpuBackend {
-    fn embedding_forward(&self, out: HostMut<'_>, ids_: HostRef<'_>, table: HostRef<'_>, d: EmbeddingDims) -> Result<()> {
+    fn embedding_forward(
+        &self,
+        out: HostMut<'_>,
+        ids_: HostRef<'_>,
+        table: HostRef<'_>,
+        d: EmbeddingDims,
+    ) -> Result<()> {
         const OP: &str = "embedding_forward";
-        let (ts, os) = (format!("(V={}, C={})", d.v, d.c), format!("(N={}, C={})", d.n, d.c));
+        let (ts, os) = (
+            format!("(V={}, C={})", d.v, d.c),
+            format!("(N={}, C={})", d.n, d.c),
+        );
         let dt = check_all(OP, REFERENCE_FLOATS, &[("table", Some(&table), d.v * d.c, &ts)])?;
         check_all(OP, &[dt], &[("out", Some(&out), d.n * d.c, &os)])?;
         check_ids(OP, &ids_, &d)?;
         with_real!(dt, T => embedding_forward::<T>(T::get_mut(out), ids(ids_), T::get(table), d.c));
         Ok(())
     }
-    fn embedding_backward(&self, dtable: HostMut<'_>, dout: HostRef<'_>, ids_: HostRef<'_>, d: EmbeddingDims) -> Result<()> {
+    fn embedding_backward(
+        &self,
+        dtable: HostMut<'_>,
+        dout: HostRef<'_>,
+        ids_: HostRef<'_>,
+        d: EmbeddingDims,
+    ) -> Result<()> {
         const OP: &str = "embedding_backward";
-        let (ts, os) = (format!("(V={}, C={})", d.v, d.c), format!("(N={}, C={})", d.n, d.c));
+        let (ts, os) = (
+            format!("(V={}, C={})", d.v, d.c),
+            format!("(N={}, C={})", d.n, d.c),
+        );
         let dt = check_all(OP, REFERENCE_FLOATS, &[("dout", Some(&dout), d.n * d.c, &os)])?;
         check_all(OP, &[dt], &[("dtable", Some(&dtable), d.v * d.c, &ts)])?;
         check_ids(OP, &ids_, &d)?;
@@ -145,7 +184,14 @@ impl EmbedOps for CpuBackend {
         Ok(())
     }
     fn unpatchify_backward(&self, dtokens: HostMut<'_>, dout: HostRef<'_>, d: PatchDims) -> Result<()> {
-        let dt = check_patch("unpatchify_backward", &dtokens, true, &dout, ("dtokens", "dout"), &d)?;
+        let dt = check_patch(
+            "unpatchify_backward",
+            &dtokens,
+            true,
+            &dout,
+            ("dtokens", "dout"),
+            &d,
+        )?;
         with_real!(dt, T => patch_permute::<T>(T::get_mut(dtokens), T::get(dout), &d, true));
         Ok(())
     }
@@ -157,10 +203,20 @@ impl EmbedOps for CpuBackend {
         with_real!(dt, T => timestep_forward::<T>(T::get_mut(out), T::get(t), &d));
         Ok(())
     }
-    fn timestep_embedding_backward(&self, dt_: HostMut<'_>, dout: HostRef<'_>, t: HostRef<'_>, d: TimestepDims) -> Result<()> {
+    fn timestep_embedding_backward(
+        &self,
+        dt_: HostMut<'_>,
+        dout: HostRef<'_>,
+        t: HostRef<'_>,
+        d: TimestepDims,
+    ) -> Result<()> {
         const OP: &str = "timestep_embedding_backward";
         let (ts, os) = (format!("(N={})", d.n), format!("(N={}, DIM={})", d.n, d.dim));
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("t", Some(&t), d.n, &ts), ("dout", Some(&dout), d.n * d.dim, &os)])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[("t", Some(&t), d.n, &ts), ("dout", Some(&dout), d.n * d.dim, &os)],
+        )?;
         check_all(OP, &[dt], &[("dt", Some(&dt_), d.n, &ts)])?;
         with_real!(dt, T => timestep_backward::<T>(T::get_mut(dt_), T::get(dout), T::get(t), &d));
         Ok(())

@@ -11,7 +11,13 @@ fn row_lse<T: Real>(x: &[T]) -> T {
     m + x.iter().map(|&v| (v - m).exp()).sum::<T>().ln()
 }
 
-pub fn cross_entropy_forward<T: Real>(losses: &mut [T], lse: &mut [T], logits: &[T], targets: &[i32], d: &CrossEntropyDims) {
+pub fn cross_entropy_forward<T: Real>(
+    losses: &mut [T],
+    lse: &mut [T],
+    logits: &[T],
+    targets: &[i32],
+    d: &CrossEntropyDims,
+) {
     let (v, z) = (d.v, T::of(d.z_loss as f64));
     let task = rows_per_task(v);
     losses
@@ -23,7 +29,11 @@ pub fn cross_entropy_forward<T: Real>(losses: &mut [T], lse: &mut [T], logits: &
             for (r, x) in x.chunks(v).enumerate() {
                 let l = row_lse(x);
                 lse[r] = l;
-                loss[r] = if y[r] < 0 { T::zero() } else { l - x[y[r] as usize] + z * l * l };
+                loss[r] = if y[r] < 0 {
+                    T::zero()
+                } else {
+                    l - x[y[r] as usize] + z * l * l
+                };
             }
         });
 }
@@ -37,23 +47,31 @@ pub fn cross_entropy_backward<T: Real>(
     d: &CrossEntropyDims,
 ) {
     let (v, z) = (d.v, T::of(d.z_loss as f64));
-    dlogits.par_chunks_mut(v).zip(logits.par_chunks(v)).enumerate().for_each(|(r, (dx, x))| {
-        if targets[r] < 0 {
-            dx.fill(T::zero());
-            return;
-        }
-        let (g, l) = (dlosses[r], lse[r]);
-        let zf = T::one() + T::of(2.0) * z * l;
-        for i in 0..v {
-            dx[i] = g * (x[i] - l).exp() * zf;
-        }
-        dx[targets[r] as usize] -= g;
-    });
+    dlogits
+        .par_chunks_mut(v)
+        .zip(logits.par_chunks(v))
+        .enumerate()
+        .for_each(|(r, (dx, x))| {
+            if targets[r] < 0 {
+                dx.fill(T::zero());
+                return;
+            }
+            let (g, l) = (dlosses[r], lse[r]);
+            let zf = T::one() + T::of(2.0) * z * l;
+            for i in 0..v {
+                dx[i] = g * (x[i] - l).exp() * zf;
+            }
+            dx[targets[r] as usize] -= g;
+        });
 }
 
 pub fn mse_forward<T: Real>(pred: &[T], target: &[T]) -> T {
     let n = T::of(pred.len().max(1) as f64);
-    pred.iter().zip(target).map(|(&p, &t)| (p - t) * (p - t)).sum::<T>() / n
+    pred.iter()
+        .zip(target)
+        .map(|(&p, &t)| (p - t) * (p - t))
+        .sum::<T>()
+        / n
 }
 
 pub fn mse_backward<T: Real>(dpred: &mut [T], dloss: T, pred: &[T], target: &[T]) {
@@ -67,9 +85,17 @@ pub fn mse_backward<T: Real>(dpred: &mut [T], dloss: T, pred: &[T], target: &[T]
 fn check_targets(op: &'static str, targets: &HostRef<'_>, d: &CrossEntropyDims) -> Result<()> {
     let c = Check { op };
     c.arg("targets", targets, DType::I32, d.n, || format!("(N={})", d.n))?;
-    let HostRef::I32(t) = targets else { unreachable!("checked above") };
+    let HostRef::I32(t) = targets else {
+        unreachable!("checked above")
+    };
     if let Some((pos, &y)) = t.iter().enumerate().find(|(_, &y)| y >= d.v as i32) {
-        return Err(Error::Index { op, arg: "targets", index: y as i64, pos, bound: d.v });
+        return Err(Error::Index {
+            op,
+            arg: "targets",
+            index: y as i64,
+            pos,
+            bound: d.v,
+        });
     }
     Ok(())
 }
@@ -93,7 +119,11 @@ impl LossOps for CpuBackend {
         const OP: &str = "cross_entropy_forward";
         let (ls, rs) = (format!("(N={}, V={})", d.n, d.v), format!("(N={})", d.n));
         let dt = check_all(OP, REFERENCE_FLOATS, &[("logits", Some(&logits), d.n * d.v, &ls)])?;
-        check_all(OP, &[dt], &[("losses", Some(&losses), d.n, &rs), ("lse", Some(&lse), d.n, &rs)])?;
+        check_all(
+            OP,
+            &[dt],
+            &[("losses", Some(&losses), d.n, &rs), ("lse", Some(&lse), d.n, &rs)],
+        )?;
         check_targets(OP, &targets_, &d)?;
         with_real!(dt, T => cross_entropy_forward::<T>(
             T::get_mut(losses), T::get_mut(lse), T::get(logits), targets(targets_), &d));
@@ -111,11 +141,15 @@ impl LossOps for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "cross_entropy_backward";
         let (ls, rs) = (format!("(N={}, V={})", d.n, d.v), format!("(N={})", d.n));
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("logits", Some(&logits), d.n * d.v, &ls),
-            ("dlosses", Some(&dlosses), d.n, &rs),
-            ("lse", Some(&lse), d.n, &rs),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("logits", Some(&logits), d.n * d.v, &ls),
+                ("dlosses", Some(&dlosses), d.n, &rs),
+                ("lse", Some(&lse), d.n, &rs),
+            ],
+        )?;
         check_all(OP, &[dt], &[("dlogits", Some(&dlogits), d.n * d.v, &ls)])?;
         check_targets(OP, &targets_, &d)?;
         with_real!(dt, T => cross_entropy_backward::<T>(
@@ -126,20 +160,35 @@ impl LossOps for CpuBackend {
     fn mse_forward(&self, loss: HostMut<'_>, pred: HostRef<'_>, target: HostRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "mse_forward";
         let s = format!("(n={n})");
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("pred", Some(&pred), n, &s), ("target", Some(&target), n, &s)])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[("pred", Some(&pred), n, &s), ("target", Some(&target), n, &s)],
+        )?;
         check_all(OP, &[dt], &[("loss", Some(&loss), 1, "(1)")])?;
         with_real!(dt, T => T::get_mut(loss)[0] = mse_forward::<T>(T::get(pred), T::get(target)));
         Ok(())
     }
 
-    fn mse_backward(&self, dpred: HostMut<'_>, dloss: HostRef<'_>, pred: HostRef<'_>, target: HostRef<'_>, n: usize) -> Result<()> {
+    fn mse_backward(
+        &self,
+        dpred: HostMut<'_>,
+        dloss: HostRef<'_>,
+        pred: HostRef<'_>,
+        target: HostRef<'_>,
+        n: usize,
+    ) -> Result<()> {
         const OP: &str = "mse_backward";
         let s = format!("(n={n})");
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("pred", Some(&pred), n, &s),
-            ("target", Some(&target), n, &s),
-            ("dloss", Some(&dloss), 1, "(1)"),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("pred", Some(&pred), n, &s),
+                ("target", Some(&target), n, &s),
+                ("dloss", Some(&dloss), 1, "(1)"),
+            ],
+        )?;
         check_all(OP, &[dt], &[("dpred", Some(&dpred), n, &s)])?;
         with_real!(dt, T => mse_backward::<T>(T::get_mut(dpred), T::get(dloss)[0], T::get(pred), T::get(target)));
         Ok(())

@@ -11,9 +11,12 @@ use half::f16;
 ///
 /// # Panics
 /// If a slice is shorter than its stated shape (callers validate first).
-pub fn gemm_rm<T: Real>(g: &Gemm, dst: &mut [T], lhs: &[T], rhs: &[T]) {
+pub(crate) fn gemm_rm<T: Real>(g: &Gemm, dst: &mut [T], lhs: &[T], rhs: &[T]) {
     let (m, n, k) = (g.m, g.n, g.k);
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "gemm operand too short");
+    assert!(
+        dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n,
+        "gemm operand too short"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -59,14 +62,24 @@ pub fn gemm_rm<T: Real>(g: &Gemm, dst: &mut [T], lhs: &[T], rhs: &[T]) {
     }
 }
 
+/// Plain row-major `c (m, n) = a (m, k) · b (k, n)` in f32 straight through the GEMM library,
+/// without argument checks: the reference that `weft bench kernels` measures peak with.
+pub fn gemm_rm_public(m: usize, n: usize, k: usize, c: &mut [f32], a: &[f32], b: &[f32]) {
+    let g = Gemm {
+        m,
+        n,
+        k,
+        lhs: Operand::A,
+        lhs_t: false,
+        rhs: Operand::B,
+        rhs_t: false,
+        accumulate: false,
+    };
+    gemm_rm(&g, c, a, b);
+}
+
 /// One matmul call over a batch: `plan` per batch item, operands picked from `a`, `b`, `dout`.
-fn run_batched<T: Real>(
-    g: &Gemm,
-    batch: usize,
-    dst: &mut [T],
-    ops: [&[T]; 3],
-    sizes: [usize; 3],
-) {
+fn run_batched<T: Real>(g: &Gemm, batch: usize, dst: &mut [T], ops: [&[T]; 3], sizes: [usize; 3]) {
     let pick = |o: Operand| match o {
         Operand::A => 0,
         Operand::B => 1,
@@ -162,8 +175,15 @@ impl MatmulOps for CpuBackend {
         b: HostRef<'_>,
         d: MatmulDims,
     ) -> Result<()> {
-        let (dt, _) =
-            d.check_backward("matmul_backward", da.as_ref(), db.as_ref(), dbias.as_ref(), &dout, &a, &b)?;
+        let (dt, _) = d.check_backward(
+            "matmul_backward",
+            da.as_ref(),
+            db.as_ref(),
+            dbias.as_ref(),
+            &dout,
+            &a,
+            &b,
+        )?;
         let s = sizes(&d);
         match dt {
             DType::F32 | DType::F64 => super::with_real!(dt, T => {

@@ -10,7 +10,7 @@ mod attention;
 mod elementwise;
 mod embed;
 mod loss;
-mod matmul;
+pub mod matmul;
 mod modulation;
 pub mod norm;
 mod optim;
@@ -92,23 +92,16 @@ impl Backend for CpuBackend {
 
 fn copy_checked(op: &'static str, src: HostRef<'_>, mut dst: HostMut<'_>) -> Result<()> {
     let c = crate::backend::Check { op };
-    c.arg("dst", &dst, src.dtype(), src.len(), || "(the length of `src`)".into())?;
+    c.arg("dst", &dst, src.dtype(), src.len(), || {
+        "(the length of `src`)".into()
+    })?;
     dst.as_bytes_mut().copy_from_slice(src.as_bytes());
     Ok(())
 }
 
 /// The float types the reference kernels are written over.
 pub trait Real:
-    num_traits::Float
-    + Default
-    + Debug
-    + Send
-    + Sync
-    + 'static
-    + AddAssign
-    + SubAssign
-    + MulAssign
-    + Sum
+    num_traits::Float + Default + Debug + Send + Sync + 'static + AddAssign + SubAssign + MulAssign + Sum
 {
     /// Convert from f64 (constants, hyper-parameters).
     fn of(x: f64) -> Self;

@@ -15,14 +15,17 @@ pub fn modulate_forward<T: Real>(out: &mut [T], x: &[T], shift: &[T], scale: &[T
     if tc == 0 {
         return;
     }
-    out.par_chunks_mut(tc).zip(x.par_chunks(tc)).enumerate().for_each(|(b, (o, x))| {
-        let (sh, sc) = (cond(shift, b, d), cond(scale, b, d));
-        for (o, x) in o.chunks_mut(c).zip(x.chunks(c)) {
-            for i in 0..c {
-                o[i] = x[i] * (T::one() + sc[i]) + sh[i];
+    out.par_chunks_mut(tc)
+        .zip(x.par_chunks(tc))
+        .enumerate()
+        .for_each(|(b, (o, x))| {
+            let (sh, sc) = (cond(shift, b, d), cond(scale, b, d));
+            for (o, x) in o.chunks_mut(c).zip(x.chunks(c)) {
+                for i in 0..c {
+                    o[i] = x[i] * (T::one() + sc[i]) + sh[i];
+                }
             }
-        }
-    });
+        });
 }
 
 /// Writes `dshift`/`dscale` rows `b` (strided) by summing over `T` in order.
@@ -62,14 +65,18 @@ pub fn gate_forward<T: Real>(residual: &mut [T], gate: &[T], y: &[T], d: &ModDim
     if tc == 0 {
         return;
     }
-    residual.par_chunks_mut(tc).zip(y.par_chunks(tc)).enumerate().for_each(|(b, (r, y))| {
-        let g = cond(gate, b, d);
-        for (r, y) in r.chunks_mut(c).zip(y.chunks(c)) {
-            for i in 0..c {
-                r[i] += g[i] * y[i];
+    residual
+        .par_chunks_mut(tc)
+        .zip(y.par_chunks(tc))
+        .enumerate()
+        .for_each(|(b, (r, y))| {
+            let g = cond(gate, b, d);
+            for (r, y) in r.chunks_mut(c).zip(y.chunks(c)) {
+                for i in 0..c {
+                    r[i] += g[i] * y[i];
+                }
             }
-        }
-    });
+        });
 }
 
 pub fn gate_backward<T: Real>(dy: &mut [T], dgate: &mut [T], dout: &[T], gate: &[T], y: &[T], d: &ModDims) {
@@ -103,11 +110,15 @@ impl ModulationOps for CpuBackend {
         const OP: &str = "modulate_forward";
         d.rule(OP)?;
         let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("x", Some(&x), n, &st),
-            ("shift", Some(&shift), d.cond_len(), &co),
-            ("scale", Some(&scale), d.cond_len(), &co),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("x", Some(&x), n, &st),
+                ("shift", Some(&shift), d.cond_len(), &co),
+                ("scale", Some(&scale), d.cond_len(), &co),
+            ],
+        )?;
         check_all(OP, &[dt], &[("out", Some(&out), n, &st)])?;
         with_real!(dt, T => modulate_forward::<T>(T::get_mut(out), T::get(x), T::get(shift), T::get(scale), &d));
         Ok(())
@@ -126,29 +137,44 @@ impl ModulationOps for CpuBackend {
         const OP: &str = "modulate_backward";
         d.rule(OP)?;
         let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("dout", Some(&dout), n, &st),
-            ("x", Some(&x), n, &st),
-            ("scale", Some(&scale), d.cond_len(), &co),
-        ])?;
-        check_all(OP, &[dt], &[
-            ("dx", Some(&dx), n, &st),
-            ("dshift", Some(&dshift), d.cond_len(), &co),
-            ("dscale", Some(&dscale), d.cond_len(), &co),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("dout", Some(&dout), n, &st),
+                ("x", Some(&x), n, &st),
+                ("scale", Some(&scale), d.cond_len(), &co),
+            ],
+        )?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("dx", Some(&dx), n, &st),
+                ("dshift", Some(&dshift), d.cond_len(), &co),
+                ("dscale", Some(&dscale), d.cond_len(), &co),
+            ],
+        )?;
         with_real!(dt, T => modulate_backward::<T>(
             T::get_mut(dx), T::get_mut(dshift), T::get_mut(dscale), T::get(dout), T::get(x), T::get(scale), &d));
         Ok(())
     }
 
-    fn gate_forward(&self, residual: HostMut<'_>, gate: HostRef<'_>, y: HostRef<'_>, d: ModDims) -> Result<()> {
+    fn gate_forward(
+        &self,
+        residual: HostMut<'_>,
+        gate: HostRef<'_>,
+        y: HostRef<'_>,
+        d: ModDims,
+    ) -> Result<()> {
         const OP: &str = "gate_forward";
         d.rule(OP)?;
         let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("y", Some(&y), n, &st),
-            ("gate", Some(&gate), d.cond_len(), &co),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[("y", Some(&y), n, &st), ("gate", Some(&gate), d.cond_len(), &co)],
+        )?;
         check_all(OP, &[dt], &[("residual", Some(&residual), n, &st)])?;
         with_real!(dt, T => gate_forward::<T>(T::get_mut(residual), T::get(gate), T::get(y), &d));
         Ok(())
@@ -166,15 +192,23 @@ impl ModulationOps for CpuBackend {
         const OP: &str = "gate_backward";
         d.rule(OP)?;
         let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("dout", Some(&dout), n, &st),
-            ("y", Some(&y), n, &st),
-            ("gate", Some(&gate), d.cond_len(), &co),
-        ])?;
-        check_all(OP, &[dt], &[
-            ("dy", Some(&dy), n, &st),
-            ("dgate", Some(&dgate), d.cond_len(), &co),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("dout", Some(&dout), n, &st),
+                ("y", Some(&y), n, &st),
+                ("gate", Some(&gate), d.cond_len(), &co),
+            ],
+        )?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("dy", Some(&dy), n, &st),
+                ("dgate", Some(&dgate), d.cond_len(), &co),
+            ],
+        )?;
         with_real!(dt, T => gate_backward::<T>(
             T::get_mut(dy), T::get_mut(dgate), T::get(dout), T::get(gate), T::get(y), &d));
         Ok(())

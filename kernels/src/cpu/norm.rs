@@ -101,7 +101,13 @@ pub(crate) fn column_reduce<T: Real>(acc: &mut [T], rows: usize, f: impl Fn(usiz
     });
 }
 
-pub fn rmsnorm_forward<T: Real>(out: &mut [T], rstd: &mut [T], inp: &[T], weight: Option<&[T]>, d: &NormDims) {
+pub fn rmsnorm_forward<T: Real>(
+    out: &mut [T],
+    rstd: &mut [T],
+    inp: &[T],
+    weight: Option<&[T]>,
+    d: &NormDims,
+) {
     let (c, eps) = (d.c, T::of(d.eps as f64));
     let cn = T::of(c as f64);
     let task = rows_per_task(c);
@@ -165,16 +171,24 @@ impl NormOps for CpuBackend {
         const OP: &str = "layernorm_forward";
         d.rule(OP)?;
         let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("inp", Some(&inp), d.n * d.c, &full),
-            ("weight", weight.as_ref(), d.c, &chan),
-            ("bias", bias.as_ref(), d.c, &chan),
-        ])?;
-        check_all(OP, &[dt], &[
-            ("out", Some(&out), d.n * d.c, &full),
-            ("mean", Some(&mean), d.n, &rows),
-            ("rstd", Some(&rstd), d.n, &rows),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("inp", Some(&inp), d.n * d.c, &full),
+                ("weight", weight.as_ref(), d.c, &chan),
+                ("bias", bias.as_ref(), d.c, &chan),
+            ],
+        )?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("out", Some(&out), d.n * d.c, &full),
+                ("mean", Some(&mean), d.n, &rows),
+                ("rstd", Some(&rstd), d.n, &rows),
+            ],
+        )?;
         with_real!(dt, T => layernorm_forward::<T>(
             T::get_mut(out), T::get_mut(mean), T::get_mut(rstd), T::get(inp), opt(weight), opt(bias), &d));
         Ok(())
@@ -195,18 +209,26 @@ impl NormOps for CpuBackend {
         const OP: &str = "layernorm_backward";
         d.rule(OP)?;
         let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("inp", Some(&inp), d.n * d.c, &full),
-            ("dout", Some(&dout), d.n * d.c, &full),
-            ("weight", weight.as_ref(), d.c, &chan),
-            ("mean", Some(&mean), d.n, &rows),
-            ("rstd", Some(&rstd), d.n, &rows),
-        ])?;
-        check_all(OP, &[dt], &[
-            ("dinp", Some(&dinp), d.n * d.c, &full),
-            ("dweight", dweight.as_ref(), d.c, &chan),
-            ("dbias", dbias.as_ref(), d.c, &chan),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("inp", Some(&inp), d.n * d.c, &full),
+                ("dout", Some(&dout), d.n * d.c, &full),
+                ("weight", weight.as_ref(), d.c, &chan),
+                ("mean", Some(&mean), d.n, &rows),
+                ("rstd", Some(&rstd), d.n, &rows),
+            ],
+        )?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("dinp", Some(&dinp), d.n * d.c, &full),
+                ("dweight", dweight.as_ref(), d.c, &chan),
+                ("dbias", dbias.as_ref(), d.c, &chan),
+            ],
+        )?;
         with_real!(dt, T => layernorm_backward::<T>(
             T::get_mut(dinp), opt_mut(dweight), opt_mut(dbias), T::get(dout), T::get(inp),
             opt(weight), T::get(mean), T::get(rstd), &d));
@@ -224,14 +246,22 @@ impl NormOps for CpuBackend {
         const OP: &str = "rmsnorm_forward";
         d.rule(OP)?;
         let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("inp", Some(&inp), d.n * d.c, &full),
-            ("weight", weight.as_ref(), d.c, &chan),
-        ])?;
-        check_all(OP, &[dt], &[
-            ("out", Some(&out), d.n * d.c, &full),
-            ("rstd", Some(&rstd), d.n, &rows),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("inp", Some(&inp), d.n * d.c, &full),
+                ("weight", weight.as_ref(), d.c, &chan),
+            ],
+        )?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("out", Some(&out), d.n * d.c, &full),
+                ("rstd", Some(&rstd), d.n, &rows),
+            ],
+        )?;
         with_real!(dt, T => rmsnorm_forward::<T>(T::get_mut(out), T::get_mut(rstd), T::get(inp), opt(weight), &d));
         Ok(())
     }
@@ -249,16 +279,24 @@ impl NormOps for CpuBackend {
         const OP: &str = "rmsnorm_backward";
         d.rule(OP)?;
         let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("inp", Some(&inp), d.n * d.c, &full),
-            ("dout", Some(&dout), d.n * d.c, &full),
-            ("weight", weight.as_ref(), d.c, &chan),
-            ("rstd", Some(&rstd), d.n, &rows),
-        ])?;
-        check_all(OP, &[dt], &[
-            ("dinp", Some(&dinp), d.n * d.c, &full),
-            ("dweight", dweight.as_ref(), d.c, &chan),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("inp", Some(&inp), d.n * d.c, &full),
+                ("dout", Some(&dout), d.n * d.c, &full),
+                ("weight", weight.as_ref(), d.c, &chan),
+                ("rstd", Some(&rstd), d.n, &rows),
+            ],
+        )?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("dinp", Some(&dinp), d.n * d.c, &full),
+                ("dweight", dweight.as_ref(), d.c, &chan),
+            ],
+        )?;
         with_real!(dt, T => rmsnorm_backward::<T>(
             T::get_mut(dinp), opt_mut(dweight), T::get(dout), T::get(inp), opt(weight), T::get(rstd), &d));
         Ok(())

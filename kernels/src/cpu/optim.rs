@@ -9,7 +9,10 @@ const CHUNK: usize = 16384;
 
 /// `Σ x²` in f64, chunked in a fixed order so the result does not depend on thread count.
 pub fn sum_squares<T: Real>(x: &[T]) -> f64 {
-    let parts: Vec<f64> = x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| v.f64() * v.f64()).sum()).collect();
+    let parts: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| v.f64() * v.f64()).sum())
+        .collect();
     parts.iter().sum()
 }
 
@@ -20,7 +23,12 @@ pub fn adamw_update<T: Real>(p: &mut [T], m: &mut [T], v: &mut [T], g: &[T], h: 
     let step_size = T::of(h.lr as f64 / bc1);
     let bc2_sqrt = T::of(bc2.sqrt());
     let decay = T::of(1.0 - h.lr as f64 * h.weight_decay as f64);
-    let (b1, b2, eps, gs) = (T::of(b1), T::of(b2), T::of(h.eps as f64), T::of(h.grad_scale as f64));
+    let (b1, b2, eps, gs) = (
+        T::of(b1),
+        T::of(b2),
+        T::of(h.eps as f64),
+        T::of(h.grad_scale as f64),
+    );
     p.par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
@@ -51,14 +59,25 @@ impl OptimOps for CpuBackend {
         with_real!(dt, T => T::get_mut(out)[0] = T::of(sum_squares::<T>(T::get(x)).sqrt()));
         Ok(())
     }
-    fn l2norm_backward(&self, dx: HostMut<'_>, dout: HostRef<'_>, x: HostRef<'_>, norm: HostRef<'_>, n: usize) -> Result<()> {
+    fn l2norm_backward(
+        &self,
+        dx: HostMut<'_>,
+        dout: HostRef<'_>,
+        x: HostRef<'_>,
+        norm: HostRef<'_>,
+        n: usize,
+    ) -> Result<()> {
         const OP: &str = "l2norm_backward";
         let s = format!("(n={n})");
-        let dt = check_all(OP, REFERENCE_FLOATS, &[
-            ("x", Some(&x), n, &s),
-            ("dout", Some(&dout), 1, "(1)"),
-            ("norm", Some(&norm), 1, "(1)"),
-        ])?;
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[
+                ("x", Some(&x), n, &s),
+                ("dout", Some(&dout), 1, "(1)"),
+                ("norm", Some(&norm), 1, "(1)"),
+            ],
+        )?;
         check_all(OP, &[dt], &[("dx", Some(&dx), n, &s)])?;
         with_real!(dt, T => {
             let nrm = T::get(norm)[0];
@@ -67,12 +86,28 @@ impl OptimOps for CpuBackend {
         });
         Ok(())
     }
-    fn adamw_update(&self, params: HostMut<'_>, m: HostMut<'_>, v: HostMut<'_>, grads: HostRef<'_>, h: AdamW, n: usize) -> Result<()> {
+    fn adamw_update(
+        &self,
+        params: HostMut<'_>,
+        m: HostMut<'_>,
+        v: HostMut<'_>,
+        grads: HostRef<'_>,
+        h: AdamW,
+        n: usize,
+    ) -> Result<()> {
         const OP: &str = "adamw_update";
         h.rule(OP)?;
         let s = format!("(n={n})");
         let dt = check_all(OP, REFERENCE_FLOATS, &[("grads", Some(&grads), n, &s)])?;
-        check_all(OP, &[dt], &[("params", Some(&params), n, &s), ("m", Some(&m), n, &s), ("v", Some(&v), n, &s)])?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("params", Some(&params), n, &s),
+                ("m", Some(&m), n, &s),
+                ("v", Some(&v), n, &s),
+            ],
+        )?;
         with_real!(dt, T => adamw_update::<T>(T::get_mut(params), T::get_mut(m), T::get_mut(v), T::get(grads), &h));
         Ok(())
     }

@@ -13,38 +13,70 @@ pub fn rope_apply<T: Real>(out: &mut [T], inp: &[T], cos: &[T], sin: &[T], d: &R
     if token == 0 {
         return;
     }
-    out.par_chunks_mut(token).zip(inp.par_chunks(token)).enumerate().for_each(|(row, (o, x))| {
-        let t = row % d.t;
-        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
-        for (o, x) in o.chunks_mut(hd).zip(x.chunks(hd)) {
-            for i in 0..half {
-                let (x1, x2, si) = (x[i], x[i + half], sign * s[i]);
-                o[i] = x1 * c[i] - x2 * si;
-                o[i + half] = x2 * c[i] + x1 * si;
+    out.par_chunks_mut(token)
+        .zip(inp.par_chunks(token))
+        .enumerate()
+        .for_each(|(row, (o, x))| {
+            let t = row % d.t;
+            let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            for (o, x) in o.chunks_mut(hd).zip(x.chunks(hd)) {
+                for i in 0..half {
+                    let (x1, x2, si) = (x[i], x[i + half], sign * s[i]);
+                    o[i] = x1 * c[i] - x2 * si;
+                    o[i + half] = x2 * c[i] + x1 * si;
+                }
             }
-        }
-    });
+        });
 }
 
-fn check(op: &'static str, out: &HostMut<'_>, inp: &HostRef<'_>, cos: &HostRef<'_>, sin: &HostRef<'_>, d: &RopeDims) -> Result<crate::DType> {
+fn check(
+    op: &'static str,
+    out: &HostMut<'_>,
+    inp: &HostRef<'_>,
+    cos: &HostRef<'_>,
+    sin: &HostRef<'_>,
+    d: &RopeDims,
+) -> Result<crate::DType> {
     d.rule(op)?;
     let (xs, ts, n) = (d.x(), d.table(), d.b * d.t * d.h * d.hd);
-    let (inp_name, out_name) = if op.ends_with("backward") { ("dout", "dinp") } else { ("inp", "out") };
-    let dt = check_all(op, REFERENCE_FLOATS, &[
-        (inp_name, Some(inp), n, &xs),
-        ("cos", Some(cos), d.t * d.hd / 2, &ts),
-        ("sin", Some(sin), d.t * d.hd / 2, &ts),
-    ])?;
+    let (inp_name, out_name) = if op.ends_with("backward") {
+        ("dout", "dinp")
+    } else {
+        ("inp", "out")
+    };
+    let dt = check_all(
+        op,
+        REFERENCE_FLOATS,
+        &[
+            (inp_name, Some(inp), n, &xs),
+            ("cos", Some(cos), d.t * d.hd / 2, &ts),
+            ("sin", Some(sin), d.t * d.hd / 2, &ts),
+        ],
+    )?;
     check_all(op, &[dt], &[(out_name, Some(out), n, &xs)])
 }
 
 impl RopeOps for CpuBackend {
-    fn rope_forward(&self, out: HostMut<'_>, inp: HostRef<'_>, cos: HostRef<'_>, sin: HostRef<'_>, d: RopeDims) -> Result<()> {
+    fn rope_forward(
+        &self,
+        out: HostMut<'_>,
+        inp: HostRef<'_>,
+        cos: HostRef<'_>,
+        sin: HostRef<'_>,
+        d: RopeDims,
+    ) -> Result<()> {
         let dt = check("rope_forward", &out, &inp, &cos, &sin, &d)?;
         with_real!(dt, T => rope_apply::<T>(T::get_mut(out), T::get(inp), T::get(cos), T::get(sin), &d, T::of(1.0)));
         Ok(())
     }
-    fn rope_backward(&self, dinp: HostMut<'_>, dout: HostRef<'_>, cos: HostRef<'_>, sin: HostRef<'_>, d: RopeDims) -> Result<()> {
+    fn rope_backward(
+        &self,
+        dinp: HostMut<'_>,
+        dout: HostRef<'_>,
+        cos: HostRef<'_>,
+        sin: HostRef<'_>,
+        d: RopeDims,
+    ) -> Result<()> {
         let dt = check("rope_backward", &dinp, &dout, &cos, &sin, &d)?;
         with_real!(dt, T => rope_apply::<T>(T::get_mut(dinp), T::get(dout), T::get(cos), T::get(sin), &d, T::of(-1.0)));
         Ok(())

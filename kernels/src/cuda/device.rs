@@ -3,7 +3,9 @@
 use crate::backend::{Backend, Check, Slice};
 use crate::{DType, Error, HostMut, HostRef, Result};
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -74,7 +76,14 @@ impl Slice for CudaRef<'_> {
     fn split_at(self, mid: usize) -> (Self, Self) {
         assert!(mid <= self.len, "split at {mid} of a view of {}", self.len);
         let off = (mid * self.dtype.size()) as CUdeviceptr;
-        (CudaRef { len: mid, ..self }, CudaRef { ptr: self.ptr + off, len: self.len - mid, ..self })
+        (
+            CudaRef { len: mid, ..self },
+            CudaRef {
+                ptr: self.ptr + off,
+                len: self.len - mid,
+                ..self
+            },
+        )
     }
 }
 
@@ -90,15 +99,28 @@ impl Slice for CudaMut<'_> {
         let off = (mid * self.dtype.size()) as CUdeviceptr;
         let (ptr, dtype, len) = (self.ptr, self.dtype, self.len);
         (
-            CudaMut { ptr, dtype, len: mid, _borrow: PhantomData },
-            CudaMut { ptr: ptr + off, dtype, len: len - mid, _borrow: PhantomData },
+            CudaMut {
+                ptr,
+                dtype,
+                len: mid,
+                _borrow: PhantomData,
+            },
+            CudaMut {
+                ptr: ptr + off,
+                dtype,
+                len: len - mid,
+                _borrow: PhantomData,
+            },
         )
     }
 }
 
 /// `map_err` adapter: any CUDA library error becomes [`Error::Cuda`] naming the op.
 pub(crate) fn cuda_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> Error {
-    move |e| Error::Cuda { op, msg: e.to_string() }
+    move |e| Error::Cuda {
+        op,
+        msg: e.to_string(),
+    }
 }
 
 /// Refuse early, with a message a user can act on, when a CUDA library is missing
@@ -112,15 +134,29 @@ fn probe_libraries() -> Result<()> {
             cudarc::nvrtc::sys::is_culib_present(),
         )
     };
-    let missing = |what: &str, lib: &str, fix: &str| Error::CudaUnavailable(format!("{what} ({lib}) was not found; {fix}"));
+    let missing = |what: &str, lib: &str, fix: &str| {
+        Error::CudaUnavailable(format!("{what} ({lib}) was not found; {fix}"))
+    };
     if !driver {
-        return Err(missing("the NVIDIA driver", "libcuda.so", "this machine has no NVIDIA GPU driver installed"));
+        return Err(missing(
+            "the NVIDIA driver",
+            "libcuda.so",
+            "this machine has no NVIDIA GPU driver installed",
+        ));
     }
     if !lt {
-        return Err(missing("cuBLASLt", "libcublasLt.so", "install the CUDA toolkit libraries or add them to LD_LIBRARY_PATH"));
+        return Err(missing(
+            "cuBLASLt",
+            "libcublasLt.so",
+            "install the CUDA toolkit libraries or add them to LD_LIBRARY_PATH",
+        ));
     }
     if !nvrtc {
-        return Err(missing("NVRTC", "libnvrtc.so", "install the CUDA toolkit libraries or add them to LD_LIBRARY_PATH"));
+        return Err(missing(
+            "NVRTC",
+            "libnvrtc.so",
+            "install the CUDA toolkit libraries or add them to LD_LIBRARY_PATH",
+        ));
     }
     Ok(())
 }
@@ -131,13 +167,20 @@ impl CudaBackend {
         probe_libraries()?;
         // A driver too old for a symbol cudarc resolves would panic inside cudarc; report it.
         std::panic::catch_unwind(|| Self::open(ordinal)).unwrap_or_else(|p| {
-            let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Err(Error::CudaUnavailable(format!("CUDA initialisation failed: {}", why.unwrap_or_default())))
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(Error::CudaUnavailable(format!(
+                "CUDA initialisation failed: {}",
+                why.unwrap_or_default()
+            )))
         })
     }
 
     fn open(ordinal: usize) -> Result<Self> {
-        let unavailable = |e: cudarc::driver::DriverError| Error::CudaUnavailable(format!("device {ordinal}: {e}"));
+        let unavailable =
+            |e: cudarc::driver::DriverError| Error::CudaUnavailable(format!("device {ordinal}: {e}"));
         let ctx = CudaContext::new(ordinal).map_err(unavailable)?;
         let stream = ctx.new_stream().map_err(unavailable)?;
         let dev_name = ctx.name().map_err(unavailable)?;
@@ -146,10 +189,17 @@ impl CudaBackend {
         // 32 MiB on Hopper and newer, 4 MiB before (NVIDIA's recommendation).
         let ws = if major >= 9 { 32 << 20 } else { 4 << 20 };
         let workspace = stream.alloc_zeros::<u8>(ws).map_err(unavailable)?;
-        let ptx = cudarc::nvrtc::compile_ptx(ELEMENTWISE_CU)
-            .map_err(|e| Error::Cuda { op: "nvrtc compile of elementwise.cu", msg: e.to_string() })?;
+        let ptx = cudarc::nvrtc::compile_ptx(ELEMENTWISE_CU).map_err(|e| Error::Cuda {
+            op: "nvrtc compile of elementwise.cu",
+            msg: e.to_string(),
+        })?;
         let module = ctx.load_module(ptx).map_err(cuda_err("load_module"))?;
-        let f = |name: &str| module.load_function(name).map_err(|e| Error::Cuda { op: "load_function", msg: format!("{name}: {e}") });
+        let f = |name: &str| {
+            module.load_function(name).map_err(|e| Error::Cuda {
+                op: "load_function",
+                msg: format!("{name}: {e}"),
+            })
+        };
         let kernels = Kernels {
             add_f32: f("add_f32")?,
             accumulate_f32: f("accumulate_f32")?,
@@ -178,12 +228,26 @@ impl CudaBackend {
 
     /// Launch a one-dimensional kernel with one thread per element of `n`, passing `args` in
     /// order (device pointers and counts as `u64`, scalars as `f32`).
-    pub(crate) fn launch_1d(&self, op: &'static str, f: &CudaFunction, n: usize, args: &[KArg]) -> Result<()> {
+    pub(crate) fn launch_1d(
+        &self,
+        op: &'static str,
+        f: &CudaFunction,
+        n: usize,
+        args: &[KArg],
+    ) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
-        let blocks = u32::try_from(n.div_ceil(256)).map_err(|_| Error::Invalid { op, what: "n", why: format!("{n} elements exceed one launch") })?;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let blocks = u32::try_from(n.div_ceil(256)).map_err(|_| Error::Invalid {
+            op,
+            what: "n",
+            why: format!("{n} elements exceed one launch"),
+        })?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -193,7 +257,10 @@ impl CudaBackend {
         }
         // SAFETY: every kernel in elementwise.cu guards its index against `n`, and callers pass
         // pointers to views whose lengths were checked against `n`.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Cuda { op, msg: e.to_string() })?;
+        unsafe { b.launch(cfg) }.map_err(|e| Error::Cuda {
+            op,
+            msg: e.to_string(),
+        })?;
         Ok(())
     }
 }
@@ -216,24 +283,46 @@ impl Backend for CudaBackend {
 
     fn view(buf: &CudaBuffer) -> CudaRef<'_> {
         let (ptr, _sync) = buf.mem.device_ptr(buf.mem.stream());
-        CudaRef { ptr, dtype: buf.dtype, len: buf.len, _borrow: PhantomData }
+        CudaRef {
+            ptr,
+            dtype: buf.dtype,
+            len: buf.len,
+            _borrow: PhantomData,
+        }
     }
 
     fn view_mut(buf: &mut CudaBuffer) -> CudaMut<'_> {
         let (ptr, _sync) = buf.mem.device_ptr(buf.mem.stream());
-        CudaMut { ptr, dtype: buf.dtype, len: buf.len, _borrow: PhantomData }
+        CudaMut {
+            ptr,
+            dtype: buf.dtype,
+            len: buf.len,
+            _borrow: PhantomData,
+        }
     }
 
     fn rb<'b>(v: &'b mut CudaMut<'_>) -> CudaMut<'b> {
-        CudaMut { ptr: v.ptr, dtype: v.dtype, len: v.len, _borrow: PhantomData }
+        CudaMut {
+            ptr: v.ptr,
+            dtype: v.dtype,
+            len: v.len,
+            _borrow: PhantomData,
+        }
     }
 
     fn freeze<'b>(v: &'b CudaMut<'_>) -> CudaRef<'b> {
-        CudaRef { ptr: v.ptr, dtype: v.dtype, len: v.len, _borrow: PhantomData }
+        CudaRef {
+            ptr: v.ptr,
+            dtype: v.dtype,
+            len: v.len,
+            _borrow: PhantomData,
+        }
     }
 
     fn upload(&self, src: HostRef<'_>, dst: CudaMut<'_>) -> Result<()> {
-        Check { op: "upload" }.arg("dst", &dst, src.dtype(), src.len(), || "(the length of `src`)".into())?;
+        Check { op: "upload" }.arg("dst", &dst, src.dtype(), src.len(), || {
+            "(the length of `src`)".into()
+        })?;
         let bytes = src.as_bytes();
         if bytes.is_empty() {
             return Ok(());
@@ -247,7 +336,9 @@ impl Backend for CudaBackend {
     }
 
     fn download(&self, src: CudaRef<'_>, mut dst: HostMut<'_>) -> Result<()> {
-        Check { op: "download" }.arg("dst", &dst, src.dtype(), src.len(), || "(the length of `src`)".into())?;
+        Check { op: "download" }.arg("dst", &dst, src.dtype(), src.len(), || {
+            "(the length of `src`)".into()
+        })?;
         let bytes = dst.as_bytes_mut();
         if bytes.is_empty() {
             return Ok(());

@@ -17,16 +17,23 @@ pub use device::{CudaBackend, CudaBuffer, CudaMut, CudaRef};
 mod stand_in {
     use crate::{Error, Result};
 
-    /// Stand-in for the CUDA backend in builds without the `cuda` feature.
+    /// Stand-in for the CUDA backend in builds without the `cuda` feature. It cannot be
+    /// constructed (its field is uninhabited), so code written against it compiles unchanged
+    /// and its methods can never run.
     #[derive(Debug)]
     pub struct CudaBackend {
-        _private: (),
+        never: std::convert::Infallible,
     }
 
     impl CudaBackend {
         /// Always [`Error::CudaNotCompiled`] in this build.
         pub fn new(_ordinal: usize) -> Result<Self> {
             Err(Error::CudaNotCompiled)
+        }
+
+        /// The device description (unreachable: no value of this type exists).
+        pub fn name(&self) -> String {
+            match self.never {}
         }
     }
 }

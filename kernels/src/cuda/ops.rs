@@ -63,12 +63,26 @@ fn cuda_type(op: &'static str, arg: &'static str, dt: DType) -> Result<sys::cuda
         DType::F32 => sys::cudaDataType::CUDA_R_32F,
         DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
         DType::F16 => sys::cudaDataType::CUDA_R_16F,
-        got => return Err(Error::DType { op, arg, expected: "one of f32, bf16, f16".into(), got }),
+        got => {
+            return Err(Error::DType {
+                op,
+                arg,
+                expected: "one of f32, bf16, f16".into(),
+                got,
+            })
+        }
     })
 }
 
 /// One column-major layout `(rows, cols, ld)` with optional strided batching.
-fn layout(ty: sys::cudaDataType, rows: usize, cols: usize, ld: usize, batch: usize, stride: usize) -> Result<Layout, lt::CublasError> {
+fn layout(
+    ty: sys::cudaDataType,
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    batch: usize,
+    stride: usize,
+) -> Result<Layout, lt::CublasError> {
     let l = Layout(lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64)?);
     if batch > 1 {
         let (count, stride) = (batch as i32, stride as i64);
@@ -95,7 +109,16 @@ impl CudaBackend {
     /// Execute one row-major GEMM of a matmul plan over `batch` items:
     /// `dst (m, n) (+)= op(lhs)·op(rhs)`, inputs of dtype `in_dt`, output of `out_dt`.
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, g: &Gemm, batch: usize, in_dt: DType, out_dt: DType, dst: CUdeviceptr, lhs: CUdeviceptr, rhs: CUdeviceptr) -> Result<()> {
+    fn gemm(
+        &self,
+        g: &Gemm,
+        batch: usize,
+        in_dt: DType,
+        out_dt: DType,
+        dst: CUdeviceptr,
+        lhs: CUdeviceptr,
+        rhs: CUdeviceptr,
+    ) -> Result<()> {
         const OP: &str = "cublasLt matmul";
         if g.m == 0 || g.n == 0 || batch == 0 {
             return Ok(());
@@ -112,18 +135,41 @@ impl CudaBackend {
             let (ta, tb) = (g.rhs_t as i32, g.lhs_t as i32);
             // SAFETY: i32 flags, as cuBLASLt documents for TRANSA/TRANSB.
             unsafe {
-                lt::set_matmul_desc_attribute(desc.0, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, (&ta as *const i32).cast(), size_of::<i32>())?;
-                lt::set_matmul_desc_attribute(desc.0, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, (&tb as *const i32).cast(), size_of::<i32>())?;
+                lt::set_matmul_desc_attribute(
+                    desc.0,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                    (&ta as *const i32).cast(),
+                    size_of::<i32>(),
+                )?;
+                lt::set_matmul_desc_attribute(
+                    desc.0,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                    (&tb as *const i32).cast(),
+                    size_of::<i32>(),
+                )?;
             }
-            let a = if g.rhs_t { layout(ti, g.k, g.n, g.k, batch, g.k * g.n)? } else { layout(ti, g.n, g.k, g.n, batch, g.k * g.n)? };
-            let b = if g.lhs_t { layout(ti, g.m, g.k, g.m, batch, g.m * g.k)? } else { layout(ti, g.k, g.m, g.k, batch, g.m * g.k)? };
+            let a = if g.rhs_t {
+                layout(ti, g.k, g.n, g.k, batch, g.k * g.n)?
+            } else {
+                layout(ti, g.n, g.k, g.n, batch, g.k * g.n)?
+            };
+            let b = if g.lhs_t {
+                layout(ti, g.m, g.k, g.m, batch, g.m * g.k)?
+            } else {
+                layout(ti, g.k, g.m, g.k, batch, g.m * g.k)?
+            };
             let d = layout(to, g.n, g.m, g.n, batch, g.m * g.n)?;
             let pref = Pref(lt::create_matmul_pref()?);
             let (ws, ws_size) = self.workspace();
             // SAFETY: u64 buffer for MAX_WORKSPACE_BYTES.
             unsafe {
                 let ws_bytes = ws_size as u64;
-                lt::set_matmul_pref_attribute(pref.0, sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, (&ws_bytes as *const u64).cast(), size_of::<u64>())?;
+                lt::set_matmul_pref_attribute(
+                    pref.0,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    (&ws_bytes as *const u64).cast(),
+                    size_of::<u64>(),
+                )?;
             }
             // SAFETY: descriptors are live; pointers cover the layouts' extents (checked by the
             // callers against the op's dims); alpha/beta are f32 matching the f32 scale type.
@@ -167,7 +213,14 @@ impl CudaBackend {
 }
 
 impl MatmulOps for CudaBackend {
-    fn matmul_forward(&self, out: CudaMut<'_>, a: CudaRef<'_>, b: CudaRef<'_>, bias: Option<CudaRef<'_>>, d: MatmulDims) -> Result<()> {
+    fn matmul_forward(
+        &self,
+        out: CudaMut<'_>,
+        a: CudaRef<'_>,
+        b: CudaRef<'_>,
+        bias: Option<CudaRef<'_>>,
+        d: MatmulDims,
+    ) -> Result<()> {
         const OP: &str = "matmul_forward";
         let (dt, odt) = d.check_forward(OP, &out, &a, &b, bias.as_ref())?;
         if bias.is_some() {
@@ -176,7 +229,17 @@ impl MatmulOps for CudaBackend {
         self.gemm(&d.forward_gemm(), d.batch, dt, odt, out.ptr, a.ptr, b.ptr)?;
         if let Some(bias) = bias {
             let (rows, n) = ((d.batch * d.m) as u64, d.n as u64);
-            self.launch_1d(OP, &self.kernels.bias_add_f32, d.batch * d.m * d.n, &[KArg::U64(out.ptr), KArg::U64(bias.ptr), KArg::U64(rows), KArg::U64(n)])?;
+            self.launch_1d(
+                OP,
+                &self.kernels.bias_add_f32,
+                d.batch * d.m * d.n,
+                &[
+                    KArg::U64(out.ptr),
+                    KArg::U64(bias.ptr),
+                    KArg::U64(rows),
+                    KArg::U64(n),
+                ],
+            )?;
         }
         Ok(())
     }
@@ -194,7 +257,11 @@ impl MatmulOps for CudaBackend {
         const OP: &str = "matmul_backward";
         let (dt, odt) = d.check_backward(OP, da.as_ref(), db.as_ref(), dbias.as_ref(), &dout, &a, &b)?;
         // cuBLASLt multiplies operands of one type: bring an f32 `dout` down to the inputs' type.
-        let narrowed = if dt != odt { Some(self.cast_to(dout, dt)?) } else { None };
+        let narrowed = if dt != odt {
+            Some(self.cast_to(dout, dt)?)
+        } else {
+            None
+        };
         let dout_ptr = narrowed.as_ref().map_or(dout.ptr, |t| CudaBackend::view(t).ptr);
         let pick = |o: Operand| match o {
             Operand::A => a.ptr,
@@ -212,7 +279,17 @@ impl MatmulOps for CudaBackend {
         if let Some(dbias) = dbias {
             Check { op: OP }.dtype_in("dbias", odt, &[DType::F32])?;
             let (rows, n) = ((d.batch * d.m) as u64, d.n as u64);
-            self.launch_1d(OP, &self.kernels.bias_grad_f32, d.n, &[KArg::U64(dbias.ptr), KArg::U64(dout.ptr), KArg::U64(rows), KArg::U64(n)])?;
+            self.launch_1d(
+                OP,
+                &self.kernels.bias_grad_f32,
+                d.n,
+                &[
+                    KArg::U64(dbias.ptr),
+                    KArg::U64(dout.ptr),
+                    KArg::U64(rows),
+                    KArg::U64(n),
+                ],
+            )?;
         }
         if narrowed.is_some() {
             // The temporary must outlive the queued GEMMs that read it.
@@ -231,17 +308,36 @@ impl ElementwiseOps for CudaBackend {
         check_all(OP, F32_ONLY, &[("a", Some(&a), n, &s), ("b", Some(&b), n, &s)])?;
         check_all(OP, F32_ONLY, &[("out", Some(&out), n, &s)])?;
         let n64 = n as u64;
-        self.launch_1d(OP, &self.kernels.add_f32, n, &[KArg::U64(out.ptr), KArg::U64(a.ptr), KArg::U64(b.ptr), KArg::U64(n64)])
+        self.launch_1d(
+            OP,
+            &self.kernels.add_f32,
+            n,
+            &[
+                KArg::U64(out.ptr),
+                KArg::U64(a.ptr),
+                KArg::U64(b.ptr),
+                KArg::U64(n64),
+            ],
+        )
     }
 
     fn add_backward(&self, da: CudaMut<'_>, db: CudaMut<'_>, dout: CudaRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "add_backward";
         let s = format!("(n={n})");
         check_all(OP, F32_ONLY, &[("dout", Some(&dout), n, &s)])?;
-        check_all(OP, F32_ONLY, &[("da", Some(&da), n, &s), ("db", Some(&db), n, &s)])?;
+        check_all(
+            OP,
+            F32_ONLY,
+            &[("da", Some(&da), n, &s), ("db", Some(&db), n, &s)],
+        )?;
         let n64 = n as u64;
         for acc in [da.ptr, db.ptr] {
-            self.launch_1d(OP, &self.kernels.accumulate_f32, n, &[KArg::U64(acc), KArg::U64(dout.ptr), KArg::U64(n64)])?;
+            self.launch_1d(
+                OP,
+                &self.kernels.accumulate_f32,
+                n,
+                &[KArg::U64(acc), KArg::U64(dout.ptr), KArg::U64(n64)],
+            )?;
         }
         Ok(())
     }
@@ -252,7 +348,17 @@ impl ElementwiseOps for CudaBackend {
         check_all(OP, F32_ONLY, &[("x", Some(&x), n, &s)])?;
         check_all(OP, F32_ONLY, &[("out", Some(&out), n, &s)])?;
         let n64 = n as u64;
-        self.launch_1d(OP, &self.kernels.scale_f32, n, &[KArg::U64(out.ptr), KArg::U64(x.ptr), KArg::F32(alpha), KArg::U64(n64)])
+        self.launch_1d(
+            OP,
+            &self.kernels.scale_f32,
+            n,
+            &[
+                KArg::U64(out.ptr),
+                KArg::U64(x.ptr),
+                KArg::F32(alpha),
+                KArg::U64(n64),
+            ],
+        )
     }
 
     fn scale_backward(&self, dx: CudaMut<'_>, dout: CudaRef<'_>, alpha: f32, n: usize) -> Result<()> {
@@ -263,7 +369,10 @@ impl ElementwiseOps for CudaBackend {
         const OP: &str = "cast";
         let c = Check { op: OP };
         let kinds = [DType::F32, DType::BF16];
-        let (din, dout) = (c.dtype_in("x", x.dtype(), &kinds)?, c.dtype_in("out", out.dtype(), &kinds)?);
+        let (din, dout) = (
+            c.dtype_in("x", x.dtype(), &kinds)?,
+            c.dtype_in("out", out.dtype(), &kinds)?,
+        );
         c.arg("x", &x, din, n, || format!("(n={n})"))?;
         c.arg("out", &out, dout, n, || format!("(n={n})"))?;
         let n64 = n as u64;
@@ -274,12 +383,24 @@ impl ElementwiseOps for CudaBackend {
                 if n > 0 {
                     self.context_bind()?;
                     // SAFETY: both views cover n·size bytes (checked above); same stream.
-                    unsafe { cudarc::driver::result::memcpy_dtod_async(out.ptr, x.ptr, n * din.size(), self.stream.cu_stream()) }
-                        .map_err(cuda_err(OP))?;
+                    unsafe {
+                        cudarc::driver::result::memcpy_dtod_async(
+                            out.ptr,
+                            x.ptr,
+                            n * din.size(),
+                            self.stream.cu_stream(),
+                        )
+                    }
+                    .map_err(cuda_err(OP))?;
                 }
                 return Ok(());
             }
         };
-        self.launch_1d(OP, kernel, n, &[KArg::U64(out.ptr), KArg::U64(x.ptr), KArg::U64(n64)])
+        self.launch_1d(
+            OP,
+            kernel,
+            n,
+            &[KArg::U64(out.ptr), KArg::U64(x.ptr), KArg::U64(n64)],
+        )
     }
 }

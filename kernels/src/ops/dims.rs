@@ -14,7 +14,9 @@ pub(crate) fn check_all<S: Slice>(
     args: &[(&'static str, Option<&S>, usize, &str)],
 ) -> Result<DType> {
     let c = Check { op };
-    let first = args.iter().find_map(|(name, v, _, _)| v.map(|v| (*name, v.dtype())));
+    let first = args
+        .iter()
+        .find_map(|(name, v, _, _)| v.map(|v| (*name, v.dtype())));
     let Some((name, dt)) = first else {
         return Ok(DType::F32);
     };
@@ -41,7 +43,14 @@ pub struct MatmulDims {
 impl MatmulDims {
     /// A `Linear` layer: `x (rows, in) · Wᵀ` with `W (out, in)`.
     pub fn linear(rows: usize, inp: usize, out: usize) -> Self {
-        MatmulDims { batch: 1, m: rows, n: out, k: inp, trans_a: false, trans_b: true }
+        MatmulDims {
+            batch: 1,
+            m: rows,
+            n: out,
+            k: inp,
+            trans_a: false,
+            trans_b: true,
+        }
     }
 
     fn shape(&self, which: char) -> String {
@@ -81,6 +90,7 @@ impl MatmulDims {
         Ok((dt, odt))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_backward<M: Slice, R: Slice>(
         &self,
         op: &'static str,
@@ -121,8 +131,12 @@ impl NormDims {
     }
     pub(crate) fn rule(&self, op: &'static str) -> Result<()> {
         let c = Check { op };
-        c.rule(self.c > 0, "c", || "the normalized dimension must not be empty".into())?;
-        c.rule(self.eps >= 0.0, "eps", || format!("must be ≥ 0, got {}", self.eps))
+        c.rule(self.c > 0, "c", || {
+            "the normalized dimension must not be empty".into()
+        })?;
+        c.rule(self.eps >= 0.0, "eps", || {
+            format!("must be ≥ 0, got {}", self.eps)
+        })
     }
 }
 
@@ -147,7 +161,12 @@ pub struct ModDims {
 impl ModDims {
     /// Separate, contiguous `(B, C)` conditioning buffers.
     pub fn new(b: usize, t: usize, c: usize) -> Self {
-        ModDims { b, t, c, cond_stride: c }
+        ModDims {
+            b,
+            t,
+            c,
+            cond_stride: c,
+        }
     }
     /// Length of a strided conditioning view: `(B−1)·stride + C`.
     pub fn cond_len(&self) -> usize {
@@ -187,7 +206,7 @@ impl RopeDims {
         format!("(T={}, HD/2={})", self.t, self.hd / 2)
     }
     pub(crate) fn rule(&self, op: &'static str) -> Result<()> {
-        Check { op }.rule(self.hd % 2 == 0, "hd", || {
+        Check { op }.rule(self.hd.is_multiple_of(2), "hd", || {
             format!("rotary embedding needs an even head dim, got {}", self.hd)
         })
     }
@@ -244,7 +263,7 @@ impl AttnDims {
     }
     pub(crate) fn rule(&self, op: &'static str) -> Result<()> {
         let c = Check { op };
-        c.rule(self.nkv > 0 && self.nh % self.nkv == 0, "nkv", || {
+        c.rule(self.nkv > 0 && self.nh.is_multiple_of(self.nkv), "nkv", || {
             format!("kv heads ({}) must divide query heads ({})", self.nkv, self.nh)
         })?;
         c.rule(self.hd > 0, "hd", || "head dim must be positive".into())
@@ -294,15 +313,27 @@ impl PatchDims {
         self.b * self.t * self.h * self.w * self.c
     }
     pub(crate) fn video(&self) -> String {
-        format!("(B={}, T={}, H={}, W={}, C={})", self.b, self.t, self.h, self.w, self.c)
+        format!(
+            "(B={}, T={}, H={}, W={}, C={})",
+            self.b, self.t, self.h, self.w, self.c
+        )
     }
     pub(crate) fn patches(&self) -> String {
-        format!("(B={}, tokens={}, token_dim={})", self.b, self.tokens(), self.token_dim())
+        format!(
+            "(B={}, tokens={}, token_dim={})",
+            self.b,
+            self.tokens(),
+            self.token_dim()
+        )
     }
     pub(crate) fn rule(&self, op: &'static str) -> Result<()> {
         let c = Check { op };
-        for (what, size, p) in [("pt", self.t, self.pt), ("ph", self.h, self.ph), ("pw", self.w, self.pw)] {
-            c.rule(p > 0 && size % p == 0, what, || {
+        for (what, size, p) in [
+            ("pt", self.t, self.pt),
+            ("ph", self.h, self.ph),
+            ("pw", self.w, self.pw),
+        ] {
+            c.rule(p > 0 && size.is_multiple_of(p), what, || {
                 format!("patch size {p} must be positive and divide the video extent {size}")
             })?;
         }
@@ -336,8 +367,12 @@ impl AdamW {
     pub(crate) fn rule(&self, op: &'static str) -> Result<()> {
         let c = Check { op };
         c.rule(self.step >= 1, "step", || "AdamW steps count from 1".into())?;
-        c.rule((0.0..1.0).contains(&self.beta1), "beta1", || format!("must be in [0, 1), got {}", self.beta1))?;
-        c.rule((0.0..1.0).contains(&self.beta2), "beta2", || format!("must be in [0, 1), got {}", self.beta2))
+        c.rule((0.0..1.0).contains(&self.beta1), "beta1", || {
+            format!("must be in [0, 1), got {}", self.beta1)
+        })?;
+        c.rule((0.0..1.0).contains(&self.beta2), "beta2", || {
+            format!("must be in [0, 1), got {}", self.beta2)
+        })
     }
 }
 
@@ -446,17 +481,44 @@ impl MatmulDims {
     /// `out = op(a)·op(b)`.
     pub(crate) fn forward_gemm(&self) -> Gemm {
         let (m, n, k) = (self.m, self.n, self.k);
-        Gemm { m, n, k, lhs: Operand::A, lhs_t: self.trans_a, rhs: Operand::B, rhs_t: self.trans_b, accumulate: false }
+        Gemm {
+            m,
+            n,
+            k,
+            lhs: Operand::A,
+            lhs_t: self.trans_a,
+            rhs: Operand::B,
+            rhs_t: self.trans_b,
+            accumulate: false,
+        }
     }
     /// `da = dout·op(b)ᵀ`, written in `a`'s layout (so transposed when `trans_a`).
     pub(crate) fn da_gemm(&self) -> Gemm {
         let (m, n, k) = (self.m, self.n, self.k);
         if self.trans_a {
             // da (K, M) = op(b) (K, N) · doutᵀ (N, M)
-            Gemm { m: k, n: m, k: n, lhs: Operand::B, lhs_t: self.trans_b, rhs: Operand::DOut, rhs_t: true, accumulate: false }
+            Gemm {
+                m: k,
+                n: m,
+                k: n,
+                lhs: Operand::B,
+                lhs_t: self.trans_b,
+                rhs: Operand::DOut,
+                rhs_t: true,
+                accumulate: false,
+            }
         } else {
             // da (M, K) = dout (M, N) · op(b)ᵀ (N, K)
-            Gemm { m, n: k, k: n, lhs: Operand::DOut, lhs_t: false, rhs: Operand::B, rhs_t: !self.trans_b, accumulate: false }
+            Gemm {
+                m,
+                n: k,
+                k: n,
+                lhs: Operand::DOut,
+                lhs_t: false,
+                rhs: Operand::B,
+                rhs_t: !self.trans_b,
+                accumulate: false,
+            }
         }
     }
     /// `db += op(a)ᵀ·dout`, written in `b`'s layout.
@@ -464,10 +526,28 @@ impl MatmulDims {
         let (m, n, k) = (self.m, self.n, self.k);
         if self.trans_b {
             // db (N, K) += doutᵀ (N, M) · op(a) (M, K)
-            Gemm { m: n, n: k, k: m, lhs: Operand::DOut, lhs_t: true, rhs: Operand::A, rhs_t: self.trans_a, accumulate: true }
+            Gemm {
+                m: n,
+                n: k,
+                k: m,
+                lhs: Operand::DOut,
+                lhs_t: true,
+                rhs: Operand::A,
+                rhs_t: self.trans_a,
+                accumulate: true,
+            }
         } else {
             // db (K, N) += op(a)ᵀ (K, M) · dout (M, N)
-            Gemm { m: k, n, k: m, lhs: Operand::A, lhs_t: !self.trans_a, rhs: Operand::DOut, rhs_t: false, accumulate: true }
+            Gemm {
+                m: k,
+                n,
+                k: m,
+                lhs: Operand::A,
+                lhs_t: !self.trans_a,
+                rhs: Operand::DOut,
+                rhs_t: false,
+                accumulate: true,
+            }
         }
     }
 }

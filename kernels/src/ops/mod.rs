@@ -295,33 +295,14 @@ pub trait EmbedOps: Backend {
     /// 3-D patchify: video `(B, T, H, W, C)` → tokens `(B, T/pt·H/ph·W/pw, pt·ph·pw·C)`.
     /// Tokens are ordered `(t, h, w)`; inside a token, values are ordered `(dt, dh, dw, c)`.
     fn patchify_forward(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, d: PatchDims) -> Result<()>;
-    fn patchify_backward(
-        &self,
-        dx: Self::Mut<'_>,
-        dout: Self::Ref<'_>,
-        d: PatchDims,
-    ) -> Result<()>;
+    fn patchify_backward(&self, dx: Self::Mut<'_>, dout: Self::Ref<'_>, d: PatchDims) -> Result<()>;
     /// The inverse of patchify: tokens → video.
-    fn unpatchify_forward(
-        &self,
-        out: Self::Mut<'_>,
-        tokens: Self::Ref<'_>,
-        d: PatchDims,
-    ) -> Result<()>;
-    fn unpatchify_backward(
-        &self,
-        dtokens: Self::Mut<'_>,
-        dout: Self::Ref<'_>,
-        d: PatchDims,
-    ) -> Result<()>;
+    fn unpatchify_forward(&self, out: Self::Mut<'_>, tokens: Self::Ref<'_>, d: PatchDims) -> Result<()>;
+    fn unpatchify_backward(&self, dtokens: Self::Mut<'_>, dout: Self::Ref<'_>, d: PatchDims) -> Result<()>;
     /// Sinusoidal timestep features `out (N, DIM) = [cos(t·f_j) | sin(t·f_j)]`,
     /// `f_j = max_period^(−j/(DIM/2))`, as in DiT; an odd `DIM` gets a zero last column.
-    fn timestep_embedding_forward(
-        &self,
-        out: Self::Mut<'_>,
-        t: Self::Ref<'_>,
-        d: TimestepDims,
-    ) -> Result<()>;
+    fn timestep_embedding_forward(&self, out: Self::Mut<'_>, t: Self::Ref<'_>, d: TimestepDims)
+        -> Result<()>;
     /// Gradient with respect to the timesteps `dt (N)` (overwrite).
     fn timestep_embedding_backward(
         &self,
@@ -335,37 +316,14 @@ pub trait EmbedOps: Backend {
 /// Pointwise arithmetic and dtype conversion over `n` elements.
 pub trait ElementwiseOps: Backend {
     /// `out = a + b` (the residual add).
-    fn add_forward(
-        &self,
-        out: Self::Mut<'_>,
-        a: Self::Ref<'_>,
-        b: Self::Ref<'_>,
-        n: usize,
-    ) -> Result<()>;
+    fn add_forward(&self, out: Self::Mut<'_>, a: Self::Ref<'_>, b: Self::Ref<'_>, n: usize) -> Result<()>;
     /// `da += dout`, `db += dout` (residual-stream convention).
-    fn add_backward(
-        &self,
-        da: Self::Mut<'_>,
-        db: Self::Mut<'_>,
-        dout: Self::Ref<'_>,
-        n: usize,
-    ) -> Result<()>;
+    fn add_backward(&self, da: Self::Mut<'_>, db: Self::Mut<'_>, dout: Self::Ref<'_>, n: usize)
+        -> Result<()>;
     /// `out = alpha·x`.
-    fn scale_forward(
-        &self,
-        out: Self::Mut<'_>,
-        x: Self::Ref<'_>,
-        alpha: f32,
-        n: usize,
-    ) -> Result<()>;
+    fn scale_forward(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, alpha: f32, n: usize) -> Result<()>;
     /// `dx = alpha·dout` (overwrite).
-    fn scale_backward(
-        &self,
-        dx: Self::Mut<'_>,
-        dout: Self::Ref<'_>,
-        alpha: f32,
-        n: usize,
-    ) -> Result<()>;
+    fn scale_backward(&self, dx: Self::Mut<'_>, dout: Self::Ref<'_>, alpha: f32, n: usize) -> Result<()>;
     /// Convert between float dtypes, rounding to nearest even (f32 → bf16 as in
     /// [`crate::f32_to_bf16_rne`]). Same-dtype casts copy.
     fn cast(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, n: usize) -> Result<()>;
