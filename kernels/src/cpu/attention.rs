@@ -7,6 +7,10 @@
 //! Backward recomputes probabilities from `lse` in two parallel passes: one over key blocks
 //! (producing `dk`, `dv`), one over query blocks (producing `dq`). Each output element is
 //! owned by one task and summed in a fixed order, so results are deterministic.
+//!
+//! Every tile product (`QKᵀ`, `PV`, `dO·Vᵀ`, `Pᵀ·dO`, `dSᵀ·Q`, `dS·K`) is a single-threaded
+//! strided GEMM on views of the `(B, T, H, HD)` tensors, so no head is ever copied out; the
+//! parallelism is across tasks, never inside a reduction.
 
 use super::{with_real, CpuBackend, Real};
 use crate::ops::{check_all, AttentionOps, AttnDims, REFERENCE_FLOATS};
@@ -25,10 +29,64 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     s
 }
 
-#[inline]
-fn axpy<T: Real>(y: &mut [T], alpha: T, x: &[T]) {
-    for i in 0..y.len() {
-        y[i] += alpha * x[i];
+/// A strided matrix view into a slice: element `(i, j)` at `off + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    data: &'a [T],
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// Single-threaded strided GEMM: `dst (m, n; row stride dst_rs) (+)= beta · lhs (m, k) · rhs (k, n)`.
+/// Runs inside one rayon task, so the reduction order is fixed.
+#[allow(clippy::too_many_arguments)]
+fn mm<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    acc: bool,
+    lhs: Mat<'_, T>,
+    rhs: Mat<'_, T>,
+    beta: T,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let last = |v: &Mat<'_, T>, r: usize, c: usize| v.off + (r - 1) * v.rs + (c - 1) * v.cs;
+    assert!(
+        last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len(),
+        "attention tile out of bounds"
+    );
+    assert!(
+        (m - 1) * dst_rs + n - 1 < dst.len(),
+        "attention tile out of bounds"
+    );
+    // SAFETY: the asserts bound the largest index each operand's strides can reach.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            acc,
+            lhs.data.as_ptr().add(lhs.off),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.off),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::one(),
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -63,6 +121,51 @@ impl Layout {
     fn group(&self) -> usize {
         self.d.nh / self.d.nkv
     }
+    /// Rows `t0..` of head `h` of a query-shaped tensor.
+    fn q_rows<'a, T>(&self, x: &'a [T], b: usize, t0: usize, h: usize) -> Mat<'a, T> {
+        Mat {
+            data: x,
+            off: self.q(b, t0, h),
+            rs: self.d.nh * self.d.hd,
+            cs: 1,
+        }
+    }
+    /// Rows `t0..` of kv head `h` of a key/value-shaped tensor.
+    fn kv_rows<'a, T>(&self, x: &'a [T], b: usize, t0: usize, h: usize) -> Mat<'a, T> {
+        Mat {
+            data: x,
+            off: self.kv(b, t0, h),
+            rs: self.d.nkv * self.d.hd,
+            cs: 1,
+        }
+    }
+    /// The transpose of [`Layout::kv_rows`]: `(HD, rows)`.
+    fn kv_cols<'a, T>(&self, x: &'a [T], b: usize, t0: usize, h: usize) -> Mat<'a, T> {
+        Mat {
+            data: x,
+            off: self.kv(b, t0, h),
+            rs: 1,
+            cs: self.d.nkv * self.d.hd,
+        }
+    }
+}
+
+/// A contiguous `(rows, BK)` tile, or its transpose.
+fn tile<T>(x: &[T]) -> Mat<'_, T> {
+    Mat {
+        data: x,
+        off: 0,
+        rs: BK,
+        cs: 1,
+    }
+}
+fn tile_t<T>(x: &[T]) -> Mat<'_, T> {
+    Mat {
+        data: x,
+        off: 0,
+        rs: 1,
+        cs: BK,
+    }
 }
 
 pub fn attention_forward<T: Real>(out: &mut [T], lse: &mut [T], q: &[T], k: &[T], v: &[T], d: &AttnDims) {
@@ -81,41 +184,57 @@ pub fn attention_forward<T: Real>(out: &mut [T], lse: &mut [T], q: &[T], k: &[T]
             let mut m = vec![T::neg_infinity(); nq];
             let mut l = vec![T::zero(); nq];
             let mut acc = vec![T::zero(); nq * hd];
-            let mut s = [T::zero(); BK];
+            let mut s = vec![T::zero(); nq * BK];
             let kend = ly.key_end(q1 - 1);
             for k0 in (0..kend).step_by(BK) {
-                let k1 = (k0 + BK).min(kend);
+                let nk = (k0 + BK).min(kend) - k0;
+                // S = scale · Q Kᵀ, then the online-softmax update row by row; S becomes P.
+                mm(
+                    nq,
+                    nk,
+                    hd,
+                    &mut s,
+                    BK,
+                    false,
+                    ly.q_rows(q, b, q0, h),
+                    ly.kv_cols(k, b, k0, kvh),
+                    scale,
+                );
                 for r in 0..nq {
-                    let qi = q0 + r;
-                    let qrow = &q[ly.q(b, qi, h)..ly.q(b, qi, h) + hd];
+                    let row = &mut s[r * BK..r * BK + nk];
                     let mut rowmax = T::neg_infinity();
-                    for j in k0..k1 {
-                        let sj = if ly.visible(qi, j) {
-                            dot(qrow, &k[ly.kv(b, j, kvh)..ly.kv(b, j, kvh) + hd]) * scale
-                        } else {
-                            T::neg_infinity()
-                        };
-                        s[j - k0] = sj;
-                        rowmax = rowmax.max(sj);
+                    for (j, x) in row.iter_mut().enumerate() {
+                        if !ly.visible(q0 + r, k0 + j) {
+                            *x = T::neg_infinity();
+                        }
+                        rowmax = rowmax.max(*x);
                     }
                     if rowmax == T::neg_infinity() {
+                        row.fill(T::zero());
                         continue;
                     }
                     let m_new = m[r].max(rowmax);
                     let corr = (m[r] - m_new).exp();
                     l[r] *= corr;
-                    let a = &mut acc[r * hd..(r + 1) * hd];
-                    a.iter_mut().for_each(|x| *x *= corr);
-                    for j in k0..k1 {
-                        if s[j - k0] == T::neg_infinity() {
-                            continue;
-                        }
-                        let p = (s[j - k0] - m_new).exp();
-                        l[r] += p;
-                        axpy(a, p, &v[ly.kv(b, j, kvh)..ly.kv(b, j, kvh) + hd]);
+                    acc[r * hd..(r + 1) * hd].iter_mut().for_each(|x| *x *= corr);
+                    for x in row.iter_mut() {
+                        *x = (*x - m_new).exp();
+                        l[r] += *x;
                     }
                     m[r] = m_new;
                 }
+                // acc += P V
+                mm(
+                    nq,
+                    hd,
+                    nk,
+                    &mut acc,
+                    hd,
+                    true,
+                    tile(&s),
+                    ly.kv_rows(v, b, k0, kvh),
+                    T::one(),
+                );
             }
             let mut row_lse = vec![T::neg_infinity(); nq];
             for r in 0..nq {
@@ -133,6 +252,74 @@ pub fn attention_forward<T: Real>(out: &mut [T], lse: &mut [T], q: &[T], k: &[T]
             let qi = qb * BQ + r;
             out[ly.q(b, qi, h)..ly.q(b, qi, h) + hd].copy_from_slice(&acc[r * hd..(r + 1) * hd]);
             lse[ly.lse(b, h, qi)] = lv;
+        }
+    }
+}
+
+/// Everything backward reads, and the tile recomputation both passes share.
+struct Bwd<'a, T> {
+    ly: Layout,
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    dout: &'a [T],
+    lse: &'a [T],
+    delta: &'a [T],
+}
+
+impl<T: Real> Bwd<'_, T> {
+    /// For queries `q0..q0+nq` of head `h` against keys `k0..k0+nk`: `p = softmax probabilities`
+    /// and `ds = p ∘ (dO·Vᵀ − delta)`, both `(nq, BK)` tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        &self,
+        b: usize,
+        h: usize,
+        q0: usize,
+        nq: usize,
+        k0: usize,
+        nk: usize,
+        p: &mut [T],
+        ds: &mut [T],
+    ) {
+        let (ly, hd) = (self.ly, self.ly.d.hd);
+        let kvh = h / ly.group();
+        let scale = T::of(ly.d.scale as f64);
+        mm(
+            nq,
+            nk,
+            hd,
+            p,
+            BK,
+            false,
+            ly.q_rows(self.q, b, q0, h),
+            ly.kv_cols(self.k, b, k0, kvh),
+            scale,
+        );
+        mm(
+            nq,
+            nk,
+            hd,
+            ds,
+            BK,
+            false,
+            ly.q_rows(self.dout, b, q0, h),
+            ly.kv_cols(self.v, b, k0, kvh),
+            T::one(),
+        );
+        for r in 0..nq {
+            let (qi, li) = (q0 + r, ly.lse(b, h, q0 + r));
+            let (l, dl) = (self.lse[li], self.delta[li]);
+            for j in 0..nk {
+                let x = r * BK + j;
+                if l == T::neg_infinity() || !ly.visible(qi, k0 + j) {
+                    p[x] = T::zero();
+                    ds[x] = T::zero();
+                } else {
+                    p[x] = (p[x] - l).exp();
+                    ds[x] = p[x] * (ds[x] - dl);
+                }
+            }
         }
     }
 }
@@ -160,19 +347,17 @@ pub fn attention_backward<T: Real>(
         let o = ly.q(b, t, h);
         *x = dot(&dout[o..o + hd], &out[o..o + hd]);
     });
-    // Probability and score gradient of one (query, key) pair.
-    let pds = |b: usize, h: usize, qi: usize, kvh: usize, j: usize| -> Option<(T, T)> {
-        let l = lse[ly.lse(b, h, qi)];
-        if l == T::neg_infinity() || !ly.visible(qi, j) {
-            return None;
-        }
-        let (qo, ko) = (ly.q(b, qi, h), ly.kv(b, j, kvh));
-        let p = (dot(&q[qo..qo + hd], &k[ko..ko + hd]) * scale - l).exp();
-        let dp = dot(&dout[qo..qo + hd], &v[ko..ko + hd]);
-        Some((p, p * (dp - delta[ly.lse(b, h, qi)])))
+    let bw = Bwd {
+        ly,
+        q,
+        k,
+        v,
+        dout,
+        lse,
+        delta: &delta,
     };
 
-    // Pass 1: dk, dv per key block, summing over every query of every head in the kv group.
+    // Pass 1: dk, dv per key block, summing over every query block of every head in the group.
     let kblocks = d.tk.div_ceil(BK);
     let ktasks: Vec<(usize, usize, usize)> = (0..d.b)
         .flat_map(|b| (0..d.nkv).flat_map(move |h| (0..kblocks).map(move |kb| (b, h, kb))))
@@ -180,22 +365,39 @@ pub fn attention_backward<T: Real>(
     let kres: Vec<(Vec<T>, Vec<T>)> = ktasks
         .par_iter()
         .map(|&(b, kvh, kb)| {
-            let (k0, k1) = (kb * BK, ((kb + 1) * BK).min(d.tk));
-            let mut dkl = vec![T::zero(); (k1 - k0) * hd];
-            let mut dvl = vec![T::zero(); (k1 - k0) * hd];
+            let (k0, nk) = (kb * BK, ((kb + 1) * BK).min(d.tk) - kb * BK);
+            let (mut dkl, mut dvl) = (vec![T::zero(); nk * hd], vec![T::zero(); nk * hd]);
+            let (mut p, mut ds) = (vec![T::zero(); BQ * BK], vec![T::zero(); BQ * BK]);
             for h in kvh * g..(kvh + 1) * g {
-                for qi in 0..d.tq {
-                    if ly.key_end(qi) <= k0 {
-                        continue;
+                for q0 in (0..d.tq).step_by(BQ) {
+                    let nq = (q0 + BQ).min(d.tq) - q0;
+                    if ly.key_end(q0 + nq - 1) <= k0 {
+                        continue; // no query of this block sees these keys
                     }
-                    let qo = ly.q(b, qi, h);
-                    for j in k0..k1 {
-                        if let Some((p, ds)) = pds(b, h, qi, kvh, j) {
-                            let r = (j - k0) * hd;
-                            axpy(&mut dvl[r..r + hd], p, &dout[qo..qo + hd]);
-                            axpy(&mut dkl[r..r + hd], ds * scale, &q[qo..qo + hd]);
-                        }
-                    }
+                    bw.tile(b, h, q0, nq, k0, nk, &mut p, &mut ds);
+                    // dV += Pᵀ dO ; dK += scale · dSᵀ Q
+                    mm(
+                        nk,
+                        hd,
+                        nq,
+                        &mut dvl,
+                        hd,
+                        true,
+                        tile_t(&p),
+                        ly.q_rows(dout, b, q0, h),
+                        T::one(),
+                    );
+                    mm(
+                        nk,
+                        hd,
+                        nq,
+                        &mut dkl,
+                        hd,
+                        true,
+                        tile_t(&ds),
+                        ly.q_rows(q, b, q0, h),
+                        scale,
+                    );
                 }
             }
             (dkl, dvl)
@@ -217,17 +419,25 @@ pub fn attention_backward<T: Real>(
     let qres: Vec<Vec<T>> = qtasks
         .par_iter()
         .map(|&(b, h, qb)| {
-            let kvh = h / g;
-            let (q0, q1) = (qb * BQ, ((qb + 1) * BQ).min(d.tq));
-            let mut dql = vec![T::zero(); (q1 - q0) * hd];
-            for qi in q0..q1 {
-                let r = (qi - q0) * hd;
-                for j in 0..ly.key_end(qi) {
-                    if let Some((_, ds)) = pds(b, h, qi, kvh, j) {
-                        let ko = ly.kv(b, j, kvh);
-                        axpy(&mut dql[r..r + hd], ds * scale, &k[ko..ko + hd]);
-                    }
-                }
+            let (q0, nq) = (qb * BQ, ((qb + 1) * BQ).min(d.tq) - qb * BQ);
+            let mut dql = vec![T::zero(); nq * hd];
+            let (mut p, mut ds) = (vec![T::zero(); BQ * BK], vec![T::zero(); BQ * BK]);
+            let kend = ly.key_end(q0 + nq - 1);
+            for k0 in (0..kend).step_by(BK) {
+                let nk = (k0 + BK).min(kend) - k0;
+                bw.tile(b, h, q0, nq, k0, nk, &mut p, &mut ds);
+                // dQ += scale · dS K
+                mm(
+                    nq,
+                    hd,
+                    nk,
+                    &mut dql,
+                    hd,
+                    true,
+                    tile(&ds),
+                    ly.kv_rows(k, b, k0, h / g),
+                    scale,
+                );
             }
             dql
         })
