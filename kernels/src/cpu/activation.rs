@@ -1,7 +1,7 @@
 //! GELU (tanh), SiLU and SwiGLU on CPU.
 
 use super::{with_real, CpuBackend, Real};
-use crate::ops::{check_all, ActivationOps, SwigluDims, REFERENCE_FLOATS};
+use crate::ops::{check_all, check_pointwise, ActivationOps, SwigluDims, REFERENCE_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -86,9 +86,7 @@ pub fn swiglu_backward<T: Real>(dinp: &mut [T], dout: &[T], inp: &[T], h: usize)
 }
 
 fn check_unary(op: &'static str, out: &HostMut<'_>, inp: &HostRef<'_>, n: usize) -> Result<crate::DType> {
-    let s = format!("(n={n})");
-    let dt = check_all(op, REFERENCE_FLOATS, &[("inp", Some(inp), n, &s)])?;
-    check_all(op, &[dt], &[("out", Some(out), n, &s)])
+    check_pointwise(op, REFERENCE_FLOATS, &[("out", out)], &[("inp", inp)], n)
 }
 
 fn check_grad(
@@ -98,13 +96,13 @@ fn check_grad(
     inp: &HostRef<'_>,
     n: usize,
 ) -> Result<crate::DType> {
-    let s = format!("(n={n})");
-    let dt = check_all(
+    check_pointwise(
         op,
         REFERENCE_FLOATS,
-        &[("inp", Some(inp), n, &s), ("dout", Some(dout), n, &s)],
-    )?;
-    check_all(op, &[dt], &[("dinp", Some(dinp), n, &s)])
+        &[("dinp", dinp)],
+        &[("inp", inp), ("dout", dout)],
+        n,
+    )
 }
 
 impl ActivationOps for CpuBackend {

@@ -2,8 +2,7 @@
 
 use super::matmul::{narrow, widen};
 use super::{with_real, CpuBackend, Real};
-use crate::backend::Check;
-use crate::ops::{check_all, ElementwiseOps, REFERENCE_FLOATS};
+use crate::ops::{check_cast, check_pointwise, ElementwiseOps, REFERENCE_FLOATS};
 use crate::{f64_to_bf16_rne, DType, HostMut, HostRef, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -28,36 +27,26 @@ pub fn scale<T: Real>(out: &mut [T], x: &[T], alpha: T) {
         .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = alpha * x));
 }
 
-fn check_pair(
-    op: &'static str,
-    names: [&'static str; 2],
-    out: &HostMut<'_>,
-    x: &HostRef<'_>,
-    n: usize,
-) -> Result<DType> {
-    let s = format!("(n={n})");
-    let dt = check_all(op, REFERENCE_FLOATS, &[(names[1], Some(x), n, &s)])?;
-    check_all(op, &[dt], &[(names[0], Some(out), n, &s)])
-}
-
 impl ElementwiseOps for CpuBackend {
     fn add_forward(&self, out: HostMut<'_>, a: HostRef<'_>, b: HostRef<'_>, n: usize) -> Result<()> {
-        const OP: &str = "add_forward";
-        let s = format!("(n={n})");
-        let dt = check_all(
-            OP,
+        let dt = check_pointwise(
+            "add_forward",
             REFERENCE_FLOATS,
-            &[("a", Some(&a), n, &s), ("b", Some(&b), n, &s)],
+            &[("out", &out)],
+            &[("a", &a), ("b", &b)],
+            n,
         )?;
-        check_all(OP, &[dt], &[("out", Some(&out), n, &s)])?;
         with_real!(dt, T => add_forward::<T>(T::get_mut(out), T::get(a), T::get(b)));
         Ok(())
     }
     fn add_backward(&self, da: HostMut<'_>, db: HostMut<'_>, dout: HostRef<'_>, n: usize) -> Result<()> {
-        const OP: &str = "add_backward";
-        let s = format!("(n={n})");
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("dout", Some(&dout), n, &s)])?;
-        check_all(OP, &[dt], &[("da", Some(&da), n, &s), ("db", Some(&db), n, &s)])?;
+        let dt = check_pointwise(
+            "add_backward",
+            REFERENCE_FLOATS,
+            &[("da", &da), ("db", &db)],
+            &[("dout", &dout)],
+            n,
+        )?;
         with_real!(dt, T => {
             accumulate::<T>(T::get_mut(da), T::get(dout));
             accumulate::<T>(T::get_mut(db), T::get(dout));
@@ -65,25 +54,35 @@ impl ElementwiseOps for CpuBackend {
         Ok(())
     }
     fn scale_forward(&self, out: HostMut<'_>, x: HostRef<'_>, alpha: f32, n: usize) -> Result<()> {
-        let dt = check_pair("scale_forward", ["out", "x"], &out, &x, n)?;
+        let dt = check_pointwise(
+            "scale_forward",
+            REFERENCE_FLOATS,
+            &[("out", &out)],
+            &[("x", &x)],
+            n,
+        )?;
         with_real!(dt, T => scale::<T>(T::get_mut(out), T::get(x), T::of(alpha as f64)));
         Ok(())
     }
     fn scale_backward(&self, dx: HostMut<'_>, dout: HostRef<'_>, alpha: f32, n: usize) -> Result<()> {
-        let dt = check_pair("scale_backward", ["dx", "dout"], &dx, &dout, n)?;
+        let dt = check_pointwise(
+            "scale_backward",
+            REFERENCE_FLOATS,
+            &[("dx", &dx)],
+            &[("dout", &dout)],
+            n,
+        )?;
         with_real!(dt, T => scale::<T>(T::get_mut(dx), T::get(dout), T::of(alpha as f64)));
         Ok(())
     }
     fn cast(&self, out: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
-        const OP: &str = "cast";
-        let c = Check { op: OP };
-        let floats = [DType::F64, DType::F32, DType::BF16, DType::F16];
-        let (din, dout) = (
-            c.dtype_in("x", x.dtype(), &floats)?,
-            c.dtype_in("out", out.dtype(), &floats)?,
-        );
-        c.arg("x", &x, din, n, || format!("(n={n})"))?;
-        c.arg("out", &out, dout, n, || format!("(n={n})"))?;
+        check_cast(
+            "cast",
+            &[DType::F64, DType::F32, DType::BF16, DType::F16],
+            &out,
+            &x,
+            n,
+        )?;
         match (x, out) {
             (HostRef::F64(s), HostMut::F64(d)) => d.copy_from_slice(s),
             (HostRef::F64(s), HostMut::F32(d)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = s as f32),

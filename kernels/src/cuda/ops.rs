@@ -7,7 +7,7 @@
 
 use super::device::{cuda_err, CudaBackend, CudaMut, CudaRef, KArg};
 use crate::backend::{Backend, Check, Slice};
-use crate::ops::{check_all, ElementwiseOps, Gemm, MatmulDims, MatmulOps, Operand};
+use crate::ops::{check_cast, check_pointwise, ElementwiseOps, Gemm, MatmulDims, MatmulOps, Operand};
 use crate::{DType, Error, Result};
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::sys::CUdeviceptr;
@@ -304,9 +304,7 @@ const F32_ONLY: &[DType] = &[DType::F32];
 impl ElementwiseOps for CudaBackend {
     fn add_forward(&self, out: CudaMut<'_>, a: CudaRef<'_>, b: CudaRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "add_forward";
-        let s = format!("(n={n})");
-        check_all(OP, F32_ONLY, &[("a", Some(&a), n, &s), ("b", Some(&b), n, &s)])?;
-        check_all(OP, F32_ONLY, &[("out", Some(&out), n, &s)])?;
+        check_pointwise(OP, F32_ONLY, &[("out", &out)], &[("a", &a), ("b", &b)], n)?;
         let n64 = n as u64;
         self.launch_1d(
             OP,
@@ -323,13 +321,7 @@ impl ElementwiseOps for CudaBackend {
 
     fn add_backward(&self, da: CudaMut<'_>, db: CudaMut<'_>, dout: CudaRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "add_backward";
-        let s = format!("(n={n})");
-        check_all(OP, F32_ONLY, &[("dout", Some(&dout), n, &s)])?;
-        check_all(
-            OP,
-            F32_ONLY,
-            &[("da", Some(&da), n, &s), ("db", Some(&db), n, &s)],
-        )?;
+        check_pointwise(OP, F32_ONLY, &[("da", &da), ("db", &db)], &[("dout", &dout)], n)?;
         let n64 = n as u64;
         for acc in [da.ptr, db.ptr] {
             self.launch_1d(
@@ -344,9 +336,7 @@ impl ElementwiseOps for CudaBackend {
 
     fn scale_forward(&self, out: CudaMut<'_>, x: CudaRef<'_>, alpha: f32, n: usize) -> Result<()> {
         const OP: &str = "scale_forward";
-        let s = format!("(n={n})");
-        check_all(OP, F32_ONLY, &[("x", Some(&x), n, &s)])?;
-        check_all(OP, F32_ONLY, &[("out", Some(&out), n, &s)])?;
+        check_pointwise(OP, F32_ONLY, &[("out", &out)], &[("x", &x)], n)?;
         let n64 = n as u64;
         self.launch_1d(
             OP,
@@ -367,14 +357,7 @@ impl ElementwiseOps for CudaBackend {
 
     fn cast(&self, out: CudaMut<'_>, x: CudaRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "cast";
-        let c = Check { op: OP };
-        let kinds = [DType::F32, DType::BF16];
-        let (din, dout) = (
-            c.dtype_in("x", x.dtype(), &kinds)?,
-            c.dtype_in("out", out.dtype(), &kinds)?,
-        );
-        c.arg("x", &x, din, n, || format!("(n={n})"))?;
-        c.arg("out", &out, dout, n, || format!("(n={n})"))?;
+        let (din, dout) = check_cast(OP, &[DType::F32, DType::BF16], &out, &x, n)?;
         let n64 = n as u64;
         let kernel = match (din, dout) {
             (DType::F32, DType::BF16) => &self.kernels.cast_f32_bf16,

@@ -27,6 +27,47 @@ pub(crate) fn check_all<S: Slice>(
     Ok(dt)
 }
 
+/// Checks a pointwise op: every input and output holds exactly `n` elements of one dtype from
+/// `allowed` (the first input's). Shared by every backend so they refuse alike.
+pub(crate) fn check_pointwise<O: Slice, R: Slice>(
+    op: &'static str,
+    allowed: &[DType],
+    outs: &[(&'static str, &O)],
+    ins: &[(&'static str, &R)],
+    n: usize,
+) -> Result<DType> {
+    let s = format!("(n={n})");
+    let ins: Vec<_> = ins
+        .iter()
+        .map(|(name, v)| (*name, Some(*v), n, s.as_str()))
+        .collect();
+    let dt = check_all(op, allowed, &ins)?;
+    let outs: Vec<_> = outs
+        .iter()
+        .map(|(name, v)| (*name, Some(*v), n, s.as_str()))
+        .collect();
+    check_all(op, &[dt], &outs)
+}
+
+/// Checks a cast: `x` and `out` hold `n` elements, each of a dtype in `kinds`.
+/// Returns `(from, to)`.
+pub(crate) fn check_cast<O: Slice, R: Slice>(
+    op: &'static str,
+    kinds: &[DType],
+    out: &O,
+    x: &R,
+    n: usize,
+) -> Result<(DType, DType)> {
+    let c = Check { op };
+    let (from, to) = (
+        c.dtype_in("x", x.dtype(), kinds)?,
+        c.dtype_in("out", out.dtype(), kinds)?,
+    );
+    c.arg("x", x, from, n, || format!("(n={n})"))?;
+    c.arg("out", out, to, n, || format!("(n={n})"))?;
+    Ok((from, to))
+}
+
 /// `out (batch, M, N) = op(a) (batch, M, K) · op(b) (batch, K, N)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulDims {
