@@ -66,54 +66,40 @@ pub struct CudaMut<'a> {
     _borrow: PhantomData<&'a mut CudaBuffer>,
 }
 
-impl Slice for CudaRef<'_> {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn split_at(self, mid: usize) -> (Self, Self) {
-        assert!(mid <= self.len, "split at {mid} of a view of {}", self.len);
-        let off = (mid * self.dtype.size()) as CUdeviceptr;
-        (
-            CudaRef { len: mid, ..self },
-            CudaRef {
-                ptr: self.ptr + off,
-                len: self.len - mid,
-                ..self
-            },
-        )
-    }
+/// Both view kinds are a device pointer, a dtype and a length; splitting is pointer arithmetic.
+macro_rules! device_view {
+    ($view:ident) => {
+        impl Slice for $view<'_> {
+            fn dtype(&self) -> DType {
+                self.dtype
+            }
+            fn len(&self) -> usize {
+                self.len
+            }
+            fn split_at(self, mid: usize) -> (Self, Self) {
+                assert!(mid <= self.len, "split at {mid} of a view of {}", self.len);
+                let (ptr, dtype, len) = (self.ptr, self.dtype, self.len);
+                let off = (mid * dtype.size()) as CUdeviceptr;
+                (
+                    $view {
+                        ptr,
+                        dtype,
+                        len: mid,
+                        _borrow: PhantomData,
+                    },
+                    $view {
+                        ptr: ptr + off,
+                        dtype,
+                        len: len - mid,
+                        _borrow: PhantomData,
+                    },
+                )
+            }
+        }
+    };
 }
-
-impl Slice for CudaMut<'_> {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn split_at(self, mid: usize) -> (Self, Self) {
-        assert!(mid <= self.len, "split at {mid} of a view of {}", self.len);
-        let off = (mid * self.dtype.size()) as CUdeviceptr;
-        let (ptr, dtype, len) = (self.ptr, self.dtype, self.len);
-        (
-            CudaMut {
-                ptr,
-                dtype,
-                len: mid,
-                _borrow: PhantomData,
-            },
-            CudaMut {
-                ptr: ptr + off,
-                dtype,
-                len: len - mid,
-                _borrow: PhantomData,
-            },
-        )
-    }
-}
+device_view!(CudaRef);
+device_view!(CudaMut);
 
 /// `map_err` adapter: any CUDA library error becomes [`Error::Cuda`] naming the op.
 pub(crate) fn cuda_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> Error {
