@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use std::time::{Duration, Instant};
-use weft_kernels::cpu::matmul::gemm_rm_public as gemm_rm;
+use weft_kernels::cpu::matmul::sgemm;
 use weft_kernels::gradcheck::SplitMix;
 use weft_kernels::{AttentionOps, AttnDims, Backend, CpuBackend, DType, HostVec, MatmulDims, MatmulOps};
 
@@ -58,7 +58,7 @@ pub fn kernels(args: &KernelBenchArgs) -> Result<()> {
         let (HostVec::F32(av), HostVec::F32(bv)) = (&a, &b) else {
             unreachable!("built as f32")
         };
-        let t = best_of(min, || gemm_rm(p, p, p, &mut c, av, bv));
+        let t = best_of(min, || sgemm(p, p, p, &mut c, av, bv));
         2.0 * (p * p * p) as f64 / t.as_secs_f64() / 1e9
     };
     let first = measure_peak();

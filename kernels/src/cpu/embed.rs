@@ -1,9 +1,8 @@
 //! Embedding lookup, 3-D patchify/unpatchify and sinusoidal timestep features on CPU.
 
-use super::{with_real, CpuBackend, Real};
-use crate::backend::Check;
+use super::{indices, with_real, CpuBackend, Real};
 use crate::ops::{check_all, EmbedOps, EmbeddingDims, PatchDims, TimestepDims, REFERENCE_FLOATS};
-use crate::{DType, Error, HostMut, HostRef, Result};
+use crate::{DType, HostMut, HostRef, Result};
 use rayon::prelude::*;
 
 pub fn embedding_forward<T: Real>(out: &mut [T], ids: &[i32], table: &[T], c: usize) {
@@ -91,31 +90,6 @@ pub fn timestep_backward<T: Real>(dt: &mut [T], dout: &[T], t: &[T], d: &Timeste
     }
 }
 
-fn ids<'a>(v: HostRef<'a>) -> &'a [i32] {
-    match v {
-        HostRef::I32(s) => s,
-        other => unreachable!("dtype {} passed the argument checks", other.dtype()),
-    }
-}
-
-fn check_ids(op: &'static str, v: &HostRef<'_>, d: &EmbeddingDims) -> Result<()> {
-    Check { op }.arg("ids", v, DType::I32, d.n, || format!("(N={})", d.n))?;
-    if let Some((pos, &id)) = ids(*v)
-        .iter()
-        .enumerate()
-        .find(|(_, &id)| id < 0 || id as usize >= d.v)
-    {
-        return Err(Error::Index {
-            op,
-            arg: "ids",
-            index: id as i64,
-            pos,
-            bound: d.v,
-        });
-    }
-    Ok(())
-}
-
 fn check_patch(
     op: &'static str,
     dst: &HostMut<'_>,
@@ -146,8 +120,8 @@ impl EmbedOps for CpuBackend {
         );
         let dt = check_all(OP, REFERENCE_FLOATS, &[("table", Some(&table), d.v * d.c, &ts)])?;
         check_all(OP, &[dt], &[("out", Some(&out), d.n * d.c, &os)])?;
-        check_ids(OP, &ids_, &d)?;
-        with_real!(dt, T => embedding_forward::<T>(T::get_mut(out), ids(ids_), T::get(table), d.c));
+        let ids = indices(OP, "ids", ids_, d.n, d.v, false)?;
+        with_real!(dt, T => embedding_forward::<T>(T::get_mut(out), ids, T::get(table), d.c));
         Ok(())
     }
     fn embedding_backward(
@@ -164,8 +138,8 @@ impl EmbedOps for CpuBackend {
         );
         let dt = check_all(OP, REFERENCE_FLOATS, &[("dout", Some(&dout), d.n * d.c, &os)])?;
         check_all(OP, &[dt], &[("dtable", Some(&dtable), d.v * d.c, &ts)])?;
-        check_ids(OP, &ids_, &d)?;
-        with_real!(dt, T => embedding_backward::<T>(T::get_mut(dtable), T::get(dout), ids(ids_), d.c));
+        let ids = indices(OP, "ids", ids_, d.n, d.v, false)?;
+        with_real!(dt, T => embedding_backward::<T>(T::get_mut(dtable), T::get(dout), ids, d.c));
         Ok(())
     }
     fn patchify_forward(&self, out: HostMut<'_>, x: HostRef<'_>, d: PatchDims) -> Result<()> {

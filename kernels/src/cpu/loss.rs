@@ -1,9 +1,8 @@
 //! Cross-entropy with z-loss, and mean squared error, on CPU.
 
-use super::{rows_per_task, with_real, CpuBackend, Real};
-use crate::backend::Check;
+use super::{indices, rows_per_task, with_real, CpuBackend, Real};
 use crate::ops::{check_all, CrossEntropyDims, LossOps, REFERENCE_FLOATS};
-use crate::{DType, Error, HostMut, HostRef, Result};
+use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
 fn row_lse<T: Real>(x: &[T]) -> T {
@@ -82,31 +81,6 @@ pub fn mse_backward<T: Real>(dpred: &mut [T], dloss: T, pred: &[T], target: &[T]
         .for_each(|(d, (&p, &t))| *d = k * (p - t));
 }
 
-fn check_targets(op: &'static str, targets: &HostRef<'_>, d: &CrossEntropyDims) -> Result<()> {
-    let c = Check { op };
-    c.arg("targets", targets, DType::I32, d.n, || format!("(N={})", d.n))?;
-    let HostRef::I32(t) = targets else {
-        unreachable!("checked above")
-    };
-    if let Some((pos, &y)) = t.iter().enumerate().find(|(_, &y)| y >= d.v as i32) {
-        return Err(Error::Index {
-            op,
-            arg: "targets",
-            index: y as i64,
-            pos,
-            bound: d.v,
-        });
-    }
-    Ok(())
-}
-
-fn targets<'a>(t: HostRef<'a>) -> &'a [i32] {
-    match t {
-        HostRef::I32(s) => s,
-        other => unreachable!("dtype {} passed the argument checks", other.dtype()),
-    }
-}
-
 impl LossOps for CpuBackend {
     fn cross_entropy_forward(
         &self,
@@ -124,9 +98,9 @@ impl LossOps for CpuBackend {
             &[dt],
             &[("losses", Some(&losses), d.n, &rs), ("lse", Some(&lse), d.n, &rs)],
         )?;
-        check_targets(OP, &targets_, &d)?;
+        let targets = indices(OP, "targets", targets_, d.n, d.v, true)?;
         with_real!(dt, T => cross_entropy_forward::<T>(
-            T::get_mut(losses), T::get_mut(lse), T::get(logits), targets(targets_), &d));
+            T::get_mut(losses), T::get_mut(lse), T::get(logits), targets, &d));
         Ok(())
     }
 
@@ -151,9 +125,9 @@ impl LossOps for CpuBackend {
             ],
         )?;
         check_all(OP, &[dt], &[("dlogits", Some(&dlogits), d.n * d.v, &ls)])?;
-        check_targets(OP, &targets_, &d)?;
+        let targets = indices(OP, "targets", targets_, d.n, d.v, true)?;
         with_real!(dt, T => cross_entropy_backward::<T>(
-            T::get_mut(dlogits), T::get(dlosses), T::get(logits), targets(targets_), T::get(lse), &d));
+            T::get_mut(dlogits), T::get(dlosses), T::get(logits), targets, T::get(lse), &d));
         Ok(())
     }
 

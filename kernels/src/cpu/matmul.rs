@@ -64,7 +64,7 @@ pub(crate) fn gemm_rm<T: Real>(g: &Gemm, dst: &mut [T], lhs: &[T], rhs: &[T]) {
 
 /// Plain row-major `c (m, n) = a (m, k) · b (k, n)` in f32 straight through the GEMM library,
 /// without argument checks: the reference that `weft bench kernels` measures peak with.
-pub fn gemm_rm_public(m: usize, n: usize, k: usize, c: &mut [f32], a: &[f32], b: &[f32]) {
+pub fn sgemm(m: usize, n: usize, k: usize, c: &mut [f32], a: &[f32], b: &[f32]) {
     let g = Gemm {
         m,
         n,

@@ -170,6 +170,33 @@ pub(crate) fn opt_mut<T: Real>(v: Option<HostMut<'_>>) -> Option<&mut [T]> {
     v.map(T::get_mut)
 }
 
+/// Checks an i32 index argument (`n` values, each `< bound`; negatives allowed only when
+/// `negative_ok`, as for ignored targets) and returns it as a slice.
+pub(crate) fn indices<'a>(
+    op: &'static str,
+    arg: &'static str,
+    v: HostRef<'a>,
+    n: usize,
+    bound: usize,
+    negative_ok: bool,
+) -> Result<&'a [i32]> {
+    crate::backend::Check { op }.arg(arg, &v, DType::I32, n, || format!("(N={n})"))?;
+    let HostRef::I32(s) = v else {
+        unreachable!("dtype checked above")
+    };
+    let bad = |&(_, &x): &(usize, &i32)| (x < 0 && !negative_ok) || (x >= 0 && x as usize >= bound);
+    if let Some((pos, &x)) = s.iter().enumerate().find(bad) {
+        return Err(crate::Error::Index {
+            op,
+            arg,
+            index: x as i64,
+            pos,
+            bound,
+        });
+    }
+    Ok(s)
+}
+
 /// Rows per rayon task for row-parallel kernels: enough work per task to amortize scheduling.
 pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (16384 / row_len.max(1)).max(1)
