@@ -31,6 +31,11 @@ extern "C" __global__ void accumulate_f32(float* acc, const float* x, u64 n) {
     if (i < n) acc[i] += x[i];
 }
 
+extern "C" __global__ void fill_f32(float* out, float value, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = value;
+}
+
 extern "C" __global__ void scale_f32(float* out, const float* x, float alpha, u64 n) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = alpha * x[i];

@@ -195,3 +195,19 @@ fn views_hand_out_disjoint_ranges_of_one_flat_buffer() {
     assert_eq!(g[..4], [0.0; 4]);
     assert_eq!(g[7..], [2.0; 3], "dbias = Σ_rows dout");
 }
+
+#[test]
+fn accumulate_adds_and_fill_overwrites() {
+    let c = cpu();
+    for dt in [DType::F32, DType::F64] {
+        let (a, b) = (rand_vec(8, 33), rand_vec(9, 33));
+        let mut acc = host(&a, dt);
+        c.accumulate(acc.view_mut(), host(&b, dt).view(), 33).unwrap();
+        let want: Vec<f64> = a.iter().zip(&b).map(|(a, b)| a + b).collect();
+        compare("accumulate", &f64s(&acc), &want, Tolerance::for_dtype(dt)).unwrap();
+        c.fill(acc.view_mut(), 0.25, 33).unwrap();
+        assert!(f64s(&acc).iter().all(|&v| v == 0.25), "{dt}");
+        let err = c.fill(acc.view_mut(), 0.0, 32).unwrap_err().to_string();
+        assert!(err.contains("fill: argument `out` has the wrong size"), "{err}");
+    }
+}

@@ -75,6 +75,17 @@ impl ElementwiseOps for CpuBackend {
         with_real!(dt, T => scale::<T>(T::get_mut(dx), T::get(dout), T::of(alpha as f64)));
         Ok(())
     }
+    fn accumulate(&self, acc: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
+        let dt = check_pointwise("accumulate", REFERENCE_FLOATS, &[("acc", &acc)], &[("x", &x)], n)?;
+        with_real!(dt, T => accumulate::<T>(T::get_mut(acc), T::get(x)));
+        Ok(())
+    }
+    fn fill(&self, out: HostMut<'_>, value: f32, n: usize) -> Result<()> {
+        let none: &[(&str, &HostRef<'_>)] = &[];
+        let dt = check_pointwise("fill", REFERENCE_FLOATS, &[("out", &out)], none, n)?;
+        with_real!(dt, T => T::get_mut(out).par_chunks_mut(CHUNK).for_each(|o| o.fill(T::of(value as f64))));
+        Ok(())
+    }
     fn cast(&self, out: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
         check_cast(
             "cast",

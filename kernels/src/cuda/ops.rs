@@ -355,6 +355,21 @@ impl ElementwiseOps for CudaBackend {
         self.scale_forward(dx, dout, alpha, n)
     }
 
+    fn accumulate(&self, acc: CudaMut<'_>, x: CudaRef<'_>, n: usize) -> Result<()> {
+        const OP: &str = "accumulate";
+        check_pointwise(OP, F32_ONLY, &[("acc", &acc)], &[("x", &x)], n)?;
+        let args = [KArg::U64(acc.ptr), KArg::U64(x.ptr), KArg::U64(n as u64)];
+        self.launch_1d(OP, &self.kernels.accumulate_f32, n, &args)
+    }
+
+    fn fill(&self, out: CudaMut<'_>, value: f32, n: usize) -> Result<()> {
+        const OP: &str = "fill";
+        let none: &[(&str, &CudaRef<'_>)] = &[];
+        check_pointwise(OP, F32_ONLY, &[("out", &out)], none, n)?;
+        let args = [KArg::U64(out.ptr), KArg::F32(value), KArg::U64(n as u64)];
+        self.launch_1d(OP, &self.kernels.fill_f32, n, &args)
+    }
+
     fn cast(&self, out: CudaMut<'_>, x: CudaRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "cast";
         let (din, dout) = check_cast(OP, &[DType::F32, DType::BF16], &out, &x, n)?;

@@ -41,11 +41,15 @@ pub(crate) fn check_pointwise<O: Slice, R: Slice>(
         .iter()
         .map(|(name, v)| (*name, Some(*v), n, s.as_str()))
         .collect();
-    let dt = check_all(op, allowed, &ins)?;
     let outs: Vec<_> = outs
         .iter()
         .map(|(name, v)| (*name, Some(*v), n, s.as_str()))
         .collect();
+    if ins.is_empty() {
+        // An op with no inputs (fill) takes its dtype from its output.
+        return check_all(op, allowed, &outs);
+    }
+    let dt = check_all(op, allowed, &ins)?;
     check_all(op, &[dt], &outs)
 }
 

@@ -324,6 +324,10 @@ pub trait ElementwiseOps: Backend {
     fn scale_forward(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, alpha: f32, n: usize) -> Result<()>;
     /// `dx = alpha·dout` (overwrite).
     fn scale_backward(&self, dx: Self::Mut<'_>, dout: Self::Ref<'_>, alpha: f32, n: usize) -> Result<()>;
+    /// `acc += x`: sums gradients that reach one activation from several consumers.
+    fn accumulate(&self, acc: Self::Mut<'_>, x: Self::Ref<'_>, n: usize) -> Result<()>;
+    /// `out = value` for every element (zeroing gradient buffers between steps).
+    fn fill(&self, out: Self::Mut<'_>, value: f32, n: usize) -> Result<()>;
     /// Convert between float dtypes, rounding to nearest even (f32 → bf16 as in
     /// [`crate::f32_to_bf16_rne`]). Same-dtype casts copy.
     fn cast(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, n: usize) -> Result<()>;

@@ -1,0 +1,527 @@
+//! Run configs: TOML files with sections `[job] [model] [data] [training] [optimizer]
+//! [parallel] [checkpoint]`, dotted overrides from the command line, and validation that names
+//! the key and the rule before anything is allocated.
+//!
+//! Loading is two-phase (raw TOML → typed, validated [`Config`]): unknown keys, wrong types and
+//! missing required fields are refused by the typed parse with the full key path; shape rules
+//! that involve several keys (heads dividing the width, patches dividing the latent) are
+//! checked by [`Config::validate`].
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A whole run.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub job: Job,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub training: Training,
+    pub optimizer: Optimizer,
+    #[serde(default)]
+    pub parallel: Parallel,
+    #[serde(default)]
+    pub checkpoint: Checkpoint,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// Run name; the run directory is `<out_dir>/<name>`.
+    pub name: String,
+    #[serde(default = "default_out_dir")]
+    pub out_dir: String,
+    /// Seeds initialization, data order and noise.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_out_dir() -> String {
+    "runs".into()
+}
+
+/// The model, chosen by `kind`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelConfig {
+    Dit(DitConfig),
+    Gpt(GptConfig),
+}
+
+/// A video diffusion transformer over latents `[T, H, W, C]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DitConfig {
+    pub width: usize,
+    pub depth: usize,
+    pub heads: usize,
+    #[serde(default = "four")]
+    pub mlp_ratio: f64,
+    /// Latent video extent `[T, H, W, C]`.
+    pub latent: [usize; 4],
+    /// Patch `[pt, ph, pw]`.
+    pub patch: [usize; 3],
+    pub num_classes: usize,
+    /// Width of an optional precomputed (pooled) text embedding per sample; 0 = none.
+    #[serde(default)]
+    pub text_dim: usize,
+    #[serde(default = "yes")]
+    pub qk_norm: bool,
+    /// Probability of replacing the class by the null class in training (for guidance).
+    #[serde(default = "dropout")]
+    pub class_dropout: f64,
+    #[serde(default = "theta")]
+    pub rope_theta: f64,
+    /// EDM-style preconditioning of the flow-matching network (input/skip/output scalings).
+    #[serde(default)]
+    pub precondition: bool,
+    /// Standard deviation of the data, used by preconditioning.
+    #[serde(default = "half")]
+    pub sigma_data: f64,
+    /// Logit-normal timestep sampling: `t = σ(m + s·z)`.
+    #[serde(default)]
+    pub t_mean: f64,
+    #[serde(default = "one")]
+    pub t_std: f64,
+}
+
+/// A GPT / Llama-style decoder-only language model.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    pub width: usize,
+    pub depth: usize,
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention); defaults to `heads`.
+    #[serde(default)]
+    pub kv_heads: Option<usize>,
+    pub vocab_size: usize,
+    pub seq_len: usize,
+    /// SwiGLU hidden size; defaults to `8/3·width` rounded up to a multiple of 64.
+    #[serde(default)]
+    pub mlp_hidden: Option<usize>,
+    #[serde(default = "yes")]
+    pub tie_embeddings: bool,
+    #[serde(default = "z_loss")]
+    pub z_loss: f64,
+    #[serde(default = "theta")]
+    pub rope_theta: f64,
+}
+
+/// Where samples come from, chosen by `kind`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// The built-in procedural video dataset (moving coloured shapes).
+    Shapes,
+    /// Latent shards on disk: safetensors files with `latents [N,T,H,W,C]`, optional
+    /// `labels [N]` and `embeddings [N,E]`. The last `val_fraction` of samples are held out.
+    Latents {
+        path: String,
+        #[serde(default = "val_fraction")]
+        val_fraction: f64,
+    },
+    /// A token shard (`weft data tokenize`); the last `val_fraction` of tokens are held out.
+    Tokens {
+        path: String,
+        #[serde(default = "val_fraction")]
+        val_fraction: f64,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Training {
+    pub steps: u64,
+    /// Samples (or sequences) per micro-batch per data-parallel rank.
+    pub micro_batch: usize,
+    /// Micro-batches accumulated per optimizer step.
+    #[serde(default = "one_usize")]
+    pub grad_accum: usize,
+    /// Validate every this many steps (and at the end); 0 = only at the end.
+    #[serde(default)]
+    pub val_every: u64,
+    #[serde(default = "four_usize")]
+    pub val_batches: usize,
+    /// Recompute each block's activations in backward instead of keeping them.
+    #[serde(default)]
+    pub recompute: bool,
+    /// Compute and master dtype: `f32`, or `f64` for reference runs.
+    #[serde(default = "f32_name")]
+    pub dtype: String,
+    /// Peak FLOP/s of the device for MFU; measured at start when absent.
+    #[serde(default)]
+    pub peak_flops: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Optimizer {
+    #[serde(default = "adamw")]
+    pub kind: String,
+    pub lr: f64,
+    /// Final learning rate as a fraction of `lr`.
+    #[serde(default = "tenth")]
+    pub min_lr_ratio: f64,
+    #[serde(default = "beta1")]
+    pub beta1: f64,
+    #[serde(default = "beta2")]
+    pub beta2: f64,
+    #[serde(default = "adam_eps")]
+    pub eps: f64,
+    #[serde(default = "tenth")]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 disables.
+    #[serde(default = "one")]
+    pub grad_clip: f64,
+    /// `cosine` (warmup then cosine to `min_lr_ratio`), `wsd` (warmup, stable, linear decay
+    /// over the last `decay_fraction`), or `constant` (warmup then flat).
+    #[serde(default = "cosine")]
+    pub schedule: String,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "decay_fraction")]
+    pub decay_fraction: f64,
+}
+
+/// The device mesh, outermost first. A single process runs with every size 1.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Parallel {
+    pub dp_replicate: usize,
+    pub dp_shard: usize,
+    pub cp: usize,
+    pub tp: usize,
+}
+
+impl Default for Parallel {
+    fn default() -> Self {
+        Parallel {
+            dp_replicate: 1,
+            dp_shard: 1,
+            cp: 1,
+            tp: 1,
+        }
+    }
+}
+
+impl Parallel {
+    pub fn world(&self) -> usize {
+        self.dp_replicate * self.dp_shard * self.cp * self.tp
+    }
+    pub fn dp(&self) -> usize {
+        self.dp_replicate * self.dp_shard
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Save every this many steps; 0 = never.
+    #[serde(default)]
+    pub interval: u64,
+    /// Committed checkpoints to keep.
+    #[serde(default = "three")]
+    pub keep: usize,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint { interval: 0, keep: 3 }
+    }
+}
+
+fn four() -> f64 {
+    4.0
+}
+fn yes() -> bool {
+    true
+}
+fn dropout() -> f64 {
+    0.1
+}
+fn theta() -> f64 {
+    10000.0
+}
+fn half() -> f64 {
+    0.5
+}
+fn one() -> f64 {
+    1.0
+}
+fn one_usize() -> usize {
+    1
+}
+fn four_usize() -> usize {
+    4
+}
+fn three() -> usize {
+    3
+}
+fn z_loss() -> f64 {
+    1e-4
+}
+fn val_fraction() -> f64 {
+    0.05
+}
+fn f32_name() -> String {
+    "f32".into()
+}
+fn adamw() -> String {
+    "adamw".into()
+}
+fn tenth() -> f64 {
+    0.1
+}
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.95
+}
+fn adam_eps() -> f64 {
+    1e-8
+}
+fn cosine() -> String {
+    "cosine".into()
+}
+fn decay_fraction() -> f64 {
+    0.2
+}
+
+impl Config {
+    /// Read `path`, apply `overrides` (`a.b=v`), parse and validate.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::Other(format!("{}: not valid TOML: {e}", path.display())))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        Self::from_table(table)
+    }
+
+    /// Parse a TOML string (no overrides) and validate.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| Error::Other(format!("not valid TOML: {e}")))?;
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Config> {
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let msg = e.inner().to_string();
+            let msg = msg.lines().next().unwrap_or_default().to_string();
+            Error::config(if key == "." { "(top level)".into() } else { key }, msg)
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML (embedded in exported weights and run directories).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a Config always serializes")
+    }
+
+    /// Rules that span several keys. Each error names the key and the rule it broke.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |key: &str, v: usize| -> Result<()> {
+            if v == 0 {
+                Err(Error::config(key, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        let unit = |key: &str, v: f64, lo: f64, hi: f64| -> Result<()> {
+            if !(lo..=hi).contains(&v) || !v.is_finite() {
+                Err(Error::config(key, format!("must be in [{lo}, {hi}], got {v}")))
+            } else {
+                Ok(())
+            }
+        };
+        if self.job.name.is_empty() || self.job.name.contains(['/', '\\']) {
+            return Err(Error::config("job.name", "must be a non-empty name without slashes"));
+        }
+        match &self.model {
+            ModelConfig::Dit(m) => {
+                pos("model.width", m.width)?;
+                pos("model.depth", m.depth)?;
+                pos("model.heads", m.heads)?;
+                pos("model.num_classes", m.num_classes)?;
+                divides("model.heads", m.heads, "model.width", m.width)?;
+                let hd = m.width / m.heads;
+                if !hd.is_multiple_of(2) {
+                    return Err(Error::config(
+                        "model.heads",
+                        format!("gives head dim {hd} (width/heads); 3D RoPE needs an even head dim"),
+                    ));
+                }
+                let names = ["T", "H", "W"];
+                for i in 0..3 {
+                    pos(&format!("model.latent[{i}]"), m.latent[i])?;
+                    pos(&format!("model.patch[{i}]"), m.patch[i])?;
+                    if !m.latent[i].is_multiple_of(m.patch[i]) {
+                        return Err(Error::config(
+                            format!("model.patch[{i}]"),
+                            format!(
+                                "must divide the latent extent {}={} (patch {})",
+                                names[i], m.latent[i], m.patch[i]
+                            ),
+                        ));
+                    }
+                }
+                pos("model.latent[3]", m.latent[3])?;
+                unit("model.mlp_ratio", m.mlp_ratio, 0.25, 64.0)?;
+                unit("model.class_dropout", m.class_dropout, 0.0, 1.0)?;
+                unit("model.t_std", m.t_std, 0.0, 10.0)?;
+                unit("model.sigma_data", m.sigma_data, 1e-6, 1e6)?;
+                if matches!(self.data, DataConfig::Tokens { .. }) {
+                    return Err(Error::config("data.kind", "`tokens` feeds a GPT; a DiT reads `shapes` or `latents`"));
+                }
+            }
+            ModelConfig::Gpt(m) => {
+                pos("model.width", m.width)?;
+                pos("model.depth", m.depth)?;
+                pos("model.heads", m.heads)?;
+                pos("model.vocab_size", m.vocab_size)?;
+                pos("model.seq_len", m.seq_len)?;
+                divides("model.heads", m.heads, "model.width", m.width)?;
+                let kv = m.kv_heads.unwrap_or(m.heads);
+                pos("model.kv_heads", kv)?;
+                divides("model.kv_heads", kv, "model.heads", m.heads)?;
+                if !(m.width / m.heads).is_multiple_of(2) {
+                    return Err(Error::config("model.heads", "gives an odd head dim; RoPE needs an even one"));
+                }
+                if let Some(h) = m.mlp_hidden {
+                    pos("model.mlp_hidden", h)?;
+                }
+                unit("model.z_loss", m.z_loss, 0.0, 1.0)?;
+                if !matches!(self.data, DataConfig::Tokens { .. }) {
+                    return Err(Error::config("data.kind", "a GPT reads `tokens`"));
+                }
+            }
+        }
+        match &self.data {
+            DataConfig::Shapes => {
+                if let ModelConfig::Dit(m) = &self.model {
+                    if m.latent[3] != 3 {
+                        return Err(Error::config("model.latent[3]", "must be 3 (RGB) for data.kind = \"shapes\""));
+                    }
+                    if m.num_classes != crate::data::shapes::NUM_CLASSES {
+                        return Err(Error::config(
+                            "model.num_classes",
+                            format!("must be {} for data.kind = \"shapes\"", crate::data::shapes::NUM_CLASSES),
+                        ));
+                    }
+                }
+            }
+            DataConfig::Latents { val_fraction, .. } | DataConfig::Tokens { val_fraction, .. } => {
+                unit("data.val_fraction", *val_fraction, 0.0, 0.5)?
+            }
+        }
+        let t = &self.training;
+        pos("training.steps", t.steps as usize)?;
+        pos("training.micro_batch", t.micro_batch)?;
+        pos("training.grad_accum", t.grad_accum)?;
+        pos("training.val_batches", t.val_batches)?;
+        if !["f32", "f64"].contains(&t.dtype.as_str()) {
+            return Err(Error::config("training.dtype", format!("must be \"f32\" or \"f64\", got {:?}", t.dtype)));
+        }
+        if let Some(p) = t.peak_flops {
+            if !(p > 0.0 && p.is_finite()) {
+                return Err(Error::config("training.peak_flops", "must be a positive FLOP/s figure"));
+            }
+        }
+        let o = &self.optimizer;
+        if o.kind != "adamw" {
+            return Err(Error::config("optimizer.kind", format!("must be \"adamw\", got {:?}", o.kind)));
+        }
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return Err(Error::config("optimizer.lr", format!("must be positive, got {}", o.lr)));
+        }
+        unit("optimizer.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0)?;
+        unit("optimizer.beta1", o.beta1, 0.0, 0.999999)?;
+        unit("optimizer.beta2", o.beta2, 0.0, 0.999999)?;
+        unit("optimizer.eps", o.eps, 0.0, 1.0)?;
+        unit("optimizer.weight_decay", o.weight_decay, 0.0, 1.0)?;
+        unit("optimizer.grad_clip", o.grad_clip, 0.0, 1e9)?;
+        unit("optimizer.decay_fraction", o.decay_fraction, 0.0, 1.0)?;
+        if !["cosine", "wsd", "constant"].contains(&o.schedule.as_str()) {
+            return Err(Error::config(
+                "optimizer.schedule",
+                format!("must be \"cosine\", \"wsd\" or \"constant\", got {:?}", o.schedule),
+            ));
+        }
+        if o.warmup_steps > t.steps {
+            return Err(Error::config(
+                "optimizer.warmup_steps",
+                format!("({}) must not exceed training.steps ({})", o.warmup_steps, t.steps),
+            ));
+        }
+        let p = &self.parallel;
+        for (k, v) in [
+            ("parallel.dp_replicate", p.dp_replicate),
+            ("parallel.dp_shard", p.dp_shard),
+            ("parallel.cp", p.cp),
+            ("parallel.tp", p.tp),
+        ] {
+            pos(k, v)?;
+        }
+        let heads = match &self.model {
+            ModelConfig::Dit(m) => (m.heads, m.heads),
+            ModelConfig::Gpt(m) => (m.heads, m.kv_heads.unwrap_or(m.heads)),
+        };
+        divides("parallel.tp", p.tp, "model.heads", heads.0)?;
+        divides("parallel.tp", p.tp, "model.kv_heads", heads.1)?;
+        let tokens = match &self.model {
+            ModelConfig::Dit(m) => (0..3).map(|i| m.latent[i] / m.patch[i]).product(),
+            ModelConfig::Gpt(m) => m.seq_len,
+        };
+        divides("parallel.cp", p.cp, "the sequence length (tokens per sample)", tokens)?;
+        pos("checkpoint.keep", self.checkpoint.keep)?;
+        Ok(())
+    }
+
+    /// The run directory `<job.out_dir>/<job.name>`.
+    pub fn run_dir(&self) -> std::path::PathBuf {
+        Path::new(&self.job.out_dir).join(&self.job.name)
+    }
+}
+
+fn divides(key: &str, d: usize, of_key: &str, of: usize) -> Result<()> {
+    if d == 0 || !of.is_multiple_of(d) {
+        let fits: Vec<String> = (1..=of.min(4096)).filter(|x| of.is_multiple_of(*x)).take(12).map(|x| x.to_string()).collect();
+        return Err(Error::config(
+            key,
+            format!("({d}) must divide {of_key} ({of}); values that fit: {}", fits.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+/// Apply one `a.b.c=value` override; `value` is read as a TOML value (number, bool, array,
+/// quoted string) and otherwise taken as a bare string.
+pub fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
+    let Some((key, raw)) = o.split_once('=') else {
+        return Err(Error::config(o, "override must look like `section.key=value`"));
+    };
+    let key = key.trim().trim_start_matches("--");
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let (last, path) = parts.split_last().expect("split yields one part");
+    let mut cur = table;
+    for p in path {
+        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::config(key, format!("`{p}` is not a section")))?;
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,1 @@
+pub const NUM_CLASSES: usize = 12;

@@ -1,0 +1,179 @@
+//! The flat parameter buffer's table of contents.
+//!
+//! Every model keeps all of its parameters in one flat buffer; gradients and optimizer state
+//! use the identical layout. The [`Layout`] names each tensor, its shape, its offset and its
+//! [`Role`] — the role is what weight decay, muP and Scion read to treat a tensor correctly —
+//! and records which contiguous range each transformer block owns (what FSDP shards).
+
+use std::ops::Range;
+
+/// What a parameter is for. Initialization, weight decay and (later) per-role learning rates
+/// and geometries are chosen from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Input layers whose fan-in does not grow with width: token/class tables, the patch
+    /// embedding, the timestep MLP's first layer, the text projection.
+    /// Init `N(0, 0.02²)` for tables, `N(0, 1/fan_in)` for projections; decayed.
+    Embedding,
+    /// Matrices inside the network (`width × width`-like). Init `N(0, 1/fan_in)`, residual
+    /// output projections of a GPT further scaled by `1/√(2·depth)`; decayed.
+    Hidden,
+    /// Biases and norm gains. Biases start at 0, gains at 1; never decayed.
+    Vector,
+    /// The read-out layer (GPT head, DiT final projection). Init `N(0, 1/fan_in)` for the GPT
+    /// head, zero for the DiT's final layer (DiT's AdaLN-Zero recipe); decayed.
+    Output,
+}
+
+impl Role {
+    /// Whether decoupled weight decay applies (never to vectors or norms).
+    pub fn decays(self) -> bool {
+        self != Role::Vector
+    }
+}
+
+/// How a tensor starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// `N(0, std²)`.
+    Normal(f64),
+}
+
+/// One tensor of the flat buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub role: Role,
+    pub init: Init,
+}
+
+impl Entry {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.numel()
+    }
+}
+
+/// The table of every parameter, in buffer order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Layout {
+    pub entries: Vec<Entry>,
+    /// Block `i` owns `blocks[i]` of the flat buffer (contiguous).
+    pub blocks: Vec<Range<usize>>,
+    len: usize,
+}
+
+impl Layout {
+    /// Total number of parameters.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Append a tensor; returns its range in the flat buffer.
+    pub fn add(&mut self, name: impl Into<String>, shape: &[usize], role: Role, init: Init) -> Range<usize> {
+        let e = Entry {
+            name: name.into(),
+            shape: shape.to_vec(),
+            offset: self.len,
+            role,
+            init,
+        };
+        self.len += e.numel();
+        let r = e.range();
+        self.entries.push(e);
+        r
+    }
+    /// Run `f` to add one block's tensors and record the block's range.
+    pub fn block<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let start = self.len;
+        let out = f(self);
+        self.blocks.push(start..self.len);
+        out
+    }
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+    /// Parameters per role (for reports and muP).
+    pub fn count(&self, role: Role) -> usize {
+        self.entries.iter().filter(|e| e.role == role).map(Entry::numel).sum()
+    }
+
+    /// Fill a host buffer with the documented per-role initialization, from a seeded RNG.
+    /// Each tensor draws from its own stream (seed, tensor index), so adding a tensor does not
+    /// change the others' values.
+    pub fn init(&self, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut out = vec![0f32; self.len];
+        for (i, e) in self.entries.iter().enumerate() {
+            let dst = &mut out[e.range()];
+            match e.init {
+                Init::Zeros => dst.fill(0.0),
+                Init::Ones => dst.fill(1.0),
+                Init::Normal(std) => {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                    rng.set_stream(i as u64 + 1);
+                    for v in dst.iter_mut() {
+                        let z: f64 = rng.sample(rand_distr_normal());
+                        *v = (z * std) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Standard normal by Box–Muller on two uniforms (`rand` 0.9 keeps its normal distribution in
+/// a separate crate; this is the one place weft needs it).
+fn rand_distr_normal() -> impl rand::distr::Distribution<f64> {
+    use rand::distr::Distribution;
+    rand::distr::StandardUniform.map(|(u1, u2): (f64, f64)| {
+        let u1 = 1.0 - u1; // (0, 1]
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_contiguous_and_blocks_cover_their_tensors() {
+        let mut l = Layout::default();
+        l.add("a", &[2, 3], Role::Embedding, Init::Normal(1.0));
+        let b = l.block(|l| {
+            l.add("b.w", &[4], Role::Hidden, Init::Zeros);
+            l.add("b.g", &[4], Role::Vector, Init::Ones)
+        });
+        assert_eq!(b, 10..14);
+        assert_eq!(l.blocks, vec![6..14]);
+        assert_eq!(l.len(), 14);
+        let p = l.init(7);
+        assert_eq!(&p[6..14], &[0., 0., 0., 0., 1., 1., 1., 1.]);
+        assert_eq!(p, l.init(7));
+        assert_ne!(p, l.init(8));
+        let mean: f32 = p[..6].iter().sum::<f32>() / 6.0;
+        assert!(mean.abs() < 1.5);
+    }
+
+    #[test]
+    fn normal_init_has_the_documented_scale() {
+        let mut l = Layout::default();
+        l.add("w", &[200, 200], Role::Hidden, Init::Normal(0.5));
+        let p = l.init(1);
+        let n = p.len() as f64;
+        let mean = p.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        assert!(mean.abs() < 0.01, "{mean}");
+        assert!((var.sqrt() - 0.5).abs() < 0.01, "{}", var.sqrt());
+    }
+}

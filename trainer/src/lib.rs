@@ -1,0 +1,12 @@
+//! # weft-trainer
+//!
+//! Models, optimizers, data and the training loop of weft.
+pub mod config;
+pub mod data;
+mod error;
+pub mod layout;
+pub mod model;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use layout::{Entry, Layout, Role};

@@ -1,0 +1,593 @@
+//! One pre-norm transformer block, shared by the DiT and the GPT.
+//!
+//! ```text
+//! DiT (adaln):  h = modulate(LN(x), shift1, scale1)     GPT:  h = RMSNorm(x)·g1
+//!               x' = x + gate1 · Attn(h)                      x' = x + Attn(h)
+//!               h' = modulate(LN(x'), shift2, scale2)         h' = RMSNorm(x')·g2
+//!               y = x' + gate2 · MLP(h')                      y = x' + MLP(h')
+//! Attn(h) = Wo · attention(rope(qknorm(Wq h)), rope(qknorm(Wk h)), Wv h)
+//! MLP: GELU (DiT, 4× width, biases) or SwiGLU (GPT, fused [gate | up], no biases)
+//! ```
+//! `(shift, scale, gate)×2` are six `(B, C)` chunks of the block's AdaLN projection of the
+//! conditioning `silu(c)`, zero-initialized (AdaLN-Zero: every block starts as the identity).
+//!
+//! Shapes: `B` batch, `T` tokens, `C` width, `NH`/`NKV` query/kv heads, `HD` head dim,
+//! `F` MLP hidden size.
+
+use super::{at, pair, r, w, Alloc};
+use crate::layout::{Init, Layout, Role};
+use crate::Result;
+use std::ops::Range;
+use weft_kernels::{
+    AttnDims, Backend, MatmulDims, ModDims, NormDims, Ops, RopeDims, SwigluDims,
+};
+
+/// The MLP's nonlinearity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mlp {
+    Gelu,
+    Swiglu,
+}
+
+/// Static shape and options of a block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockSpec {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+    /// MLP hidden size `F`.
+    pub hidden: usize,
+    pub mlp: Mlp,
+    /// AdaLN-Zero conditioning (DiT) instead of RMSNorm gains (GPT).
+    pub adaln: bool,
+    pub qk_norm: bool,
+    pub causal: bool,
+    pub bias: bool,
+    pub eps: f32,
+}
+
+impl BlockSpec {
+    fn rows(&self) -> usize {
+        self.b * self.t
+    }
+    fn fc1_out(&self) -> usize {
+        match self.mlp {
+            Mlp::Gelu => self.hidden,
+            Mlp::Swiglu => 2 * self.hidden,
+        }
+    }
+    /// Forward+backward matmul and attention FLOPs of one block.
+    pub fn flops(&self) -> f64 {
+        let (n, c) = (self.rows(), self.c);
+        let qkv = (self.nh + 2 * self.nkv) * self.hd;
+        let lin = super::linear_flops(n, c, qkv)
+            + super::linear_flops(n, self.nh * self.hd, c)
+            + super::linear_flops(n, c, self.fc1_out())
+            + super::linear_flops(n, self.hidden, c)
+            + if self.adaln { super::linear_flops(self.b, c, 6 * c) } else { 0.0 };
+        // QKᵀ and PV: 2·2·T²·HD per head forward, ×3 for forward+backward (halved if causal).
+        let mut attn = 12.0 * (self.b * self.nh * self.hd) as f64 * (self.t * self.t) as f64;
+        if self.causal {
+            attn /= 2.0;
+        }
+        lin + attn
+    }
+}
+
+/// Where a block's tensors live in the flat buffer.
+#[derive(Clone, Debug)]
+pub struct BlockParams {
+    pub norm1: Option<Range<usize>>,
+    pub norm2: Option<Range<usize>>,
+    pub wq: Range<usize>,
+    pub wk: Range<usize>,
+    pub wv: Range<usize>,
+    pub bq: Option<Range<usize>>,
+    pub bk: Option<Range<usize>>,
+    pub bv: Option<Range<usize>>,
+    pub q_norm: Option<Range<usize>>,
+    pub k_norm: Option<Range<usize>>,
+    pub wo: Range<usize>,
+    pub bo: Option<Range<usize>>,
+    pub w1: Range<usize>,
+    pub b1: Option<Range<usize>>,
+    pub w2: Range<usize>,
+    pub b2: Option<Range<usize>>,
+    /// The six AdaLN chunks' weights `(C, C)` and biases `(C)`, in the order
+    /// shift1, scale1, gate1, shift2, scale2, gate2.
+    pub ada_w: Vec<Range<usize>>,
+    pub ada_b: Vec<Range<usize>>,
+}
+
+fn split(r: &Range<usize>, parts: &[usize]) -> Vec<Range<usize>> {
+    let mut start = r.start;
+    parts
+        .iter()
+        .map(|&n| {
+            start += n;
+            start - n..start
+        })
+        .collect()
+}
+
+impl BlockParams {
+    /// Add block `i`'s tensors to `l` (as one block range). `depth` scales the GPT's residual
+    /// output projections by `1/√(2·depth)`.
+    pub fn register(l: &mut Layout, i: usize, s: &BlockSpec, depth: usize) -> BlockParams {
+        l.block(|l| {
+            let p = format!("blocks.{i}");
+            let (c, hd) = (s.c, s.hd);
+            let fan = |n: usize| Init::Normal(1.0 / (n as f64).sqrt());
+            let resid = if s.adaln { 1.0 } else { 1.0 / (2.0 * depth as f64).sqrt() };
+            let vec = |l: &mut Layout, name: String, n: usize, init| l.add(name, &[n], Role::Vector, init);
+            let norm1 = (!s.adaln).then(|| vec(l, format!("{p}.norm1.weight"), c, Init::Ones));
+            let qkv_rows = (s.nh + 2 * s.nkv) * hd;
+            let qkv = l.add(format!("{p}.attn.qkv.weight"), &[qkv_rows, c], Role::Hidden, fan(c));
+            let qkv_b = s.bias.then(|| vec(l, format!("{p}.attn.qkv.bias"), qkv_rows, Init::Zeros));
+            let (q_norm, k_norm) = if s.qk_norm {
+                (
+                    Some(vec(l, format!("{p}.attn.q_norm.weight"), hd, Init::Ones)),
+                    Some(vec(l, format!("{p}.attn.k_norm.weight"), hd, Init::Ones)),
+                )
+            } else {
+                (None, None)
+            };
+            let nq = s.nh * hd;
+            let wo_init = Init::Normal(resid / (nq as f64).sqrt());
+            let wo = l.add(format!("{p}.attn.out.weight"), &[c, nq], Role::Hidden, wo_init);
+            let bo = s.bias.then(|| vec(l, format!("{p}.attn.out.bias"), c, Init::Zeros));
+            let norm2 = (!s.adaln).then(|| vec(l, format!("{p}.norm2.weight"), c, Init::Ones));
+            let f1 = s.fc1_out();
+            let w1 = l.add(format!("{p}.mlp.fc1.weight"), &[f1, c], Role::Hidden, fan(c));
+            let b1 = s.bias.then(|| vec(l, format!("{p}.mlp.fc1.bias"), f1, Init::Zeros));
+            let w2_init = Init::Normal(resid / (s.hidden as f64).sqrt());
+            let w2 = l.add(format!("{p}.mlp.fc2.weight"), &[c, s.hidden], Role::Hidden, w2_init);
+            let b2 = s.bias.then(|| vec(l, format!("{p}.mlp.fc2.bias"), c, Init::Zeros));
+            let (ada_w, ada_b) = if s.adaln {
+                let aw = l.add(format!("{p}.adaln.weight"), &[6 * c, c], Role::Hidden, Init::Zeros);
+                let ab = l.add(format!("{p}.adaln.bias"), &[6 * c], Role::Vector, Init::Zeros);
+                (split(&aw, &[c * c; 6]), split(&ab, &[c; 6]))
+            } else {
+                (vec![], vec![])
+            };
+            let qkv_parts = split(&qkv, &[nq * c, s.nkv * hd * c, s.nkv * hd * c]);
+            let qkv_b_parts = qkv_b.map(|b| split(&b, &[nq, s.nkv * hd, s.nkv * hd]));
+            let bpart = |i: usize| qkv_b_parts.as_ref().map(|v| v[i].clone());
+            BlockParams {
+                norm1,
+                norm2,
+                wq: qkv_parts[0].clone(),
+                wk: qkv_parts[1].clone(),
+                wv: qkv_parts[2].clone(),
+                bq: bpart(0),
+                bk: bpart(1),
+                bv: bpart(2),
+                q_norm,
+                k_norm,
+                wo,
+                bo,
+                w1,
+                b1,
+                w2,
+                b2,
+                ada_w,
+                ada_b,
+            }
+        })
+    }
+}
+
+/// What forward keeps for backward (one per block, or one shared set when recomputing).
+pub struct BlockActs<B: Backend> {
+    ln1: Option<B::Buffer>,  // (B, T, C) LN(x) before modulation (adaln)
+    mean1: B::Buffer,        // (B·T)
+    rstd1: B::Buffer,        // (B·T)
+    h1: B::Buffer,           // (B, T, C) attention input
+    q: B::Buffer,            // (B, T, NH, HD)
+    k: B::Buffer,            // (B, T, NKV, HD)
+    v: B::Buffer,            // (B, T, NKV, HD)
+    qn: Option<B::Buffer>,   // (B, T, NH, HD) after QK-norm
+    kn: Option<B::Buffer>,   // (B, T, NKV, HD)
+    q_rstd: B::Buffer,       // (B·T·NH)
+    k_rstd: B::Buffer,       // (B·T·NKV)
+    qr: B::Buffer,           // (B, T, NH, HD) after RoPE
+    kr: B::Buffer,           // (B, T, NKV, HD)
+    att: B::Buffer,          // (B, T, NH, HD)
+    lse: B::Buffer,          // (B, NH, T)
+    y1: B::Buffer,           // (B, T, C) attention output projection
+    x_mid: B::Buffer,        // (B, T, C) residual after attention
+    ln2: Option<B::Buffer>,  // (B, T, C)
+    mean2: B::Buffer,        // (B·T)
+    rstd2: B::Buffer,        // (B·T)
+    h2: B::Buffer,           // (B, T, C) MLP input
+    f: B::Buffer,            // (B, T, F) or (B, T, 2F) for SwiGLU
+    a: B::Buffer,            // (B, T, F)
+    y2: B::Buffer,           // (B, T, C)
+    modv: Vec<B::Buffer>,    // 6 × (B, C) AdaLN chunks
+}
+
+impl<B: Backend> BlockActs<B> {
+    pub(crate) fn new(al: &Alloc<'_, B>, s: &BlockSpec) -> Result<Self> {
+        let (n, c) = (s.rows(), s.c);
+        let (nq, nk) = (n * s.nh * s.hd, n * s.nkv * s.hd);
+        Ok(BlockActs {
+            ln1: al.opt(s.adaln, n * c)?,
+            mean1: al.buf(n)?,
+            rstd1: al.buf(n)?,
+            h1: al.buf(n * c)?,
+            q: al.buf(nq)?,
+            k: al.buf(nk)?,
+            v: al.buf(nk)?,
+            qn: al.opt(s.qk_norm, nq)?,
+            kn: al.opt(s.qk_norm, nk)?,
+            q_rstd: al.buf(n * s.nh)?,
+            k_rstd: al.buf(n * s.nkv)?,
+            qr: al.buf(nq)?,
+            kr: al.buf(nk)?,
+            att: al.buf(nq)?,
+            lse: al.buf(n * s.nh)?,
+            y1: al.buf(n * c)?,
+            x_mid: al.buf(n * c)?,
+            ln2: al.opt(s.adaln, n * c)?,
+            mean2: al.buf(n)?,
+            rstd2: al.buf(n)?,
+            h2: al.buf(n * c)?,
+            f: al.buf(n * s.fc1_out())?,
+            a: al.buf(n * s.hidden)?,
+            y2: al.buf(n * c)?,
+            modv: (0..if s.adaln { 6 } else { 0 }).map(|_| al.buf(s.b * c)).collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// Gradient scratch shared by all blocks (backward runs one block at a time).
+pub struct BlockGrads<B: Backend> {
+    d_h: B::Buffer,    // (B, T, C)
+    d_x: B::Buffer,    // (B, T, C)
+    d_tmp: B::Buffer,  // (B, T, C)
+    d_ln: B::Buffer,   // (B, T, C)
+    d_y: B::Buffer,    // (B, T, C)
+    dq: B::Buffer,     // (B, T, NH, HD)
+    dk: B::Buffer,     // (B, T, NKV, HD)
+    dv: B::Buffer,     // (B, T, NKV, HD)
+    dqr: B::Buffer,    // (B, T, NH, HD)
+    dkr: B::Buffer,    // (B, T, NKV, HD)
+    d_att: B::Buffer,  // (B, T, NH, HD)
+    d_f: B::Buffer,    // (B, T, F or 2F)
+    d_a: B::Buffer,    // (B, T, F)
+    dmod: Vec<B::Buffer>, // 6 × (B, C)
+    d_c: B::Buffer,    // (B, C)
+}
+
+impl<B: Backend> BlockGrads<B> {
+    pub(crate) fn new(al: &Alloc<'_, B>, s: &BlockSpec) -> Result<Self> {
+        let (n, c) = (s.rows(), s.c);
+        let (nq, nk) = (n * s.nh * s.hd, n * s.nkv * s.hd);
+        Ok(BlockGrads {
+            d_h: al.buf(n * c)?,
+            d_x: al.buf(n * c)?,
+            d_tmp: al.buf(n * c)?,
+            d_ln: al.buf(n * c)?,
+            d_y: al.buf(n * c)?,
+            dq: al.buf(nq)?,
+            dk: al.buf(nk)?,
+            dv: al.buf(nk)?,
+            dqr: al.buf(nq)?,
+            dkr: al.buf(nk)?,
+            d_att: al.buf(nq)?,
+            d_f: al.buf(n * s.fc1_out())?,
+            d_a: al.buf(n * s.hidden)?,
+            dmod: (0..6).map(|_| al.buf(s.b * c)).collect::<Result<_>>()?,
+            d_c: al.buf(s.b * c)?,
+        })
+    }
+}
+
+/// Inputs every block shares: the RoPE table and, for AdaLN, `silu(c)` `(B, C)`.
+pub struct Shared<'t, 'c, B: Backend> {
+    pub cos: B::Ref<'t>,
+    pub sin: B::Ref<'t>,
+    pub cond: Option<B::Ref<'c>>,
+}
+
+/// A block: its spec and where its parameters are.
+pub struct Block {
+    pub spec: BlockSpec,
+    pub params: BlockParams,
+}
+
+impl Block {
+    fn norm(&self) -> NormDims {
+        NormDims {
+            n: self.spec.rows(),
+            c: self.spec.c,
+            eps: self.spec.eps,
+        }
+    }
+    fn moddims(&self) -> ModDims {
+        ModDims::new(self.spec.b, self.spec.t, self.spec.c)
+    }
+    fn attn(&self) -> AttnDims {
+        let s = &self.spec;
+        AttnDims::new(s.b, s.t, s.nh, s.nkv, s.hd, s.causal)
+    }
+
+    /// `x_out = block(x_in)`, keeping what backward needs in `a`.
+    pub fn forward<B: Ops>(
+        &self,
+        be: &B,
+        p: B::Ref<'_>,
+        x_in: B::Ref<'_>,
+        x_out: B::Mut<'_>,
+        a: &mut BlockActs<B>,
+        sh: &Shared<'_, '_, B>,
+    ) -> Result<()> {
+        let (s, bp) = (&self.spec, &self.params);
+        let (n, c) = (s.rows(), s.c);
+        let opt = |r: &Option<Range<usize>>| r.as_ref().map(|r| at(p, r));
+        if s.adaln {
+            let cond = sh.cond.expect("AdaLN blocks need the conditioning");
+            for (i, m) in a.modv.iter_mut().enumerate() {
+                let d = MatmulDims::linear(s.b, c, c);
+                be.matmul_forward(w::<B>(m), cond, at(p, &bp.ada_w[i]), Some(at(p, &bp.ada_b[i])), d)?;
+            }
+        }
+        // Attention branch.
+        let outs = (a.ln1.as_mut(), &mut a.mean1, &mut a.rstd1, &mut a.h1);
+        self.norm_forward(be, p, x_in, outs, &a.modv, 0)?;
+        let h1 = r::<B>(&a.h1);
+        let (nq, nk) = (s.nh * s.hd, s.nkv * s.hd);
+        be.matmul_forward(w::<B>(&mut a.q), h1, at(p, &bp.wq), opt(&bp.bq), MatmulDims::linear(n, c, nq))?;
+        be.matmul_forward(w::<B>(&mut a.k), h1, at(p, &bp.wk), opt(&bp.bk), MatmulDims::linear(n, c, nk))?;
+        be.matmul_forward(w::<B>(&mut a.v), h1, at(p, &bp.wv), opt(&bp.bv), MatmulDims::linear(n, c, nk))?;
+        if s.qk_norm {
+            let (qn, kn) = (a.qn.as_mut().unwrap(), a.kn.as_mut().unwrap());
+            let dq = NormDims { n: n * s.nh, c: s.hd, eps: s.eps };
+            let dk = NormDims { n: n * s.nkv, c: s.hd, eps: s.eps };
+            be.rmsnorm_forward(w::<B>(qn), w::<B>(&mut a.q_rstd), r::<B>(&a.q), opt(&bp.q_norm), dq)?;
+            be.rmsnorm_forward(w::<B>(kn), w::<B>(&mut a.k_rstd), r::<B>(&a.k), opt(&bp.k_norm), dk)?;
+        }
+        let qn = r::<B>(a.qn.as_ref().unwrap_or(&a.q));
+        let kn = r::<B>(a.kn.as_ref().unwrap_or(&a.k));
+        let rq = RopeDims { b: s.b, t: s.t, h: s.nh, hd: s.hd };
+        let rk = RopeDims { h: s.nkv, ..rq };
+        be.rope_forward(w::<B>(&mut a.qr), qn, sh.cos, sh.sin, rq)?;
+        be.rope_forward(w::<B>(&mut a.kr), kn, sh.cos, sh.sin, rk)?;
+        be.attention_forward(
+            w::<B>(&mut a.att),
+            w::<B>(&mut a.lse),
+            r::<B>(&a.qr),
+            r::<B>(&a.kr),
+            r::<B>(&a.v),
+            self.attn(),
+        )?;
+        let d = MatmulDims::linear(n, nq, c);
+        be.matmul_forward(w::<B>(&mut a.y1), r::<B>(&a.att), at(p, &bp.wo), opt(&bp.bo), d)?;
+        self.residual_forward(be, w::<B>(&mut a.x_mid), x_in, r::<B>(&a.y1), a.modv.get(2))?;
+        // MLP branch.
+        let x_mid = r::<B>(&a.x_mid);
+        let outs = (a.ln2.as_mut(), &mut a.mean2, &mut a.rstd2, &mut a.h2);
+        self.norm_forward(be, p, x_mid, outs, &a.modv, 1)?;
+        let d = MatmulDims::linear(n, c, s.fc1_out());
+        be.matmul_forward(w::<B>(&mut a.f), r::<B>(&a.h2), at(p, &bp.w1), opt(&bp.b1), d)?;
+        match s.mlp {
+            Mlp::Gelu => be.gelu_forward(w::<B>(&mut a.a), r::<B>(&a.f), n * s.hidden)?,
+            Mlp::Swiglu => {
+                be.swiglu_forward(w::<B>(&mut a.a), r::<B>(&a.f), SwigluDims { n, h: s.hidden })?
+            }
+        }
+        let d = MatmulDims::linear(n, s.hidden, c);
+        be.matmul_forward(w::<B>(&mut a.y2), r::<B>(&a.a), at(p, &bp.w2), opt(&bp.b2), d)?;
+        self.residual_forward(be, x_out, r::<B>(&a.x_mid), r::<B>(&a.y2), a.modv.get(5))
+    }
+
+    /// Pre-norm `which` (0: before attention, 1: before the MLP) of `x` into
+    /// `(LN(x), mean, rstd, h)`.
+    #[allow(clippy::type_complexity)]
+    fn norm_forward<B: Ops>(
+        &self,
+        be: &B,
+        p: B::Ref<'_>,
+        x: B::Ref<'_>,
+        (ln, mean, rstd, h): (Option<&mut B::Buffer>, &mut B::Buffer, &mut B::Buffer, &mut B::Buffer),
+        modv: &[B::Buffer],
+        which: usize,
+    ) -> Result<()> {
+        let gain = if which == 0 { &self.params.norm1 } else { &self.params.norm2 };
+        if self.spec.adaln {
+            let ln = ln.expect("adaln keeps LN(x)");
+            be.layernorm_forward(w::<B>(ln), w::<B>(mean), w::<B>(rstd), x, None, None, self.norm())?;
+            let (shift, scale) = (r::<B>(&modv[3 * which]), r::<B>(&modv[3 * which + 1]));
+            be.modulate_forward(w::<B>(h), r::<B>(ln), shift, scale, self.moddims())?;
+        } else {
+            let g = gain.as_ref().map(|g| at(p, g));
+            be.rmsnorm_forward(w::<B>(h), w::<B>(rstd), x, g, self.norm())?;
+        }
+        Ok(())
+    }
+
+    /// `out = x + gate·y` (AdaLN) or `out = x + y`.
+    fn residual_forward<B: Ops>(
+        &self,
+        be: &B,
+        mut out: B::Mut<'_>,
+        x: B::Ref<'_>,
+        y: B::Ref<'_>,
+        gate: Option<&B::Buffer>,
+    ) -> Result<()> {
+        let n = self.spec.rows() * self.spec.c;
+        match gate {
+            Some(g) => {
+                be.cast(B::rb(&mut out), x, n)?;
+                be.gate_forward(out, r::<B>(g), y, self.moddims())?;
+            }
+            None => be.add_forward(out, x, y, n)?,
+        }
+        Ok(())
+    }
+
+    /// Reverse walk. On entry `dres` holds `d x_out`; on exit `d x_in`. Parameter gradients
+    /// accumulate into `dp`; with AdaLN, `d silu(c)` accumulates into `dcond`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Ops>(
+        &self,
+        be: &B,
+        p: B::Ref<'_>,
+        mut dp: B::Mut<'_>,
+        x_in: B::Ref<'_>,
+        dres: &mut B::Buffer,
+        a: &BlockActs<B>,
+        g: &mut BlockGrads<B>,
+        sh: &Shared<'_, '_, B>,
+        dcond: Option<&mut B::Buffer>,
+    ) -> Result<()> {
+        let (s, bp) = (&self.spec, &self.params);
+        let (n, c) = (s.rows(), s.c);
+        let (nq, nk) = (s.nh * s.hd, s.nkv * s.hd);
+        let opt = |r: &Option<Range<usize>>| r.as_ref().map(|r| at(p, r));
+        // MLP branch: y = x' + gate2·MLP(h').
+        let dy2 = self.residual_backward(be, dres, &mut g.d_y, &mut g.dmod, r::<B>(&a.y2), a, 5)?;
+        let (dw, db) = pair(B::rb(&mut dp), &bp.w2, bp.b2.as_ref());
+        let d = MatmulDims::linear(n, s.hidden, c);
+        be.matmul_backward(Some(w::<B>(&mut g.d_a)), Some(dw), db, r::<B>(dy2), r::<B>(&a.a), at(p, &bp.w2), d)?;
+        match s.mlp {
+            Mlp::Gelu => be.gelu_backward(w::<B>(&mut g.d_f), r::<B>(&g.d_a), r::<B>(&a.f), n * s.hidden)?,
+            Mlp::Swiglu => be.swiglu_backward(
+                w::<B>(&mut g.d_f),
+                r::<B>(&g.d_a),
+                r::<B>(&a.f),
+                SwigluDims { n, h: s.hidden },
+            )?,
+        }
+        let (dw, db) = pair(B::rb(&mut dp), &bp.w1, bp.b1.as_ref());
+        let d = MatmulDims::linear(n, c, s.fc1_out());
+        be.matmul_backward(Some(w::<B>(&mut g.d_h)), Some(dw), db, r::<B>(&g.d_f), r::<B>(&a.h2), at(p, &bp.w1), d)?;
+        self.norm_backward(be, p, B::rb(&mut dp), r::<B>(&a.x_mid), a, g, 1)?;
+        be.accumulate(w::<B>(dres), r::<B>(&g.d_x), n * c)?;
+        // Attention branch: x' = x + gate1·Attn(h).
+        let dy1 = self.residual_backward(be, dres, &mut g.d_y, &mut g.dmod, r::<B>(&a.y1), a, 2)?;
+        let (dw, db) = pair(B::rb(&mut dp), &bp.wo, bp.bo.as_ref());
+        let d = MatmulDims::linear(n, nq, c);
+        be.matmul_backward(Some(w::<B>(&mut g.d_att)), Some(dw), db, r::<B>(dy1), r::<B>(&a.att), at(p, &bp.wo), d)?;
+        be.attention_backward(
+            w::<B>(&mut g.dqr),
+            w::<B>(&mut g.dkr),
+            w::<B>(&mut g.dv),
+            r::<B>(&g.d_att),
+            r::<B>(&a.qr),
+            r::<B>(&a.kr),
+            r::<B>(&a.v),
+            r::<B>(&a.att),
+            r::<B>(&a.lse),
+            self.attn(),
+        )?;
+        let rq = RopeDims { b: s.b, t: s.t, h: s.nh, hd: s.hd };
+        let rk = RopeDims { h: s.nkv, ..rq };
+        // RoPE backward into the pre-rope gradient; with QK-norm that is d(qn), and the norm's
+        // backward then writes d(q) into `dq` (the rope output buffers are free again).
+        if s.qk_norm {
+            be.rope_backward(w::<B>(&mut g.dq), r::<B>(&g.dqr), sh.cos, sh.sin, rq)?;
+            be.rope_backward(w::<B>(&mut g.dk), r::<B>(&g.dkr), sh.cos, sh.sin, rk)?;
+            let dqd = NormDims { n: n * s.nh, c: s.hd, eps: s.eps };
+            let dkd = NormDims { n: n * s.nkv, c: s.hd, eps: s.eps };
+            let gq = bp.q_norm.as_ref().map(|r| at(B::rb(&mut dp), r));
+            be.rmsnorm_backward(w::<B>(&mut g.dqr), gq, r::<B>(&g.dq), r::<B>(&a.q), opt(&bp.q_norm), r::<B>(&a.q_rstd), dqd)?;
+            let gk = bp.k_norm.as_ref().map(|r| at(B::rb(&mut dp), r));
+            be.rmsnorm_backward(w::<B>(&mut g.dkr), gk, r::<B>(&g.dk), r::<B>(&a.k), opt(&bp.k_norm), r::<B>(&a.k_rstd), dkd)?;
+        } else {
+            be.rope_backward(w::<B>(&mut g.dq), r::<B>(&g.dqr), sh.cos, sh.sin, rq)?;
+            be.rope_backward(w::<B>(&mut g.dk), r::<B>(&g.dkr), sh.cos, sh.sin, rk)?;
+        }
+        // d(q), d(k) now sit in `dqr`/`dkr` (QK-norm) or `dq`/`dk` (no QK-norm).
+        let (dq, dk) = if s.qk_norm { (&g.dqr, &g.dkr) } else { (&g.dq, &g.dk) };
+        let h1 = r::<B>(&a.h1);
+        let (dw, db) = pair(B::rb(&mut dp), &bp.wq, bp.bq.as_ref());
+        be.matmul_backward(Some(w::<B>(&mut g.d_h)), Some(dw), db, r::<B>(dq), h1, at(p, &bp.wq), MatmulDims::linear(n, c, nq))?;
+        for (dsrc, wr, br) in [(dk, &bp.wk, &bp.bk), (&g.dv, &bp.wv, &bp.bv)] {
+            let (dw, db) = pair(B::rb(&mut dp), wr, br.as_ref());
+            let d = MatmulDims::linear(n, c, nk);
+            be.matmul_backward(Some(w::<B>(&mut g.d_tmp)), Some(dw), db, r::<B>(dsrc), h1, at(p, wr), d)?;
+            be.accumulate(w::<B>(&mut g.d_h), r::<B>(&g.d_tmp), n * c)?;
+        }
+        self.norm_backward(be, p, B::rb(&mut dp), x_in, a, g, 0)?;
+        be.accumulate(w::<B>(dres), r::<B>(&g.d_x), n * c)?;
+        // AdaLN projection: d silu(c) = Σ_chunks dmod_i · W_i.
+        if s.adaln {
+            let cond = sh.cond.expect("AdaLN blocks need the conditioning");
+            let dcond = dcond.expect("AdaLN blocks accumulate d silu(c)");
+            for i in 0..6 {
+                let (dw, db) = pair(B::rb(&mut dp), &bp.ada_w[i], Some(&bp.ada_b[i]));
+                let d = MatmulDims::linear(s.b, c, c);
+                let dm = r::<B>(&g.dmod[i]);
+                be.matmul_backward(Some(w::<B>(&mut g.d_c)), Some(dw), db, dm, cond, at(p, &bp.ada_w[i]), d)?;
+                be.accumulate(w::<B>(dcond), r::<B>(&g.d_c), s.b * c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Backward of `out = x + gate·y`: returns the buffer holding `dy` (`dres` itself when
+    /// there is no gate); `dgate` goes to `dmod[chunk]`. `dres` (= d x) is unchanged.
+    fn residual_backward<'g, B: Ops>(
+        &self,
+        be: &B,
+        dres: &'g B::Buffer,
+        d_y: &'g mut B::Buffer,
+        dmod: &mut [B::Buffer],
+        y: B::Ref<'_>,
+        a: &BlockActs<B>,
+        chunk: usize,
+    ) -> Result<&'g B::Buffer> {
+        if !self.spec.adaln {
+            return Ok(dres);
+        }
+        let gate = r::<B>(&a.modv[chunk]);
+        be.gate_backward(w::<B>(d_y), w::<B>(&mut dmod[chunk]), r::<B>(dres), gate, y, self.moddims())?;
+        Ok(d_y)
+    }
+
+    /// Backward of pre-norm `which`: reads `d h` from `g.d_h`, writes `d x` into `g.d_x`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_backward<B: Ops>(
+        &self,
+        be: &B,
+        p: B::Ref<'_>,
+        mut dp: B::Mut<'_>,
+        x: B::Ref<'_>,
+        a: &BlockActs<B>,
+        g: &mut BlockGrads<B>,
+        which: usize,
+    ) -> Result<()> {
+        let (ln, mean, rstd, gain) = if which == 0 {
+            (&a.ln1, &a.mean1, &a.rstd1, &self.params.norm1)
+        } else {
+            (&a.ln2, &a.mean2, &a.rstd2, &self.params.norm2)
+        };
+        if self.spec.adaln {
+            let ln = r::<B>(ln.as_ref().expect("adaln keeps LN(x)"));
+            let scale = r::<B>(&a.modv[3 * which + 1]);
+            let (dsh, rest) = g.dmod.split_at_mut(3 * which + 1);
+            let (dshift, dscale) = (&mut dsh[3 * which], &mut rest[0]);
+            be.modulate_backward(w::<B>(&mut g.d_ln), w::<B>(dshift), w::<B>(dscale), r::<B>(&g.d_h), ln, scale, self.moddims())?;
+            be.layernorm_backward(
+                w::<B>(&mut g.d_x),
+                None,
+                None,
+                r::<B>(&g.d_ln),
+                x,
+                None,
+                r::<B>(mean),
+                r::<B>(rstd),
+                self.norm(),
+            )?;
+        } else {
+            let gr = gain.as_ref().expect("RMSNorm blocks have gains");
+            let dgain = at(B::rb(&mut dp), gr);
+            be.rmsnorm_backward(w::<B>(&mut g.d_x), Some(dgain), r::<B>(&g.d_h), x, Some(at(p, gr)), r::<B>(rstd), self.norm())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! The GPT / Llama-style language model.
+//!
+//! ```text
+//! ids (B, T) ─table─▶ (B, T, C) ─blocks (RMSNorm, causal GQA + RoPE, SwiGLU)─▶ RMSNorm
+//!   ─head─▶ logits (B, T, V) ─▶ cross-entropy + z·lse²  (mean over non-ignored targets)
+//! ```
+//! With `tie_embeddings` the head is the token table itself (its gradient receives both the
+//! embedding scatter and the head matmul).
+
+use super::block::{Block, BlockParams, BlockSpec, Mlp};
+use super::trunk::Trunk;
+use super::{at, download_f64, r, w, Alloc, Model};
+use crate::config::GptConfig;
+use crate::layout::{Init, Layout, Role};
+use crate::Result;
+use std::ops::Range;
+use weft_kernels::{Backend, CrossEntropyDims, DType, EmbeddingDims, MatmulDims, NormDims, Ops, RopeTable};
+
+/// One micro-batch of token sequences: `ids (B, T)` and next-token `targets (B, T)`
+/// (negative = ignored).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenBatch {
+    pub ids: Vec<i32>,
+    pub targets: Vec<i32>,
+}
+
+/// SwiGLU hidden size: configured, or `8/3·C` rounded up to a multiple of 64.
+pub fn mlp_hidden(cfg: &GptConfig) -> usize {
+    cfg.mlp_hidden.unwrap_or_else(|| (8 * cfg.width / 3).div_ceil(64) * 64)
+}
+
+struct GptParams {
+    table: Range<usize>,
+    norm_f: Range<usize>,
+    head: Range<usize>,
+}
+
+pub struct Gpt<B: Backend> {
+    pub cfg: GptConfig,
+    layout: Layout,
+    p: GptParams,
+    b: usize,
+    trunk: Trunk<B>,
+    ids: B::Buffer,     // (B, T) i32
+    targets: B::Buffer, // (B, T) i32
+    hf: B::Buffer,      // (B, T, C)
+    rstdf: B::Buffer,   // (B·T)
+    logits: B::Buffer,  // (B, T, V)
+    losses: B::Buffer,  // (B·T)
+    lse: B::Buffer,     // (B·T)
+    dlosses: B::Buffer, // (B·T)
+    dlogits: B::Buffer, // (B, T, V)
+    dhf: B::Buffer,     // (B, T, C)
+    dres: B::Buffer,    // (B, T, C)
+    valid: usize,
+}
+
+impl<B: Ops> Gpt<B> {
+    pub fn layout_of(cfg: &GptConfig) -> Layout {
+        Self::plan(cfg, 1).0
+    }
+
+    fn plan(cfg: &GptConfig, b: usize) -> (Layout, GptParams, Vec<Block>) {
+        let c = cfg.width;
+        let spec = BlockSpec {
+            b,
+            t: cfg.seq_len,
+            c,
+            nh: cfg.heads,
+            nkv: cfg.kv_heads.unwrap_or(cfg.heads),
+            hd: c / cfg.heads,
+            hidden: mlp_hidden(cfg),
+            mlp: Mlp::Swiglu,
+            adaln: false,
+            qk_norm: false,
+            causal: true,
+            bias: false,
+            eps: 1e-5,
+        };
+        let mut l = Layout::default();
+        let table = l.add("tok_embed.table", &[cfg.vocab_size, c], Role::Embedding, Init::Normal(0.02));
+        let blocks = (0..cfg.depth)
+            .map(|i| Block { spec, params: BlockParams::register(&mut l, i, &spec, cfg.depth) })
+            .collect();
+        let norm_f = l.add("norm_f.weight", &[c], Role::Vector, Init::Ones);
+        let head = if cfg.tie_embeddings {
+            table.clone()
+        } else {
+            l.add("head.weight", &[cfg.vocab_size, c], Role::Output, Init::Normal(1.0 / (c as f64).sqrt()))
+        };
+        (l, GptParams { table, norm_f, head }, blocks)
+    }
+
+    pub fn new(be: &B, cfg: &GptConfig, b: usize, dtype: DType, recompute: bool) -> Result<Self> {
+        let (layout, p, blocks) = Self::plan(cfg, b);
+        let al = Alloc { be, dt: dtype };
+        let positions: Vec<usize> = (0..cfg.seq_len).collect();
+        let rope = RopeTable::one_d(&positions, cfg.width / cfg.heads, cfg.rope_theta);
+        let trunk = Trunk::new(&al, blocks, recompute, &rope.cos, &rope.sin)?;
+        let (n, c, v) = (b * cfg.seq_len, cfg.width, cfg.vocab_size);
+        Ok(Gpt {
+            cfg: cfg.clone(),
+            layout,
+            p,
+            b,
+            trunk,
+            ids: be.alloc(DType::I32, n)?,
+            targets: be.alloc(DType::I32, n)?,
+            hf: al.buf(n * c)?,
+            rstdf: al.buf(n)?,
+            logits: al.buf(n * v)?,
+            losses: al.buf(n)?,
+            lse: al.buf(n)?,
+            dlosses: al.buf(n)?,
+            dlogits: al.buf(n * v)?,
+            dhf: al.buf(n * c)?,
+            dres: al.buf(n * c)?,
+            valid: 0,
+        })
+    }
+
+    fn rows(&self) -> usize {
+        self.b * self.cfg.seq_len
+    }
+
+    /// Forward without a loss; returns the logits `(B, T, V)`.
+    pub fn logits(&mut self, be: &B, params: B::Ref<'_>, ids: &[i32]) -> Result<Vec<f64>> {
+        self.run(be, params, ids)?;
+        download_f64(be, r::<B>(&self.logits))
+    }
+
+    fn run(&mut self, be: &B, p: B::Ref<'_>, ids: &[i32]) -> Result<()> {
+        let (n, c, v) = (self.rows(), self.cfg.width, self.cfg.vocab_size);
+        if ids.len() != n {
+            return Err(crate::Error::Other(format!("GPT batch: {} ids, expected B·T = {n}", ids.len())));
+        }
+        be.upload(ids.into(), w::<B>(&mut self.ids))?;
+        let ed = EmbeddingDims { n, v, c };
+        be.embedding_forward(self.trunk.input_mut(), r::<B>(&self.ids), at(p, &self.p.table), ed)?;
+        self.trunk.forward(be, p, None)?;
+        let nd = NormDims { n, c, eps: 1e-5 };
+        let x_l = self.trunk.output();
+        be.rmsnorm_forward(w::<B>(&mut self.hf), w::<B>(&mut self.rstdf), x_l, Some(at(p, &self.p.norm_f)), nd)?;
+        let d = MatmulDims::linear(n, c, v);
+        be.matmul_forward(w::<B>(&mut self.logits), r::<B>(&self.hf), at(p, &self.p.head), None, d)?;
+        Ok(())
+    }
+}
+
+impl<B: Ops> Model<B> for Gpt<B> {
+    type Batch = TokenBatch;
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn forward(&mut self, be: &B, params: B::Ref<'_>, batch: &TokenBatch) -> Result<f64> {
+        self.run(be, params, &batch.ids)?;
+        let (n, v) = (self.rows(), self.cfg.vocab_size);
+        if batch.targets.len() != n {
+            return Err(crate::Error::Other(format!("GPT batch: {} targets, expected {n}", batch.targets.len())));
+        }
+        be.upload((&batch.targets).into(), w::<B>(&mut self.targets))?;
+        let d = CrossEntropyDims { n, v, z_loss: self.cfg.z_loss as f32 };
+        be.cross_entropy_forward(w::<B>(&mut self.losses), w::<B>(&mut self.lse), r::<B>(&self.logits), r::<B>(&self.targets), d)?;
+        self.valid = batch.targets.iter().filter(|&&t| t >= 0).count();
+        let losses = download_f64(be, r::<B>(&self.losses))?;
+        Ok(losses.iter().sum::<f64>() / self.valid.max(1) as f64)
+    }
+
+    fn backward(&mut self, be: &B, p: B::Ref<'_>, mut dp: B::Mut<'_>, dloss: f64) -> Result<()> {
+        let (n, c, v) = (self.rows(), self.cfg.width, self.cfg.vocab_size);
+        // Mean over valid rows; ignored rows get zero gradient from the kernel.
+        be.fill(w::<B>(&mut self.dlosses), (dloss / self.valid.max(1) as f64) as f32, n)?;
+        let d = CrossEntropyDims { n, v, z_loss: self.cfg.z_loss as f32 };
+        be.cross_entropy_backward(
+            w::<B>(&mut self.dlogits),
+            r::<B>(&self.dlosses),
+            r::<B>(&self.logits),
+            r::<B>(&self.targets),
+            r::<B>(&self.lse),
+            d,
+        )?;
+        let dm = MatmulDims::linear(n, c, v);
+        let dhead = at(B::rb(&mut dp), &self.p.head);
+        be.matmul_backward(Some(w::<B>(&mut self.dhf)), Some(dhead), None, r::<B>(&self.dlogits), r::<B>(&self.hf), at(p, &self.p.head), dm)?;
+        let nd = NormDims { n, c, eps: 1e-5 };
+        let dg = at(B::rb(&mut dp), &self.p.norm_f);
+        let x_l = self.trunk.output();
+        be.rmsnorm_backward(w::<B>(&mut self.dres), Some(dg), r::<B>(&self.dhf), x_l, Some(at(p, &self.p.norm_f)), r::<B>(&self.rstdf), nd)?;
+        self.trunk.backward(be, p, B::rb(&mut dp), &mut self.dres, None, None)?;
+        let ed = EmbeddingDims { n, v, c };
+        be.embedding_backward(at(B::rb(&mut dp), &self.p.table), r::<B>(&self.dres), r::<B>(&self.ids), ed)?;
+        Ok(())
+    }
+
+    fn flops_per_micro_batch(&self) -> f64 {
+        self.trunk.flops() + super::linear_flops(self.rows(), self.cfg.width, self.cfg.vocab_size)
+    }
+
+    fn batch_shape(&self) -> (usize, usize) {
+        (self.b, self.cfg.seq_len)
+    }
+}

@@ -1,0 +1,111 @@
+//! Models as explicit layers over the kernels' ops: [`Dit`] (video diffusion transformer) and
+//! [`Gpt`] (decoder-only LM), both built from one [`block::Block`].
+//!
+//! A model owns its activations (allocated once, for one micro-batch shape) and reads its
+//! parameters from a flat buffer described by its [`Layout`]. `forward` runs the layers in
+//! order and returns the loss; `backward` is the explicit reverse walk that *accumulates*
+//! parameter gradients into a flat gradient buffer of the same layout (so micro-batches add
+//! up), following the kernels' gradient convention.
+
+pub mod block;
+mod trunk;
+pub mod dit;
+pub mod gpt;
+
+pub use dit::{Dit, DitBatch};
+pub use gpt::{Gpt, TokenBatch};
+
+use crate::{Layout, Result};
+use std::ops::Range;
+use weft_kernels::{Backend, DType, HostVec, Ops, Slice};
+
+/// What the training loop needs of a model.
+pub trait Model<B: Ops> {
+    /// One micro-batch on the host.
+    type Batch;
+    fn layout(&self) -> &Layout;
+    /// Run forward on `batch` and return the mean loss of the micro-batch.
+    fn forward(&mut self, be: &B, params: B::Ref<'_>, batch: &Self::Batch) -> Result<f64>;
+    /// Backward of the last forward with `d loss = dloss` (`1/grad_accum` when accumulating);
+    /// adds into `grads` (same layout as the parameters).
+    fn backward(&mut self, be: &B, params: B::Ref<'_>, grads: B::Mut<'_>, dloss: f64) -> Result<()>;
+    /// Model FLOPs of one forward+backward over one micro-batch (matmuls and attention, the
+    /// convention MFU is quoted in).
+    fn flops_per_micro_batch(&self) -> f64;
+    /// Samples (clips or sequences) per micro-batch, and tokens per sample.
+    fn batch_shape(&self) -> (usize, usize);
+}
+
+/// Upload f32 host data into a device buffer of any float dtype.
+pub(crate) fn upload_f32<B: Backend>(be: &B, src: &[f32], dst: B::Mut<'_>) -> Result<()> {
+    match dst.dtype() {
+        DType::F32 => be.upload(src.into(), dst)?,
+        DType::F64 => {
+            let v: Vec<f64> = src.iter().map(|&x| x as f64).collect();
+            be.upload((&v).into(), dst)?
+        }
+        other => return Err(crate::Error::Other(format!("unsupported model dtype {other}"))),
+    }
+    Ok(())
+}
+
+/// Download any float buffer as f64.
+pub(crate) fn download_f64<B: Backend>(be: &B, src: B::Ref<'_>) -> Result<Vec<f64>> {
+    let mut h = HostVec::zeros(src.dtype(), src.len());
+    be.download(src, h.view_mut())?;
+    Ok(match h {
+        HostVec::F64(v) => v,
+        HostVec::F32(v) => v.into_iter().map(|x| x as f64).collect(),
+        other => return Err(crate::Error::Other(format!("unsupported model dtype {}", other.dtype()))),
+    })
+}
+
+/// Buffers of one dtype, allocated zeroed.
+pub(crate) struct Alloc<'a, B: Backend> {
+    pub be: &'a B,
+    pub dt: DType,
+}
+
+impl<B: Backend> Alloc<'_, B> {
+    pub fn buf(&self, n: usize) -> Result<B::Buffer> {
+        Ok(self.be.alloc(self.dt, n)?)
+    }
+    pub fn opt(&self, on: bool, n: usize) -> Result<Option<B::Buffer>> {
+        Ok(if on { Some(self.buf(n)?) } else { None })
+    }
+}
+
+/// The view of a whole buffer.
+pub(crate) fn r<B: Backend>(b: &B::Buffer) -> B::Ref<'_> {
+    B::view(b)
+}
+/// The exclusive view of a whole buffer.
+pub(crate) fn w<B: Backend>(b: &mut B::Buffer) -> B::Mut<'_> {
+    B::view_mut(b)
+}
+
+/// A parameter tensor's view inside the flat buffer.
+pub(crate) fn at<S: Slice>(v: S, r: &Range<usize>) -> S {
+    v.range(r.clone())
+}
+
+/// Two disjoint ranges of one exclusive view, e.g. a weight's and its bias's gradient.
+pub(crate) fn pair<S: Slice>(v: S, a: &Range<usize>, b: Option<&Range<usize>>) -> (S, Option<S>) {
+    match b {
+        None => (v.range(a.clone()), None),
+        Some(b) if a.end <= b.start => {
+            let (head, tail) = v.split_at(b.start);
+            (head.range(a.clone()), Some(tail.range(0..b.end - b.start)))
+        }
+        Some(b) => {
+            assert!(b.end <= a.start, "overlapping parameter ranges {a:?} and {b:?}");
+            let (head, tail) = v.split_at(a.start);
+            (tail.range(0..a.end - a.start), Some(head.range(b.clone())))
+        }
+    }
+}
+
+/// Matmul FLOPs of `rows × (in → out)` forward and backward (2 + 4 per multiply-add).
+pub(crate) fn linear_flops(rows: usize, inp: usize, out: usize) -> f64 {
+    6.0 * rows as f64 * inp as f64 * out as f64
+}

@@ -1,0 +1,101 @@
+//! The stack of blocks between a model's input layers and its head: the residual stream of
+//! every block boundary, the blocks' saved activations (or one shared set when recomputing),
+//! the gradient scratch, and the RoPE table.
+
+use super::block::{Block, BlockActs, BlockGrads, BlockSpec, Shared};
+use super::{r, w, Alloc};
+use crate::Result;
+use weft_kernels::{Backend, Ops};
+
+pub struct Trunk<B: Backend> {
+    pub blocks: Vec<Block>,
+    /// `L+1 × (B, T, C)`: `inputs[l]` feeds block `l`; `inputs[L]` is the trunk's output.
+    inputs: Vec<B::Buffer>,
+    /// One per block, or a single set re-filled in backward when recomputing.
+    acts: Vec<BlockActs<B>>,
+    grads: BlockGrads<B>,
+    recompute: bool,
+    cos: B::Buffer, // (T, HD/2)
+    sin: B::Buffer, // (T, HD/2)
+}
+
+impl<B: Ops> Trunk<B> {
+    /// `cos`/`sin`: the RoPE table `(T, HD/2)` in f64 (narrowed to the model dtype here).
+    pub(crate) fn new(al: &Alloc<'_, B>, blocks: Vec<Block>, recompute: bool, cos: &[f64], sin: &[f64]) -> Result<Self> {
+        let s: BlockSpec = blocks[0].spec;
+        let n = s.b * s.t * s.c;
+        let inputs = (0..=blocks.len()).map(|_| al.buf(n)).collect::<Result<_>>()?;
+        let sets = if recompute { 1 } else { blocks.len() };
+        let acts = (0..sets).map(|_| BlockActs::new(al, &s)).collect::<Result<_>>()?;
+        let table = |v: &[f64]| -> Result<B::Buffer> {
+            let mut b = al.buf(v.len())?;
+            let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            match al.dt {
+                weft_kernels::DType::F64 => al.be.upload(v.into(), w::<B>(&mut b))?,
+                _ => super::upload_f32(al.be, &f, w::<B>(&mut b))?,
+            }
+            Ok(b)
+        };
+        Ok(Trunk {
+            grads: BlockGrads::new(al, &s)?,
+            blocks,
+            inputs,
+            acts,
+            recompute,
+            cos: table(cos)?,
+            sin: table(sin)?,
+        })
+    }
+
+    /// The residual stream entering block 0 `(B, T, C)`, for the input layers to write.
+    pub fn input_mut(&mut self) -> B::Mut<'_> {
+        w::<B>(&mut self.inputs[0])
+    }
+    /// The trunk's output `(B, T, C)`.
+    pub fn output(&self) -> B::Ref<'_> {
+        r::<B>(self.inputs.last().expect("L+1 boundaries"))
+    }
+
+    fn run_block(&mut self, be: &B, p: B::Ref<'_>, l: usize, cond: Option<B::Ref<'_>>) -> Result<()> {
+        let Trunk { blocks, inputs, acts, recompute, cos, sin, .. } = self;
+        let (head, tail) = inputs.split_at_mut(l + 1);
+        let a = &mut acts[if *recompute { 0 } else { l }];
+        let sh = Shared { cos: r::<B>(cos), sin: r::<B>(sin), cond };
+        blocks[l].forward(be, p, r::<B>(&head[l]), w::<B>(&mut tail[0]), a, &sh)
+    }
+
+    pub fn forward(&mut self, be: &B, p: B::Ref<'_>, cond: Option<B::Ref<'_>>) -> Result<()> {
+        for l in 0..self.blocks.len() {
+            self.run_block(be, p, l, cond)?;
+        }
+        Ok(())
+    }
+
+    /// `dres`: on entry `d output`, on exit `d input`. `dcond` accumulates `d silu(c)`.
+    pub fn backward(
+        &mut self,
+        be: &B,
+        p: B::Ref<'_>,
+        mut dp: B::Mut<'_>,
+        dres: &mut B::Buffer,
+        cond: Option<B::Ref<'_>>,
+        mut dcond: Option<&mut B::Buffer>,
+    ) -> Result<()> {
+        for l in (0..self.blocks.len()).rev() {
+            if self.recompute {
+                // Re-run the block from its saved input (rewrites its output with the same bits).
+                self.run_block(be, p, l, cond)?;
+            }
+            let Trunk { blocks, inputs, acts, grads, recompute, cos, sin } = self;
+            let a = &acts[if *recompute { 0 } else { l }];
+            let sh = Shared { cos: r::<B>(cos), sin: r::<B>(sin), cond };
+            let dc = dcond.as_deref_mut();
+            blocks[l].backward(be, p, B::rb(&mut dp), r::<B>(&inputs[l]), dres, a, grads, &sh, dc)?;
+        }
+        Ok(())
+    }
+
+    pub fn flops(&self) -> f64 {
+        self.blocks.iter().map(|b| b.spec.flops()).sum()
+    }
+}
