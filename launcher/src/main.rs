@@ -1,6 +1,7 @@
 //! `weft`: the command line of the weft trainer.
 
 mod bench;
+mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -25,6 +26,17 @@ enum Command {
     },
     /// Show the compute devices weft can use here.
     Info,
+    /// Train a model in this process.
+    Train(commands::TrainArgs),
+    /// Generate from trained weights: clips (GIF + PNG) for a DiT, text for a GPT.
+    Sample(commands::SampleArgs),
+    /// Validate a config and print the model's size.
+    Config(commands::ConfigArgs),
+    /// Prepare data.
+    Data {
+        #[command(subcommand)]
+        what: commands::DataWhat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -44,6 +56,10 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchWhat::Kernels(args),
         } => bench::kernels(&args),
+        Command::Train(a) => commands::train(&a),
+        Command::Sample(a) => commands::sample(&a),
+        Command::Config(a) => commands::config(&a),
+        Command::Data { what } => commands::data(&what),
         Command::Info => {
             bench::info();
             Ok(())

@@ -10,3 +10,8 @@ pub mod model;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use layout::{Entry, Layout, Role};
+pub mod optim;
+pub mod export;
+pub mod train;
+pub mod sample;
+mod render;

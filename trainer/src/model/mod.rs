@@ -37,7 +37,7 @@ pub trait Model<B: Ops> {
 }
 
 /// Upload f32 host data into a device buffer of any float dtype.
-pub(crate) fn upload_f32<B: Backend>(be: &B, src: &[f32], dst: B::Mut<'_>) -> Result<()> {
+pub fn upload_f32<B: Backend>(be: &B, src: &[f32], dst: B::Mut<'_>) -> Result<()> {
     match dst.dtype() {
         DType::F32 => be.upload(src.into(), dst)?,
         DType::F64 => {
@@ -50,7 +50,7 @@ pub(crate) fn upload_f32<B: Backend>(be: &B, src: &[f32], dst: B::Mut<'_>) -> Re
 }
 
 /// Download any float buffer as f64.
-pub(crate) fn download_f64<B: Backend>(be: &B, src: B::Ref<'_>) -> Result<Vec<f64>> {
+pub fn download_f64<B: Backend>(be: &B, src: B::Ref<'_>) -> Result<Vec<f64>> {
     let mut h = HostVec::zeros(src.dtype(), src.len());
     be.download(src, h.view_mut())?;
     Ok(match h {

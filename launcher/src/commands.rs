@@ -1,0 +1,129 @@
+//! `weft train`, `weft sample`, `weft config`, `weft data`: thin wrappers over weft-trainer.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use weft_trainer::train::{layout_of, TrainOptions};
+use weft_trainer::{Config, Role};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The run config (TOML).
+    pub config: PathBuf,
+    /// Override a config value: `--set training.steps=100` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Plain log lines instead of a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let cfg = Config::load(&a.config, &a.set)?;
+    let s = weft_trainer::train::train(&cfg, TrainOptions { progress: !a.no_progress })?;
+    println!(
+        "{}: {} steps, final train loss {:.4}, val loss {:.4} (constant predictor {:.4}), weights {}",
+        cfg.job.name,
+        s.steps,
+        s.losses.last().copied().unwrap_or(f64::NAN),
+        s.val_loss,
+        s.val_baseline,
+        s.weights.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// A run directory (uses its model.safetensors) or a weights file.
+    pub path: PathBuf,
+    /// Where to write outputs (default: `<run>/samples`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// DiT: classes to generate (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Vec<usize>,
+    /// DiT: clips per class.
+    #[arg(long, default_value_t = 2)]
+    pub per_class: usize,
+    /// DiT: Euler steps of the flow ODE.
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// DiT: classifier-free guidance scale (1 = none).
+    #[arg(long, default_value_t = 2.0)]
+    pub guidance: f64,
+    /// GPT: the prompt.
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// GPT: tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    pub tokens: usize,
+    /// GPT: sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn sample(a: &SampleArgs) -> Result<()> {
+    let file = if a.path.is_dir() { a.path.join("model.safetensors") } else { a.path.clone() };
+    let run_dir = file.parent().map(PathBuf::from).unwrap_or_default();
+    let out = a.out.clone().unwrap_or_else(|| run_dir.join("samples"));
+    let opts = weft_trainer::sample::SampleOptions {
+        classes: a.classes.clone(),
+        per_class: a.per_class,
+        steps: a.steps,
+        guidance: a.guidance,
+        prompt: a.prompt.clone(),
+        tokens: a.tokens,
+        temperature: a.temperature,
+        seed: a.seed,
+    };
+    let written = weft_trainer::sample::sample(&file, &out, &opts).with_context(|| format!("sampling {}", file.display()))?;
+    for w in written {
+        println!("{w}");
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    pub config: PathBuf,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+pub fn config(a: &ConfigArgs) -> Result<()> {
+    let cfg = Config::load(&a.config, &a.set)?;
+    let l = layout_of(&cfg);
+    println!("{}: valid", a.config.display());
+    println!("parameters: {} ({:.3} B)", l.len(), l.len() as f64 / 1e9);
+    for role in [Role::Embedding, Role::Hidden, Role::Vector, Role::Output] {
+        println!("  {role:?}: {}", l.count(role));
+    }
+    println!("blocks: {}", l.blocks.len());
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum DataWhat {
+    /// Turn text files into a byte-level token shard.
+    Tokenize {
+        /// Text files (each one document).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The shard to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn data(w: &DataWhat) -> Result<()> {
+    match w {
+        DataWhat::Tokenize { inputs, out } => {
+            let n = weft_trainer::data::tokens::tokenize(inputs, out)?;
+            println!("{}: {n} tokens (byte-level, vocab 257)", out.display());
+        }
+    }
+    Ok(())
+}
