@@ -16,7 +16,7 @@
 
 use super::block::{Block, BlockParams, BlockSpec, Mlp};
 use super::trunk::Trunk;
-use super::{at, download_f64, pair, r, upload_f32, w, Alloc, Model};
+use super::{at, download_f64, pair, r, upload_f32, upload_f64, w, Alloc, Model};
 use crate::config::DitConfig;
 use crate::layout::{Init, Layout, Role};
 use crate::Result;
@@ -28,7 +28,7 @@ use weft_kernels::{
 /// Width of the sinusoidal timestep features.
 pub const FREQ_DIM: usize = 256;
 /// Timesteps in `[0, 1]` are scaled by this before the sinusoidal features.
-pub const T_SCALE: f32 = 1000.0;
+pub const T_SCALE: f64 = 1000.0;
 
 /// One micro-batch for the DiT, on the host.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -276,8 +276,8 @@ impl<B: Ops> Dit<B> {
             return Err(bad("t/class", batch.t.len().min(batch.class.len()), b));
         }
         upload_f32(be, &batch.x, w::<B>(&mut a.x))?;
-        let ts: Vec<f32> = batch.t.iter().map(|t| t * T_SCALE).collect();
-        upload_f32(be, &ts, w::<B>(&mut a.t))?;
+        let ts: Vec<f64> = batch.t.iter().map(|&t| t as f64 * T_SCALE).collect();
+        upload_f64(be, &ts, w::<B>(&mut a.t))?;
         be.upload((&batch.class).into(), w::<B>(&mut a.ids))?;
         // Conditioning c (B, C).
         let td = TimestepDims { n: b, dim: FREQ_DIM, max_period: 10000.0 };

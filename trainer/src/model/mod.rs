@@ -49,6 +49,15 @@ pub fn upload_f32<B: Backend>(be: &B, src: &[f32], dst: B::Mut<'_>) -> Result<()
     Ok(())
 }
 
+/// Upload f64 host data into a device buffer of any float dtype (narrowing once).
+pub fn upload_f64<B: Backend>(be: &B, src: &[f64], dst: B::Mut<'_>) -> Result<()> {
+    match dst.dtype() {
+        DType::F64 => be.upload(src.into(), dst)?,
+        _ => return upload_f32(be, &src.iter().map(|&x| x as f32).collect::<Vec<_>>(), dst),
+    }
+    Ok(())
+}
+
 /// Download any float buffer as f64.
 pub fn download_f64<B: Backend>(be: &B, src: B::Ref<'_>) -> Result<Vec<f64>> {
     let mut h = HostVec::zeros(src.dtype(), src.len());

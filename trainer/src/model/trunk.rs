@@ -29,11 +29,7 @@ impl<B: Ops> Trunk<B> {
         let acts = (0..sets).map(|_| BlockActs::new(al, &s)).collect::<Result<_>>()?;
         let table = |v: &[f64]| -> Result<B::Buffer> {
             let mut b = al.buf(v.len())?;
-            let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            match al.dt {
-                weft_kernels::DType::F64 => al.be.upload(v.into(), w::<B>(&mut b))?,
-                _ => super::upload_f32(al.be, &f, w::<B>(&mut b))?,
-            }
+            super::upload_f64(al.be, v, w::<B>(&mut b))?;
             Ok(b)
         };
         Ok(Trunk {
