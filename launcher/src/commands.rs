@@ -20,7 +20,12 @@ pub struct TrainArgs {
 
 pub fn train(a: &TrainArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
-    let s = weft_trainer::train::train(&cfg, TrainOptions { progress: !a.no_progress })?;
+    let s = weft_trainer::train::train(
+        &cfg,
+        TrainOptions {
+            progress: !a.no_progress,
+        },
+    )?;
     println!(
         "{}: {} steps, final train loss {:.4}, val loss {:.4} (constant predictor {:.4}), weights {}",
         cfg.job.name,
@@ -66,7 +71,11 @@ pub struct SampleArgs {
 }
 
 pub fn sample(a: &SampleArgs) -> Result<()> {
-    let file = if a.path.is_dir() { a.path.join("model.safetensors") } else { a.path.clone() };
+    let file = if a.path.is_dir() {
+        a.path.join("model.safetensors")
+    } else {
+        a.path.clone()
+    };
     let run_dir = file.parent().map(PathBuf::from).unwrap_or_default();
     let out = a.out.clone().unwrap_or_else(|| run_dir.join("samples"));
     let opts = weft_trainer::sample::SampleOptions {
@@ -79,7 +88,8 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         temperature: a.temperature,
         seed: a.seed,
     };
-    let written = weft_trainer::sample::sample(&file, &out, &opts).with_context(|| format!("sampling {}", file.display()))?;
+    let written = weft_trainer::sample::sample(&file, &out, &opts)
+        .with_context(|| format!("sampling {}", file.display()))?;
     for w in written {
         println!("{w}");
     }

@@ -1,6 +1,7 @@
 //! `weft`: the command line of the weft trainer.
 
 mod bench;
+mod bench_step;
 mod commands;
 
 use anyhow::Result;
@@ -43,6 +44,8 @@ enum Command {
 enum BenchWhat {
     /// Matmul GFLOP/s against the machine's measured sgemm peak, and attention tokens/s.
     Kernels(bench::KernelBenchArgs),
+    /// One training step of the tiny DiT and GPT, in weft and in PyTorch (same run).
+    Step(bench_step::StepBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -56,6 +59,9 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchWhat::Kernels(args),
         } => bench::kernels(&args),
+        Command::Bench {
+            what: BenchWhat::Step(args),
+        } => bench_step::step(&args),
         Command::Train(a) => commands::train(&a),
         Command::Sample(a) => commands::sample(&a),
         Command::Config(a) => commands::config(&a),

@@ -343,7 +343,10 @@ impl Config {
             }
         };
         if self.job.name.is_empty() || self.job.name.contains(['/', '\\']) {
-            return Err(Error::config("job.name", "must be a non-empty name without slashes"));
+            return Err(Error::config(
+                "job.name",
+                "must be a non-empty name without slashes",
+            ));
         }
         match &self.model {
             ModelConfig::Dit(m) => {
@@ -359,16 +362,15 @@ impl Config {
                         format!("gives head dim {hd} (width/heads); 3D RoPE needs an even head dim"),
                     ));
                 }
-                let names = ["T", "H", "W"];
-                for i in 0..3 {
+                for (i, name) in ["T", "H", "W"].into_iter().enumerate() {
                     pos(&format!("model.latent[{i}]"), m.latent[i])?;
                     pos(&format!("model.patch[{i}]"), m.patch[i])?;
                     if !m.latent[i].is_multiple_of(m.patch[i]) {
                         return Err(Error::config(
                             format!("model.patch[{i}]"),
                             format!(
-                                "must divide the latent extent {}={} (patch {})",
-                                names[i], m.latent[i], m.patch[i]
+                                "must divide the latent extent {name}={} (patch {})",
+                                m.latent[i], m.patch[i]
                             ),
                         ));
                     }
@@ -379,7 +381,10 @@ impl Config {
                 unit("model.t_std", m.t_std, 0.0, 10.0)?;
                 unit("model.sigma_data", m.sigma_data, 1e-6, 1e6)?;
                 if matches!(self.data, DataConfig::Tokens { .. }) {
-                    return Err(Error::config("data.kind", "`tokens` feeds a GPT; a DiT reads `shapes` or `latents`"));
+                    return Err(Error::config(
+                        "data.kind",
+                        "`tokens` feeds a GPT; a DiT reads `shapes` or `latents`",
+                    ));
                 }
             }
             ModelConfig::Gpt(m) => {
@@ -393,7 +398,10 @@ impl Config {
                 pos("model.kv_heads", kv)?;
                 divides("model.kv_heads", kv, "model.heads", m.heads)?;
                 if !(m.width / m.heads).is_multiple_of(2) {
-                    return Err(Error::config("model.heads", "gives an odd head dim; RoPE needs an even one"));
+                    return Err(Error::config(
+                        "model.heads",
+                        "gives an odd head dim; RoPE needs an even one",
+                    ));
                 }
                 if let Some(h) = m.mlp_hidden {
                     pos("model.mlp_hidden", h)?;
@@ -408,12 +416,18 @@ impl Config {
             DataConfig::Shapes => {
                 if let ModelConfig::Dit(m) = &self.model {
                     if m.latent[3] != 3 {
-                        return Err(Error::config("model.latent[3]", "must be 3 (RGB) for data.kind = \"shapes\""));
+                        return Err(Error::config(
+                            "model.latent[3]",
+                            "must be 3 (RGB) for data.kind = \"shapes\"",
+                        ));
                     }
                     if m.num_classes != crate::data::shapes::NUM_CLASSES {
                         return Err(Error::config(
                             "model.num_classes",
-                            format!("must be {} for data.kind = \"shapes\"", crate::data::shapes::NUM_CLASSES),
+                            format!(
+                                "must be {} for data.kind = \"shapes\"",
+                                crate::data::shapes::NUM_CLASSES
+                            ),
                         ));
                     }
                 }
@@ -428,19 +442,31 @@ impl Config {
         pos("training.grad_accum", t.grad_accum)?;
         pos("training.val_batches", t.val_batches)?;
         if !["f32", "f64"].contains(&t.dtype.as_str()) {
-            return Err(Error::config("training.dtype", format!("must be \"f32\" or \"f64\", got {:?}", t.dtype)));
+            return Err(Error::config(
+                "training.dtype",
+                format!("must be \"f32\" or \"f64\", got {:?}", t.dtype),
+            ));
         }
         if let Some(p) = t.peak_flops {
             if !(p > 0.0 && p.is_finite()) {
-                return Err(Error::config("training.peak_flops", "must be a positive FLOP/s figure"));
+                return Err(Error::config(
+                    "training.peak_flops",
+                    "must be a positive FLOP/s figure",
+                ));
             }
         }
         let o = &self.optimizer;
         if o.kind != "adamw" {
-            return Err(Error::config("optimizer.kind", format!("must be \"adamw\", got {:?}", o.kind)));
+            return Err(Error::config(
+                "optimizer.kind",
+                format!("must be \"adamw\", got {:?}", o.kind),
+            ));
         }
         if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return Err(Error::config("optimizer.lr", format!("must be positive, got {}", o.lr)));
+            return Err(Error::config(
+                "optimizer.lr",
+                format!("must be positive, got {}", o.lr),
+            ));
         }
         unit("optimizer.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0)?;
         unit("optimizer.beta1", o.beta1, 0.0, 0.999999)?;
@@ -452,13 +478,19 @@ impl Config {
         if !["cosine", "wsd", "constant"].contains(&o.schedule.as_str()) {
             return Err(Error::config(
                 "optimizer.schedule",
-                format!("must be \"cosine\", \"wsd\" or \"constant\", got {:?}", o.schedule),
+                format!(
+                    "must be \"cosine\", \"wsd\" or \"constant\", got {:?}",
+                    o.schedule
+                ),
             ));
         }
         if o.warmup_steps > t.steps {
             return Err(Error::config(
                 "optimizer.warmup_steps",
-                format!("({}) must not exceed training.steps ({})", o.warmup_steps, t.steps),
+                format!(
+                    "({}) must not exceed training.steps ({})",
+                    o.warmup_steps, t.steps
+                ),
             ));
         }
         let p = &self.parallel;
@@ -480,7 +512,12 @@ impl Config {
             ModelConfig::Dit(m) => (0..3).map(|i| m.latent[i] / m.patch[i]).product(),
             ModelConfig::Gpt(m) => m.seq_len,
         };
-        divides("parallel.cp", p.cp, "the sequence length (tokens per sample)", tokens)?;
+        divides(
+            "parallel.cp",
+            p.cp,
+            "the sequence length (tokens per sample)",
+            tokens,
+        )?;
         pos("checkpoint.keep", self.checkpoint.keep)?;
         Ok(())
     }
@@ -493,10 +530,17 @@ impl Config {
 
 fn divides(key: &str, d: usize, of_key: &str, of: usize) -> Result<()> {
     if d == 0 || !of.is_multiple_of(d) {
-        let fits: Vec<String> = (1..=of.min(4096)).filter(|x| of.is_multiple_of(*x)).take(12).map(|x| x.to_string()).collect();
+        let fits: Vec<String> = (1..=of.min(4096))
+            .filter(|x| of.is_multiple_of(*x))
+            .take(12)
+            .map(|x| x.to_string())
+            .collect();
         return Err(Error::config(
             key,
-            format!("({d}) must divide {of_key} ({of}); values that fit: {}", fits.join(", ")),
+            format!(
+                "({d}) must divide {of_key} ({of}); values that fit: {}",
+                fits.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -517,7 +561,9 @@ pub fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
     let (last, path) = parts.split_last().expect("split yields one part");
     let mut cur = table;
     for p in path {
-        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         cur = entry
             .as_table_mut()
             .ok_or_else(|| Error::config(key, format!("`{p}` is not a section")))?;

@@ -20,14 +20,20 @@ pub fn save(path: &Path, layout: &Layout, params: &[f32], cfg: &Config, step: u6
         .entries
         .iter()
         .zip(&bytes)
-        .map(|(e, b)| (e.name.clone(), safetensors::tensor::TensorView::new(Dtype::F32, e.shape.clone(), b).expect("sizes match")))
+        .map(|(e, b)| {
+            (
+                e.name.clone(),
+                safetensors::tensor::TensorView::new(Dtype::F32, e.shape.clone(), b).expect("sizes match"),
+            )
+        })
         .collect();
     let meta = HashMap::from([
         ("weft.config".to_string(), cfg.to_toml()),
         ("weft.step".to_string(), step.to_string()),
         ("format".to_string(), "pt".to_string()),
     ]);
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("safetensors: {e}")))?;
+    let data =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("safetensors: {e}")))?;
     let tmp = path.with_extension("safetensors.tmp");
     let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
     f.write_all(&data).map_err(Error::io(&tmp))?;
@@ -38,7 +44,8 @@ pub fn save(path: &Path, layout: &Layout, params: &[f32], cfg: &Config, step: u6
 /// Read a file written by [`save`]: its config, and the flat parameters for `layout_of(cfg)`.
 pub fn load(path: &Path, layout_of: impl Fn(&Config) -> Layout) -> Result<(Config, Vec<f32>)> {
     let data = std::fs::read(path).map_err(Error::io(path))?;
-    let (_, meta) = SafeTensors::read_metadata(&data).map_err(|e| Error::data(path, format!("not a safetensors file: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(&data)
+        .map_err(|e| Error::data(path, format!("not a safetensors file: {e}")))?;
     let toml = meta
         .metadata()
         .as_ref()
@@ -49,11 +56,19 @@ pub fn load(path: &Path, layout_of: impl Fn(&Config) -> Layout) -> Result<(Confi
     let st = SafeTensors::deserialize(&data).map_err(|e| Error::data(path, e.to_string()))?;
     let mut flat = vec![0f32; layout.len()];
     for e in &layout.entries {
-        let t = st.tensor(&e.name).map_err(|_| Error::data(path, format!("missing tensor `{}`", e.name)))?;
+        let t = st
+            .tensor(&e.name)
+            .map_err(|_| Error::data(path, format!("missing tensor `{}`", e.name)))?;
         if t.shape() != e.shape || t.dtype() != Dtype::F32 {
             return Err(Error::data(
                 path,
-                format!("`{}` is {:?} {:?}, expected F32 {:?}", e.name, t.dtype(), t.shape(), e.shape),
+                format!(
+                    "`{}` is {:?} {:?}, expected F32 {:?}",
+                    e.name,
+                    t.dtype(),
+                    t.shape(),
+                    e.shape
+                ),
             ));
         }
         for (d, b) in flat[e.range()].iter_mut().zip(t.data().chunks_exact(4)) {

@@ -104,7 +104,11 @@ impl Layout {
     }
     /// Parameters per role (for reports and muP).
     pub fn count(&self, role: Role) -> usize {
-        self.entries.iter().filter(|e| e.role == role).map(Entry::numel).sum()
+        self.entries
+            .iter()
+            .filter(|e| e.role == role)
+            .map(Entry::numel)
+            .sum()
     }
 
     /// Fill a host buffer with the documented per-role initialization, from a seeded RNG.

@@ -44,7 +44,12 @@ pub struct AdamWState<B: Backend> {
 
 impl<B: Ops> AdamWState<B> {
     pub fn new(be: &B, dtype: DType, n: usize) -> Result<Self> {
-        Ok(AdamWState { m: be.alloc(dtype, n)?, v: be.alloc(dtype, n)?, step: 0, acc: be.alloc(dtype, 1)? })
+        Ok(AdamWState {
+            m: be.alloc(dtype, n)?,
+            v: be.alloc(dtype, n)?,
+            step: 0,
+            acc: be.alloc(dtype, 1)?,
+        })
     }
 
     /// Clip `grads` to global norm `o.grad_clip` and apply one AdamW step at `lr`.
@@ -61,9 +66,14 @@ impl<B: Ops> AdamWState<B> {
         be.fill(w::<B>(&mut self.acc), 0.0, 1)?;
         be.sum_squares(w::<B>(&mut self.acc), grads, grads.len())?;
         let norm = download_f64(be, B::view(&self.acc))?[0].sqrt();
-        let scale = if o.grad_clip > 0.0 && norm > o.grad_clip { o.grad_clip / (norm + 1e-6) } else { 1.0 };
+        let scale = if o.grad_clip > 0.0 && norm > o.grad_clip {
+            o.grad_clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
         self.step += 1;
-        let (mut p, mut m, mut v, mut g) = (params, B::view_mut(&mut self.m), B::view_mut(&mut self.v), grads);
+        let (mut p, mut m, mut v, mut g) =
+            (params, B::view_mut(&mut self.m), B::view_mut(&mut self.v), grads);
         let mut done = 0;
         for e in &layout.entries {
             // Entries are contiguous and in buffer order (a tied head adds none).
@@ -78,7 +88,11 @@ impl<B: Ops> AdamWState<B> {
                 beta1: o.beta1 as f32,
                 beta2: o.beta2 as f32,
                 eps: o.eps as f32,
-                weight_decay: if e.role.decays() { o.weight_decay as f32 } else { 0.0 },
+                weight_decay: if e.role.decays() {
+                    o.weight_decay as f32
+                } else {
+                    0.0
+                },
                 step: self.step,
                 grad_scale: scale as f32,
             };

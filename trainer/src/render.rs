@@ -19,7 +19,13 @@ fn rgb(clips: &[f32], i: usize, f: usize, y: usize, x: usize, [t, h, w, c]: [usi
 }
 
 /// One canvas: `rows` clips, each as `cols(frame)` tiles; generated left, real right.
-fn canvas(gen: &[f32], real: &[f32], rows: usize, dims: [usize; 4], frames: &[usize]) -> (usize, usize, Vec<u8>) {
+fn canvas(
+    gen: &[f32],
+    real: &[f32],
+    rows: usize,
+    dims: [usize; 4],
+    frames: &[usize],
+) -> (usize, usize, Vec<u8>) {
     let [_, h, w, _] = dims;
     let (th, tw) = (h * ZOOM, w * ZOOM);
     let sides = if real.is_empty() { 1 } else { 2 };
@@ -69,5 +75,8 @@ pub fn write_png(path: &Path, gen: &[f32], real: &[f32], rows: usize, dims: [usi
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let err = |e: png::EncodingError| Error::Other(format!("{}: {e}", path.display()));
-    enc.write_header().map_err(err)?.write_image_data(&img).map_err(err)
+    enc.write_header()
+        .map_err(err)?
+        .write_image_data(&img)
+        .map_err(err)
 }

@@ -33,14 +33,27 @@ pub fn sample(weights: &Path, out: &Path, o: &SampleOptions) -> Result<Vec<Strin
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
     match &cfg.model {
         ModelConfig::Dit(m) => {
-            let classes: Vec<usize> = if o.classes.is_empty() { (0..m.num_classes).collect() } else { o.classes.clone() };
+            let classes: Vec<usize> = if o.classes.is_empty() {
+                (0..m.num_classes).collect()
+            } else {
+                o.classes.clone()
+            };
             if let Some(&bad) = classes.iter().find(|&&k| k >= m.num_classes) {
-                return Err(Error::Other(format!("class {bad} is outside 0..{}", m.num_classes)));
+                return Err(Error::Other(format!(
+                    "class {bad} is outside 0..{}",
+                    m.num_classes
+                )));
             }
-            let want: Vec<usize> = classes.iter().flat_map(|&k| std::iter::repeat_n(k, o.per_class)).collect();
+            let want: Vec<usize> = classes
+                .iter()
+                .flat_map(|&k| std::iter::repeat_n(k, o.per_class))
+                .collect();
             let gen = generate_clips(m, &flat, &want, o.steps, o.guidance, o.seed)?;
             let real: Vec<f32> = if cfg.data.is_shapes() {
-                want.iter().enumerate().flat_map(|(i, &k)| shapes::clips_of_class(m, k, 1, i as u64)).collect()
+                want.iter()
+                    .enumerate()
+                    .flat_map(|(i, &k)| shapes::clips_of_class(m, k, 1, i as u64))
+                    .collect()
             } else {
                 vec![]
             };
@@ -49,7 +62,10 @@ pub fn sample(weights: &Path, out: &Path, o: &SampleOptions) -> Result<Vec<Strin
             let png = out.join("samples.png");
             render::write_gif(&gif, &gen, &real, want.len(), [t, h, w, c])?;
             render::write_png(&png, &gen, &real, want.len(), [t, h, w, c])?;
-            let names: Vec<String> = classes.iter().map(|&k| format!("{k}: {}", class_label(&cfg, k))).collect();
+            let names: Vec<String> = classes
+                .iter()
+                .map(|&k| format!("{k}: {}", class_label(&cfg, k)))
+                .collect();
             let legend = out.join("samples.txt");
             let text = format!(
                 "rows (top to bottom), {} per class; left: generated, right: real\n{}\n",
@@ -57,7 +73,11 @@ pub fn sample(weights: &Path, out: &Path, o: &SampleOptions) -> Result<Vec<Strin
                 names.join("\n")
             );
             std::fs::write(&legend, text).map_err(Error::io(&legend))?;
-            Ok(vec![gif.display().to_string(), png.display().to_string(), legend.display().to_string()])
+            Ok(vec![
+                gif.display().to_string(),
+                png.display().to_string(),
+                legend.display().to_string(),
+            ])
         }
         ModelConfig::Gpt(m) => {
             let text = generate_text(m, &flat, &o.prompt, o.tokens, o.temperature, o.seed)?;
@@ -78,7 +98,14 @@ fn class_label(cfg: &crate::Config, k: usize) -> String {
 }
 
 /// Generate one clip per entry of `classes` `(N, T, H, W, C)`.
-pub fn generate_clips(m: &DitConfig, flat: &[f32], classes: &[usize], steps: usize, guidance: f64, seed: u64) -> Result<Vec<f32>> {
+pub fn generate_clips(
+    m: &DitConfig,
+    flat: &[f32],
+    classes: &[usize],
+    steps: usize,
+    guidance: f64,
+    seed: u64,
+) -> Result<Vec<f32>> {
     let be = CpuBackend::new();
     let n = classes.len();
     let guided = guidance != 1.0;
@@ -100,7 +127,11 @@ pub fn generate_clips(m: &DitConfig, flat: &[f32], classes: &[usize], steps: usi
     for s in 0..steps {
         let t = 1.0 - s as f64 / steps as f64;
         let dt = 1.0 / steps as f64;
-        let (c_in, c_skip, c_out) = if m.precondition { precondition(t, m.sigma_data) } else { (1.0, 0.0, 1.0) };
+        let (c_in, c_skip, c_out) = if m.precondition {
+            precondition(t, m.sigma_data)
+        } else {
+            (1.0, 0.0, 1.0)
+        };
         let xin: Vec<f32> = x.iter().map(|&v| (c_in * v) as f32).collect();
         let batch = DitBatch {
             x: if guided { [xin.clone(), xin].concat() } else { xin },
@@ -125,7 +156,14 @@ pub fn generate_clips(m: &DitConfig, flat: &[f32], classes: &[usize], steps: usi
 }
 
 /// Continue `prompt` (byte-level) by `tokens` tokens.
-pub fn generate_text(m: &GptConfig, flat: &[f32], prompt: &str, tokens: usize, temperature: f64, seed: u64) -> Result<String> {
+pub fn generate_text(
+    m: &GptConfig,
+    flat: &[f32],
+    prompt: &str,
+    tokens: usize,
+    temperature: f64,
+    seed: u64,
+) -> Result<String> {
     let be = CpuBackend::new();
     let mut model = Gpt::new(&be, m, 1, DType::F32, false)?;
     let params = HostVec::from(flat.to_vec());
@@ -143,19 +181,28 @@ pub fn generate_text(m: &GptConfig, flat: &[f32], prompt: &str, tokens: usize, t
         let logits = model.logits(&be, params.view(), &window)?;
         let row = &logits[(ctx.len() - 1) * v..ctx.len() * v];
         let next = if temperature <= 0.0 {
-            row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
+            row.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap_or(0)
         } else {
             let mx = row.iter().cloned().fold(f64::MIN, f64::max);
             let p: Vec<f64> = row.iter().map(|&l| ((l - mx) / temperature).exp()).collect();
             let mut u = r.random::<f64>() * p.iter().sum::<f64>();
-            p.iter().position(|&q| {
-                u -= q;
-                u <= 0.0
-            })
-            .unwrap_or(v - 1)
+            p.iter()
+                .position(|&q| {
+                    u -= q;
+                    u <= 0.0
+                })
+                .unwrap_or(v - 1)
         };
         ids.push(next as i32);
     }
-    let bytes: Vec<u8> = ids[start..].iter().filter(|&&i| i < 256).map(|&i| i as u8).collect();
+    let bytes: Vec<u8> = ids[start..]
+        .iter()
+        .filter(|&&i| i < 256)
+        .map(|&i| i as u8)
+        .collect();
     Ok(format!("{prompt}{}", String::from_utf8_lossy(&bytes)))
 }

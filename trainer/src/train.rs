@@ -51,11 +51,18 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
     if cfg.parallel.world() != 1 {
         return Err(Error::config(
             "parallel",
-            format!("describes {} ranks; a single process runs with every size 1", cfg.parallel.world()),
+            format!(
+                "describes {} ranks; a single process runs with every size 1",
+                cfg.parallel.world()
+            ),
         ));
     }
     let be = CpuBackend::new();
-    let dt = if cfg.training.dtype == "f64" { DType::F64 } else { DType::F32 };
+    let dt = if cfg.training.dtype == "f64" {
+        DType::F64
+    } else {
+        DType::F32
+    };
     let (mb, rc, seed) = (cfg.training.micro_batch, cfg.training.recompute, cfg.job.seed);
     match (&cfg.model, &cfg.data) {
         (ModelConfig::Dit(m), DataConfig::Shapes) => {
@@ -68,7 +75,14 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
         }
         (ModelConfig::Gpt(m), DataConfig::Tokens { path, val_fraction }) => {
             let src = Tokens::new(Path::new(path), m.seq_len, m.vocab_size, *val_fraction, seed)?;
-            run(cfg, &be, Gpt::new(&be, m, mb, dt, rc)?, &src, opts, unigram_baseline)
+            run(
+                cfg,
+                &be,
+                Gpt::new(&be, m, mb, dt, rc)?,
+                &src,
+                opts,
+                unigram_baseline,
+            )
         }
         _ => Err(Error::config("data.kind", "does not match model.kind")),
     }
@@ -78,8 +92,18 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
 fn flow_baseline(batches: &[crate::model::DitBatch]) -> f64 {
     let n = batches[0].target.len() / batches[0].t.len();
     let all: Vec<&[f32]> = batches.iter().flat_map(|b| b.target.chunks(n)).collect();
-    let mean: Vec<f64> = (0..n).map(|j| all.iter().map(|s| s[j] as f64).sum::<f64>() / all.len() as f64).collect();
-    let sq: f64 = all.iter().map(|s| s.iter().zip(&mean).map(|(&v, m)| (v as f64 - m).powi(2)).sum::<f64>()).sum();
+    let mean: Vec<f64> = (0..n)
+        .map(|j| all.iter().map(|s| s[j] as f64).sum::<f64>() / all.len() as f64)
+        .collect();
+    let sq: f64 = all
+        .iter()
+        .map(|s| {
+            s.iter()
+                .zip(&mean)
+                .map(|(&v, m)| (v as f64 - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum();
     sq / (all.len() * n) as f64
 }
 
@@ -91,7 +115,11 @@ fn unigram_baseline(batches: &[crate::model::TokenBatch]) -> f64 {
         *counts.entry(*t).or_insert(0usize) += 1;
         total += 1;
     }
-    counts.values().map(|&c| c as f64 / total as f64).map(|p| -p * p.ln()).sum()
+    counts
+        .values()
+        .map(|&c| c as f64 / total as f64)
+        .map(|p| -p * p.ln())
+        .sum()
 }
 
 /// Best of a few f32 GEMMs (1024³) on this backend, in FLOP/s.
@@ -102,7 +130,13 @@ pub fn measure_peak(be: &CpuBackend) -> Result<f64> {
     let mut best = 0f64;
     for _ in 0..4 {
         let t = Instant::now();
-        be.matmul_forward(CpuBackend::view_mut(&mut c), a.view(), a.view(), None, MatmulDims::linear(n, n, n))?;
+        be.matmul_forward(
+            CpuBackend::view_mut(&mut c),
+            a.view(),
+            a.view(),
+            None,
+            MatmulDims::linear(n, n, n),
+        )?;
         best = best.max(2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64());
     }
     Ok(best)
@@ -136,7 +170,10 @@ where
     std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
     std::fs::write(dir.join("config.toml"), cfg.to_toml()).map_err(Error::io(dir.join("config.toml")))?;
     let mpath = dir.join("metrics.jsonl");
-    let mut metrics = Metrics { file: std::fs::File::create(&mpath).map_err(Error::io(&mpath))?, path: mpath };
+    let mut metrics = Metrics {
+        file: std::fs::File::create(&mpath).map_err(Error::io(&mpath))?,
+        path: mpath,
+    };
     let layout = model.layout().clone();
     let dt = if t.dtype == "f64" { DType::F64 } else { DType::F32 };
     // Parameters from the documented per-role initialization, gradients, AdamW state.
@@ -158,18 +195,27 @@ where
         "training {} for {} steps; global batch {} × {} tokens; {:.3} GFLOP/step; peak {:.1} GFLOP/s ({peak_src})",
         cfg.job.name, t.steps, b * t.grad_accum, tokens, flops_step / 1e9, peak / 1e9
     );
-    metrics.write(json!({"event": "start", "params": layout.len(), "peak_flops": peak, "peak_source": peak_src,
-        "flops_per_step": flops_step, "device": be.name()}))?;
+    metrics.write(
+        json!({"event": "start", "params": layout.len(), "peak_flops": peak, "peak_source": peak_src,
+        "flops_per_step": flops_step, "device": be.name()}),
+    )?;
     let val: Vec<M::Batch> = (0..t.val_batches)
-        .map(|k| src.batch(Split::Val, &(0..b as u64).map(|i| (k * b) as u64 + i).collect::<Vec<_>>()))
+        .map(|k| {
+            src.batch(
+                Split::Val,
+                &(0..b as u64).map(|i| (k * b) as u64 + i).collect::<Vec<_>>(),
+            )
+        })
         .collect::<Result<_>>()?;
     let val_baseline = baseline(&val);
     let bar = opts.progress && std::io::stderr().is_terminal();
     let pb = bar.then(|| {
         let pb = indicatif::ProgressBar::new(t.steps);
         pb.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}",
+            )
+            .expect("valid template"),
         );
         pb
     });
@@ -192,7 +238,14 @@ where
             model.backward(be, p, CpuBackend::view_mut(&mut grads), 1.0 / t.grad_accum as f64)?;
         }
         let lr = lr_at(&cfg.optimizer, t.steps, step);
-        let gnorm = adam.step(be, &cfg.optimizer, &layout, CpuBackend::view_mut(&mut params), CpuBackend::view(&grads), lr)?;
+        let gnorm = adam.step(
+            be,
+            &cfg.optimizer,
+            &layout,
+            CpuBackend::view_mut(&mut params),
+            CpuBackend::view(&grads),
+            lr,
+        )?;
         if !gnorm.is_finite() {
             return Err(Error::NonFinite { step, loss: gnorm });
         }
@@ -200,9 +253,11 @@ where
         let samples = (b * t.grad_accum) as f64;
         let fps = flops_step / dt_s;
         losses.push(loss);
-        metrics.write(json!({"step": step + 1, "loss": loss, "grad_norm": gnorm, "lr": lr,
+        metrics.write(
+            json!({"step": step + 1, "loss": loss, "grad_norm": gnorm, "lr": lr,
             "samples_per_s": samples / dt_s, "tokens_per_s": samples * tokens as f64 / dt_s,
-            "flops_per_s": fps, "mfu": fps / peak, "elapsed_s": started.elapsed().as_secs_f64()}))?;
+            "flops_per_s": fps, "mfu": fps / peak, "elapsed_s": started.elapsed().as_secs_f64()}),
+        )?;
         let last = step + 1 == t.steps;
         if last || (t.val_every > 0 && (step + 1) % t.val_every == 0) {
             val_loss = validate(be, &mut model, &params, &val)?;
@@ -215,7 +270,11 @@ where
         }
         match &pb {
             Some(pb) => {
-                pb.set_message(format!("loss {loss:.4} | {:.0} samples/s | MFU {:.1}%", samples / dt_s, 100.0 * fps / peak));
+                pb.set_message(format!(
+                    "loss {loss:.4} | {:.0} samples/s | MFU {:.1}%",
+                    samples / dt_s,
+                    100.0 * fps / peak
+                ));
                 pb.inc(1);
             }
             None if (step + 1) % log_every == 0 || last => tracing::info!(
@@ -243,7 +302,14 @@ where
         100.0 * (1.0 - val_loss / val_baseline),
         weights.display()
     );
-    Ok(Summary { dir, steps: t.steps, losses, val_loss, val_baseline, weights })
+    Ok(Summary {
+        dir,
+        steps: t.steps,
+        losses,
+        val_loss,
+        val_baseline,
+        weights,
+    })
 }
 
 /// Mean loss over the held-out batches.

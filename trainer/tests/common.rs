@@ -70,13 +70,19 @@ pub fn random_params(n: usize, seed: u64, scale: f64) -> Vec<f64> {
 }
 
 /// Loss and flat gradient of one forward/backward in the model's dtype.
-pub fn loss_and_grad<M: Model<CpuBackend>>(m: &RefCell<M>, params: &[f64], batch: &M::Batch, dloss: f64) -> (f64, Vec<f64>) {
+pub fn loss_and_grad<M: Model<CpuBackend>>(
+    m: &RefCell<M>,
+    params: &[f64],
+    batch: &M::Batch,
+    dloss: f64,
+) -> (f64, Vec<f64>) {
     let be = CpuBackend::new();
     let p = HostVec::from(params.to_vec());
     let mut g = HostVec::zeros(DType::F64, params.len());
     let mut m = m.borrow_mut();
     let loss = m.forward(&be, p.view(), batch).unwrap();
-    m.backward(&be, p.view(), CpuBackend::view_mut(&mut g), dloss).unwrap();
+    m.backward(&be, p.view(), CpuBackend::view_mut(&mut g), dloss)
+        .unwrap();
     match g {
         HostVec::F64(v) => (loss, v),
         _ => unreachable!(),

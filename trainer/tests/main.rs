@@ -1,5 +1,8 @@
 //! weft-trainer's integration tests, one binary with a module per area.
 
 mod common;
+mod config;
+mod data;
 mod models;
 mod reference;
+mod training;

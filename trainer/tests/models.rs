@@ -12,7 +12,8 @@ use weft_trainer::Layout;
 fn check_model<M: Model<CpuBackend>>(name: &str, m: M, batch: &M::Batch, layout: &Layout, seed: u64) {
     let m = RefCell::new(m);
     let flat = random_params(layout.len(), seed, 0.5);
-    let split = |flat: &[f64]| -> Vec<Vec<f64>> { layout.entries.iter().map(|e| flat[e.range()].to_vec()).collect() };
+    let split =
+        |flat: &[f64]| -> Vec<Vec<f64>> { layout.entries.iter().map(|e| flat[e.range()].to_vec()).collect() };
     let join = |parts: &[Vec<f64>]| -> Vec<f64> {
         let mut f = vec![0.0; layout.len()];
         for (e, p) in layout.entries.iter().zip(parts) {
@@ -25,9 +26,17 @@ fn check_model<M: Model<CpuBackend>>(name: &str, m: M, batch: &M::Batch, layout:
         let (_, g) = loss_and_grad(&m, &join(parts), batch, dout[0]);
         split(&g).into_iter().map(Some).collect()
     };
-    let opts = Options { max_probes: 6, h: 1e-5, ..Options::default() };
+    let opts = Options {
+        max_probes: 6,
+        h: 1e-5,
+        ..Options::default()
+    };
     let report = check_gradients(name, &split(&flat), fwd, bwd, opts).unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.probes >= layout.entries.len(), "{name}: {} probes", report.probes);
+    assert!(
+        report.probes >= layout.entries.len(),
+        "{name}: {} probes",
+        report.probes
+    );
 }
 
 #[test]
@@ -40,7 +49,11 @@ fn dit_gradients_match_finite_differences() {
         check_model("dit", m, &dit_batch(&cfg, 3, 1), &layout, 2);
     }
     // Without QK-norm and text conditioning too.
-    let cfg = weft_trainer::config::DitConfig { qk_norm: false, text_dim: 0, ..tiny_dit() };
+    let cfg = weft_trainer::config::DitConfig {
+        qk_norm: false,
+        text_dim: 0,
+        ..tiny_dit()
+    };
     let m = Dit::new(&be, &cfg, 2, DType::F64, false).unwrap();
     let layout = m.layout().clone();
     check_model("dit (no qk-norm, no text)", m, &dit_batch(&cfg, 2, 3), &layout, 4);
@@ -50,7 +63,10 @@ fn dit_gradients_match_finite_differences() {
 fn gpt_gradients_match_finite_differences() {
     let be = CpuBackend::new();
     for (tie, recompute) in [(false, false), (true, true)] {
-        let cfg = weft_trainer::config::GptConfig { tie_embeddings: tie, ..tiny_gpt() };
+        let cfg = weft_trainer::config::GptConfig {
+            tie_embeddings: tie,
+            ..tiny_gpt()
+        };
         let m = Gpt::new(&be, &cfg, 2, DType::F64, recompute).unwrap();
         let layout = m.layout().clone();
         check_model("gpt", m, &token_batch(&cfg, 2, 5), &layout, 6);

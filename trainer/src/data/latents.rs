@@ -31,10 +31,24 @@ pub struct Latents {
 fn floats(path: &Path, name: &str, v: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
     let d = v.data();
     Ok(match v.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        other => return Err(Error::data(path, format!("`{name}` has dtype {other:?}; expected F32, F16 or BF16"))),
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::data(
+                path,
+                format!("`{name}` has dtype {other:?}; expected F32, F16 or BF16"),
+            ))
+        }
     })
 }
 
@@ -60,31 +74,61 @@ impl Latents {
             let f = std::fs::File::open(&p).map_err(Error::io(&p))?;
             // SAFETY: read-only mapping of a file weft does not modify.
             let map = unsafe { Mmap::map(&f) }.map_err(Error::io(&p))?;
-            let st = SafeTensors::deserialize(&map).map_err(|e| Error::data(&p, format!("not a safetensors file: {e}")))?;
-            let lat = st.tensor("latents").map_err(|_| Error::data(&p, "no `latents` tensor"))?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| Error::data(&p, format!("not a safetensors file: {e}")))?;
+            let lat = st
+                .tensor("latents")
+                .map_err(|_| Error::data(&p, "no `latents` tensor"))?;
             let shape = lat.shape().to_vec();
             let want = cfg.latent;
             if shape.len() != 5 || shape[1..] != want {
                 return Err(Error::data(
                     &p,
-                    format!("`latents` has shape {shape:?}; model.latent wants [N, {}, {}, {}, {}]", want[0], want[1], want[2], want[3]),
+                    format!(
+                        "`latents` has shape {shape:?}; model.latent wants [N, {}, {}, {}, {}]",
+                        want[0], want[1], want[2], want[3]
+                    ),
                 ));
             }
             floats(&p, "latents", &lat)?;
             let n = shape[0];
             if let Ok(l) = st.tensor("labels") {
                 if l.shape() != [n] || !matches!(l.dtype(), Dtype::I32 | Dtype::I64) {
-                    return Err(Error::data(&p, format!("`labels` must be i32/i64 of shape [{n}], got {:?} {:?}", l.dtype(), l.shape())));
+                    return Err(Error::data(
+                        &p,
+                        format!(
+                            "`labels` must be i32/i64 of shape [{n}], got {:?} {:?}",
+                            l.dtype(),
+                            l.shape()
+                        ),
+                    ));
                 }
-                if let Some(bad) = labels(&l).into_iter().find(|&k| k < 0 || k as usize >= cfg.num_classes) {
-                    return Err(Error::data(&p, format!("label {bad} is outside model.num_classes = {}", cfg.num_classes)));
+                if let Some(bad) = labels(&l)
+                    .into_iter()
+                    .find(|&k| k < 0 || k as usize >= cfg.num_classes)
+                {
+                    return Err(Error::data(
+                        &p,
+                        format!("label {bad} is outside model.num_classes = {}", cfg.num_classes),
+                    ));
                 }
             }
             match (st.tensor("embeddings"), cfg.text_dim) {
                 (Ok(e), d) if e.shape() != [n, d] => {
-                    return Err(Error::data(&p, format!("`embeddings` has shape {:?}; model.text_dim wants [{n}, {d}]", e.shape())))
+                    return Err(Error::data(
+                        &p,
+                        format!(
+                            "`embeddings` has shape {:?}; model.text_dim wants [{n}, {d}]",
+                            e.shape()
+                        ),
+                    ))
                 }
-                (Err(_), d) if d > 0 => return Err(Error::data(&p, format!("model.text_dim = {d} but the file has no `embeddings`"))),
+                (Err(_), d) if d > 0 => {
+                    return Err(Error::data(
+                        &p,
+                        format!("model.text_dim = {d} but the file has no `embeddings`"),
+                    ))
+                }
                 _ => {}
             }
             shards.push(Shard { path: p, map, n });
@@ -92,9 +136,18 @@ impl Latents {
         let total: usize = shards.iter().map(|s| s.n).sum();
         let split_at = total - (total as f64 * val_fraction) as usize;
         if split_at == 0 || (val_fraction > 0.0 && split_at == total) {
-            return Err(Error::data(path, format!("{total} samples are too few to hold out {val_fraction}")));
+            return Err(Error::data(
+                path,
+                format!("{total} samples are too few to hold out {val_fraction}"),
+            ));
         }
-        Ok(Latents { cfg: cfg.clone(), seed, shards, total, split_at })
+        Ok(Latents {
+            cfg: cfg.clone(),
+            seed,
+            shards,
+            total,
+            split_at,
+        })
     }
 
     fn sample(&self, mut i: usize) -> Result<(Vec<f32>, i32, Option<Vec<f32>>)> {
@@ -103,8 +156,12 @@ impl Latents {
                 let st = SafeTensors::deserialize(&s.map).map_err(|e| Error::data(&s.path, e.to_string()))?;
                 let lat = st.tensor("latents").expect("checked at load");
                 let per = lat.data().len() / s.n;
-                let one = safetensors::tensor::TensorView::new(lat.dtype(), self.cfg.latent.to_vec(), &lat.data()[i * per..(i + 1) * per])
-                    .map_err(|e| Error::data(&s.path, e.to_string()))?;
+                let one = safetensors::tensor::TensorView::new(
+                    lat.dtype(),
+                    self.cfg.latent.to_vec(),
+                    &lat.data()[i * per..(i + 1) * per],
+                )
+                .map_err(|e| Error::data(&s.path, e.to_string()))?;
                 let x = floats(&s.path, "latents", &one)?;
                 let label = st.tensor("labels").map(|l| labels(&l)[i] as i32).unwrap_or(0);
                 let emb = match st.tensor("embeddings") {
@@ -124,15 +181,27 @@ impl Latents {
 
 fn labels(l: &safetensors::tensor::TensorView<'_>) -> Vec<i64> {
     match l.dtype() {
-        Dtype::I64 => l.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
-        _ => l.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect(),
+        Dtype::I64 => l
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        _ => l
+            .data()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
+            .collect(),
     }
 }
 
 impl Source for Latents {
     type Batch = DitBatch;
     fn batch(&self, split: Split, indices: &[u64]) -> Result<DitBatch> {
-        let mut c = Clips { x0: vec![], class: vec![], text: (self.cfg.text_dim > 0).then(Vec::new) };
+        let mut c = Clips {
+            x0: vec![],
+            class: vec![],
+            text: (self.cfg.text_dim > 0).then(Vec::new),
+        };
         for &idx in indices {
             let i = match split {
                 Split::Train => sample_rng(self.seed, Stream::Content, idx).random_range(0..self.split_at),

@@ -63,7 +63,14 @@ pub fn normal(r: &mut impl Rng) -> f64 {
 }
 
 /// Global sample indices of micro-batch `micro` of `dp_rank` at `step`.
-pub fn sample_indices(step: u64, micro: usize, grad_accum: usize, dp_rank: usize, dp_size: usize, mb: usize) -> Vec<u64> {
+pub fn sample_indices(
+    step: u64,
+    micro: usize,
+    grad_accum: usize,
+    dp_rank: usize,
+    dp_size: usize,
+    mb: usize,
+) -> Vec<u64> {
     let global = (mb * grad_accum * dp_size) as u64;
     let start = step * global + ((micro * dp_size + dp_rank) * mb) as u64;
     (start..start + mb as u64).collect()
@@ -89,7 +96,11 @@ pub struct Clips {
 /// preconditioned target), and class dropout in training.
 pub fn flow_batch(cfg: &DitConfig, seed: u64, split: Split, indices: &[u64], clips: Clips) -> DitBatch {
     let per = cfg.latent.iter().product::<usize>();
-    let stream = if split == Split::Train { Stream::Noise } else { Stream::ValNoise };
+    let stream = if split == Split::Train {
+        Stream::Noise
+    } else {
+        Stream::ValNoise
+    };
     let mut b = DitBatch {
         x: Vec::with_capacity(clips.x0.len()),
         t: vec![],

@@ -38,7 +38,11 @@ pub fn render(t: usize, h: usize, w: usize, k: usize, r: &mut impl Rng) -> Vec<f
             for x in 0..w {
                 let (dx, dy) = (x as f64 + 0.5 - pos[0], y as f64 + 0.5 - pos[1]);
                 // Signed distance to the shape's edge (negative inside), then a 1-px ramp.
-                let sd = if shape == 0 { dx.abs().max(dy.abs()) - radius } else { (dx * dx + dy * dy).sqrt() - radius };
+                let sd = if shape == 0 {
+                    dx.abs().max(dy.abs()) - radius
+                } else {
+                    (dx * dx + dy * dy).sqrt() - radius
+                };
                 let cover = (0.5 - sd).clamp(0.0, 1.0) as f32;
                 let px = ((f * h + y) * w + x) * 3;
                 out[px + colour] = -1.0 + 2.0 * cover;
@@ -66,7 +70,11 @@ fn class_of(seed: u64, stream: Stream, index: u64) -> (usize, rand_chacha::ChaCh
 /// Clean clips of the given indices.
 pub fn clips(cfg: &DitConfig, seed: u64, split: Split, indices: &[u64]) -> Clips {
     let [t, h, w, _] = cfg.latent;
-    let stream = if split == Split::Train { Stream::Content } else { Stream::ValContent };
+    let stream = if split == Split::Train {
+        Stream::Content
+    } else {
+        Stream::ValContent
+    };
     let mut x0 = Vec::with_capacity(indices.len() * t * h * w * 3);
     let mut class = vec![];
     for &i in indices {
@@ -74,7 +82,11 @@ pub fn clips(cfg: &DitConfig, seed: u64, split: Split, indices: &[u64]) -> Clips
         x0.extend(render(t, h, w, k, &mut r));
         class.push(k as i32);
     }
-    Clips { x0, class, text: None }
+    Clips {
+        x0,
+        class,
+        text: None,
+    }
 }
 
 /// Clips of class `k` (for showing real samples next to generated ones).
@@ -122,7 +134,12 @@ mod tests {
                 assert!(m > 4.0, "class {k}: shape visible in frame {f}");
                 (sx / m, sy / m)
             };
-            let other: f32 = clip.iter().enumerate().filter(|(i, _)| i % 3 != colour).map(|(_, v)| v + 1.0).sum();
+            let other: f32 = clip
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 3 != colour)
+                .map(|(_, v)| v + 1.0)
+                .sum();
             assert_eq!(other, 0.0, "class {k}: only its colour channel lights up");
             let (a, b) = (centroid(0), centroid(1));
             let (dx, dy) = ((b.0 - a.0).abs(), (b.1 - a.1).abs());

@@ -41,10 +41,15 @@ impl TokenShard {
         let map = unsafe { Mmap::map(&f) }.map_err(Error::io(path))?;
         let bad = |why: String| Error::data(path, why);
         if map.len() < HEADER {
-            return Err(bad(format!("truncated: {} bytes, the header alone is {HEADER}", map.len())));
+            return Err(bad(format!(
+                "truncated: {} bytes, the header alone is {HEADER}",
+                map.len()
+            )));
         }
         if &map[..8] != MAGIC {
-            return Err(bad("not a weft token shard (bad magic; write one with `weft data tokenize`)".into()));
+            return Err(bad(
+                "not a weft token shard (bad magic; write one with `weft data tokenize`)".into(),
+            ));
         }
         let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(map[o..o + 8].try_into().unwrap());
@@ -53,7 +58,9 @@ impl TokenShard {
         }
         let width = u32_at(12) as usize;
         if width != 2 && width != 4 {
-            return Err(bad(format!("token width must be 2 (u16) or 4 (u32) bytes, header says {width}")));
+            return Err(bad(format!(
+                "token width must be 2 (u16) or 4 (u32) bytes, header says {width}"
+            )));
         }
         let (vocab, len) = (u64_at(16), u64_at(24) as usize);
         if width == 2 && vocab > 1 << 16 {
@@ -66,9 +73,20 @@ impl TokenShard {
                 map.len()
             )));
         }
-        let shard = TokenShard { path: path.to_path_buf(), map, width, vocab, len };
-        if let Some((i, id)) = (0..len).map(|i| (i, shard.get(i))).find(|&(_, id)| id as u64 >= vocab) {
-            return Err(bad(format!("token {i} is {id}, outside the vocabulary of {vocab}")));
+        let shard = TokenShard {
+            path: path.to_path_buf(),
+            map,
+            width,
+            vocab,
+            len,
+        };
+        if let Some((i, id)) = (0..len)
+            .map(|i| (i, shard.get(i)))
+            .find(|&(_, id)| id as u64 >= vocab)
+        {
+            return Err(bad(format!(
+                "token {i} is {id}, outside the vocabulary of {vocab}"
+            )));
         }
         Ok(shard)
     }
@@ -136,7 +154,10 @@ impl Tokens {
         if shard.vocab > vocab as u64 {
             return Err(Error::data(
                 path,
-                format!("vocabulary {} is larger than model.vocab_size = {vocab}", shard.vocab),
+                format!(
+                    "vocabulary {} is larger than model.vocab_size = {vocab}",
+                    shard.vocab
+                ),
             ));
         }
         let split_at = shard.len - (shard.len as f64 * val_fraction) as usize;
@@ -144,16 +165,26 @@ impl Tokens {
         if split_at < need || (val_fraction > 0.0 && shard.len - split_at < need) {
             return Err(Error::data(
                 path,
-                format!("{} tokens are too few for windows of {need} in both splits", shard.len),
+                format!(
+                    "{} tokens are too few for windows of {need} in both splits",
+                    shard.len
+                ),
             ));
         }
-        Ok(Tokens { shard, seq_len, seed, split_at })
+        Ok(Tokens {
+            shard,
+            seq_len,
+            seed,
+            split_at,
+        })
     }
 
     fn window(&self, split: Split, index: u64) -> usize {
         let need = self.seq_len + 1;
         match split {
-            Split::Train => sample_rng(self.seed, Stream::Content, index).random_range(0..=self.split_at - need),
+            Split::Train => {
+                sample_rng(self.seed, Stream::Content, index).random_range(0..=self.split_at - need)
+            }
             Split::Val => {
                 let n = ((self.shard.len - self.split_at) / need).max(1) as u64;
                 self.split_at + (index % n) as usize * need
@@ -168,8 +199,10 @@ impl Source for Tokens {
         let mut b = TokenBatch::default();
         for &i in indices {
             let s = self.window(split, i);
-            b.ids.extend((s..s + self.seq_len).map(|j| self.shard.get(j) as i32));
-            b.targets.extend((s + 1..s + 1 + self.seq_len).map(|j| self.shard.get(j) as i32));
+            b.ids
+                .extend((s..s + self.seq_len).map(|j| self.shard.get(j) as i32));
+            b.targets
+                .extend((s + 1..s + 1 + self.seq_len).map(|j| self.shard.get(j) as i32));
         }
         Ok(b)
     }

@@ -18,9 +18,7 @@ use super::{at, pair, r, w, Alloc};
 use crate::layout::{Init, Layout, Role};
 use crate::Result;
 use std::ops::Range;
-use weft_kernels::{
-    AttnDims, Backend, MatmulDims, ModDims, NormDims, Ops, RopeDims, SwigluDims,
-};
+use weft_kernels::{AttnDims, Backend, MatmulDims, ModDims, NormDims, Ops, RopeDims, SwigluDims};
 
 /// The MLP's nonlinearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +65,11 @@ impl BlockSpec {
             + super::linear_flops(n, self.nh * self.hd, c)
             + super::linear_flops(n, c, self.fc1_out())
             + super::linear_flops(n, self.hidden, c)
-            + if self.adaln { super::linear_flops(self.b, c, 6 * c) } else { 0.0 };
+            + if self.adaln {
+                super::linear_flops(self.b, c, 6 * c)
+            } else {
+                0.0
+            };
         // QKᵀ and PV: 2·2·T²·HD per head forward, ×3 for forward+backward (halved if causal).
         let mut attn = 12.0 * (self.b * self.nh * self.hd) as f64 * (self.t * self.t) as f64;
         if self.causal {
@@ -121,12 +123,23 @@ impl BlockParams {
             let p = format!("blocks.{i}");
             let (c, hd) = (s.c, s.hd);
             let fan = |n: usize| Init::Normal(1.0 / (n as f64).sqrt());
-            let resid = if s.adaln { 1.0 } else { 1.0 / (2.0 * depth as f64).sqrt() };
+            let resid = if s.adaln {
+                1.0
+            } else {
+                1.0 / (2.0 * depth as f64).sqrt()
+            };
             let vec = |l: &mut Layout, name: String, n: usize, init| l.add(name, &[n], Role::Vector, init);
             let norm1 = (!s.adaln).then(|| vec(l, format!("{p}.norm1.weight"), c, Init::Ones));
             let qkv_rows = (s.nh + 2 * s.nkv) * hd;
-            let qkv = l.add(format!("{p}.attn.qkv.weight"), &[qkv_rows, c], Role::Hidden, fan(c));
-            let qkv_b = s.bias.then(|| vec(l, format!("{p}.attn.qkv.bias"), qkv_rows, Init::Zeros));
+            let qkv = l.add(
+                format!("{p}.attn.qkv.weight"),
+                &[qkv_rows, c],
+                Role::Hidden,
+                fan(c),
+            );
+            let qkv_b = s
+                .bias
+                .then(|| vec(l, format!("{p}.attn.qkv.bias"), qkv_rows, Init::Zeros));
             let (q_norm, k_norm) = if s.qk_norm {
                 (
                     Some(vec(l, format!("{p}.attn.q_norm.weight"), hd, Init::Ones)),
@@ -138,16 +151,32 @@ impl BlockParams {
             let nq = s.nh * hd;
             let wo_init = Init::Normal(resid / (nq as f64).sqrt());
             let wo = l.add(format!("{p}.attn.out.weight"), &[c, nq], Role::Hidden, wo_init);
-            let bo = s.bias.then(|| vec(l, format!("{p}.attn.out.bias"), c, Init::Zeros));
+            let bo = s
+                .bias
+                .then(|| vec(l, format!("{p}.attn.out.bias"), c, Init::Zeros));
             let norm2 = (!s.adaln).then(|| vec(l, format!("{p}.norm2.weight"), c, Init::Ones));
             let f1 = s.fc1_out();
             let w1 = l.add(format!("{p}.mlp.fc1.weight"), &[f1, c], Role::Hidden, fan(c));
-            let b1 = s.bias.then(|| vec(l, format!("{p}.mlp.fc1.bias"), f1, Init::Zeros));
+            let b1 = s
+                .bias
+                .then(|| vec(l, format!("{p}.mlp.fc1.bias"), f1, Init::Zeros));
             let w2_init = Init::Normal(resid / (s.hidden as f64).sqrt());
-            let w2 = l.add(format!("{p}.mlp.fc2.weight"), &[c, s.hidden], Role::Hidden, w2_init);
-            let b2 = s.bias.then(|| vec(l, format!("{p}.mlp.fc2.bias"), c, Init::Zeros));
+            let w2 = l.add(
+                format!("{p}.mlp.fc2.weight"),
+                &[c, s.hidden],
+                Role::Hidden,
+                w2_init,
+            );
+            let b2 = s
+                .bias
+                .then(|| vec(l, format!("{p}.mlp.fc2.bias"), c, Init::Zeros));
             let (ada_w, ada_b) = if s.adaln {
-                let aw = l.add(format!("{p}.adaln.weight"), &[6 * c, c], Role::Hidden, Init::Zeros);
+                let aw = l.add(
+                    format!("{p}.adaln.weight"),
+                    &[6 * c, c],
+                    Role::Hidden,
+                    Init::Zeros,
+                );
                 let ab = l.add(format!("{p}.adaln.bias"), &[6 * c], Role::Vector, Init::Zeros);
                 (split(&aw, &[c * c; 6]), split(&ab, &[c; 6]))
             } else {
@@ -182,31 +211,31 @@ impl BlockParams {
 
 /// What forward keeps for backward (one per block, or one shared set when recomputing).
 pub struct BlockActs<B: Backend> {
-    ln1: Option<B::Buffer>,  // (B, T, C) LN(x) before modulation (adaln)
-    mean1: B::Buffer,        // (B·T)
-    rstd1: B::Buffer,        // (B·T)
-    h1: B::Buffer,           // (B, T, C) attention input
-    q: B::Buffer,            // (B, T, NH, HD)
-    k: B::Buffer,            // (B, T, NKV, HD)
-    v: B::Buffer,            // (B, T, NKV, HD)
-    qn: Option<B::Buffer>,   // (B, T, NH, HD) after QK-norm
-    kn: Option<B::Buffer>,   // (B, T, NKV, HD)
-    q_rstd: B::Buffer,       // (B·T·NH)
-    k_rstd: B::Buffer,       // (B·T·NKV)
-    qr: B::Buffer,           // (B, T, NH, HD) after RoPE
-    kr: B::Buffer,           // (B, T, NKV, HD)
-    att: B::Buffer,          // (B, T, NH, HD)
-    lse: B::Buffer,          // (B, NH, T)
-    y1: B::Buffer,           // (B, T, C) attention output projection
-    x_mid: B::Buffer,        // (B, T, C) residual after attention
-    ln2: Option<B::Buffer>,  // (B, T, C)
-    mean2: B::Buffer,        // (B·T)
-    rstd2: B::Buffer,        // (B·T)
-    h2: B::Buffer,           // (B, T, C) MLP input
-    f: B::Buffer,            // (B, T, F) or (B, T, 2F) for SwiGLU
-    a: B::Buffer,            // (B, T, F)
-    y2: B::Buffer,           // (B, T, C)
-    modv: Vec<B::Buffer>,    // 6 × (B, C) AdaLN chunks
+    ln1: Option<B::Buffer>, // (B, T, C) LN(x) before modulation (adaln)
+    mean1: B::Buffer,       // (B·T)
+    rstd1: B::Buffer,       // (B·T)
+    h1: B::Buffer,          // (B, T, C) attention input
+    q: B::Buffer,           // (B, T, NH, HD)
+    k: B::Buffer,           // (B, T, NKV, HD)
+    v: B::Buffer,           // (B, T, NKV, HD)
+    qn: Option<B::Buffer>,  // (B, T, NH, HD) after QK-norm
+    kn: Option<B::Buffer>,  // (B, T, NKV, HD)
+    q_rstd: B::Buffer,      // (B·T·NH)
+    k_rstd: B::Buffer,      // (B·T·NKV)
+    qr: B::Buffer,          // (B, T, NH, HD) after RoPE
+    kr: B::Buffer,          // (B, T, NKV, HD)
+    att: B::Buffer,         // (B, T, NH, HD)
+    lse: B::Buffer,         // (B, NH, T)
+    y1: B::Buffer,          // (B, T, C) attention output projection
+    x_mid: B::Buffer,       // (B, T, C) residual after attention
+    ln2: Option<B::Buffer>, // (B, T, C)
+    mean2: B::Buffer,       // (B·T)
+    rstd2: B::Buffer,       // (B·T)
+    h2: B::Buffer,          // (B, T, C) MLP input
+    f: B::Buffer,           // (B, T, F) or (B, T, 2F) for SwiGLU
+    a: B::Buffer,           // (B, T, F)
+    y2: B::Buffer,          // (B, T, C)
+    modv: Vec<B::Buffer>,   // 6 × (B, C) AdaLN chunks
 }
 
 impl<B: Backend> BlockActs<B> {
@@ -238,28 +267,30 @@ impl<B: Backend> BlockActs<B> {
             f: al.buf(n * s.fc1_out())?,
             a: al.buf(n * s.hidden)?,
             y2: al.buf(n * c)?,
-            modv: (0..if s.adaln { 6 } else { 0 }).map(|_| al.buf(s.b * c)).collect::<Result<_>>()?,
+            modv: (0..if s.adaln { 6 } else { 0 })
+                .map(|_| al.buf(s.b * c))
+                .collect::<Result<_>>()?,
         })
     }
 }
 
 /// Gradient scratch shared by all blocks (backward runs one block at a time).
 pub struct BlockGrads<B: Backend> {
-    d_h: B::Buffer,    // (B, T, C)
-    d_x: B::Buffer,    // (B, T, C)
-    d_tmp: B::Buffer,  // (B, T, C)
-    d_ln: B::Buffer,   // (B, T, C)
-    d_y: B::Buffer,    // (B, T, C)
-    dq: B::Buffer,     // (B, T, NH, HD)
-    dk: B::Buffer,     // (B, T, NKV, HD)
-    dv: B::Buffer,     // (B, T, NKV, HD)
-    dqr: B::Buffer,    // (B, T, NH, HD)
-    dkr: B::Buffer,    // (B, T, NKV, HD)
-    d_att: B::Buffer,  // (B, T, NH, HD)
-    d_f: B::Buffer,    // (B, T, F or 2F)
-    d_a: B::Buffer,    // (B, T, F)
+    d_h: B::Buffer,       // (B, T, C)
+    d_x: B::Buffer,       // (B, T, C)
+    d_tmp: B::Buffer,     // (B, T, C)
+    d_ln: B::Buffer,      // (B, T, C)
+    d_y: B::Buffer,       // (B, T, C)
+    dq: B::Buffer,        // (B, T, NH, HD)
+    dk: B::Buffer,        // (B, T, NKV, HD)
+    dv: B::Buffer,        // (B, T, NKV, HD)
+    dqr: B::Buffer,       // (B, T, NH, HD)
+    dkr: B::Buffer,       // (B, T, NKV, HD)
+    d_att: B::Buffer,     // (B, T, NH, HD)
+    d_f: B::Buffer,       // (B, T, F or 2F)
+    d_a: B::Buffer,       // (B, T, F)
     dmod: Vec<B::Buffer>, // 6 × (B, C)
-    d_c: B::Buffer,    // (B, C)
+    d_c: B::Buffer,       // (B, C)
 }
 
 impl<B: Backend> BlockGrads<B> {
@@ -340,19 +371,62 @@ impl Block {
         self.norm_forward(be, p, x_in, outs, &a.modv, 0)?;
         let h1 = r::<B>(&a.h1);
         let (nq, nk) = (s.nh * s.hd, s.nkv * s.hd);
-        be.matmul_forward(w::<B>(&mut a.q), h1, at(p, &bp.wq), opt(&bp.bq), MatmulDims::linear(n, c, nq))?;
-        be.matmul_forward(w::<B>(&mut a.k), h1, at(p, &bp.wk), opt(&bp.bk), MatmulDims::linear(n, c, nk))?;
-        be.matmul_forward(w::<B>(&mut a.v), h1, at(p, &bp.wv), opt(&bp.bv), MatmulDims::linear(n, c, nk))?;
+        be.matmul_forward(
+            w::<B>(&mut a.q),
+            h1,
+            at(p, &bp.wq),
+            opt(&bp.bq),
+            MatmulDims::linear(n, c, nq),
+        )?;
+        be.matmul_forward(
+            w::<B>(&mut a.k),
+            h1,
+            at(p, &bp.wk),
+            opt(&bp.bk),
+            MatmulDims::linear(n, c, nk),
+        )?;
+        be.matmul_forward(
+            w::<B>(&mut a.v),
+            h1,
+            at(p, &bp.wv),
+            opt(&bp.bv),
+            MatmulDims::linear(n, c, nk),
+        )?;
         if s.qk_norm {
             let (qn, kn) = (a.qn.as_mut().unwrap(), a.kn.as_mut().unwrap());
-            let dq = NormDims { n: n * s.nh, c: s.hd, eps: s.eps };
-            let dk = NormDims { n: n * s.nkv, c: s.hd, eps: s.eps };
-            be.rmsnorm_forward(w::<B>(qn), w::<B>(&mut a.q_rstd), r::<B>(&a.q), opt(&bp.q_norm), dq)?;
-            be.rmsnorm_forward(w::<B>(kn), w::<B>(&mut a.k_rstd), r::<B>(&a.k), opt(&bp.k_norm), dk)?;
+            let dq = NormDims {
+                n: n * s.nh,
+                c: s.hd,
+                eps: s.eps,
+            };
+            let dk = NormDims {
+                n: n * s.nkv,
+                c: s.hd,
+                eps: s.eps,
+            };
+            be.rmsnorm_forward(
+                w::<B>(qn),
+                w::<B>(&mut a.q_rstd),
+                r::<B>(&a.q),
+                opt(&bp.q_norm),
+                dq,
+            )?;
+            be.rmsnorm_forward(
+                w::<B>(kn),
+                w::<B>(&mut a.k_rstd),
+                r::<B>(&a.k),
+                opt(&bp.k_norm),
+                dk,
+            )?;
         }
         let qn = r::<B>(a.qn.as_ref().unwrap_or(&a.q));
         let kn = r::<B>(a.kn.as_ref().unwrap_or(&a.k));
-        let rq = RopeDims { b: s.b, t: s.t, h: s.nh, hd: s.hd };
+        let rq = RopeDims {
+            b: s.b,
+            t: s.t,
+            h: s.nh,
+            hd: s.hd,
+        };
         let rk = RopeDims { h: s.nkv, ..rq };
         be.rope_forward(w::<B>(&mut a.qr), qn, sh.cos, sh.sin, rq)?;
         be.rope_forward(w::<B>(&mut a.kr), kn, sh.cos, sh.sin, rk)?;
@@ -392,11 +466,20 @@ impl Block {
         be: &B,
         p: B::Ref<'_>,
         x: B::Ref<'_>,
-        (ln, mean, rstd, h): (Option<&mut B::Buffer>, &mut B::Buffer, &mut B::Buffer, &mut B::Buffer),
+        (ln, mean, rstd, h): (
+            Option<&mut B::Buffer>,
+            &mut B::Buffer,
+            &mut B::Buffer,
+            &mut B::Buffer,
+        ),
         modv: &[B::Buffer],
         which: usize,
     ) -> Result<()> {
-        let gain = if which == 0 { &self.params.norm1 } else { &self.params.norm2 };
+        let gain = if which == 0 {
+            &self.params.norm1
+        } else {
+            &self.params.norm2
+        };
         if self.spec.adaln {
             let ln = ln.expect("adaln keeps LN(x)");
             be.layernorm_forward(w::<B>(ln), w::<B>(mean), w::<B>(rstd), x, None, None, self.norm())?;
@@ -452,7 +535,15 @@ impl Block {
         let dy2 = self.residual_backward(be, dres, &mut g.d_y, &mut g.dmod, r::<B>(&a.y2), a, 5)?;
         let (dw, db) = pair(B::rb(&mut dp), &bp.w2, bp.b2.as_ref());
         let d = MatmulDims::linear(n, s.hidden, c);
-        be.matmul_backward(Some(w::<B>(&mut g.d_a)), Some(dw), db, r::<B>(dy2), r::<B>(&a.a), at(p, &bp.w2), d)?;
+        be.matmul_backward(
+            Some(w::<B>(&mut g.d_a)),
+            Some(dw),
+            db,
+            r::<B>(dy2),
+            r::<B>(&a.a),
+            at(p, &bp.w2),
+            d,
+        )?;
         match s.mlp {
             Mlp::Gelu => be.gelu_backward(w::<B>(&mut g.d_f), r::<B>(&g.d_a), r::<B>(&a.f), n * s.hidden)?,
             Mlp::Swiglu => be.swiglu_backward(
@@ -464,14 +555,30 @@ impl Block {
         }
         let (dw, db) = pair(B::rb(&mut dp), &bp.w1, bp.b1.as_ref());
         let d = MatmulDims::linear(n, c, s.fc1_out());
-        be.matmul_backward(Some(w::<B>(&mut g.d_h)), Some(dw), db, r::<B>(&g.d_f), r::<B>(&a.h2), at(p, &bp.w1), d)?;
+        be.matmul_backward(
+            Some(w::<B>(&mut g.d_h)),
+            Some(dw),
+            db,
+            r::<B>(&g.d_f),
+            r::<B>(&a.h2),
+            at(p, &bp.w1),
+            d,
+        )?;
         self.norm_backward(be, p, B::rb(&mut dp), r::<B>(&a.x_mid), a, g, 1)?;
         be.accumulate(w::<B>(dres), r::<B>(&g.d_x), n * c)?;
         // Attention branch: x' = x + gate1·Attn(h).
         let dy1 = self.residual_backward(be, dres, &mut g.d_y, &mut g.dmod, r::<B>(&a.y1), a, 2)?;
         let (dw, db) = pair(B::rb(&mut dp), &bp.wo, bp.bo.as_ref());
         let d = MatmulDims::linear(n, nq, c);
-        be.matmul_backward(Some(w::<B>(&mut g.d_att)), Some(dw), db, r::<B>(dy1), r::<B>(&a.att), at(p, &bp.wo), d)?;
+        be.matmul_backward(
+            Some(w::<B>(&mut g.d_att)),
+            Some(dw),
+            db,
+            r::<B>(dy1),
+            r::<B>(&a.att),
+            at(p, &bp.wo),
+            d,
+        )?;
         be.attention_backward(
             w::<B>(&mut g.dqr),
             w::<B>(&mut g.dkr),
@@ -484,32 +591,81 @@ impl Block {
             r::<B>(&a.lse),
             self.attn(),
         )?;
-        let rq = RopeDims { b: s.b, t: s.t, h: s.nh, hd: s.hd };
+        let rq = RopeDims {
+            b: s.b,
+            t: s.t,
+            h: s.nh,
+            hd: s.hd,
+        };
         let rk = RopeDims { h: s.nkv, ..rq };
         // RoPE backward into the pre-rope gradient; with QK-norm that is d(qn), and the norm's
         // backward then writes d(q) into `dq` (the rope output buffers are free again).
         if s.qk_norm {
             be.rope_backward(w::<B>(&mut g.dq), r::<B>(&g.dqr), sh.cos, sh.sin, rq)?;
             be.rope_backward(w::<B>(&mut g.dk), r::<B>(&g.dkr), sh.cos, sh.sin, rk)?;
-            let dqd = NormDims { n: n * s.nh, c: s.hd, eps: s.eps };
-            let dkd = NormDims { n: n * s.nkv, c: s.hd, eps: s.eps };
+            let dqd = NormDims {
+                n: n * s.nh,
+                c: s.hd,
+                eps: s.eps,
+            };
+            let dkd = NormDims {
+                n: n * s.nkv,
+                c: s.hd,
+                eps: s.eps,
+            };
             let gq = bp.q_norm.as_ref().map(|r| at(B::rb(&mut dp), r));
-            be.rmsnorm_backward(w::<B>(&mut g.dqr), gq, r::<B>(&g.dq), r::<B>(&a.q), opt(&bp.q_norm), r::<B>(&a.q_rstd), dqd)?;
+            be.rmsnorm_backward(
+                w::<B>(&mut g.dqr),
+                gq,
+                r::<B>(&g.dq),
+                r::<B>(&a.q),
+                opt(&bp.q_norm),
+                r::<B>(&a.q_rstd),
+                dqd,
+            )?;
             let gk = bp.k_norm.as_ref().map(|r| at(B::rb(&mut dp), r));
-            be.rmsnorm_backward(w::<B>(&mut g.dkr), gk, r::<B>(&g.dk), r::<B>(&a.k), opt(&bp.k_norm), r::<B>(&a.k_rstd), dkd)?;
+            be.rmsnorm_backward(
+                w::<B>(&mut g.dkr),
+                gk,
+                r::<B>(&g.dk),
+                r::<B>(&a.k),
+                opt(&bp.k_norm),
+                r::<B>(&a.k_rstd),
+                dkd,
+            )?;
         } else {
             be.rope_backward(w::<B>(&mut g.dq), r::<B>(&g.dqr), sh.cos, sh.sin, rq)?;
             be.rope_backward(w::<B>(&mut g.dk), r::<B>(&g.dkr), sh.cos, sh.sin, rk)?;
         }
         // d(q), d(k) now sit in `dqr`/`dkr` (QK-norm) or `dq`/`dk` (no QK-norm).
-        let (dq, dk) = if s.qk_norm { (&g.dqr, &g.dkr) } else { (&g.dq, &g.dk) };
+        let (dq, dk) = if s.qk_norm {
+            (&g.dqr, &g.dkr)
+        } else {
+            (&g.dq, &g.dk)
+        };
         let h1 = r::<B>(&a.h1);
         let (dw, db) = pair(B::rb(&mut dp), &bp.wq, bp.bq.as_ref());
-        be.matmul_backward(Some(w::<B>(&mut g.d_h)), Some(dw), db, r::<B>(dq), h1, at(p, &bp.wq), MatmulDims::linear(n, c, nq))?;
+        be.matmul_backward(
+            Some(w::<B>(&mut g.d_h)),
+            Some(dw),
+            db,
+            r::<B>(dq),
+            h1,
+            at(p, &bp.wq),
+            MatmulDims::linear(n, c, nq),
+        )?;
         for (dsrc, wr, br) in [(dk, &bp.wk, &bp.bk), (&g.dv, &bp.wv, &bp.bv)] {
             let (dw, db) = pair(B::rb(&mut dp), wr, br.as_ref());
             let d = MatmulDims::linear(n, c, nk);
-            be.matmul_backward(Some(w::<B>(&mut g.d_tmp)), Some(dw), db, r::<B>(dsrc), h1, at(p, wr), d)?;
+            be.matmul_backward(
+                Some(w::<B>(&mut g.d_tmp)),
+                Some(dw),
+                db,
+                r::<B>(dsrc),
+                h1,
+                at(p, wr),
+                d,
+            )?;
             be.accumulate(w::<B>(&mut g.d_h), r::<B>(&g.d_tmp), n * c)?;
         }
         self.norm_backward(be, p, B::rb(&mut dp), x_in, a, g, 0)?;
@@ -522,13 +678,22 @@ impl Block {
                 let (dw, db) = pair(B::rb(&mut dp), &bp.ada_w[i], Some(&bp.ada_b[i]));
                 let d = MatmulDims::linear(s.b, c, c);
                 let dm = r::<B>(&g.dmod[i]);
-                be.matmul_backward(Some(w::<B>(&mut g.d_c)), Some(dw), db, dm, cond, at(p, &bp.ada_w[i]), d)?;
+                be.matmul_backward(
+                    Some(w::<B>(&mut g.d_c)),
+                    Some(dw),
+                    db,
+                    dm,
+                    cond,
+                    at(p, &bp.ada_w[i]),
+                    d,
+                )?;
                 be.accumulate(w::<B>(dcond), r::<B>(&g.d_c), s.b * c)?;
             }
         }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// Backward of `out = x + gate·y`: returns the buffer holding `dy` (`dres` itself when
     /// there is no gate); `dgate` goes to `dmod[chunk]`. `dres` (= d x) is unchanged.
     fn residual_backward<'g, B: Ops>(
@@ -545,7 +710,14 @@ impl Block {
             return Ok(dres);
         }
         let gate = r::<B>(&a.modv[chunk]);
-        be.gate_backward(w::<B>(d_y), w::<B>(&mut dmod[chunk]), r::<B>(dres), gate, y, self.moddims())?;
+        be.gate_backward(
+            w::<B>(d_y),
+            w::<B>(&mut dmod[chunk]),
+            r::<B>(dres),
+            gate,
+            y,
+            self.moddims(),
+        )?;
         Ok(d_y)
     }
 
@@ -571,7 +743,15 @@ impl Block {
             let scale = r::<B>(&a.modv[3 * which + 1]);
             let (dsh, rest) = g.dmod.split_at_mut(3 * which + 1);
             let (dshift, dscale) = (&mut dsh[3 * which], &mut rest[0]);
-            be.modulate_backward(w::<B>(&mut g.d_ln), w::<B>(dshift), w::<B>(dscale), r::<B>(&g.d_h), ln, scale, self.moddims())?;
+            be.modulate_backward(
+                w::<B>(&mut g.d_ln),
+                w::<B>(dshift),
+                w::<B>(dscale),
+                r::<B>(&g.d_h),
+                ln,
+                scale,
+                self.moddims(),
+            )?;
             be.layernorm_backward(
                 w::<B>(&mut g.d_x),
                 None,
@@ -586,7 +766,15 @@ impl Block {
         } else {
             let gr = gain.as_ref().expect("RMSNorm blocks have gains");
             let dgain = at(B::rb(&mut dp), gr);
-            be.rmsnorm_backward(w::<B>(&mut g.d_x), Some(dgain), r::<B>(&g.d_h), x, Some(at(p, gr)), r::<B>(rstd), self.norm())?;
+            be.rmsnorm_backward(
+                w::<B>(&mut g.d_x),
+                Some(dgain),
+                r::<B>(&g.d_h),
+                x,
+                Some(at(p, gr)),
+                r::<B>(rstd),
+                self.norm(),
+            )?;
         }
         Ok(())
     }

@@ -48,7 +48,11 @@ pub struct DitBatch {
 /// EDM-style scalings `(c_in, c_skip, c_out)` of the velocity parametrization at time `t`.
 pub fn precondition(t: f64, sigma: f64) -> (f64, f64, f64) {
     let var = (1.0 - t).powi(2) * sigma * sigma + t * t;
-    (1.0 / var.sqrt(), (t - (1.0 - t) * sigma * sigma) / var, sigma / var.sqrt())
+    (
+        1.0 / var.sqrt(),
+        (t - (1.0 - t) * sigma * sigma) / var,
+        sigma / var.sqrt(),
+    )
 }
 
 struct DitParams {
@@ -67,28 +71,28 @@ struct DitParams {
 }
 
 struct DitActs<B: Backend> {
-    x: B::Buffer,       // (B, T, H, W, C)
-    tokens: B::Buffer,  // (B, N, P)
-    t: B::Buffer,       // (B) timesteps × T_SCALE
-    tf: B::Buffer,      // (B, FREQ_DIM)
-    t1: B::Buffer,      // (B, C)
-    t2: B::Buffer,      // (B, C) silu(t1)
-    temb: B::Buffer,    // (B, C)
-    ids: B::Buffer,     // (B) i32
-    yemb: B::Buffer,    // (B, C)
-    text: Option<B::Buffer>, // (B, E)
+    x: B::Buffer,                // (B, T, H, W, C)
+    tokens: B::Buffer,           // (B, N, P)
+    t: B::Buffer,                // (B) timesteps × T_SCALE
+    tf: B::Buffer,               // (B, FREQ_DIM)
+    t1: B::Buffer,               // (B, C)
+    t2: B::Buffer,               // (B, C) silu(t1)
+    temb: B::Buffer,             // (B, C)
+    ids: B::Buffer,              // (B) i32
+    yemb: B::Buffer,             // (B, C)
+    text: Option<B::Buffer>,     // (B, E)
     temb_txt: Option<B::Buffer>, // (B, C)
-    c: B::Buffer,       // (B, C)
-    silu_c: B::Buffer,  // (B, C)
-    fmod: [B::Buffer; 2], // (B, C) final shift, scale
-    lnf: B::Buffer,     // (B, N, C)
-    meanf: B::Buffer,   // (B·N)
-    rstdf: B::Buffer,   // (B·N)
-    hf: B::Buffer,      // (B, N, C)
-    out: B::Buffer,     // (B, N, P)
-    pred: B::Buffer,    // (B, T, H, W, C)
-    target: B::Buffer,  // (B, T, H, W, C)
-    loss: B::Buffer,    // (1)
+    c: B::Buffer,                // (B, C)
+    silu_c: B::Buffer,           // (B, C)
+    fmod: [B::Buffer; 2],        // (B, C) final shift, scale
+    lnf: B::Buffer,              // (B, N, C)
+    meanf: B::Buffer,            // (B·N)
+    rstdf: B::Buffer,            // (B·N)
+    hf: B::Buffer,               // (B, N, C)
+    out: B::Buffer,              // (B, N, P)
+    pred: B::Buffer,             // (B, T, H, W, C)
+    target: B::Buffer,           // (B, T, H, W, C)
+    loss: B::Buffer,             // (1)
 }
 
 struct DitGrads<B: Backend> {
@@ -99,11 +103,11 @@ struct DitGrads<B: Backend> {
     dres: B::Buffer,  // (B, N, C)
     dfmod: [B::Buffer; 2],
     dsilu_c: B::Buffer, // (B, C)
-    dc: B::Buffer,    // (B, C)
-    dtmp: B::Buffer,  // (B, C)
-    dt2: B::Buffer,   // (B, C)
-    dt1: B::Buffer,   // (B, C)
-    dloss: B::Buffer, // (1)
+    dc: B::Buffer,      // (B, C)
+    dtmp: B::Buffer,    // (B, C)
+    dt2: B::Buffer,     // (B, C)
+    dt1: B::Buffer,     // (B, C)
+    dloss: B::Buffer,   // (1)
 }
 
 /// The DiT for one micro-batch size.
@@ -128,7 +132,16 @@ impl<B: Ops> Dit<B> {
     fn spec(cfg: &DitConfig, b: usize) -> (BlockSpec, PatchDims) {
         let [t, h, wd, c] = cfg.latent;
         let [pt, ph, pw] = cfg.patch;
-        let pd = PatchDims { b, t, h, w: wd, c, pt, ph, pw };
+        let pd = PatchDims {
+            b,
+            t,
+            h,
+            w: wd,
+            c,
+            pt,
+            ph,
+            pw,
+        };
         let hd = cfg.width / cfg.heads;
         let spec = BlockSpec {
             b,
@@ -155,11 +168,21 @@ impl<B: Ops> Dit<B> {
         let fan = |n: usize| Init::Normal(1.0 / (n as f64).sqrt());
         let x_w = l.add("x_embed.weight", &[c, pdim], Role::Embedding, fan(pdim));
         let x_b = l.add("x_embed.bias", &[c], Role::Vector, Init::Zeros);
-        let t1_w = l.add("t_embed.fc1.weight", &[c, FREQ_DIM], Role::Embedding, fan(FREQ_DIM));
+        let t1_w = l.add(
+            "t_embed.fc1.weight",
+            &[c, FREQ_DIM],
+            Role::Embedding,
+            fan(FREQ_DIM),
+        );
         let t1_b = l.add("t_embed.fc1.bias", &[c], Role::Vector, Init::Zeros);
         let t2_w = l.add("t_embed.fc2.weight", &[c, c], Role::Hidden, fan(c));
         let t2_b = l.add("t_embed.fc2.bias", &[c], Role::Vector, Init::Zeros);
-        let y_table = l.add("y_embed.table", &[cfg.num_classes + 1, c], Role::Embedding, Init::Normal(0.02));
+        let y_table = l.add(
+            "y_embed.table",
+            &[cfg.num_classes + 1, c],
+            Role::Embedding,
+            Init::Normal(0.02),
+        );
         let text = (cfg.text_dim > 0).then(|| {
             let e = cfg.text_dim;
             (
@@ -168,7 +191,10 @@ impl<B: Ops> Dit<B> {
             )
         });
         let blocks = (0..cfg.depth)
-            .map(|i| Block { spec, params: BlockParams::register(&mut l, i, &spec, cfg.depth) })
+            .map(|i| Block {
+                spec,
+                params: BlockParams::register(&mut l, i, &spec, cfg.depth),
+            })
             .collect();
         let fw = l.add("final.adaln.weight", &[2 * c, c], Role::Hidden, Init::Zeros);
         let fb = l.add("final.adaln.bias", &[2 * c], Role::Vector, Init::Zeros);
@@ -247,7 +273,17 @@ impl<B: Ops> Dit<B> {
             dt1: bc()?,
             dloss: al.buf(1)?,
         };
-        Ok(Dit { cfg: cfg.clone(), layout, p, pd, b, trunk, a, g, has_target: false })
+        Ok(Dit {
+            cfg: cfg.clone(),
+            layout,
+            p,
+            pd,
+            b,
+            trunk,
+            a,
+            g,
+            has_target: false,
+        })
     }
 
     /// Values per clip `T·H·W·C`.
@@ -280,13 +316,33 @@ impl<B: Ops> Dit<B> {
         upload_f64(be, &ts, w::<B>(&mut a.t))?;
         be.upload((&batch.class).into(), w::<B>(&mut a.ids))?;
         // Conditioning c (B, C).
-        let td = TimestepDims { n: b, dim: FREQ_DIM, max_period: 10000.0 };
+        let td = TimestepDims {
+            n: b,
+            dim: FREQ_DIM,
+            max_period: 10000.0,
+        };
         be.timestep_embedding_forward(w::<B>(&mut a.tf), r::<B>(&a.t), td)?;
         let lin = |rows, i, o| MatmulDims::linear(rows, i, o);
-        be.matmul_forward(w::<B>(&mut a.t1), r::<B>(&a.tf), at(p, &pr.t1_w), Some(at(p, &pr.t1_b)), lin(b, FREQ_DIM, c))?;
+        be.matmul_forward(
+            w::<B>(&mut a.t1),
+            r::<B>(&a.tf),
+            at(p, &pr.t1_w),
+            Some(at(p, &pr.t1_b)),
+            lin(b, FREQ_DIM, c),
+        )?;
         be.silu_forward(w::<B>(&mut a.t2), r::<B>(&a.t1), b * c)?;
-        be.matmul_forward(w::<B>(&mut a.temb), r::<B>(&a.t2), at(p, &pr.t2_w), Some(at(p, &pr.t2_b)), lin(b, c, c))?;
-        let ed = EmbeddingDims { n: b, v: self.cfg.num_classes + 1, c };
+        be.matmul_forward(
+            w::<B>(&mut a.temb),
+            r::<B>(&a.t2),
+            at(p, &pr.t2_w),
+            Some(at(p, &pr.t2_b)),
+            lin(b, c, c),
+        )?;
+        let ed = EmbeddingDims {
+            n: b,
+            v: self.cfg.num_classes + 1,
+            c,
+        };
         be.embedding_forward(w::<B>(&mut a.yemb), r::<B>(&a.ids), at(p, &pr.y_table), ed)?;
         be.add_forward(w::<B>(&mut a.c), r::<B>(&a.temb), r::<B>(&a.yemb), b * c)?;
         if let (Some((tw, tb)), Some(text), Some(te)) = (&pr.text, a.text.as_mut(), a.temb_txt.as_mut()) {
@@ -303,20 +359,56 @@ impl<B: Ops> Dit<B> {
         // Patch embedding into the trunk.
         be.patchify_forward(w::<B>(&mut a.tokens), r::<B>(&a.x), pd)?;
         let d = lin(b * n, pd.token_dim(), c);
-        be.matmul_forward(self.trunk.input_mut(), r::<B>(&a.tokens), at(p, &pr.x_w), Some(at(p, &pr.x_b)), d)?;
+        be.matmul_forward(
+            self.trunk.input_mut(),
+            r::<B>(&a.tokens),
+            at(p, &pr.x_w),
+            Some(at(p, &pr.x_b)),
+            d,
+        )?;
         self.trunk.forward(be, p, Some(r::<B>(&a.silu_c)))?;
         // Final AdaLN + linear + unpatchify.
         for i in 0..2 {
             let (wr, br) = (&pr.f_ada_w[i], &pr.f_ada_b[i]);
-            be.matmul_forward(w::<B>(&mut a.fmod[i]), r::<B>(&a.silu_c), at(p, wr), Some(at(p, br)), lin(b, c, c))?;
+            be.matmul_forward(
+                w::<B>(&mut a.fmod[i]),
+                r::<B>(&a.silu_c),
+                at(p, wr),
+                Some(at(p, br)),
+                lin(b, c, c),
+            )?;
         }
-        let nd = NormDims { n: b * n, c, eps: 1e-6 };
+        let nd = NormDims {
+            n: b * n,
+            c,
+            eps: 1e-6,
+        };
         let x_l = self.trunk.output();
-        be.layernorm_forward(w::<B>(&mut a.lnf), w::<B>(&mut a.meanf), w::<B>(&mut a.rstdf), x_l, None, None, nd)?;
+        be.layernorm_forward(
+            w::<B>(&mut a.lnf),
+            w::<B>(&mut a.meanf),
+            w::<B>(&mut a.rstdf),
+            x_l,
+            None,
+            None,
+            nd,
+        )?;
         let md = ModDims::new(b, n, c);
-        be.modulate_forward(w::<B>(&mut a.hf), r::<B>(&a.lnf), r::<B>(&a.fmod[0]), r::<B>(&a.fmod[1]), md)?;
+        be.modulate_forward(
+            w::<B>(&mut a.hf),
+            r::<B>(&a.lnf),
+            r::<B>(&a.fmod[0]),
+            r::<B>(&a.fmod[1]),
+            md,
+        )?;
         let d = lin(b * n, c, pd.token_dim());
-        be.matmul_forward(w::<B>(&mut a.out), r::<B>(&a.hf), at(p, &pr.f_w), Some(at(p, &pr.f_b)), d)?;
+        be.matmul_forward(
+            w::<B>(&mut a.out),
+            r::<B>(&a.hf),
+            at(p, &pr.f_w),
+            Some(at(p, &pr.f_b)),
+            d,
+        )?;
         be.unpatchify_forward(w::<B>(&mut a.pred), r::<B>(&a.out), pd)?;
         Ok(())
     }
@@ -353,32 +445,95 @@ impl<B: Ops> Model<B> for Dit<B> {
         let lin = |rows, i, o| MatmulDims::linear(rows, i, o);
         be.fill(w::<B>(&mut g.dloss), dloss as f32, 1)?;
         let numel = pd.numel();
-        be.mse_backward(w::<B>(&mut g.dpred), r::<B>(&g.dloss), r::<B>(&a.pred), r::<B>(&a.target), numel)?;
+        be.mse_backward(
+            w::<B>(&mut g.dpred),
+            r::<B>(&g.dloss),
+            r::<B>(&a.pred),
+            r::<B>(&a.target),
+            numel,
+        )?;
         be.unpatchify_backward(w::<B>(&mut g.dout), r::<B>(&g.dpred), pd)?;
         let (dw, db) = pair(B::rb(&mut dp), &pr.f_w, Some(&pr.f_b));
         let d = lin(b * n, c, pd.token_dim());
-        be.matmul_backward(Some(w::<B>(&mut g.dhf)), Some(dw), db, r::<B>(&g.dout), r::<B>(&a.hf), at(p, &pr.f_w), d)?;
+        be.matmul_backward(
+            Some(w::<B>(&mut g.dhf)),
+            Some(dw),
+            db,
+            r::<B>(&g.dout),
+            r::<B>(&a.hf),
+            at(p, &pr.f_w),
+            d,
+        )?;
         let md = ModDims::new(b, n, c);
         let [ds, dsc] = &mut g.dfmod;
-        be.modulate_backward(w::<B>(&mut g.dlnf), w::<B>(ds), w::<B>(dsc), r::<B>(&g.dhf), r::<B>(&a.lnf), r::<B>(&a.fmod[1]), md)?;
-        let nd = NormDims { n: b * n, c, eps: 1e-6 };
+        be.modulate_backward(
+            w::<B>(&mut g.dlnf),
+            w::<B>(ds),
+            w::<B>(dsc),
+            r::<B>(&g.dhf),
+            r::<B>(&a.lnf),
+            r::<B>(&a.fmod[1]),
+            md,
+        )?;
+        let nd = NormDims {
+            n: b * n,
+            c,
+            eps: 1e-6,
+        };
         let x_l = self.trunk.output();
-        be.layernorm_backward(w::<B>(&mut g.dres), None, None, r::<B>(&g.dlnf), x_l, None, r::<B>(&a.meanf), r::<B>(&a.rstdf), nd)?;
+        be.layernorm_backward(
+            w::<B>(&mut g.dres),
+            None,
+            None,
+            r::<B>(&g.dlnf),
+            x_l,
+            None,
+            r::<B>(&a.meanf),
+            r::<B>(&a.rstdf),
+            nd,
+        )?;
         be.fill(w::<B>(&mut g.dsilu_c), 0.0, b * c)?;
         for i in 0..2 {
             let (dw, db) = pair(B::rb(&mut dp), &pr.f_ada_w[i], Some(&pr.f_ada_b[i]));
             let wr = at(p, &pr.f_ada_w[i]);
-            be.matmul_backward(Some(w::<B>(&mut g.dtmp)), Some(dw), db, r::<B>(&g.dfmod[i]), r::<B>(&a.silu_c), wr, lin(b, c, c))?;
+            be.matmul_backward(
+                Some(w::<B>(&mut g.dtmp)),
+                Some(dw),
+                db,
+                r::<B>(&g.dfmod[i]),
+                r::<B>(&a.silu_c),
+                wr,
+                lin(b, c, c),
+            )?;
             be.accumulate(w::<B>(&mut g.dsilu_c), r::<B>(&g.dtmp), b * c)?;
         }
-        self.trunk.backward(be, p, B::rb(&mut dp), &mut g.dres, Some(r::<B>(&a.silu_c)), Some(&mut g.dsilu_c))?;
+        self.trunk.backward(
+            be,
+            p,
+            B::rb(&mut dp),
+            &mut g.dres,
+            Some(r::<B>(&a.silu_c)),
+            Some(&mut g.dsilu_c),
+        )?;
         // Patch embedding (the input itself needs no gradient).
         let (dw, db) = pair(B::rb(&mut dp), &pr.x_w, Some(&pr.x_b));
         let d = lin(b * n, pd.token_dim(), c);
-        be.matmul_backward(None, Some(dw), db, r::<B>(&g.dres), r::<B>(&a.tokens), at(p, &pr.x_w), d)?;
+        be.matmul_backward(
+            None,
+            Some(dw),
+            db,
+            r::<B>(&g.dres),
+            r::<B>(&a.tokens),
+            at(p, &pr.x_w),
+            d,
+        )?;
         // Conditioning: c = temb + yemb (+ text).
         be.silu_backward(w::<B>(&mut g.dc), r::<B>(&g.dsilu_c), r::<B>(&a.c), b * c)?;
-        let ed = EmbeddingDims { n: b, v: self.cfg.num_classes + 1, c };
+        let ed = EmbeddingDims {
+            n: b,
+            v: self.cfg.num_classes + 1,
+            c,
+        };
         be.embedding_backward(at(B::rb(&mut dp), &pr.y_table), r::<B>(&g.dc), r::<B>(&a.ids), ed)?;
         if let (Some((tw, tb)), Some(text)) = (&pr.text, a.text.as_ref()) {
             let (dw, db) = pair(B::rb(&mut dp), tw, Some(tb));
@@ -386,10 +541,26 @@ impl<B: Ops> Model<B> for Dit<B> {
             be.matmul_backward(None, Some(dw), db, r::<B>(&g.dc), r::<B>(text), at(p, tw), d)?;
         }
         let (dw, db) = pair(B::rb(&mut dp), &pr.t2_w, Some(&pr.t2_b));
-        be.matmul_backward(Some(w::<B>(&mut g.dt2)), Some(dw), db, r::<B>(&g.dc), r::<B>(&a.t2), at(p, &pr.t2_w), lin(b, c, c))?;
+        be.matmul_backward(
+            Some(w::<B>(&mut g.dt2)),
+            Some(dw),
+            db,
+            r::<B>(&g.dc),
+            r::<B>(&a.t2),
+            at(p, &pr.t2_w),
+            lin(b, c, c),
+        )?;
         be.silu_backward(w::<B>(&mut g.dt1), r::<B>(&g.dt2), r::<B>(&a.t1), b * c)?;
         let (dw, db) = pair(B::rb(&mut dp), &pr.t1_w, Some(&pr.t1_b));
-        be.matmul_backward(None, Some(dw), db, r::<B>(&g.dt1), r::<B>(&a.tf), at(p, &pr.t1_w), lin(b, FREQ_DIM, c))?;
+        be.matmul_backward(
+            None,
+            Some(dw),
+            db,
+            r::<B>(&g.dt1),
+            r::<B>(&a.tf),
+            at(p, &pr.t1_w),
+            lin(b, FREQ_DIM, c),
+        )?;
         Ok(())
     }
 

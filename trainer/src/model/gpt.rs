@@ -26,7 +26,8 @@ pub struct TokenBatch {
 
 /// SwiGLU hidden size: configured, or `8/3·C` rounded up to a multiple of 64.
 pub fn mlp_hidden(cfg: &GptConfig) -> usize {
-    cfg.mlp_hidden.unwrap_or_else(|| (8 * cfg.width / 3).div_ceil(64) * 64)
+    cfg.mlp_hidden
+        .unwrap_or_else(|| (8 * cfg.width / 3).div_ceil(64) * 64)
 }
 
 struct GptParams {
@@ -78,15 +79,28 @@ impl<B: Ops> Gpt<B> {
             eps: 1e-5,
         };
         let mut l = Layout::default();
-        let table = l.add("tok_embed.table", &[cfg.vocab_size, c], Role::Embedding, Init::Normal(0.02));
+        let table = l.add(
+            "tok_embed.table",
+            &[cfg.vocab_size, c],
+            Role::Embedding,
+            Init::Normal(0.02),
+        );
         let blocks = (0..cfg.depth)
-            .map(|i| Block { spec, params: BlockParams::register(&mut l, i, &spec, cfg.depth) })
+            .map(|i| Block {
+                spec,
+                params: BlockParams::register(&mut l, i, &spec, cfg.depth),
+            })
             .collect();
         let norm_f = l.add("norm_f.weight", &[c], Role::Vector, Init::Ones);
         let head = if cfg.tie_embeddings {
             table.clone()
         } else {
-            l.add("head.weight", &[cfg.vocab_size, c], Role::Output, Init::Normal(1.0 / (c as f64).sqrt()))
+            l.add(
+                "head.weight",
+                &[cfg.vocab_size, c],
+                Role::Output,
+                Init::Normal(1.0 / (c as f64).sqrt()),
+            )
         };
         (l, GptParams { table, norm_f, head }, blocks)
     }
@@ -132,17 +146,37 @@ impl<B: Ops> Gpt<B> {
     fn run(&mut self, be: &B, p: B::Ref<'_>, ids: &[i32]) -> Result<()> {
         let (n, c, v) = (self.rows(), self.cfg.width, self.cfg.vocab_size);
         if ids.len() != n {
-            return Err(crate::Error::Other(format!("GPT batch: {} ids, expected B·T = {n}", ids.len())));
+            return Err(crate::Error::Other(format!(
+                "GPT batch: {} ids, expected B·T = {n}",
+                ids.len()
+            )));
         }
         be.upload(ids.into(), w::<B>(&mut self.ids))?;
         let ed = EmbeddingDims { n, v, c };
-        be.embedding_forward(self.trunk.input_mut(), r::<B>(&self.ids), at(p, &self.p.table), ed)?;
+        be.embedding_forward(
+            self.trunk.input_mut(),
+            r::<B>(&self.ids),
+            at(p, &self.p.table),
+            ed,
+        )?;
         self.trunk.forward(be, p, None)?;
         let nd = NormDims { n, c, eps: 1e-5 };
         let x_l = self.trunk.output();
-        be.rmsnorm_forward(w::<B>(&mut self.hf), w::<B>(&mut self.rstdf), x_l, Some(at(p, &self.p.norm_f)), nd)?;
+        be.rmsnorm_forward(
+            w::<B>(&mut self.hf),
+            w::<B>(&mut self.rstdf),
+            x_l,
+            Some(at(p, &self.p.norm_f)),
+            nd,
+        )?;
         let d = MatmulDims::linear(n, c, v);
-        be.matmul_forward(w::<B>(&mut self.logits), r::<B>(&self.hf), at(p, &self.p.head), None, d)?;
+        be.matmul_forward(
+            w::<B>(&mut self.logits),
+            r::<B>(&self.hf),
+            at(p, &self.p.head),
+            None,
+            d,
+        )?;
         Ok(())
     }
 }
@@ -158,11 +192,24 @@ impl<B: Ops> Model<B> for Gpt<B> {
         self.run(be, params, &batch.ids)?;
         let (n, v) = (self.rows(), self.cfg.vocab_size);
         if batch.targets.len() != n {
-            return Err(crate::Error::Other(format!("GPT batch: {} targets, expected {n}", batch.targets.len())));
+            return Err(crate::Error::Other(format!(
+                "GPT batch: {} targets, expected {n}",
+                batch.targets.len()
+            )));
         }
         be.upload((&batch.targets).into(), w::<B>(&mut self.targets))?;
-        let d = CrossEntropyDims { n, v, z_loss: self.cfg.z_loss as f32 };
-        be.cross_entropy_forward(w::<B>(&mut self.losses), w::<B>(&mut self.lse), r::<B>(&self.logits), r::<B>(&self.targets), d)?;
+        let d = CrossEntropyDims {
+            n,
+            v,
+            z_loss: self.cfg.z_loss as f32,
+        };
+        be.cross_entropy_forward(
+            w::<B>(&mut self.losses),
+            w::<B>(&mut self.lse),
+            r::<B>(&self.logits),
+            r::<B>(&self.targets),
+            d,
+        )?;
         self.valid = batch.targets.iter().filter(|&&t| t >= 0).count();
         let losses = download_f64(be, r::<B>(&self.losses))?;
         Ok(losses.iter().sum::<f64>() / self.valid.max(1) as f64)
@@ -171,8 +218,16 @@ impl<B: Ops> Model<B> for Gpt<B> {
     fn backward(&mut self, be: &B, p: B::Ref<'_>, mut dp: B::Mut<'_>, dloss: f64) -> Result<()> {
         let (n, c, v) = (self.rows(), self.cfg.width, self.cfg.vocab_size);
         // Mean over valid rows; ignored rows get zero gradient from the kernel.
-        be.fill(w::<B>(&mut self.dlosses), (dloss / self.valid.max(1) as f64) as f32, n)?;
-        let d = CrossEntropyDims { n, v, z_loss: self.cfg.z_loss as f32 };
+        be.fill(
+            w::<B>(&mut self.dlosses),
+            (dloss / self.valid.max(1) as f64) as f32,
+            n,
+        )?;
+        let d = CrossEntropyDims {
+            n,
+            v,
+            z_loss: self.cfg.z_loss as f32,
+        };
         be.cross_entropy_backward(
             w::<B>(&mut self.dlogits),
             r::<B>(&self.dlosses),
@@ -183,14 +238,36 @@ impl<B: Ops> Model<B> for Gpt<B> {
         )?;
         let dm = MatmulDims::linear(n, c, v);
         let dhead = at(B::rb(&mut dp), &self.p.head);
-        be.matmul_backward(Some(w::<B>(&mut self.dhf)), Some(dhead), None, r::<B>(&self.dlogits), r::<B>(&self.hf), at(p, &self.p.head), dm)?;
+        be.matmul_backward(
+            Some(w::<B>(&mut self.dhf)),
+            Some(dhead),
+            None,
+            r::<B>(&self.dlogits),
+            r::<B>(&self.hf),
+            at(p, &self.p.head),
+            dm,
+        )?;
         let nd = NormDims { n, c, eps: 1e-5 };
         let dg = at(B::rb(&mut dp), &self.p.norm_f);
         let x_l = self.trunk.output();
-        be.rmsnorm_backward(w::<B>(&mut self.dres), Some(dg), r::<B>(&self.dhf), x_l, Some(at(p, &self.p.norm_f)), r::<B>(&self.rstdf), nd)?;
-        self.trunk.backward(be, p, B::rb(&mut dp), &mut self.dres, None, None)?;
+        be.rmsnorm_backward(
+            w::<B>(&mut self.dres),
+            Some(dg),
+            r::<B>(&self.dhf),
+            x_l,
+            Some(at(p, &self.p.norm_f)),
+            r::<B>(&self.rstdf),
+            nd,
+        )?;
+        self.trunk
+            .backward(be, p, B::rb(&mut dp), &mut self.dres, None, None)?;
         let ed = EmbeddingDims { n, v, c };
-        be.embedding_backward(at(B::rb(&mut dp), &self.p.table), r::<B>(&self.dres), r::<B>(&self.ids), ed)?;
+        be.embedding_backward(
+            at(B::rb(&mut dp), &self.p.table),
+            r::<B>(&self.dres),
+            r::<B>(&self.ids),
+            ed,
+        )?;
         Ok(())
     }
 

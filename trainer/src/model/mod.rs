@@ -8,9 +8,9 @@
 //! up), following the kernels' gradient convention.
 
 pub mod block;
-mod trunk;
 pub mod dit;
 pub mod gpt;
+mod trunk;
 
 pub use dit::{Dit, DitBatch};
 pub use gpt::{Gpt, TokenBatch};
@@ -65,7 +65,12 @@ pub fn download_f64<B: Backend>(be: &B, src: B::Ref<'_>) -> Result<Vec<f64>> {
     Ok(match h {
         HostVec::F64(v) => v,
         HostVec::F32(v) => v.into_iter().map(|x| x as f64).collect(),
-        other => return Err(crate::Error::Other(format!("unsupported model dtype {}", other.dtype()))),
+        other => {
+            return Err(crate::Error::Other(format!(
+                "unsupported model dtype {}",
+                other.dtype()
+            )))
+        }
     })
 }
 

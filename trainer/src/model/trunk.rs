@@ -21,7 +21,13 @@ pub struct Trunk<B: Backend> {
 
 impl<B: Ops> Trunk<B> {
     /// `cos`/`sin`: the RoPE table `(T, HD/2)` in f64 (narrowed to the model dtype here).
-    pub(crate) fn new(al: &Alloc<'_, B>, blocks: Vec<Block>, recompute: bool, cos: &[f64], sin: &[f64]) -> Result<Self> {
+    pub(crate) fn new(
+        al: &Alloc<'_, B>,
+        blocks: Vec<Block>,
+        recompute: bool,
+        cos: &[f64],
+        sin: &[f64],
+    ) -> Result<Self> {
         let s: BlockSpec = blocks[0].spec;
         let n = s.b * s.t * s.c;
         let inputs = (0..=blocks.len()).map(|_| al.buf(n)).collect::<Result<_>>()?;
@@ -53,10 +59,22 @@ impl<B: Ops> Trunk<B> {
     }
 
     fn run_block(&mut self, be: &B, p: B::Ref<'_>, l: usize, cond: Option<B::Ref<'_>>) -> Result<()> {
-        let Trunk { blocks, inputs, acts, recompute, cos, sin, .. } = self;
+        let Trunk {
+            blocks,
+            inputs,
+            acts,
+            recompute,
+            cos,
+            sin,
+            ..
+        } = self;
         let (head, tail) = inputs.split_at_mut(l + 1);
         let a = &mut acts[if *recompute { 0 } else { l }];
-        let sh = Shared { cos: r::<B>(cos), sin: r::<B>(sin), cond };
+        let sh = Shared {
+            cos: r::<B>(cos),
+            sin: r::<B>(sin),
+            cond,
+        };
         blocks[l].forward(be, p, r::<B>(&head[l]), w::<B>(&mut tail[0]), a, &sh)
     }
 
@@ -82,9 +100,21 @@ impl<B: Ops> Trunk<B> {
                 // Re-run the block from its saved input (rewrites its output with the same bits).
                 self.run_block(be, p, l, cond)?;
             }
-            let Trunk { blocks, inputs, acts, grads, recompute, cos, sin } = self;
+            let Trunk {
+                blocks,
+                inputs,
+                acts,
+                grads,
+                recompute,
+                cos,
+                sin,
+            } = self;
             let a = &acts[if *recompute { 0 } else { l }];
-            let sh = Shared { cos: r::<B>(cos), sin: r::<B>(sin), cond };
+            let sh = Shared {
+                cos: r::<B>(cos),
+                sin: r::<B>(sin),
+                cond,
+            };
             let dc = dcond.as_deref_mut();
             blocks[l].backward(be, p, B::rb(&mut dp), r::<B>(&inputs[l]), dres, a, grads, &sh, dc)?;
         }

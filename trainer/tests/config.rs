@@ -1,0 +1,120 @@
+//! Configs: every shipped config validates; mistakes are refused naming the key and the rule.
+
+use std::path::Path;
+use weft_trainer::Config;
+
+fn configs_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs"))
+}
+
+fn err(base: &str, sets: &[&str]) -> String {
+    let path = configs_dir().join(base);
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    Config::load(&path, &sets)
+        .expect_err("must be refused")
+        .to_string()
+}
+
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let mut n = 0;
+    for e in std::fs::read_dir(configs_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            Config::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "dit-tiny, gpt-tiny, dit-1b, dit-30b, llama-8b");
+}
+
+#[test]
+fn overrides_reach_nested_keys_and_keep_types() {
+    let sets = [
+        "training.steps=7",
+        "optimizer.lr=0.5",
+        "job.name=x",
+        "model.patch=[1, 2, 2]",
+    ]
+    .map(String::from);
+    let c = Config::load(&configs_dir().join("dit-tiny.toml"), &sets).unwrap();
+    assert_eq!(c.training.steps, 7);
+    assert_eq!(c.optimizer.lr, 0.5);
+    assert_eq!(c.job.name, "x");
+    let weft_trainer::config::ModelConfig::Dit(m) = &c.model else {
+        panic!()
+    };
+    assert_eq!(m.patch, [1, 2, 2]);
+    // The config round-trips through its TOML form (what exported weights embed).
+    assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+}
+
+#[test]
+fn mistakes_name_the_key_and_the_rule() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "dit-tiny.toml",
+            &["model.widht=64"],
+            "`model` unknown field `widht`",
+        ),
+        (
+            "dit-tiny.toml",
+            &["training.stpes=3"],
+            "`training` unknown field `stpes`",
+        ),
+        (
+            "dit-tiny.toml",
+            &["model.heads=3"],
+            "`model.heads` (3) must divide model.width (128)",
+        ),
+        (
+            "dit-tiny.toml",
+            &["model.patch=[3, 4, 4]"],
+            "`model.patch[0]` must divide the latent extent T=8",
+        ),
+        (
+            "dit-tiny.toml",
+            &["training.steps=\"many\""],
+            "`training.steps` invalid type: string \"many\"",
+        ),
+        (
+            "dit-tiny.toml",
+            &["optimizer.schedule=linear"],
+            "`optimizer.schedule` must be \"cosine\", \"wsd\" or \"constant\"",
+        ),
+        ("dit-tiny.toml", &["model.kind=unet"], "unknown variant `unet`"),
+        (
+            "gpt-tiny.toml",
+            &["model.kv_heads=3"],
+            "`model.kv_heads` (3) must divide model.heads (4)",
+        ),
+        (
+            "gpt-tiny.toml",
+            &["parallel.tp=8"],
+            "`parallel.tp` (8) must divide model.heads (4); values that fit: 1, 2, 4",
+        ),
+        (
+            "llama-8b.toml",
+            &["parallel.cp=3"],
+            "`parallel.cp` (3) must divide the sequence length",
+        ),
+        (
+            "dit-tiny.toml",
+            &["optimizer.lr=-1"],
+            "`optimizer.lr` must be positive",
+        ),
+    ];
+    for (base, sets, want) in cases {
+        let got = err(base, sets);
+        assert!(got.contains(want), "{sets:?}: got `{got}`, want `{want}`");
+    }
+}
+
+#[test]
+fn a_missing_required_field_is_named() {
+    let e = Config::from_toml("[job]\nname='x'\n[model]\nkind='gpt'\nwidth=8\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing field"), "{e}");
+    assert!(e.contains("depth") || e.contains("data"), "{e}");
+}
