@@ -190,9 +190,13 @@ pub struct Optimizer {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Parallel {
+    #[serde(default = "one_usize")]
     pub dp_replicate: usize,
+    #[serde(default = "one_usize")]
     pub dp_shard: usize,
+    #[serde(default = "one_usize")]
     pub cp: usize,
+    #[serde(default = "one_usize")]
     pub tp: usize,
 }
 

@@ -32,6 +32,7 @@ fn every_shipped_config_parses_and_validates() {
 fn overrides_reach_nested_keys_and_keep_types() {
     let sets = [
         "training.steps=7",
+        "optimizer.warmup_steps=2",
         "optimizer.lr=0.5",
         "job.name=x",
         "model.patch=[1, 2, 2]",
@@ -52,15 +53,11 @@ fn overrides_reach_nested_keys_and_keep_types() {
 #[test]
 fn mistakes_name_the_key_and_the_rule() {
     let cases: &[(&str, &[&str], &str)] = &[
-        (
-            "dit-tiny.toml",
-            &["model.widht=64"],
-            "`model` unknown field `widht`",
-        ),
+        ("dit-tiny.toml", &["model.widht=64"], "unknown field `widht`"),
         (
             "dit-tiny.toml",
             &["training.stpes=3"],
-            "`training` unknown field `stpes`",
+            "`training.stpes` unknown field `stpes`, expected one of `steps`",
         ),
         (
             "dit-tiny.toml",

@@ -49,9 +49,15 @@ fn same_seed_gives_bitwise_identical_losses() {
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&a.losses), bits(&b.losses));
     assert_eq!(a.val_loss.to_bits(), b.val_loss.to_bits());
-    assert_eq!(
-        std::fs::read(&a.weights).unwrap(),
-        std::fs::read(&b.weights).unwrap()
+    let load = |p: &std::path::Path| {
+        weft_trainer::export::load(p, weft_trainer::train::layout_of)
+            .unwrap()
+            .1
+    };
+    let (wa, wb) = (load(&a.weights), load(&b.weights));
+    assert!(
+        wa.iter().zip(&wb).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "identical final weights"
     );
     let c = train(
         &cfg(
@@ -73,7 +79,15 @@ fn same_seed_gives_bitwise_identical_losses() {
 fn dit_learns_and_samples_from_its_exported_weights() {
     let dir = tempfile::tempdir().unwrap();
     let mut sets = SMALL_DIT.to_vec();
-    sets.extend(["job.name=d", "training.steps=60", "optimizer.lr=3e-3"]);
+    sets.extend([
+        "job.name=d",
+        "model.width=64",
+        "model.latent=[4, 16, 16, 3]",
+        "training.steps=150",
+        "training.micro_batch=16",
+        "optimizer.lr=2e-3",
+        "optimizer.warmup_steps=10",
+    ]);
     let s = train(&cfg("dit-tiny.toml", dir.path(), &sets), TrainOptions::default()).unwrap();
     assert!(
         s.val_loss < 0.8 * s.val_baseline,
@@ -84,7 +98,7 @@ fn dit_learns_and_samples_from_its_exported_weights() {
     // Metrics: one line per step plus the start and validation lines.
     let lines = std::fs::read_to_string(s.dir.join("metrics.jsonl")).unwrap();
     let steps = lines.lines().filter(|l| l.contains("\"grad_norm\"")).count();
-    assert_eq!(steps, 60);
+    assert_eq!(steps, 150);
     assert!(lines.contains("\"mfu\"") && lines.contains("\"val_baseline\""));
     let opts = weft_trainer::sample::SampleOptions {
         classes: vec![1, 6],

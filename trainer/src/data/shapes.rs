@@ -141,12 +141,23 @@ mod tests {
                 .map(|(_, v)| v + 1.0)
                 .sum();
             assert_eq!(other, 0.0, "class {k}: only its colour channel lights up");
-            let (a, b) = (centroid(0), centroid(1));
-            let (dx, dy) = ((b.0 - a.0).abs(), (b.1 - a.1).abs());
+            // The largest displacement from frame 0 along each axis (a bounce may stall a step).
+            let a = centroid(0);
+            let (mut dx, mut dy) = (0f64, 0f64);
+            for f in 1..t {
+                let b = centroid(f);
+                (dx, dy) = (dx.max((b.0 - a.0).abs()), dy.max((b.1 - a.1).abs()));
+            }
             if k % 2 == 0 {
-                assert!(dx > 0.3 && dy < 1e-6, "class {k} moves horizontally: {dx} {dy}");
+                assert!(
+                    dx > 0.3 && dy < 0.05 * dx,
+                    "class {k} moves horizontally: {dx} {dy}"
+                );
             } else {
-                assert!(dy > 0.3 && dx < 1e-6, "class {k} moves vertically: {dx} {dy}");
+                assert!(
+                    dy > 0.3 && dx < 0.05 * dy,
+                    "class {k} moves vertically: {dx} {dy}"
+                );
             }
         }
     }
