@@ -55,7 +55,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
     /// DiT: classifier-free guidance scale (1 = none).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 3.0)]
     pub guidance: f64,
     /// GPT: the prompt.
     #[arg(long, default_value = "")]
