@@ -55,3 +55,69 @@ fn an_unknown_subcommand_is_a_usage_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"));
 }
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+#[test]
+fn a_bad_config_is_refused_before_training_naming_the_key() {
+    let cfg = format!("{ROOT}/configs/dit-tiny.toml");
+    let out = weft(&[
+        "train",
+        &cfg,
+        "--set",
+        "model.heads=3",
+        "--set",
+        "job.out_dir=\"/nonexistent/x\"",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`model.heads` (3) must divide model.width (128)"),
+        "{err}"
+    );
+    let ok = weft(&["config", &format!("{ROOT}/configs/llama-8b.toml")]);
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("parameters: 8030261248"));
+}
+
+#[test]
+fn train_then_sample_a_tiny_dit_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("weft-cli-{}", std::process::id()));
+    let cfg = format!("{ROOT}/configs/dit-tiny.toml");
+    let out_dir = format!("job.out_dir=\"{}\"", dir.display());
+    let sets = [
+        "model.width=32",
+        "model.depth=1",
+        "model.heads=2",
+        "model.latent=[2, 8, 8, 3]",
+        "model.patch=[1, 4, 4]",
+        "training.steps=3",
+        "training.micro_batch=2",
+        "training.val_batches=1",
+        "optimizer.warmup_steps=1",
+        "training.peak_flops=1e11",
+    ];
+    let mut args = vec!["train", cfg.as_str(), "--no-progress", "--set", out_dir.as_str()];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let out = weft(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("val loss"));
+    let run = dir.join("dit-tiny");
+    let s = weft(&[
+        "sample",
+        run.to_str().unwrap(),
+        "--classes",
+        "2",
+        "--per-class",
+        "1",
+        "--steps",
+        "2",
+    ]);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    assert!(run.join("samples/samples.gif").exists() && run.join("samples/samples.png").exists());
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 3);
+    std::fs::remove_dir_all(&dir).ok();
+}
