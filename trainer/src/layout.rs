@@ -115,7 +115,7 @@ impl Layout {
     /// Each tensor draws from its own stream (seed, tensor index), so adding a tensor does not
     /// change the others' values.
     pub fn init(&self, seed: u64) -> Vec<f32> {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let mut out = vec![0f32; self.len];
         for (i, e) in self.entries.iter().enumerate() {
             let dst = &mut out[e.range()];
@@ -126,24 +126,13 @@ impl Layout {
                     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
                     rng.set_stream(i as u64 + 1);
                     for v in dst.iter_mut() {
-                        let z: f64 = rng.sample(rand_distr_normal());
-                        *v = (z * std) as f32;
+                        *v = (crate::data::normal(&mut rng) * std) as f32;
                     }
                 }
             }
         }
         out
     }
-}
-
-/// Standard normal by Box–Muller on two uniforms (`rand` 0.9 keeps its normal distribution in
-/// a separate crate; this is the one place weft needs it).
-fn rand_distr_normal() -> impl rand::distr::Distribution<f64> {
-    use rand::distr::Distribution;
-    rand::distr::StandardUniform.map(|(u1, u2): (f64, f64)| {
-        let u1 = 1.0 - u1; // (0, 1]
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    })
 }
 
 #[cfg(test)]
