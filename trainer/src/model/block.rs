@@ -14,7 +14,8 @@
 //! Shapes: `B` batch, `T` tokens, `C` width, `NH`/`NKV` query/kv heads, `HD` head dim,
 //! `F` MLP hidden size.
 
-use super::{at, pair, r, w, Alloc};
+pub use super::acts::{BlockActs, BlockGrads};
+use super::{at, pair, r, w};
 use crate::layout::{Init, Layout, Role};
 use crate::Result;
 use std::ops::Range;
@@ -48,10 +49,10 @@ pub struct BlockSpec {
 }
 
 impl BlockSpec {
-    fn rows(&self) -> usize {
+    pub(super) fn rows(&self) -> usize {
         self.b * self.t
     }
-    fn fc1_out(&self) -> usize {
+    pub(super) fn fc1_out(&self) -> usize {
         match self.mlp {
             Mlp::Gelu => self.hidden,
             Mlp::Swiglu => 2 * self.hidden,
@@ -205,114 +206,6 @@ impl BlockParams {
                 ada_w,
                 ada_b,
             }
-        })
-    }
-}
-
-/// What forward keeps for backward (one per block, or one shared set when recomputing).
-pub struct BlockActs<B: Backend> {
-    ln1: Option<B::Buffer>, // (B, T, C) LN(x) before modulation (adaln)
-    mean1: B::Buffer,       // (B·T)
-    rstd1: B::Buffer,       // (B·T)
-    h1: B::Buffer,          // (B, T, C) attention input
-    q: B::Buffer,           // (B, T, NH, HD)
-    k: B::Buffer,           // (B, T, NKV, HD)
-    v: B::Buffer,           // (B, T, NKV, HD)
-    qn: Option<B::Buffer>,  // (B, T, NH, HD) after QK-norm
-    kn: Option<B::Buffer>,  // (B, T, NKV, HD)
-    q_rstd: B::Buffer,      // (B·T·NH)
-    k_rstd: B::Buffer,      // (B·T·NKV)
-    qr: B::Buffer,          // (B, T, NH, HD) after RoPE
-    kr: B::Buffer,          // (B, T, NKV, HD)
-    att: B::Buffer,         // (B, T, NH, HD)
-    lse: B::Buffer,         // (B, NH, T)
-    y1: B::Buffer,          // (B, T, C) attention output projection
-    x_mid: B::Buffer,       // (B, T, C) residual after attention
-    ln2: Option<B::Buffer>, // (B, T, C)
-    mean2: B::Buffer,       // (B·T)
-    rstd2: B::Buffer,       // (B·T)
-    h2: B::Buffer,          // (B, T, C) MLP input
-    f: B::Buffer,           // (B, T, F) or (B, T, 2F) for SwiGLU
-    a: B::Buffer,           // (B, T, F)
-    y2: B::Buffer,          // (B, T, C)
-    modv: Vec<B::Buffer>,   // 6 × (B, C) AdaLN chunks
-}
-
-impl<B: Backend> BlockActs<B> {
-    pub(crate) fn new(al: &Alloc<'_, B>, s: &BlockSpec) -> Result<Self> {
-        let (n, c) = (s.rows(), s.c);
-        let (nq, nk) = (n * s.nh * s.hd, n * s.nkv * s.hd);
-        Ok(BlockActs {
-            ln1: al.opt(s.adaln, n * c)?,
-            mean1: al.buf(n)?,
-            rstd1: al.buf(n)?,
-            h1: al.buf(n * c)?,
-            q: al.buf(nq)?,
-            k: al.buf(nk)?,
-            v: al.buf(nk)?,
-            qn: al.opt(s.qk_norm, nq)?,
-            kn: al.opt(s.qk_norm, nk)?,
-            q_rstd: al.buf(n * s.nh)?,
-            k_rstd: al.buf(n * s.nkv)?,
-            qr: al.buf(nq)?,
-            kr: al.buf(nk)?,
-            att: al.buf(nq)?,
-            lse: al.buf(n * s.nh)?,
-            y1: al.buf(n * c)?,
-            x_mid: al.buf(n * c)?,
-            ln2: al.opt(s.adaln, n * c)?,
-            mean2: al.buf(n)?,
-            rstd2: al.buf(n)?,
-            h2: al.buf(n * c)?,
-            f: al.buf(n * s.fc1_out())?,
-            a: al.buf(n * s.hidden)?,
-            y2: al.buf(n * c)?,
-            modv: (0..if s.adaln { 6 } else { 0 })
-                .map(|_| al.buf(s.b * c))
-                .collect::<Result<_>>()?,
-        })
-    }
-}
-
-/// Gradient scratch shared by all blocks (backward runs one block at a time).
-pub struct BlockGrads<B: Backend> {
-    d_h: B::Buffer,       // (B, T, C)
-    d_x: B::Buffer,       // (B, T, C)
-    d_tmp: B::Buffer,     // (B, T, C)
-    d_ln: B::Buffer,      // (B, T, C)
-    d_y: B::Buffer,       // (B, T, C)
-    dq: B::Buffer,        // (B, T, NH, HD)
-    dk: B::Buffer,        // (B, T, NKV, HD)
-    dv: B::Buffer,        // (B, T, NKV, HD)
-    dqr: B::Buffer,       // (B, T, NH, HD)
-    dkr: B::Buffer,       // (B, T, NKV, HD)
-    d_att: B::Buffer,     // (B, T, NH, HD)
-    d_f: B::Buffer,       // (B, T, F or 2F)
-    d_a: B::Buffer,       // (B, T, F)
-    dmod: Vec<B::Buffer>, // 6 × (B, C)
-    d_c: B::Buffer,       // (B, C)
-}
-
-impl<B: Backend> BlockGrads<B> {
-    pub(crate) fn new(al: &Alloc<'_, B>, s: &BlockSpec) -> Result<Self> {
-        let (n, c) = (s.rows(), s.c);
-        let (nq, nk) = (n * s.nh * s.hd, n * s.nkv * s.hd);
-        Ok(BlockGrads {
-            d_h: al.buf(n * c)?,
-            d_x: al.buf(n * c)?,
-            d_tmp: al.buf(n * c)?,
-            d_ln: al.buf(n * c)?,
-            d_y: al.buf(n * c)?,
-            dq: al.buf(nq)?,
-            dk: al.buf(nk)?,
-            dv: al.buf(nk)?,
-            dqr: al.buf(nq)?,
-            dkr: al.buf(nk)?,
-            d_att: al.buf(nq)?,
-            d_f: al.buf(n * s.fc1_out())?,
-            d_a: al.buf(n * s.hidden)?,
-            dmod: (0..6).map(|_| al.buf(s.b * c)).collect::<Result<_>>()?,
-            d_c: al.buf(s.b * c)?,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! parameter gradients into a flat gradient buffer of the same layout (so micro-batches add
 //! up), following the kernels' gradient convention.
 
+mod acts;
 pub mod block;
 pub mod dit;
 pub mod gpt;
