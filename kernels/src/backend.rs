@@ -52,6 +52,8 @@ pub trait Backend: Send + Sync + 'static {
     fn rb<'b>(v: &'b mut Self::Mut<'_>) -> Self::Mut<'b>;
     /// A shared view of the memory behind an exclusive view.
     fn freeze<'b>(v: &'b Self::Mut<'_>) -> Self::Ref<'b>;
+    /// A shorter-lived copy of a shared view.
+    fn share<'b>(v: &'b Self::Ref<'_>) -> Self::Ref<'b>;
     /// Copy host memory into `dst` (same dtype and length).
     fn upload(&self, src: HostRef<'_>, dst: Self::Mut<'_>) -> Result<()>;
     /// Copy `src` into host memory (same dtype and length); waits for queued work first.

@@ -99,6 +99,19 @@ impl Layout {
         self.blocks.push(start..self.len);
         out
     }
+    /// The units parameters are fetched, sharded and reduced by: everything before the first
+    /// block (input layers), each block, everything after the last block (output layers).
+    pub fn units(&self) -> Vec<Range<usize>> {
+        let (first, last) = match (self.blocks.first(), self.blocks.last()) {
+            (Some(f), Some(l)) => (f.start, l.end),
+            _ => (self.len, self.len),
+        };
+        let mut u = vec![0..first];
+        u.extend(self.blocks.iter().cloned());
+        u.push(last..self.len);
+        u
+    }
+
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.name == name)
     }

@@ -79,6 +79,9 @@ impl Backend for CpuBackend {
     fn freeze<'b>(v: &'b HostMut<'_>) -> HostRef<'b> {
         v.as_ref()
     }
+    fn share<'b>(v: &'b HostRef<'_>) -> HostRef<'b> {
+        *v
+    }
     fn upload(&self, src: HostRef<'_>, mut dst: HostMut<'_>) -> Result<()> {
         copy_checked("upload", src, dst.rb())
     }

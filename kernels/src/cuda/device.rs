@@ -58,6 +58,27 @@ pub struct CudaRef<'a> {
     _borrow: PhantomData<&'a CudaBuffer>,
 }
 
+impl CudaRef<'_> {
+    /// The device address of the first element (for libraries such as NCCL).
+    pub fn device_ptr(&self) -> CUdeviceptr {
+        self.ptr
+    }
+}
+
+impl CudaMut<'_> {
+    /// The device address of the first element (for libraries such as NCCL).
+    pub fn device_ptr(&self) -> CUdeviceptr {
+        self.ptr
+    }
+}
+
+impl CudaBackend {
+    /// The stream every op of this backend is launched on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
 /// An exclusive view of device memory.
 #[derive(Debug)]
 pub struct CudaMut<'a> {
@@ -298,6 +319,9 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn share<'b>(v: &'b CudaRef<'_>) -> CudaRef<'b> {
+        *v
+    }
     fn freeze<'b>(v: &'b CudaMut<'_>) -> CudaRef<'b> {
         CudaRef {
             ptr: v.ptr,

@@ -80,7 +80,7 @@ impl BlockSpec {
     }
 }
 
-/// Where a block's tensors live in the flat buffer.
+/// Where a block's tensors live in its unit (offsets relative to the block's start).
 #[derive(Clone, Debug)]
 pub struct BlockParams {
     pub norm1: Option<Range<usize>>,
@@ -117,9 +117,40 @@ fn split(r: &Range<usize>, parts: &[usize]) -> Vec<Range<usize>> {
 }
 
 impl BlockParams {
-    /// Add block `i`'s tensors to `l` (as one block range). `depth` scales the GPT's residual
-    /// output projections by `1/√(2·depth)`.
+    /// Add block `i`'s tensors to `l` (as one block range) and return where they are,
+    /// relative to the block's start. `depth` scales the GPT's residual output projections by
+    /// `1/√(2·depth)`.
     pub fn register(l: &mut Layout, i: usize, s: &BlockSpec, depth: usize) -> BlockParams {
+        let start = l.len();
+        Self::add(l, i, s, depth).rebased(start)
+    }
+
+    fn rebased(self, start: usize) -> BlockParams {
+        let o = |r: Option<Range<usize>>| r.map(|r| super::rebase(&r, start));
+        let v = |r: Vec<Range<usize>>| r.iter().map(|r| super::rebase(r, start)).collect();
+        BlockParams {
+            norm1: o(self.norm1),
+            norm2: o(self.norm2),
+            wq: super::rebase(&self.wq, start),
+            wk: super::rebase(&self.wk, start),
+            wv: super::rebase(&self.wv, start),
+            bq: o(self.bq),
+            bk: o(self.bk),
+            bv: o(self.bv),
+            q_norm: o(self.q_norm),
+            k_norm: o(self.k_norm),
+            wo: super::rebase(&self.wo, start),
+            bo: o(self.bo),
+            w1: super::rebase(&self.w1, start),
+            b1: o(self.b1),
+            w2: super::rebase(&self.w2, start),
+            b2: o(self.b2),
+            ada_w: v(self.ada_w),
+            ada_b: v(self.ada_b),
+        }
+    }
+
+    fn add(l: &mut Layout, i: usize, s: &BlockSpec, depth: usize) -> BlockParams {
         l.block(|l| {
             let p = format!("blocks.{i}");
             let (c, hd) = (s.c, s.hd);

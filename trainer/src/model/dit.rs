@@ -16,7 +16,7 @@
 
 use super::block::{Block, BlockParams, BlockSpec, Mlp};
 use super::trunk::Trunk;
-use super::{at, download_f64, pair, r, upload_f32, upload_f64, w, Alloc, Model};
+use super::{at, download_f64, pair, r, rebase, upload_f32, upload_f64, w, Alloc, Flat, Model, Weights};
 use crate::config::DitConfig;
 use crate::layout::{Init, Layout, Role};
 use crate::Result;
@@ -196,14 +196,17 @@ impl<B: Ops> Dit<B> {
                 params: BlockParams::register(&mut l, i, &spec, cfg.depth),
             })
             .collect();
+        // The output layers' offsets are relative to their unit (after the last block).
+        let s0 = l.len();
         let fw = l.add("final.adaln.weight", &[2 * c, c], Role::Hidden, Init::Zeros);
         let fb = l.add("final.adaln.bias", &[2 * c], Role::Vector, Init::Zeros);
         let f_w = l.add("final.linear.weight", &[pdim, c], Role::Output, Init::Zeros);
         let f_b = l.add("final.linear.bias", &[pdim], Role::Vector, Init::Zeros);
         let half = |r: &Range<usize>, i: usize| {
             let n = (r.end - r.start) / 2;
-            r.start + i * n..r.start + (i + 1) * n
+            r.start - s0 + i * n..r.start - s0 + (i + 1) * n
         };
+        let (f_w, f_b) = (rebase(&f_w, s0), rebase(&f_b, s0));
         let p = DitParams {
             x_w,
             x_b,
@@ -294,11 +297,16 @@ impl<B: Ops> Dit<B> {
     /// Run the network on `batch` and return its raw output `(B, T, H, W, C)` (the velocity,
     /// or `F` when preconditioned).
     pub fn predict(&mut self, be: &B, params: B::Ref<'_>, batch: &DitBatch) -> Result<Vec<f64>> {
-        self.run(be, params, batch)?;
+        self.run(be, &mut Flat::new(&self.layout, params, None), batch)?;
         download_f64(be, r::<B>(&self.a.pred))
     }
 
-    fn run(&mut self, be: &B, p: B::Ref<'_>, batch: &DitBatch) -> Result<()> {
+    fn last_unit(&self) -> usize {
+        self.cfg.depth + 1
+    }
+
+    fn run(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &DitBatch) -> Result<()> {
+        let last = self.last_unit();
         let (b, c, pd) = (self.b, self.cfg.width, self.pd);
         let n = pd.tokens();
         let (a, pr) = (&mut self.a, &self.p);
@@ -312,6 +320,7 @@ impl<B: Ops> Dit<B> {
             return Err(bad("t/class", batch.t.len().min(batch.class.len()), b));
         }
         upload_f32(be, &batch.x, w::<B>(&mut a.x))?;
+        let p = wt.get(be, 0)?;
         let ts: Vec<f64> = batch.t.iter().map(|&t| t as f64 * T_SCALE).collect();
         upload_f64(be, &ts, w::<B>(&mut a.t))?;
         be.upload((&batch.class).into(), w::<B>(&mut a.ids))?;
@@ -366,7 +375,8 @@ impl<B: Ops> Dit<B> {
             Some(at(p, &pr.x_b)),
             d,
         )?;
-        self.trunk.forward(be, p, Some(r::<B>(&a.silu_c)))?;
+        self.trunk.forward(be, wt, Some(r::<B>(&a.silu_c)))?;
+        let p = wt.get(be, last)?;
         // Final AdaLN + linear + unpatchify.
         for i in 0..2 {
             let (wr, br) = (&pr.f_ada_w[i], &pr.f_ada_b[i]);
@@ -421,8 +431,8 @@ impl<B: Ops> Model<B> for Dit<B> {
         &self.layout
     }
 
-    fn forward(&mut self, be: &B, params: B::Ref<'_>, batch: &DitBatch) -> Result<f64> {
-        self.run(be, params, batch)?;
+    fn forward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &DitBatch) -> Result<f64> {
+        self.run(be, wt, batch)?;
         let n = self.pd.numel();
         if batch.target.len() != n {
             return Err(crate::Error::Other(format!(
@@ -437,8 +447,10 @@ impl<B: Ops> Model<B> for Dit<B> {
         Ok(download_f64(be, r::<B>(&a.loss))?[0])
     }
 
-    fn backward(&mut self, be: &B, p: B::Ref<'_>, mut dp: B::Mut<'_>, dloss: f64) -> Result<()> {
+    fn backward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, dloss: f64) -> Result<()> {
         assert!(self.has_target, "backward needs a forward with a target first");
+        let last = self.last_unit();
+        let (p, mut dp) = wt.get_mut(be, last)?;
         let (b, c, pd) = (self.b, self.cfg.width, self.pd);
         let n = pd.tokens();
         let (a, g, pr) = (&self.a, &mut self.g, &self.p);
@@ -507,14 +519,11 @@ impl<B: Ops> Model<B> for Dit<B> {
             )?;
             be.accumulate(w::<B>(&mut g.dsilu_c), r::<B>(&g.dtmp), b * c)?;
         }
-        self.trunk.backward(
-            be,
-            p,
-            B::rb(&mut dp),
-            &mut g.dres,
-            Some(r::<B>(&a.silu_c)),
-            Some(&mut g.dsilu_c),
-        )?;
+        drop(dp);
+        wt.grads_done(be, last)?;
+        self.trunk
+            .backward(be, wt, &mut g.dres, Some(r::<B>(&a.silu_c)), Some(&mut g.dsilu_c))?;
+        let (p, mut dp) = wt.get_mut(be, 0)?;
         // Patch embedding (the input itself needs no gradient).
         let (dw, db) = pair(B::rb(&mut dp), &pr.x_w, Some(&pr.x_b));
         let d = lin(b * n, pd.token_dim(), c);
@@ -561,7 +570,8 @@ impl<B: Ops> Model<B> for Dit<B> {
             at(p, &pr.t1_w),
             lin(b, FREQ_DIM, c),
         )?;
-        Ok(())
+        drop(dp);
+        wt.grads_done(be, 0)
     }
 
     fn flops_per_micro_batch(&self) -> f64 {

@@ -9,7 +9,7 @@
 
 use super::block::{Block, BlockParams, BlockSpec, Mlp};
 use super::trunk::Trunk;
-use super::{at, download_f64, r, w, Alloc, Model};
+use super::{at, download_f64, r, rebase, w, Alloc, Flat, Model, Weights};
 use crate::config::GptConfig;
 use crate::layout::{Init, Layout, Role};
 use crate::Result;
@@ -30,10 +30,13 @@ pub fn mlp_hidden(cfg: &GptConfig) -> usize {
         .unwrap_or_else(|| (8 * cfg.width / 3).div_ceil(64) * 64)
 }
 
+/// Offsets within their units: the table in unit 0, `norm_f` in the last unit, the head in
+/// `head_unit` (0 when tied to the table).
 struct GptParams {
     table: Range<usize>,
     norm_f: Range<usize>,
     head: Range<usize>,
+    head_unit: usize,
 }
 
 pub struct Gpt<B: Backend> {
@@ -91,18 +94,26 @@ impl<B: Ops> Gpt<B> {
                 params: BlockParams::register(&mut l, i, &spec, cfg.depth),
             })
             .collect();
-        let norm_f = l.add("norm_f.weight", &[c], Role::Vector, Init::Ones);
-        let head = if cfg.tie_embeddings {
-            table.clone()
+        let s0 = l.len();
+        let norm_f = rebase(&l.add("norm_f.weight", &[c], Role::Vector, Init::Ones), s0);
+        let (head, head_unit) = if cfg.tie_embeddings {
+            (table.clone(), 0)
         } else {
-            l.add(
+            let h = l.add(
                 "head.weight",
                 &[cfg.vocab_size, c],
                 Role::Output,
                 Init::Normal(1.0 / (c as f64).sqrt()),
-            )
+            );
+            (rebase(&h, s0), cfg.depth + 1)
         };
-        (l, GptParams { table, norm_f, head }, blocks)
+        let p = GptParams {
+            table,
+            norm_f,
+            head,
+            head_unit,
+        };
+        (l, p, blocks)
     }
 
     pub fn new(be: &B, cfg: &GptConfig, b: usize, dtype: DType, recompute: bool) -> Result<Self> {
@@ -139,11 +150,12 @@ impl<B: Ops> Gpt<B> {
 
     /// Forward without a loss; returns the logits `(B, T, V)`.
     pub fn logits(&mut self, be: &B, params: B::Ref<'_>, ids: &[i32]) -> Result<Vec<f64>> {
-        self.run(be, params, ids)?;
+        self.run(be, &mut Flat::new(&self.layout, params, None), ids)?;
         download_f64(be, r::<B>(&self.logits))
     }
 
-    fn run(&mut self, be: &B, p: B::Ref<'_>, ids: &[i32]) -> Result<()> {
+    fn run(&mut self, be: &B, wt: &mut dyn Weights<B>, ids: &[i32]) -> Result<()> {
+        let last = self.cfg.depth + 1;
         let (n, c, v) = (self.rows(), self.cfg.width, self.cfg.vocab_size);
         if ids.len() != n {
             return Err(crate::Error::Other(format!(
@@ -153,14 +165,16 @@ impl<B: Ops> Gpt<B> {
         }
         be.upload(ids.into(), w::<B>(&mut self.ids))?;
         let ed = EmbeddingDims { n, v, c };
+        let p = wt.get(be, 0)?;
         be.embedding_forward(
             self.trunk.input_mut(),
             r::<B>(&self.ids),
             at(p, &self.p.table),
             ed,
         )?;
-        self.trunk.forward(be, p, None)?;
+        self.trunk.forward(be, wt, None)?;
         let nd = NormDims { n, c, eps: 1e-5 };
+        let p = wt.get(be, last)?;
         let x_l = self.trunk.output();
         be.rmsnorm_forward(
             w::<B>(&mut self.hf),
@@ -170,6 +184,7 @@ impl<B: Ops> Gpt<B> {
             nd,
         )?;
         let d = MatmulDims::linear(n, c, v);
+        let p = wt.get(be, self.p.head_unit)?;
         be.matmul_forward(
             w::<B>(&mut self.logits),
             r::<B>(&self.hf),
@@ -188,8 +203,8 @@ impl<B: Ops> Model<B> for Gpt<B> {
         &self.layout
     }
 
-    fn forward(&mut self, be: &B, params: B::Ref<'_>, batch: &TokenBatch) -> Result<f64> {
-        self.run(be, params, &batch.ids)?;
+    fn forward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &TokenBatch) -> Result<f64> {
+        self.run(be, wt, &batch.ids)?;
         let (n, v) = (self.rows(), self.cfg.vocab_size);
         if batch.targets.len() != n {
             return Err(crate::Error::Other(format!(
@@ -215,8 +230,9 @@ impl<B: Ops> Model<B> for Gpt<B> {
         Ok(losses.iter().sum::<f64>() / self.valid.max(1) as f64)
     }
 
-    fn backward(&mut self, be: &B, p: B::Ref<'_>, mut dp: B::Mut<'_>, dloss: f64) -> Result<()> {
+    fn backward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, dloss: f64) -> Result<()> {
         let (n, c, v) = (self.rows(), self.cfg.width, self.cfg.vocab_size);
+        let last = self.cfg.depth + 1;
         // Mean over valid rows; ignored rows get zero gradient from the kernel.
         be.fill(
             w::<B>(&mut self.dlosses),
@@ -237,6 +253,7 @@ impl<B: Ops> Model<B> for Gpt<B> {
             d,
         )?;
         let dm = MatmulDims::linear(n, c, v);
+        let (p, mut dp) = wt.get_mut(be, self.p.head_unit)?;
         let dhead = at(B::rb(&mut dp), &self.p.head);
         be.matmul_backward(
             Some(w::<B>(&mut self.dhf)),
@@ -248,6 +265,8 @@ impl<B: Ops> Model<B> for Gpt<B> {
             dm,
         )?;
         let nd = NormDims { n, c, eps: 1e-5 };
+        drop(dp);
+        let (p, mut dp) = wt.get_mut(be, last)?;
         let dg = at(B::rb(&mut dp), &self.p.norm_f);
         let x_l = self.trunk.output();
         be.rmsnorm_backward(
@@ -259,16 +278,19 @@ impl<B: Ops> Model<B> for Gpt<B> {
             r::<B>(&self.rstdf),
             nd,
         )?;
-        self.trunk
-            .backward(be, p, B::rb(&mut dp), &mut self.dres, None, None)?;
+        drop(dp);
+        wt.grads_done(be, last)?;
+        self.trunk.backward(be, wt, &mut self.dres, None, None)?;
         let ed = EmbeddingDims { n, v, c };
+        let (_, mut dp) = wt.get_mut(be, 0)?;
         be.embedding_backward(
             at(B::rb(&mut dp), &self.p.table),
             r::<B>(&self.dres),
             r::<B>(&self.ids),
             ed,
         )?;
-        Ok(())
+        drop(dp);
+        wt.grads_done(be, 0)
     }
 
     fn flops_per_micro_batch(&self) -> f64 {

@@ -26,10 +26,21 @@ pub trait Model<B: Ops> {
     type Batch;
     fn layout(&self) -> &Layout;
     /// Run forward on `batch` and return the mean loss of the micro-batch.
-    fn forward(&mut self, be: &B, params: B::Ref<'_>, batch: &Self::Batch) -> Result<f64>;
+    fn forward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &Self::Batch) -> Result<f64>;
     /// Backward of the last forward with `d loss = dloss` (`1/grad_accum` when accumulating);
-    /// adds into `grads` (same layout as the parameters).
-    fn backward(&mut self, be: &B, params: B::Ref<'_>, grads: B::Mut<'_>, dloss: f64) -> Result<()>;
+    /// adds into the gradients of `wt`.
+    fn backward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, dloss: f64) -> Result<()>;
+    /// [`Model::forward_with`] on one flat parameter buffer.
+    fn forward(&mut self, be: &B, params: B::Ref<'_>, batch: &Self::Batch) -> Result<f64> {
+        let mut f = Flat::new(self.layout(), params, None);
+        self.forward_with(be, &mut f, batch)
+    }
+    /// [`Model::backward_with`] on flat buffers; adds into `grads` (same layout as the
+    /// parameters).
+    fn backward(&mut self, be: &B, params: B::Ref<'_>, mut grads: B::Mut<'_>, dloss: f64) -> Result<()> {
+        let mut f = Flat::new(self.layout(), B::share(&params), Some(B::rb(&mut grads)));
+        self.backward_with(be, &mut f, dloss)
+    }
     /// Model FLOPs of one forward+backward over one micro-batch (matmuls and attention, the
     /// convention MFU is quoted in).
     fn flops_per_micro_batch(&self) -> f64;
@@ -123,4 +134,66 @@ pub(crate) fn pair<S: Slice>(v: S, a: &Range<usize>, b: Option<&Range<usize>>) -
 /// Matmul FLOPs of `rows × (in → out)` forward and backward (2 + 4 per multiply-add).
 pub(crate) fn linear_flops(rows: usize, inp: usize, out: usize) -> f64 {
     6.0 * rows as f64 * inp as f64 * out as f64
+}
+
+/// Where a model finds its parameters and accumulates its gradients, one *unit* at a time
+/// (see [`Layout::units`]: input layers, each block, output layers). Views are relative to the
+/// unit's start.
+///
+/// [`Flat`] hands out ranges of one flat buffer; the FSDP store gathers a unit's shards on
+/// demand (prefetching the next one while the current one computes), frees it after use and
+/// reduce-scatters its gradients once they are complete.
+pub trait Weights<B: Backend> {
+    /// Unit `u`'s parameters.
+    fn get(&mut self, be: &B, u: usize) -> Result<B::Ref<'_>>;
+    /// Unit `u`'s parameters and its gradient accumulator.
+    fn get_mut(&mut self, be: &B, u: usize) -> Result<(B::Ref<'_>, B::Mut<'_>)>;
+    /// Unit `u` will be needed next.
+    fn prefetch(&mut self, _be: &B, _u: usize) -> Result<()> {
+        Ok(())
+    }
+    /// This pass is done with unit `u`'s parameters.
+    fn release(&mut self, _be: &B, _u: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Unit `u`'s gradients for this micro-batch are complete.
+    fn grads_done(&mut self, _be: &B, _u: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// All parameters (and gradients) in one flat buffer.
+pub struct Flat<'a, B: Backend> {
+    pub params: B::Ref<'a>,
+    pub grads: Option<B::Mut<'a>>,
+    pub units: Vec<Range<usize>>,
+}
+
+impl<'a, B: Backend> Flat<'a, B> {
+    pub fn new(layout: &Layout, params: B::Ref<'a>, grads: Option<B::Mut<'a>>) -> Self {
+        Flat {
+            params,
+            grads,
+            units: layout.units(),
+        }
+    }
+}
+
+impl<B: Backend> Weights<B> for Flat<'_, B> {
+    fn get(&mut self, _: &B, u: usize) -> Result<B::Ref<'_>> {
+        Ok(B::share(&self.params).range(self.units[u].clone()))
+    }
+    fn get_mut(&mut self, _: &B, u: usize) -> Result<(B::Ref<'_>, B::Mut<'_>)> {
+        let g = self
+            .grads
+            .as_mut()
+            .ok_or_else(|| crate::Error::Other("backward needs a gradient buffer".into()))?;
+        let r = self.units[u].clone();
+        Ok((B::share(&self.params).range(r.clone()), B::rb(g).range(r)))
+    }
+}
+
+/// Shift every range of a unit by `-start` (unit-relative offsets).
+pub(crate) fn rebase(r: &Range<usize>, start: usize) -> Range<usize> {
+    r.start - start..r.end - start
 }

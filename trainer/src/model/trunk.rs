@@ -3,7 +3,7 @@
 //! the gradient scratch, and the RoPE table.
 
 use super::block::{Block, BlockActs, BlockGrads, BlockSpec, Shared};
-use super::{r, w, Alloc};
+use super::{r, w, Alloc, Weights};
 use crate::Result;
 use weft_kernels::{Backend, Ops};
 
@@ -78,9 +78,16 @@ impl<B: Ops> Trunk<B> {
         blocks[l].forward(be, p, r::<B>(&head[l]), w::<B>(&mut tail[0]), a, &sh)
     }
 
-    pub fn forward(&mut self, be: &B, p: B::Ref<'_>, cond: Option<B::Ref<'_>>) -> Result<()> {
-        for l in 0..self.blocks.len() {
+    /// Block `l` is unit `l + 1` of the weights (unit 0 holds the input layers).
+    pub fn forward(&mut self, be: &B, wt: &mut dyn Weights<B>, cond: Option<B::Ref<'_>>) -> Result<()> {
+        let n = self.blocks.len();
+        for l in 0..n {
+            if l + 1 < n {
+                wt.prefetch(be, l + 2)?;
+            }
+            let p = wt.get(be, l + 1)?;
             self.run_block(be, p, l, cond)?;
+            wt.release(be, l + 1)?;
         }
         Ok(())
     }
@@ -89,13 +96,16 @@ impl<B: Ops> Trunk<B> {
     pub fn backward(
         &mut self,
         be: &B,
-        p: B::Ref<'_>,
-        mut dp: B::Mut<'_>,
+        wt: &mut dyn Weights<B>,
         dres: &mut B::Buffer,
         cond: Option<B::Ref<'_>>,
         mut dcond: Option<&mut B::Buffer>,
     ) -> Result<()> {
         for l in (0..self.blocks.len()).rev() {
+            if l > 0 {
+                wt.prefetch(be, l)?;
+            }
+            let (p, mut dp) = wt.get_mut(be, l + 1)?;
             if self.recompute {
                 // Re-run the block from its saved input (rewrites its output with the same bits).
                 self.run_block(be, p, l, cond)?;
@@ -117,6 +127,9 @@ impl<B: Ops> Trunk<B> {
             };
             let dc = dcond.as_deref_mut();
             blocks[l].backward(be, p, B::rb(&mut dp), r::<B>(&inputs[l]), dres, a, grads, &sh, dc)?;
+            drop(dp);
+            wt.grads_done(be, l + 1)?;
+            wt.release(be, l + 1)?;
         }
         Ok(())
     }
