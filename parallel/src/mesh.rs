@@ -300,9 +300,13 @@ mod tests {
             },
         );
         assert!(e.unwrap_err().0.contains("model.width (64)"));
-        let e = Mesh::new(1, 1, 4, 2).validate(8, &dims()).unwrap_err().0;
+        let short = ModelDims {
+            tokens: ("model.seq_len", 24),
+            ..dims()
+        };
+        let e = Mesh::new(1, 1, 4, 2).validate(8, &short).unwrap_err().0;
         assert!(
-            e.contains("model.seq_len (32) must be divisible by 2 × parallel.cp × parallel.tp = 16"),
+            e.contains("model.seq_len (24) must be divisible by 2 × parallel.cp × parallel.tp = 16"),
             "{e}"
         );
         let e = Mesh::new(1, 1, 2, 1).validate(
