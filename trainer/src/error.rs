@@ -47,3 +47,25 @@ impl Error {
         move |source| Error::Io { path, source }
     }
 }
+
+impl From<weft_parallel::Error> for Error {
+    fn from(e: weft_parallel::Error) -> Self {
+        match e {
+            weft_parallel::Error::Mesh(m) => Error::from_mesh(&m.0),
+            other => Error::Other(other.to_string()),
+        }
+    }
+}
+
+impl Error {
+    /// A mesh rule (`config: `key` rule` or `config: rule`) as a config error.
+    pub fn from_mesh(msg: &str) -> Self {
+        let body = msg.strip_prefix("config: ").unwrap_or(msg);
+        if let Some(rest) = body.strip_prefix('`') {
+            if let Some((key, rule)) = rest.split_once('`') {
+                return Error::config(key, rule.trim_start());
+            }
+        }
+        Error::config("parallel", body)
+    }
+}

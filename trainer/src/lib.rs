@@ -3,6 +3,7 @@
 //! Models, optimizers, data and the training loop of weft.
 pub mod config;
 pub mod data;
+pub mod dist;
 mod error;
 pub mod layout;
 pub mod model;

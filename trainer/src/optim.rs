@@ -63,9 +63,36 @@ impl<B: Ops> AdamWState<B> {
         grads: B::Ref<'_>,
         lr: f64,
     ) -> Result<f64> {
+        let norm = self.sum_squares(be, grads)?.sqrt();
+        let segs: Vec<(usize, bool)> = layout
+            .entries
+            .iter()
+            .map(|e| (e.numel(), e.role.decays()))
+            .collect();
+        self.step_segments(be, o, &segs, params, grads, lr, norm)?;
+        Ok(norm)
+    }
+
+    /// `Σ g²` over `grads`.
+    pub fn sum_squares(&mut self, be: &B, grads: B::Ref<'_>) -> Result<f64> {
         be.fill(w::<B>(&mut self.acc), 0.0, 1)?;
         be.sum_squares(w::<B>(&mut self.acc), grads, grads.len())?;
-        let norm = download_f64(be, B::view(&self.acc))?[0].sqrt();
+        Ok(download_f64(be, B::view(&self.acc))?[0])
+    }
+
+    /// One AdamW step over consecutive segments `(length, decays)` covering the buffers, with
+    /// the global gradient norm `norm` already known (a sharded run sums it over ranks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_segments(
+        &mut self,
+        be: &B,
+        o: &Optimizer,
+        segs: &[(usize, bool)],
+        params: B::Mut<'_>,
+        grads: B::Ref<'_>,
+        lr: f64,
+        norm: f64,
+    ) -> Result<()> {
         let scale = if o.grad_clip > 0.0 && norm > o.grad_clip {
             o.grad_clip / (norm + 1e-6)
         } else {
@@ -74,11 +101,7 @@ impl<B: Ops> AdamWState<B> {
         self.step += 1;
         let (mut p, mut m, mut v, mut g) =
             (params, B::view_mut(&mut self.m), B::view_mut(&mut self.v), grads);
-        let mut done = 0;
-        for e in &layout.entries {
-            // Entries are contiguous and in buffer order (a tied head adds none).
-            debug_assert_eq!(e.offset, done);
-            let n = e.numel();
+        for &(n, decays) in segs {
             let (pe, pr) = p.split_at(n);
             let (me, mr) = m.split_at(n);
             let (ve, vr) = v.split_at(n);
@@ -88,18 +111,14 @@ impl<B: Ops> AdamWState<B> {
                 beta1: o.beta1 as f32,
                 beta2: o.beta2 as f32,
                 eps: o.eps as f32,
-                weight_decay: if e.role.decays() {
-                    o.weight_decay as f32
-                } else {
-                    0.0
-                },
+                weight_decay: if decays { o.weight_decay as f32 } else { 0.0 },
                 step: self.step,
                 grad_scale: scale as f32,
             };
             be.adamw_update(pe, me, ve, ge, h, n)?;
-            (p, m, v, g, done) = (pr, mr, vr, gr, done + n);
+            (p, m, v, g) = (pr, mr, vr, gr);
         }
-        Ok(norm)
+        Ok(())
     }
 }
 

@@ -4,5 +4,6 @@ mod common;
 mod config;
 mod data;
 mod models;
+mod parallel;
 mod reference;
 mod training;

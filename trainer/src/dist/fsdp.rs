@@ -1,0 +1,239 @@
+//! FSDP: each unit of the flat parameter buffer (input layers, every block, output layers) is
+//! split into `dp_shard` equal pieces (the last padded with zeros); a rank keeps only its piece
+//! of the parameters, gradients and optimizer state.
+//!
+//! Forward all-gathers a unit when it is needed, starting the next block's gather in the
+//! background while the current block computes, and frees the gathered copy after use.
+//! Backward gathers again, accumulates the unit's full gradient, and as soon as the unit is
+//! done starts its reduce-scatter, which lands in this rank's gradient shard while earlier
+//! blocks compute. The input and output layers stay gathered for the whole micro-batch.
+
+use crate::model::Weights;
+use crate::{Error, Layout, Result};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+use weft_kernels::{Backend, DType, Ops, Slice};
+use weft_parallel::{Collective, Comm, Pending};
+
+/// Bytes a rank holds, by purpose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Memory {
+    pub params: usize,
+    pub grads: usize,
+    pub optimizer: usize,
+    /// Gathered parameters, full gradients and buffers in flight, at their peak.
+    pub comm_peak: usize,
+}
+
+/// Time spent on parameter gathers: waiting for them (exposed) and in total when they ran
+/// without overlap (measured by [`Fsdp::set_prefetch`]`(false)` runs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommTime {
+    pub gather_wait: Duration,
+    pub gathers: usize,
+}
+
+pub struct Fsdp<'c, B: Backend> {
+    comm: &'c dyn Comm<B>,
+    dtype: DType,
+    units: Vec<Range<usize>>,
+    /// Per-unit shard length and offset of the unit's shard in the shard buffers.
+    m: Vec<usize>,
+    off: Vec<usize>,
+    pub params: B::Buffer,
+    pub grads: B::Buffer,
+    gathered: Vec<Option<B::Buffer>>,
+    gathering: Vec<Option<Pending<B>>>,
+    full_grads: Vec<Option<B::Buffer>>,
+    reducing: Vec<Option<Pending<B>>>,
+    prefetch: bool,
+    live: usize,
+    pub peak: usize,
+    pub time: CommTime,
+}
+
+impl<'c, B: Ops> Fsdp<'c, B> {
+    /// Shard `full` (the whole flat parameter vector of `layout`, identical on every rank of
+    /// `comm`) and keep this rank's pieces.
+    pub fn new(be: &B, comm: &'c dyn Comm<B>, layout: &Layout, full: &[f32], dtype: DType) -> Result<Self> {
+        let (ds, s) = (comm.size(), comm.rank());
+        let units = layout.units();
+        let m: Vec<usize> = units.iter().map(|u| u.len().div_ceil(ds)).collect();
+        let off: Vec<usize> = m
+            .iter()
+            .scan(0, |acc, &n| Some(std::mem::replace(acc, *acc + n)))
+            .collect();
+        let total: usize = m.iter().sum();
+        let mut host = vec![0f32; total];
+        for (u, r) in units.iter().enumerate() {
+            let lo = (r.start + s * m[u]).min(r.end);
+            let hi = (r.start + (s + 1) * m[u]).min(r.end);
+            host[off[u]..off[u] + hi - lo].copy_from_slice(&full[lo..hi]);
+        }
+        let mut params = be.alloc(dtype, total)?;
+        crate::model::upload_f32(be, &host, B::view_mut(&mut params))?;
+        let n = units.len();
+        Ok(Fsdp {
+            comm,
+            dtype,
+            m,
+            off,
+            params,
+            grads: be.alloc(dtype, total)?,
+            gathered: (0..n).map(|_| None).collect(),
+            gathering: (0..n).map(|_| None).collect(),
+            full_grads: (0..n).map(|_| None).collect(),
+            reducing: (0..n).map(|_| None).collect(),
+            units,
+            prefetch: true,
+            live: 0,
+            peak: 0,
+            time: CommTime::default(),
+        })
+    }
+
+    /// Start the next block's gather early (default) or only when it is needed.
+    pub fn set_prefetch(&mut self, on: bool) {
+        self.prefetch = on;
+    }
+
+    pub fn shard_len(&self) -> usize {
+        self.m.iter().sum()
+    }
+
+    /// `(length, decays)` segments of this rank's shard, in order, for the optimizer; padding
+    /// is a segment without decay (its parameters and gradients stay zero).
+    pub fn segments(&self, layout: &Layout) -> Vec<(usize, bool)> {
+        self.pieces(layout).into_iter().map(|(n, d, _)| (n, d)).collect()
+    }
+
+    /// `(length, decays, global range)` of every piece of this rank's shard (`None`: padding).
+    pub fn pieces(&self, layout: &Layout) -> Vec<(usize, bool, Option<Range<usize>>)> {
+        self.pieces_for(layout, self.comm.rank())
+    }
+
+    /// [`Fsdp::pieces`] of shard rank `s`.
+    pub fn pieces_for(&self, layout: &Layout, s: usize) -> Vec<(usize, bool, Option<Range<usize>>)> {
+        let mut out = Vec::new();
+        for (u, r) in self.units.iter().enumerate() {
+            let lo = (r.start + s * self.m[u]).min(r.end);
+            let hi = (r.start + (s + 1) * self.m[u]).min(r.end);
+            for e in &layout.entries {
+                let (a, b) = (e.offset.max(lo), (e.offset + e.numel()).min(hi));
+                if a < b {
+                    out.push((b - a, e.role.decays(), Some(a..b)));
+                }
+            }
+            let pad = self.m[u] - (hi - lo);
+            if pad > 0 {
+                out.push((pad, false, None));
+            }
+        }
+        out
+    }
+
+    fn track(&mut self, delta: isize) {
+        self.live = (self.live as isize + delta) as usize;
+        self.peak = self.peak.max(self.live);
+    }
+
+    fn start_gather(&mut self, be: &B, u: usize) -> Result<()> {
+        if self.gathered[u].is_some() || self.gathering[u].is_some() {
+            return Ok(());
+        }
+        let (m, ds) = (self.m[u], self.comm.size());
+        let mut send = be.alloc(self.dtype, m)?;
+        let src = B::view(&self.params).range(self.off[u]..self.off[u] + m);
+        be.cast(B::view_mut(&mut send), src, m)?;
+        let recv = be.alloc(self.dtype, m * ds)?;
+        self.track(((m + m * ds) * self.dtype.size()) as isize);
+        self.gathering[u] = Some(self.comm.start(be, Collective::AllGather, send, recv)?);
+        Ok(())
+    }
+
+    fn ensure(&mut self, be: &B, u: usize) -> Result<()> {
+        if self.gathered[u].is_some() {
+            return Ok(());
+        }
+        self.start_gather(be, u)?;
+        let t = Instant::now();
+        let (_, full) = self.gathering[u].take().expect("gather started").wait()?;
+        self.time.gather_wait += t.elapsed();
+        self.time.gathers += 1;
+        self.track(-((self.m[u] * self.dtype.size()) as isize));
+        self.gathered[u] = Some(full);
+        Ok(())
+    }
+
+    fn outer(&self, u: usize) -> bool {
+        u == 0 || u + 1 == self.units.len()
+    }
+
+    /// Wait for every reduce-scatter of this micro-batch and add the results into the
+    /// gradient shard; free the input and output layers' gathered copies.
+    pub fn finish_micro_batch(&mut self, be: &B) -> Result<()> {
+        for u in 0..self.units.len() {
+            if let Some(p) = self.reducing[u].take() {
+                let (_, part) = p.wait()?;
+                let m = self.m[u];
+                let dst = B::view_mut(&mut self.grads).range(self.off[u]..self.off[u] + m);
+                be.accumulate(dst, B::view(&part), m)?;
+                self.track(-((m * (self.comm.size() + 1) * self.dtype.size()) as isize));
+            }
+            if self.full_grads[u].is_some() {
+                return Err(Error::Other(format!(
+                    "unit {u}: gradients were never marked complete"
+                )));
+            }
+            if self.gathered[u].take().is_some() {
+                self.track(-((self.m[u] * self.comm.size() * self.dtype.size()) as isize));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<B: Ops> Weights<B> for Fsdp<'_, B> {
+    fn get(&mut self, be: &B, u: usize) -> Result<B::Ref<'_>> {
+        self.ensure(be, u)?;
+        let n = self.units[u].len();
+        Ok(B::view(self.gathered[u].as_ref().expect("gathered")).range(0..n))
+    }
+
+    fn get_mut(&mut self, be: &B, u: usize) -> Result<(B::Ref<'_>, B::Mut<'_>)> {
+        self.ensure(be, u)?;
+        let full = self.m[u] * self.comm.size();
+        if self.full_grads[u].is_none() {
+            self.full_grads[u] = Some(be.alloc(self.dtype, full)?);
+            self.track((full * self.dtype.size()) as isize);
+        }
+        let n = self.units[u].len();
+        let p = B::view(self.gathered[u].as_ref().expect("gathered")).range(0..n);
+        let g = B::view_mut(self.full_grads[u].as_mut().expect("allocated")).range(0..n);
+        Ok((p, g))
+    }
+
+    fn prefetch(&mut self, be: &B, u: usize) -> Result<()> {
+        if self.prefetch {
+            self.start_gather(be, u)?;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, _be: &B, u: usize) -> Result<()> {
+        if !self.outer(u) && self.gathered[u].take().is_some() {
+            self.track(-((self.m[u] * self.comm.size() * self.dtype.size()) as isize));
+        }
+        Ok(())
+    }
+
+    fn grads_done(&mut self, be: &B, u: usize) -> Result<()> {
+        let full = self.full_grads[u]
+            .take()
+            .ok_or_else(|| Error::Other(format!("unit {u}: no gradients to reduce")))?;
+        let recv = be.alloc(self.dtype, self.m[u])?;
+        self.track((self.m[u] * self.dtype.size()) as isize);
+        self.reducing[u] = Some(self.comm.start(be, Collective::ReduceScatter, full, recv)?);
+        Ok(())
+    }
+}
