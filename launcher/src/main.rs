@@ -3,6 +3,7 @@
 mod bench;
 mod bench_step;
 mod commands;
+mod dist;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,7 +28,8 @@ enum Command {
     },
     /// Show the compute devices weft can use here.
     Info,
-    /// Train a model in this process.
+    /// Train a model: in this process, on threads (one per rank of the mesh), or as one MPI
+    /// rank when started by `mpirun`/`srun`.
     Train(commands::TrainArgs),
     /// Generate from trained weights: clips (GIF + PNG) for a DiT, text for a GPT.
     Sample(commands::SampleArgs),

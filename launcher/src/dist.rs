@@ -1,0 +1,113 @@
+//! `weft train` on a mesh: ranks as threads of this process, or this process as one MPI rank
+//! (when started by `mpirun -n N` or `srun --mpi=pmix`).
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use weft_kernels::CpuBackend;
+use weft_parallel::comm::local;
+use weft_parallel::Comm;
+use weft_trainer::dist::{check_mesh, train_rank, RankOutcome};
+use weft_trainer::{export, Config};
+
+/// Whether an MPI launcher started this process.
+pub fn under_mpi() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+pub fn train(cfg: &Config, _no_progress: bool) -> Result<()> {
+    let world = cfg.parallel.world();
+    if under_mpi() {
+        return train_mpi(cfg);
+    }
+    check_mesh(cfg, world)?;
+    tracing::info!("{world} ranks as threads of this process (mesh {:?})", weft_trainer::dist::mesh_of(cfg).sizes);
+    let outs = local::run(world, |_, comm| train_rank(cfg, &comm as &dyn Comm<CpuBackend>, true))?;
+    for o in &outs {
+        report_memory(o);
+    }
+    finish(cfg, &outs[0], "threads")
+}
+
+#[cfg(feature = "mpi")]
+fn train_mpi(cfg: &Config) -> Result<()> {
+    let mpi = weft_parallel::comm::mpi::MpiWorld::init()?;
+    // Refuse a mesh that does not fit before this rank does any work.
+    check_mesh(cfg, mpi.size())?;
+    let out = {
+        let comm = mpi.comm();
+        train_rank(cfg, &comm as &dyn Comm<CpuBackend>, true)?
+    };
+    report_memory(&out);
+    if out.rank == 0 {
+        finish(cfg, &out, "mpi")?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn train_mpi(_: &Config) -> Result<()> {
+    bail!("this weft was built without the `mpi` feature; rebuild with `--features mpi` to run under mpirun/srun")
+}
+
+fn report_memory(o: &RankOutcome) {
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    let m = o.memory;
+    tracing::info!(
+        rank = o.rank,
+        "held: parameters {:.3} MiB, gradients {:.3} MiB, optimizer {:.3} MiB (sum {:.3} MiB); \
+         communication buffers peak {:.3} MiB; waited {:.1} ms for {} gathers",
+        mib(m.params),
+        mib(m.grads),
+        mib(m.optimizer),
+        mib(m.params + m.grads + m.optimizer),
+        mib(m.comm_peak),
+        o.gather_wait.as_secs_f64() * 1e3,
+        o.gathers
+    );
+}
+
+/// FNV-1a of the parameters' bits: equal runs print equal digests.
+fn digest(v: &[f32]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for x in v {
+        for b in x.to_bits().to_le_bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Rank 0: write the weights and a summary, print the result.
+fn finish(cfg: &Config, o: &RankOutcome, transport: &str) -> Result<()> {
+    let dir = cfg.run_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let weights = dir.join("model.safetensors");
+    let layout = weft_trainer::train::layout_of(cfg);
+    export::save(&weights, &layout, &o.params, cfg, cfg.training.steps)?;
+    let summary = json!({
+        "transport": transport,
+        "mesh": weft_trainer::dist::mesh_of(cfg).sizes,
+        "losses": o.losses,
+        "params_digest": digest(&o.params),
+        "memory_rank0": o.memory,
+        "step_time_s": o.step_time.as_secs_f64(),
+    });
+    let path = dir.join("sharded.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if o.losses.is_empty() {
+        bail!("no steps were run");
+    }
+    println!(
+        "{}: {} steps on {} ranks ({transport}), final train loss {:.5}, parameters {}, weights {}",
+        cfg.job.name,
+        o.losses.len(),
+        cfg.parallel.world(),
+        o.losses.last().unwrap(),
+        digest(&o.params),
+        weights.display()
+    );
+    Ok(())
+}
