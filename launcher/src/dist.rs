@@ -22,8 +22,13 @@ pub fn train(cfg: &Config, _no_progress: bool) -> Result<()> {
         return train_mpi(cfg);
     }
     check_mesh(cfg, world)?;
-    tracing::info!("{world} ranks as threads of this process (mesh {:?})", weft_trainer::dist::mesh_of(cfg).sizes);
-    let outs = local::run(world, |_, comm| train_rank(cfg, &comm as &dyn Comm<CpuBackend>, true))?;
+    tracing::info!(
+        "{world} ranks as threads of this process (mesh {:?})",
+        weft_trainer::dist::mesh_of(cfg).sizes
+    );
+    let outs = local::run(world, |_, comm| {
+        train_rank(cfg, &comm as &dyn Comm<CpuBackend>, true)
+    })?;
     for o in &outs {
         report_memory(o);
     }

@@ -1,0 +1,93 @@
+//! `weft train` as real MPI processes (`mpirun -n 4`), against the same mesh on threads:
+//! the rank-ordered reductions make the two transports agree bit for bit.
+
+use std::path::Path;
+use std::process::Command;
+
+fn summary(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("eq/sharded.json")).expect("sharded.json written");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn sets(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "job.name=\"eq\"",
+        "model.depth=2",
+        "model.width=32",
+        "model.heads=2",
+        "training.steps=3",
+        "training.grad_accum=2",
+        "optimizer.warmup_steps=1",
+        "training.peak_flops=1e11",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v.push(format!("job.out_dir=\"{}\"", out.display()));
+    v.into_iter().flat_map(|s| ["--set".to_string(), s]).collect()
+}
+
+fn check(config: &str, extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (threads, mpi) = (dir.path().join("threads"), dir.path().join("mpi"));
+    let cfg = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")).join(config);
+    let bin = env!("CARGO_BIN_EXE_weft");
+    let out = Command::new(bin)
+        .arg("train")
+        .arg(&cfg)
+        .args(sets(&threads, extra))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-n", "4", bin, "train"])
+        .arg(&cfg)
+        .args(sets(&mpi, extra))
+        .output()
+        .expect("mpirun is installed (apt-get install openmpi-bin)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Every rank reports what it holds.
+    for r in 0..4 {
+        assert!(
+            stderr.contains(&format!("rank={r}"))
+                || stderr.contains(&format!("rank\u{1b}[0m\u{1b}[2m=\u{1b}[0m{r}")),
+            "{stderr}"
+        );
+    }
+    let (a, b) = (summary(&threads), summary(&mpi));
+    assert_eq!(a["transport"], "threads");
+    assert_eq!(b["transport"], "mpi");
+    assert_eq!(a["losses"], b["losses"]);
+    assert_eq!(a["params_digest"], b["params_digest"]);
+}
+
+#[test]
+fn dit_fsdp_over_mpi_matches_threads_bitwise() {
+    check(
+        "dit-tiny.toml",
+        &["parallel.dp_shard=4", "training.micro_batch=4"],
+    );
+}
+
+#[test]
+fn gpt_hsdp_over_mpi_matches_threads_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
+    let tok = dir.path().join("t.tok");
+    weft_trainer::data::tokens::tokenize(&[text], &tok).unwrap();
+    let path = format!("data.path=\"{}\"", tok.display());
+    check(
+        "gpt-tiny.toml",
+        &[
+            "parallel.dp_replicate=2",
+            "parallel.dp_shard=2",
+            "training.micro_batch=2",
+            "model.seq_len=16",
+            "model.kv_heads=1",
+            &path,
+        ],
+    );
+}
