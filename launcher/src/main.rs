@@ -1,6 +1,7 @@
 //! `weft`: the command line of the weft trainer.
 
 mod bench;
+mod bench_fsdp;
 mod bench_step;
 mod commands;
 mod dist;
@@ -48,6 +49,8 @@ enum BenchWhat {
     Kernels(bench::KernelBenchArgs),
     /// One training step of the tiny DiT and GPT, in weft and in PyTorch (same run).
     Step(bench_step::StepBenchArgs),
+    /// How much FSDP all-gather time is hidden behind compute, on MPI ranks.
+    Fsdp(bench_fsdp::FsdpBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -64,6 +67,9 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchWhat::Step(args),
         } => bench_step::step(&args),
+        Command::Bench {
+            what: BenchWhat::Fsdp(args),
+        } => bench_fsdp::fsdp(&args),
         Command::Train(a) => commands::train(&a),
         Command::Sample(a) => commands::sample(&a),
         Command::Config(a) => commands::config(&a),

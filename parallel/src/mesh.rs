@@ -69,7 +69,10 @@ pub struct ModelDims {
 }
 
 fn divisors(n: usize) -> String {
-    let v: Vec<String> = (1..=n).filter(|d| n % d == 0).map(|d| d.to_string()).collect();
+    let v: Vec<String> = (1..=n)
+        .filter(|d| n.is_multiple_of(*d))
+        .map(|d| d.to_string())
+        .collect();
     v.join(", ")
 }
 
@@ -153,7 +156,7 @@ impl Mesh {
                  equal the number of ranks ({world}); sizes of one dimension that fit with the others \
                  fixed: parallel.dp_shard = {}",
                 self.world(),
-                if world % (a * c * d) == 0 {
+                if world.is_multiple_of(a * c * d) {
                     (world / (a * c * d)).to_string()
                 } else {
                     "none".into()
@@ -172,9 +175,9 @@ impl Mesh {
                 )))
             }
         };
-        rule(m.heads % tp == 0, "model.heads", m.heads, Dim::Tp.key())?;
+        rule(m.heads.is_multiple_of(tp), "model.heads", m.heads, Dim::Tp.key())?;
         rule(
-            m.kv_heads % tp == 0,
+            m.kv_heads.is_multiple_of(tp),
             "the key/value heads",
             m.kv_heads,
             Dim::Tp.key(),
@@ -184,7 +187,7 @@ impl Mesh {
         }
         let cp = self.size(Dim::Cp);
         let u = m.ulysses.max(1);
-        if cp % u != 0 {
+        if !cp.is_multiple_of(u) {
             return Err(MeshError(format!(
                 "config: `parallel.ulysses` ({u}) must divide parallel.cp ({cp}); values that fit: {}",
                 divisors(cp)
@@ -253,7 +256,7 @@ mod tests {
             &[Dim::Shard, Dim::Cp],
             &[Dim::Replicate, Dim::Shard, Dim::Cp, Dim::Tp],
         ] {
-            let mut seen = vec![0; 16];
+            let mut seen = [0; 16];
             for r in 0..16 {
                 let g = m.group(r, dims);
                 assert_eq!(g.len(), dims.iter().map(|&d| m.size(d)).product::<usize>());

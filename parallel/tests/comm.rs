@@ -24,12 +24,12 @@ fn collectives_match_their_definitions() {
             // reduce_scatter: rank-ordered sum of each rank's block `rank`.
             let mut rs = vec![0f32; n];
             c.reduce_scatter(&be, (&mine).into(), (&mut rs).into())?;
-            for i in 0..n {
+            for (i, got) in rs.iter().enumerate() {
                 let mut want = 0f32;
                 for r in 0..size {
                     want += data(r, n * size)[rank * n + i];
                 }
-                assert_eq!(rs[i], want);
+                assert_eq!(*got, want);
             }
             // all_reduce on a length that does not divide the group size.
             let mut ar = data(rank, 7);

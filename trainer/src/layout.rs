@@ -106,7 +106,8 @@ impl Layout {
             (Some(f), Some(l)) => (f.start, l.end),
             _ => (self.len, self.len),
         };
-        let mut u = vec![0..first];
+        let mut u = Vec::with_capacity(self.blocks.len() + 2);
+        u.push(0..first);
         u.extend(self.blocks.iter().cloned());
         u.push(last..self.len);
         u

@@ -182,7 +182,7 @@ impl HostComm {
         same_dtype(op, send.dtype(), recv.dtype())?;
         check(
             op,
-            send.len() == recv.len() && send.len() % self.size() == 0,
+            send.len() == recv.len() && send.len().is_multiple_of(self.size()),
             || {
                 format!(
                     "send ({}) and recv ({}) must be equal multiples of the group size {}",

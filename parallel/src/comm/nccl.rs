@@ -168,7 +168,7 @@ impl Comm<CudaBackend> for NcclComm {
     }
     fn all_to_all(&self, _: &CudaBackend, send: CudaRef<'_>, recv: CudaMut<'_>) -> Result<()> {
         check(
-            send.len() == recv.len() && send.len() % self.size == 0,
+            send.len() == recv.len() && send.len().is_multiple_of(self.size),
             "all_to_all: equal multiples of size",
         )?;
         let (n, dt, w) = (send.len() / self.size, dtype(send.dtype())?, send.dtype().size());
