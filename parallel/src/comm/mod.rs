@@ -21,7 +21,7 @@ pub mod mpi;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 
-pub use host::HostComm;
+pub use host::{HostComm, Transport};
 
 use crate::Result;
 use weft_kernels::Backend;
