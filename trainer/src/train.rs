@@ -57,38 +57,77 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
             ),
         ));
     }
-    let be = CpuBackend::new();
-    let dt = if cfg.training.dtype == "f64" {
+    with_model(cfg, &CpuBackend::new(), Single { cfg, opts })
+}
+
+struct Single<'a> {
+    cfg: &'a Config,
+    opts: TrainOptions,
+}
+
+impl ModelJob for Single<'_> {
+    type Out = Summary;
+    fn run<M, S>(
+        self,
+        be: &CpuBackend,
+        model: M,
+        src: &S,
+        baseline: fn(&[M::Batch]) -> f64,
+    ) -> Result<Summary>
+    where
+        M: Model<CpuBackend>,
+        S: Source<Batch = M::Batch>,
+    {
+        run(self.cfg, be, model, src, self.opts, baseline)
+    }
+}
+
+/// The compute dtype `training.dtype` names.
+pub fn dtype_of(cfg: &Config) -> DType {
+    if cfg.training.dtype == "f64" {
         DType::F64
     } else {
         DType::F32
-    };
+    }
+}
+
+/// Something to do with the model and data source a config describes, for [`with_model`].
+pub trait ModelJob {
+    type Out;
+    /// `baseline` is the loss of the best constant predictor on held-out batches.
+    fn run<M, S>(
+        self,
+        be: &CpuBackend,
+        model: M,
+        src: &S,
+        baseline: fn(&[M::Batch]) -> f64,
+    ) -> Result<Self::Out>
+    where
+        M: Model<CpuBackend>,
+        S: Source<Batch = M::Batch>;
+}
+
+/// Build the model (for `training.micro_batch`) and the data source of `cfg`, and run `job`.
+pub fn with_model<J: ModelJob>(cfg: &Config, be: &CpuBackend, job: J) -> Result<J::Out> {
+    let dt = dtype_of(cfg);
     let (mb, rc, seed) = (cfg.training.micro_batch, cfg.training.recompute, cfg.job.seed);
     match (&cfg.model, &cfg.data) {
         (ModelConfig::Dit(m), DataConfig::Shapes) => {
             let src = Shapes { cfg: m.clone(), seed };
-            run(cfg, &be, Dit::new(&be, m, mb, dt, rc)?, &src, opts, flow_baseline)
+            job.run(be, Dit::new(be, m, mb, dt, rc)?, &src, flow_baseline)
         }
         (ModelConfig::Dit(m), DataConfig::Latents { path, val_fraction }) => {
             let src = Latents::new(Path::new(path), m, *val_fraction, seed)?;
-            run(cfg, &be, Dit::new(&be, m, mb, dt, rc)?, &src, opts, flow_baseline)
+            job.run(be, Dit::new(be, m, mb, dt, rc)?, &src, flow_baseline)
         }
         (ModelConfig::Gpt(m), DataConfig::Tokens { path, val_fraction }) => {
             let src = Tokens::new(Path::new(path), m.seq_len, m.vocab_size, *val_fraction, seed)?;
-            run(
-                cfg,
-                &be,
-                Gpt::new(&be, m, mb, dt, rc)?,
-                &src,
-                opts,
-                unigram_baseline,
-            )
+            job.run(be, Gpt::new(be, m, mb, dt, rc)?, &src, unigram_baseline)
         }
         _ => Err(Error::config("data.kind", "does not match model.kind")),
     }
 }
 
-/// Flow matching: the MSE of predicting each value's mean target over the held-out samples.
 fn flow_baseline(batches: &[crate::model::DitBatch]) -> f64 {
     let n = batches[0].target.len() / batches[0].t.len();
     let all: Vec<&[f32]> = batches.iter().flat_map(|b| b.target.chunks(n)).collect();
@@ -175,7 +214,7 @@ where
         path: mpath,
     };
     let layout = model.layout().clone();
-    let dt = if t.dtype == "f64" { DType::F64 } else { DType::F32 };
+    let dt = dtype_of(cfg);
     // Parameters from the documented per-role initialization, gradients, AdamW state.
     let init = layout.init(cfg.job.seed);
     let mut params = be.alloc(dt, layout.len())?;

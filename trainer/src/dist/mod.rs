@@ -11,12 +11,12 @@ pub mod fsdp;
 
 pub use fsdp::{CommTime, Fsdp, Memory};
 
-use crate::config::{DataConfig, ModelConfig};
-use crate::data::{latents::Latents, sample_indices, shapes::Shapes, tokens::Tokens, Source, Split};
-use crate::model::{gpt::mlp_hidden, Dit, Gpt, Model};
+use crate::config::ModelConfig;
+use crate::data::{sample_indices, Source, Split};
+use crate::model::{gpt::mlp_hidden, Model};
 use crate::optim::{lr_at, AdamWState};
+use crate::train::{dtype_of, with_model, ModelJob};
 use crate::{Config, Error, Result};
-use std::path::Path;
 use std::time::{Duration, Instant};
 use weft_kernels::{Backend, CpuBackend, DType, ElementwiseOps};
 use weft_parallel::{Comm, Dim, Mesh, ModelDims};
@@ -92,54 +92,32 @@ pub fn check_mesh(cfg: &Config, world: usize) -> Result<Mesh> {
 /// Train on this rank of `world`. Every rank of the mesh calls this with the same config.
 pub fn train_rank(cfg: &Config, world: &dyn Comm<CpuBackend>, prefetch: bool) -> Result<RankOutcome> {
     let mesh = check_mesh(cfg, world.size())?;
-    let be = CpuBackend::new();
-    let dt = if cfg.training.dtype == "f64" {
-        DType::F64
-    } else {
-        DType::F32
+    tracing::debug!(rank = world.rank(), transport = world.kind(), "rank starting");
+    let job = Rank {
+        cfg,
+        mesh,
+        world,
+        prefetch,
     };
-    let (mb, rc, seed) = (cfg.training.micro_batch, cfg.training.recompute, cfg.job.seed);
-    match (&cfg.model, &cfg.data) {
-        (ModelConfig::Dit(m), DataConfig::Shapes) => {
-            let src = Shapes { cfg: m.clone(), seed };
-            run(
-                cfg,
-                &be,
-                mesh,
-                world,
-                Dit::new(&be, m, mb, dt, rc)?,
-                &src,
-                dt,
-                prefetch,
-            )
-        }
-        (ModelConfig::Dit(m), DataConfig::Latents { path, val_fraction }) => {
-            let src = Latents::new(Path::new(path), m, *val_fraction, seed)?;
-            run(
-                cfg,
-                &be,
-                mesh,
-                world,
-                Dit::new(&be, m, mb, dt, rc)?,
-                &src,
-                dt,
-                prefetch,
-            )
-        }
-        (ModelConfig::Gpt(m), DataConfig::Tokens { path, val_fraction }) => {
-            let src = Tokens::new(Path::new(path), m.seq_len, m.vocab_size, *val_fraction, seed)?;
-            run(
-                cfg,
-                &be,
-                mesh,
-                world,
-                Gpt::new(&be, m, mb, dt, rc)?,
-                &src,
-                dt,
-                prefetch,
-            )
-        }
-        _ => Err(Error::config("data.kind", "does not match model.kind")),
+    with_model(cfg, &CpuBackend::new(), job)
+}
+
+struct Rank<'a> {
+    cfg: &'a Config,
+    mesh: Mesh,
+    world: &'a dyn Comm<CpuBackend>,
+    prefetch: bool,
+}
+
+impl ModelJob for Rank<'_> {
+    type Out = RankOutcome;
+    fn run<M, S>(self, be: &CpuBackend, model: M, src: &S, _: fn(&[M::Batch]) -> f64) -> Result<RankOutcome>
+    where
+        M: Model<CpuBackend>,
+        S: Source<Batch = M::Batch>,
+    {
+        let dt = dtype_of(self.cfg);
+        run(self.cfg, be, self.mesh, self.world, model, src, dt, self.prefetch)
     }
 }
 
