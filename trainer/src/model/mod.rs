@@ -9,6 +9,7 @@
 
 mod acts;
 pub mod block;
+mod block_params;
 pub mod dit;
 pub mod gpt;
 mod trunk;
