@@ -21,7 +21,7 @@ pub struct TrainArgs {
 pub fn train(a: &TrainArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
     if cfg.parallel.world() > 1 || crate::dist::under_mpi() {
-        return crate::dist::train(&cfg, a.no_progress);
+        return crate::dist::train(&cfg);
     }
     let s = weft_trainer::train::train(
         &cfg,

@@ -16,7 +16,7 @@ pub fn under_mpi() -> bool {
         .any(|v| std::env::var_os(v).is_some())
 }
 
-pub fn train(cfg: &Config, _no_progress: bool) -> Result<()> {
+pub fn train(cfg: &Config) -> Result<()> {
     let world = cfg.parallel.world();
     if under_mpi() {
         return train_mpi(cfg);
