@@ -122,3 +122,43 @@ fn lse_merges_two_halves_of_the_keys_exactly() {
         }
     }
 }
+
+#[test]
+fn attention_merge_of_causal_key_chunks_equals_attention_over_all_keys() {
+    // Queries at positions 4..8 against keys 0..8 split in two chunks; the second chunk masks
+    // part of each row, and rows of a third, all-masked chunk (keys 8..12) must change nothing.
+    let (b, nh, nkv, hd, tq) = (2, 4, 2, 3, 4);
+    let d = |tk, k_start| AttnDims {
+        b,
+        tq,
+        tk,
+        nh,
+        nkv,
+        hd,
+        causal: true,
+        scale: 0.6,
+        q_start: 4,
+        k_start,
+    };
+    let q = rand_vec(1, b * tq * nh * hd);
+    let k = rand_vec(2, b * 12 * nkv * hd);
+    let v = rand_vec(3, b * 12 * nkv * hd);
+    let chunk = |x: &[f64], lo: usize, hi: usize| -> Vec<f64> {
+        let row = nkv * hd;
+        (0..b)
+            .flat_map(|s| x[(s * 12 + lo) * row..(s * 12 + hi) * row].to_vec())
+            .collect()
+    };
+    let (want, want_lse) = naive(&q, &chunk(&k, 0, 8), &chunk(&v, 0, 8), &d(8, 0));
+    let (o, l) = run(DType::F64, &q, &chunk(&k, 0, 4), &chunk(&v, 0, 4), d(4, 0));
+    let (mut out, mut lse) = (host(&o, DType::F64), host(&l, DType::F64));
+    for (lo, hi) in [(4, 8), (8, 12)] {
+        let (po, pl) = run(DType::F64, &q, &chunk(&k, lo, hi), &chunk(&v, lo, hi), d(4, lo));
+        let (po, pl) = (host(&po, DType::F64), host(&pl, DType::F64));
+        cpu()
+            .attention_merge(out.view_mut(), lse.view_mut(), po.view(), pl.view(), d(4, lo))
+            .unwrap();
+    }
+    compare("out", &f64s(&out), &want, Tolerance { atol: 1e-12, rtol: 1e-12 }).unwrap();
+    compare("lse", &f64s(&lse), &want_lse, Tolerance { atol: 1e-12, rtol: 1e-12 }).unwrap();
+}

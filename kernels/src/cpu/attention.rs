@@ -450,7 +450,60 @@ pub fn attention_backward<T: Real>(
     }
 }
 
+/// Log-sum-exp merge of a partial result into a running one (see
+/// [`AttentionOps::attention_merge`]); samples in parallel.
+pub fn attention_merge<T: Real>(out: &mut [T], lse: &mut [T], part: &[T], plse: &[T], d: &AttnDims) {
+    let (t, nh, hd) = (d.tq, d.nh, d.hd);
+    if t * nh * hd == 0 {
+        return;
+    }
+    out.par_chunks_mut(t * nh * hd)
+        .zip(lse.par_chunks_mut(nh * t))
+        .zip(part.par_chunks(t * nh * hd).zip(plse.par_chunks(nh * t)))
+        .for_each(|((o, l), (p, pl))| {
+            for h in 0..nh {
+                for i in 0..t {
+                    let (a, c) = (l[h * t + i], pl[h * t + i]);
+                    let m = a.max(c);
+                    if m == T::neg_infinity() {
+                        continue;
+                    }
+                    let (ea, ec) = ((a - m).exp(), (c - m).exp());
+                    let s = ea + ec;
+                    let (wa, wc) = (ea / s, ec / s);
+                    let r = (i * nh + h) * hd..(i * nh + h + 1) * hd;
+                    for (o, &p) in o[r.clone()].iter_mut().zip(&p[r]) {
+                        *o = *o * wa + p * wc;
+                    }
+                    l[h * t + i] = m + s.ln();
+                }
+            }
+        });
+}
+
 impl AttentionOps for CpuBackend {
+    fn attention_merge(
+        &self,
+        out: HostMut<'_>,
+        lse: HostMut<'_>,
+        part: HostRef<'_>,
+        part_lse: HostRef<'_>,
+        d: AttnDims,
+    ) -> Result<()> {
+        const OP: &str = "attention_merge";
+        let (qs, ls) = (d.q(), d.lse());
+        let (nq, nl) = (d.b * d.tq * d.nh * d.hd, d.b * d.nh * d.tq);
+        let dt = check_all(
+            OP,
+            REFERENCE_FLOATS,
+            &[("part", Some(&part), nq, &qs), ("part_lse", Some(&part_lse), nl, &ls)],
+        )?;
+        check_all(OP, &[dt], &[("out", Some(&out), nq, &qs), ("lse", Some(&lse), nl, &ls)])?;
+        with_real!(dt, T => attention_merge::<T>(T::get_mut(out), T::get_mut(lse), T::get(part), T::get(part_lse), &d));
+        Ok(())
+    }
+
+
     fn attention_forward(
         &self,
         out: HostMut<'_>,

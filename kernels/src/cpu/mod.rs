@@ -15,6 +15,7 @@ mod modulation;
 pub mod norm;
 mod optim;
 mod rope;
+mod shape;
 
 use crate::backend::{Backend, Slice};
 use crate::{DType, HostMut, HostRef, HostVec, Result};

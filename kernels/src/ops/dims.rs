@@ -192,6 +192,28 @@ pub struct SwigluDims {
     pub h: usize,
 }
 
+/// A 3-d tensor `(a, b, inner)` whose two outer axes [`crate::ShapeOps::swap_axes`] swaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwapDims {
+    pub a: usize,
+    pub b: usize,
+    pub inner: usize,
+}
+
+impl SwapDims {
+    pub fn numel(&self) -> usize {
+        self.a * self.b * self.inner
+    }
+    /// The dims of the inverse swap.
+    pub fn inverse(&self) -> Self {
+        SwapDims {
+            a: self.b,
+            b: self.a,
+            inner: self.inner,
+        }
+    }
+}
+
 /// AdaLN on a `(B, T, C)` stream; conditioning rows of `C` values, `cond_stride` apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModDims {

@@ -215,6 +215,18 @@ pub trait AttentionOps: Backend {
         v: Self::Ref<'_>,
         d: AttnDims,
     ) -> Result<()>;
+    /// Merge the partial result of the same queries over another set of keys into a running
+    /// one (ring attention): `lse ← log(e^lse + e^part_lse)`,
+    /// `out ← out·e^(lse_old − lse) + part·e^(part_lse − lse)`. Reads `b, tq, nh, hd` of `d`.
+    /// Rows with both log-sum-exps at `−∞` stay `out = 0`, `lse = −∞`.
+    fn attention_merge(
+        &self,
+        out: Self::Mut<'_>,
+        lse: Self::Mut<'_>,
+        part: Self::Ref<'_>,
+        part_lse: Self::Ref<'_>,
+        d: AttnDims,
+    ) -> Result<()>;
     /// `dq`, `dk`, `dv` overwrite.
     fn attention_backward(
         &self,
@@ -333,6 +345,15 @@ pub trait ElementwiseOps: Backend {
     fn cast(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, n: usize) -> Result<()>;
 }
 
+/// Moving blocks of a tensor between layouts: what sequence and context parallelism do
+/// around their collectives.
+pub trait ShapeOps: Backend {
+    /// `out (B, A, inner)[j][i] = x (A, B, inner)[i][j]`: swaps the two outer axes, e.g.
+    /// rank-major gathered rows `(ranks, B, T·C)` into `(B, ranks, T·C)`. Its own adjoint
+    /// is the swap with `a` and `b` exchanged.
+    fn swap_axes(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, d: SwapDims) -> Result<()>;
+}
+
 /// Reductions and the optimizer step over flat buffers.
 pub trait OptimOps: Backend {
     /// `acc[0] += Σ x²` — the building block of a global gradient norm over many ranges
@@ -374,6 +395,7 @@ pub trait Ops:
     + LossOps
     + EmbedOps
     + ElementwiseOps
+    + ShapeOps
     + OptimOps
 {
 }
@@ -388,6 +410,7 @@ impl<B> Ops for B where
         + LossOps
         + EmbedOps
         + ElementwiseOps
+        + ShapeOps
         + OptimOps
 {
 }
