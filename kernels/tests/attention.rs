@@ -159,6 +159,24 @@ fn attention_merge_of_causal_key_chunks_equals_attention_over_all_keys() {
             .attention_merge(out.view_mut(), lse.view_mut(), po.view(), pl.view(), d(4, lo))
             .unwrap();
     }
-    compare("out", &f64s(&out), &want, Tolerance { atol: 1e-12, rtol: 1e-12 }).unwrap();
-    compare("lse", &f64s(&lse), &want_lse, Tolerance { atol: 1e-12, rtol: 1e-12 }).unwrap();
+    compare(
+        "out",
+        &f64s(&out),
+        &want,
+        Tolerance {
+            atol: 1e-12,
+            rtol: 1e-12,
+        },
+    )
+    .unwrap();
+    compare(
+        "lse",
+        &f64s(&lse),
+        &want_lse,
+        Tolerance {
+            atol: 1e-12,
+            rtol: 1e-12,
+        },
+    )
+    .unwrap();
 }

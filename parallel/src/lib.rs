@@ -8,12 +8,21 @@
 //!   broadcast, send/recv; blocking and started in the background) and its transports:
 //!   threads ([`comm::local`]), MPI ([`comm::mpi`], feature `mpi`), NCCL ([`comm::nccl`],
 //!   feature `cuda`).
+//! - [`seq`]: which tokens each context- and sequence-parallel rank holds.
+//! - [`sp`]: the sequence-parallel boundaries of Megatron-style tensor parallelism
+//!   (all-gather into a parallel region, reduce-scatter out of it).
+//! - [`cp`]: context-parallel attention — ring attention with log-sum-exp merging, Ulysses
+//!   all-to-all, and the two combined.
 
 pub mod comm;
+pub mod cp;
 pub mod mesh;
+pub mod seq;
+pub mod sp;
 
 pub use comm::{Collective, Comm, HostComm, Pending};
 pub use mesh::{Dim, Mesh, MeshError, ModelDims};
+pub use seq::SeqSplit;
 
 /// Errors of the mesh and of communication.
 #[derive(Debug, thiserror::Error)]

@@ -496,13 +496,19 @@ impl AttentionOps for CpuBackend {
         let dt = check_all(
             OP,
             REFERENCE_FLOATS,
-            &[("part", Some(&part), nq, &qs), ("part_lse", Some(&part_lse), nl, &ls)],
+            &[
+                ("part", Some(&part), nq, &qs),
+                ("part_lse", Some(&part_lse), nl, &ls),
+            ],
         )?;
-        check_all(OP, &[dt], &[("out", Some(&out), nq, &qs), ("lse", Some(&lse), nl, &ls)])?;
+        check_all(
+            OP,
+            &[dt],
+            &[("out", Some(&out), nq, &qs), ("lse", Some(&lse), nl, &ls)],
+        )?;
         with_real!(dt, T => attention_merge::<T>(T::get_mut(out), T::get_mut(lse), T::get(part), T::get(part_lse), &d));
         Ok(())
     }
-
 
     fn attention_forward(
         &self,

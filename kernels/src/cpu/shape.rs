@@ -44,13 +44,22 @@ mod tests {
         let d = SwapDims { a: 3, b: 2, inner: 2 };
         let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
         let mut y = HostVec::from(vec![0f32; 12]);
-        be.swap_axes(CpuBackend::view_mut(&mut y), (&x).into(), d).unwrap();
+        be.swap_axes(CpuBackend::view_mut(&mut y), (&x).into(), d)
+            .unwrap();
         // x[i][j] = (i·2 + j)·2 + (0, 1); y[j][i] = x[i][j].
-        assert_eq!(y, HostVec::from(vec![0f32, 1., 4., 5., 8., 9., 2., 3., 6., 7., 10., 11.]));
+        assert_eq!(
+            y,
+            HostVec::from(vec![0f32, 1., 4., 5., 8., 9., 2., 3., 6., 7., 10., 11.])
+        );
         let mut z = HostVec::from(vec![0f32; 12]);
-        be.swap_axes(CpuBackend::view_mut(&mut z), CpuBackend::view(&y), d.inverse()).unwrap();
+        be.swap_axes(CpuBackend::view_mut(&mut z), CpuBackend::view(&y), d.inverse())
+            .unwrap();
         assert_eq!(z, HostVec::from(x));
-        let err = be.swap_axes(CpuBackend::view_mut(&mut z), CpuBackend::view(&y), SwapDims { a: 5, ..d });
+        let err = be.swap_axes(
+            CpuBackend::view_mut(&mut z),
+            CpuBackend::view(&y),
+            SwapDims { a: 5, ..d },
+        );
         assert!(err.unwrap_err().to_string().contains("swap_axes"));
     }
 }
