@@ -42,14 +42,31 @@ pub enum Init {
     Normal(f64),
 }
 
+/// How a tensor is split over the tensor-parallel group. A rank's layout holds its local
+/// piece; the global tensor is the concatenation described here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TpSplit {
+    /// Every tp rank holds the whole tensor (norms, embeddings, row-parallel biases, AdaLN);
+    /// its gradient is a partial sum that the tp group adds up.
+    Replicated,
+    /// Column-parallel weights and their biases: the rows (first dim) come in groups of these
+    /// local sizes (e.g. `[q, k, v]` of a fused QKV, `[gate, up]` of SwiGLU), and each group is
+    /// split evenly over the tp ranks in rank order.
+    Rows(Vec<usize>),
+    /// Row-parallel weights `(out, in)`: the input dim is split evenly in rank order.
+    Cols,
+}
+
 /// One tensor of the flat buffer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub name: String,
+    /// This rank's shape (the global one when `tp = 1`).
     pub shape: Vec<usize>,
     pub offset: usize,
     pub role: Role,
     pub init: Init,
+    pub tp: TpSplit,
 }
 
 impl Entry {
@@ -58,6 +75,37 @@ impl Entry {
     }
     pub fn range(&self) -> Range<usize> {
         self.offset..self.offset + self.numel()
+    }
+    /// `(local offset, global offset, length)` of every contiguous run of this rank's piece
+    /// inside the global tensor (offsets relative to the tensor), for tp rank `rank` of `tp`.
+    pub fn tp_pieces(&self, tp: usize, rank: usize) -> Vec<(usize, usize, usize)> {
+        let cols: usize = self.shape[1..].iter().product();
+        match &self.tp {
+            _ if tp == 1 => vec![(0, 0, self.numel())],
+            TpSplit::Replicated => vec![(0, 0, self.numel())],
+            TpSplit::Rows(groups) => {
+                let (mut local, mut global) = (0, 0);
+                groups
+                    .iter()
+                    .map(|&g| {
+                        let piece = (local * cols, (global + rank * g) * cols, g * cols);
+                        local += g;
+                        global += g * tp;
+                        piece
+                    })
+                    .collect()
+            }
+            TpSplit::Cols => (0..self.shape[0])
+                .map(|row| (row * cols, (row * tp + rank) * cols, cols))
+                .collect(),
+        }
+    }
+    /// Elements of the global tensor.
+    pub fn global_numel(&self, tp: usize) -> usize {
+        match self.tp {
+            TpSplit::Replicated => self.numel(),
+            _ => self.numel() * tp,
+        }
     }
 }
 
@@ -80,12 +128,24 @@ impl Layout {
     }
     /// Append a tensor; returns its range in the flat buffer.
     pub fn add(&mut self, name: impl Into<String>, shape: &[usize], role: Role, init: Init) -> Range<usize> {
+        self.add_split(name, shape, role, init, TpSplit::Replicated)
+    }
+    /// Append a tensor split over the tp group; `shape` is the local one.
+    pub fn add_split(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        role: Role,
+        init: Init,
+        tp: TpSplit,
+    ) -> Range<usize> {
         let e = Entry {
             name: name.into(),
             shape: shape.to_vec(),
             offset: self.len,
             role,
             init,
+            tp,
         };
         self.len += e.numel();
         let r = e.range();
@@ -129,6 +189,12 @@ impl Layout {
     /// Each tensor draws from its own stream (seed, tensor index), so adding a tensor does not
     /// change the others' values.
     pub fn init(&self, seed: u64) -> Vec<f32> {
+        self.init_tp(seed, 1, 0)
+    }
+
+    /// This tp rank's piece of the initialization of the global model: every tensor is drawn
+    /// whole (as one process would) and sliced, so any `tp` starts from the same weights.
+    pub fn init_tp(&self, seed: u64, tp: usize, rank: usize) -> Vec<f32> {
         use rand::SeedableRng;
         let mut out = vec![0f32; self.len];
         for (i, e) in self.entries.iter().enumerate() {
@@ -139,10 +205,36 @@ impl Layout {
                 Init::Normal(std) => {
                     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
                     rng.set_stream(i as u64 + 1);
-                    for v in dst.iter_mut() {
-                        *v = (crate::data::normal(&mut rng) * std) as f32;
+                    let global: Vec<f32> = (0..e.global_numel(tp))
+                        .map(|_| (crate::data::normal(&mut rng) * std) as f32)
+                        .collect();
+                    for (lo, go, n) in e.tp_pieces(tp, rank) {
+                        dst[lo..lo + n].copy_from_slice(&global[go..go + n]);
                     }
                 }
+            }
+        }
+        out
+    }
+
+    /// Place tp rank `rank`'s local parameter vector `local` (this layout) into `global`
+    /// (laid out by `global_layout`, the same model with `tp = 1`).
+    pub fn place_tp(&self, global_layout: &Layout, local: &[f32], tp: usize, rank: usize, global: &mut [f32]) {
+        for (e, ge) in self.entries.iter().zip(&global_layout.entries) {
+            for (lo, go, n) in e.tp_pieces(tp, rank) {
+                let (l, g) = (e.offset + lo, ge.offset + go);
+                global[g..g + n].copy_from_slice(&local[l..l + n]);
+            }
+        }
+    }
+
+    /// Ranges of the tensors every tp rank holds whole, merged where adjacent.
+    pub fn replicated_ranges(&self) -> Vec<Range<usize>> {
+        let mut out: Vec<Range<usize>> = vec![];
+        for e in self.entries.iter().filter(|e| e.tp == TpSplit::Replicated) {
+            match out.last_mut() {
+                Some(last) if last.end == e.offset => last.end = e.range().end,
+                _ => out.push(e.range()),
             }
         }
         out
@@ -170,6 +262,33 @@ mod tests {
         assert_ne!(p, l.init(8));
         let mean: f32 = p[..6].iter().sum::<f32>() / 6.0;
         assert!(mean.abs() < 1.5);
+    }
+
+    #[test]
+    fn tp_pieces_reassemble_the_global_init() {
+        // A fused [q | k] weight split by rows, a row-parallel weight split by columns, a
+        // replicated gain: the ranks' pieces placed back give the tp = 1 init exactly.
+        let build = |tp: usize| {
+            let mut l = Layout::default();
+            let n = Init::Normal(1.0);
+            l.add_split("qk", &[6 / tp, 3], Role::Hidden, n, TpSplit::Rows(vec![4 / tp, 2 / tp]));
+            l.add_split("o", &[3, 4 / tp], Role::Hidden, n, TpSplit::Cols);
+            l.add("g", &[3], Role::Vector, n);
+            l
+        };
+        let global = build(1);
+        let want = global.init(5);
+        let local = build(2);
+        let mut got = vec![f32::NAN; global.len()];
+        for rank in 0..2 {
+            local.place_tp(&global, &local.init_tp(5, 2, rank), 2, rank, &mut got);
+        }
+        assert_eq!(got, want);
+        // Rank 1 holds q rows 2..4 and k row 1 of the global fused weight.
+        let r1 = local.init_tp(5, 2, 1);
+        assert_eq!(&r1[..6], &want[6..12]);
+        assert_eq!(&r1[6..9], &want[15..18]);
+        assert_eq!(local.replicated_ranges(), vec![15..18]);
     }
 
     #[test]

@@ -7,11 +7,14 @@ use crate::Result;
 use weft_kernels::Backend;
 
 /// What forward keeps for backward (one per block, or one shared set when recomputing).
+/// `T` is the tokens of the parallel regions (the cp rank's); between them, on the residual
+/// stream, each tp rank holds `T/tp` (sequence parallelism).
 pub struct BlockActs<B: Backend> {
-    pub(super) ln1: Option<B::Buffer>, // (B, T, C) LN(x) before modulation (adaln)
-    pub(super) mean1: B::Buffer,       // (B·T)
-    pub(super) rstd1: B::Buffer,       // (B·T)
-    pub(super) h1: B::Buffer,          // (B, T, C) attention input
+    pub(super) ln1: Option<B::Buffer>, // (B, T/tp, C) LN(x) before modulation (adaln)
+    pub(super) mean1: B::Buffer,       // (B·T/tp)
+    pub(super) rstd1: B::Buffer,       // (B·T/tp)
+    pub(super) h1: B::Buffer,          // (B, T/tp, C) attention input
+    pub(super) h1g: Option<B::Buffer>, // (B, T, C) h1 of all tp ranks (tp > 1)
     pub(super) q: B::Buffer,           // (B, T, NH, HD)
     pub(super) k: B::Buffer,           // (B, T, NKV, HD)
     pub(super) v: B::Buffer,           // (B, T, NKV, HD)
@@ -23,27 +26,32 @@ pub struct BlockActs<B: Backend> {
     pub(super) kr: B::Buffer,          // (B, T, NKV, HD)
     pub(super) att: B::Buffer,         // (B, T, NH, HD)
     pub(super) lse: B::Buffer,         // (B, NH, T)
-    pub(super) y1: B::Buffer,          // (B, T, C) attention output projection
-    pub(super) x_mid: B::Buffer,       // (B, T, C) residual after attention
-    pub(super) ln2: Option<B::Buffer>, // (B, T, C)
-    pub(super) mean2: B::Buffer,       // (B·T)
-    pub(super) rstd2: B::Buffer,       // (B·T)
-    pub(super) h2: B::Buffer,          // (B, T, C) MLP input
+    pub(super) y1: B::Buffer,          // (B, T, C) attention output projection (partial if tp > 1)
+    pub(super) y1s: Option<B::Buffer>, // (B, T/tp, C) y1 summed over tp, this rank's tokens
+    pub(super) x_mid: B::Buffer,       // (B, T/tp, C) residual after attention
+    pub(super) ln2: Option<B::Buffer>, // (B, T/tp, C)
+    pub(super) mean2: B::Buffer,       // (B·T/tp)
+    pub(super) rstd2: B::Buffer,       // (B·T/tp)
+    pub(super) h2: B::Buffer,          // (B, T/tp, C) MLP input
+    pub(super) h2g: Option<B::Buffer>, // (B, T, C)
     pub(super) f: B::Buffer,           // (B, T, F) or (B, T, 2F) for SwiGLU
     pub(super) a: B::Buffer,           // (B, T, F)
-    pub(super) y2: B::Buffer,          // (B, T, C)
+    pub(super) y2: B::Buffer,          // (B, T, C) (partial if tp > 1)
+    pub(super) y2s: Option<B::Buffer>, // (B, T/tp, C)
     pub(super) modv: Vec<B::Buffer>,   // 6 × (B, C) AdaLN chunks
 }
 
 impl<B: Backend> BlockActs<B> {
     pub(crate) fn new(al: &Alloc<'_, B>, s: &BlockSpec) -> Result<Self> {
-        let (n, c) = (s.rows(), s.c);
+        let (n, c, ns) = (s.rows(), s.c, s.sp_rows());
         let (nq, nk) = (n * s.nh * s.hd, n * s.nkv * s.hd);
+        let tp = s.tp > 1;
         Ok(BlockActs {
-            ln1: al.opt(s.adaln, n * c)?,
-            mean1: al.buf(n)?,
-            rstd1: al.buf(n)?,
-            h1: al.buf(n * c)?,
+            ln1: al.opt(s.adaln, ns * c)?,
+            mean1: al.buf(ns)?,
+            rstd1: al.buf(ns)?,
+            h1: al.buf(ns * c)?,
+            h1g: al.opt(tp, n * c)?,
             q: al.buf(nq)?,
             k: al.buf(nk)?,
             v: al.buf(nk)?,
@@ -56,14 +64,17 @@ impl<B: Backend> BlockActs<B> {
             att: al.buf(nq)?,
             lse: al.buf(n * s.nh)?,
             y1: al.buf(n * c)?,
-            x_mid: al.buf(n * c)?,
-            ln2: al.opt(s.adaln, n * c)?,
-            mean2: al.buf(n)?,
-            rstd2: al.buf(n)?,
-            h2: al.buf(n * c)?,
+            y1s: al.opt(tp, ns * c)?,
+            x_mid: al.buf(ns * c)?,
+            ln2: al.opt(s.adaln, ns * c)?,
+            mean2: al.buf(ns)?,
+            rstd2: al.buf(ns)?,
+            h2: al.buf(ns * c)?,
+            h2g: al.opt(tp, n * c)?,
             f: al.buf(n * s.fc1_out())?,
             a: al.buf(n * s.hidden)?,
             y2: al.buf(n * c)?,
+            y2s: al.opt(tp, ns * c)?,
             modv: (0..if s.adaln { 6 } else { 0 })
                 .map(|_| al.buf(s.b * c))
                 .collect::<Result<_>>()?,
@@ -73,11 +84,14 @@ impl<B: Backend> BlockActs<B> {
 
 /// Gradient scratch shared by all blocks (backward runs one block at a time).
 pub struct BlockGrads<B: Backend> {
-    pub(super) d_h: B::Buffer,       // (B, T, C)
-    pub(super) d_x: B::Buffer,       // (B, T, C)
-    pub(super) d_tmp: B::Buffer,     // (B, T, C)
-    pub(super) d_ln: B::Buffer,      // (B, T, C)
-    pub(super) d_y: B::Buffer,       // (B, T, C)
+    pub(super) d_h: B::Buffer,         // (B, T, C)
+    pub(super) d_hs: Option<B::Buffer>, // (B, T/tp, C) d_h summed over tp (tp > 1)
+    pub(super) d_x: B::Buffer,         // (B, T/tp, C)
+    pub(super) d_tmp: B::Buffer,       // (B, T, C)
+    pub(super) d_ln: B::Buffer,        // (B, T/tp, C)
+    pub(super) d_y: B::Buffer,         // (B, T/tp, C)
+    pub(super) d_yg: Option<B::Buffer>, // (B, T, C) d_y of all tp ranks
+    pub(super) stage: Option<B::Buffer>, // (B, T, C) rank-major staging of the SP collectives
     pub(super) dq: B::Buffer,        // (B, T, NH, HD)
     pub(super) dk: B::Buffer,        // (B, T, NKV, HD)
     pub(super) dv: B::Buffer,        // (B, T, NKV, HD)
@@ -92,14 +106,18 @@ pub struct BlockGrads<B: Backend> {
 
 impl<B: Backend> BlockGrads<B> {
     pub(crate) fn new(al: &Alloc<'_, B>, s: &BlockSpec) -> Result<Self> {
-        let (n, c) = (s.rows(), s.c);
+        let (n, c, ns) = (s.rows(), s.c, s.sp_rows());
         let (nq, nk) = (n * s.nh * s.hd, n * s.nkv * s.hd);
+        let tp = s.tp > 1;
         Ok(BlockGrads {
             d_h: al.buf(n * c)?,
-            d_x: al.buf(n * c)?,
+            d_hs: al.opt(tp, ns * c)?,
+            d_x: al.buf(ns * c)?,
             d_tmp: al.buf(n * c)?,
-            d_ln: al.buf(n * c)?,
-            d_y: al.buf(n * c)?,
+            d_ln: al.buf(ns * c)?,
+            d_y: al.buf(ns * c)?,
+            d_yg: al.opt(tp, n * c)?,
+            stage: al.opt(tp, n * c)?,
             dq: al.buf(nq)?,
             dk: al.buf(nk)?,
             dv: al.buf(nk)?,

@@ -13,13 +13,24 @@
 //!
 //! Shapes: `B` batch, `T` tokens, `C` width, `NH`/`NKV` query/kv heads, `HD` head dim,
 //! `F` MLP hidden size.
+//!
+//! **Tensor + sequence parallel** (Megatron-style, `tp > 1`): `NH`, `NKV` and `F` are this
+//! rank's share; QKV and fc1 are column-parallel, the output projection and fc2
+//! row-parallel. On the residual stream each tp rank holds `T/tp` tokens; the norm output is
+//! all-gathered into each parallel region and the region's partial output reduce-scattered
+//! back ([`weft_parallel::sp`]); backward does the conjugate collectives. Row-parallel biases
+//! are added by tp rank 0 only.
+//!
+//! **Context parallel** (`cp > 1`): `T` is the cp rank's tokens and attention runs over the
+//! whole sequence through [`weft_parallel::cp`] (ring, Ulysses or both).
 
 pub use super::acts::{BlockActs, BlockGrads};
 pub use super::block_params::BlockParams;
-use super::{at, pair, r, w};
+use super::{at, pair, r, w, Par};
 use crate::Result;
 use std::ops::Range;
 use weft_kernels::{AttnDims, Backend, MatmulDims, ModDims, NormDims, Ops, RopeDims, SwigluDims};
+use weft_parallel::{cp, sp};
 
 /// The MLP's nonlinearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +43,7 @@ pub enum Mlp {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockSpec {
     pub b: usize,
+    /// Tokens per sample inside the parallel regions (the cp rank's share of the sequence).
     pub t: usize,
     pub c: usize,
     pub nh: usize,
@@ -46,11 +58,19 @@ pub struct BlockSpec {
     pub causal: bool,
     pub bias: bool,
     pub eps: f32,
+    /// Tensor-parallel size: `nh`, `nkv`, `hidden` are local; the residual stream holds `t/tp`
+    /// tokens per sample.
+    pub tp: usize,
 }
 
 impl BlockSpec {
+    /// Rows inside the parallel regions.
     pub(super) fn rows(&self) -> usize {
         self.b * self.t
+    }
+    /// Rows on the residual stream (sequence-parallel).
+    pub(super) fn sp_rows(&self) -> usize {
+        self.b * self.t / self.tp
     }
     pub(super) fn fc1_out(&self) -> usize {
         match self.mlp {
@@ -80,11 +100,13 @@ impl BlockSpec {
     }
 }
 
-/// Inputs every block shares: the RoPE table and, for AdaLN, `silu(c)` `(B, C)`.
+/// Inputs every block shares: the RoPE table of the cp rank's tokens, for AdaLN `silu(c)`
+/// `(B, C)`, and the rank's parallel groups.
 pub struct Shared<'t, 'c, B: Backend> {
     pub cos: B::Ref<'t>,
     pub sin: B::Ref<'t>,
     pub cond: Option<B::Ref<'c>>,
+    pub par: &'t Par<B>,
 }
 
 /// A block: its spec and where its parameters are.
@@ -96,20 +118,56 @@ pub struct Block {
 impl Block {
     fn norm(&self) -> NormDims {
         NormDims {
-            n: self.spec.rows(),
+            n: self.spec.sp_rows(),
             c: self.spec.c,
             eps: self.spec.eps,
         }
     }
     fn moddims(&self) -> ModDims {
-        ModDims::new(self.spec.b, self.spec.t, self.spec.c)
+        ModDims::new(self.spec.b, self.spec.t / self.spec.tp, self.spec.c)
+    }
+    fn seq(&self) -> sp::SeqDims {
+        sp::SeqDims {
+            b: self.spec.b,
+            t: self.spec.t,
+            c: self.spec.c,
+        }
+    }
+    /// Into a parallel region: `out ← x` of every tp rank (nothing when `tp = 1`).
+    fn gather<B: Ops>(
+        &self,
+        be: &B,
+        sh: &Shared<'_, '_, B>,
+        x: &B::Buffer,
+        out: Option<&mut B::Buffer>,
+        stage: &mut Option<B::Buffer>,
+    ) -> Result<()> {
+        if let (Some(tp), Some(out), Some(st)) = (&sh.par.tp, out, stage.as_mut()) {
+            sp::gather_seq(be, tp.as_ref(), r::<B>(x), w::<B>(out), w::<B>(st), self.seq())?;
+        }
+        Ok(())
+    }
+    /// Out of a parallel region: `out ← Σ_tp x`, this rank's tokens (nothing when `tp = 1`).
+    fn scatter<B: Ops>(
+        &self,
+        be: &B,
+        sh: &Shared<'_, '_, B>,
+        x: &B::Buffer,
+        out: Option<&mut B::Buffer>,
+        stage: &mut Option<B::Buffer>,
+    ) -> Result<()> {
+        if let (Some(tp), Some(out), Some(st)) = (&sh.par.tp, out, stage.as_mut()) {
+            sp::scatter_seq(be, tp.as_ref(), r::<B>(x), w::<B>(out), w::<B>(st), self.seq())?;
+        }
+        Ok(())
     }
     fn attn(&self) -> AttnDims {
         let s = &self.spec;
         AttnDims::new(s.b, s.t, s.nh, s.nkv, s.hd, s.causal)
     }
 
-    /// `x_out = block(x_in)`, keeping what backward needs in `a`.
+    /// `x_out = block(x_in)`, keeping what backward needs in `a` (`g` lends its staging).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward<B: Ops>(
         &self,
         be: &B,
@@ -117,11 +175,13 @@ impl Block {
         x_in: B::Ref<'_>,
         x_out: B::Mut<'_>,
         a: &mut BlockActs<B>,
+        g: &mut BlockGrads<B>,
         sh: &Shared<'_, '_, B>,
     ) -> Result<()> {
         let (s, bp) = (&self.spec, &self.params);
         let (n, c) = (s.rows(), s.c);
         let opt = |r: &Option<Range<usize>>| r.as_ref().map(|r| at(p, r));
+        let owned = |r: &Option<Range<usize>>| if sh.par.owns_bias() { opt(r) } else { None };
         if s.adaln {
             let cond = sh.cond.expect("AdaLN blocks need the conditioning");
             for (i, m) in a.modv.iter_mut().enumerate() {
@@ -132,7 +192,8 @@ impl Block {
         // Attention branch.
         let outs = (a.ln1.as_mut(), &mut a.mean1, &mut a.rstd1, &mut a.h1);
         self.norm_forward(be, p, x_in, outs, &a.modv, 0)?;
-        let h1 = r::<B>(&a.h1);
+        self.gather(be, sh, &a.h1, a.h1g.as_mut(), &mut g.stage)?;
+        let h1 = r::<B>(a.h1g.as_ref().unwrap_or(&a.h1));
         let (nq, nk) = (s.nh * s.hd, s.nkv * s.hd);
         be.matmul_forward(
             w::<B>(&mut a.q),
@@ -193,23 +254,25 @@ impl Block {
         let rk = RopeDims { h: s.nkv, ..rq };
         be.rope_forward(w::<B>(&mut a.qr), qn, sh.cos, sh.sin, rq)?;
         be.rope_forward(w::<B>(&mut a.kr), kn, sh.cos, sh.sin, rk)?;
-        be.attention_forward(
-            w::<B>(&mut a.att),
-            w::<B>(&mut a.lse),
-            r::<B>(&a.qr),
-            r::<B>(&a.kr),
-            r::<B>(&a.v),
-            self.attn(),
-        )?;
+        let (att, lse) = (w::<B>(&mut a.att), w::<B>(&mut a.lse));
+        let (qr, kr, v) = (r::<B>(&a.qr), r::<B>(&a.kr), r::<B>(&a.v));
+        match sh.par.cp_group() {
+            Some(grp) => cp::attention_forward(be, &grp, att, lse, qr, kr, v, self.attn())?,
+            None => be.attention_forward(att, lse, qr, kr, v, self.attn())?,
+        }
         let d = MatmulDims::linear(n, nq, c);
-        be.matmul_forward(w::<B>(&mut a.y1), r::<B>(&a.att), at(p, &bp.wo), opt(&bp.bo), d)?;
-        self.residual_forward(be, w::<B>(&mut a.x_mid), x_in, r::<B>(&a.y1), a.modv.get(2))?;
+        be.matmul_forward(w::<B>(&mut a.y1), r::<B>(&a.att), at(p, &bp.wo), owned(&bp.bo), d)?;
+        self.scatter(be, sh, &a.y1, a.y1s.as_mut(), &mut g.stage)?;
+        let y1 = r::<B>(a.y1s.as_ref().unwrap_or(&a.y1));
+        self.residual_forward(be, w::<B>(&mut a.x_mid), x_in, y1, a.modv.get(2))?;
         // MLP branch.
         let x_mid = r::<B>(&a.x_mid);
         let outs = (a.ln2.as_mut(), &mut a.mean2, &mut a.rstd2, &mut a.h2);
         self.norm_forward(be, p, x_mid, outs, &a.modv, 1)?;
+        self.gather(be, sh, &a.h2, a.h2g.as_mut(), &mut g.stage)?;
+        let h2 = r::<B>(a.h2g.as_ref().unwrap_or(&a.h2));
         let d = MatmulDims::linear(n, c, s.fc1_out());
-        be.matmul_forward(w::<B>(&mut a.f), r::<B>(&a.h2), at(p, &bp.w1), opt(&bp.b1), d)?;
+        be.matmul_forward(w::<B>(&mut a.f), h2, at(p, &bp.w1), opt(&bp.b1), d)?;
         match s.mlp {
             Mlp::Gelu => be.gelu_forward(w::<B>(&mut a.a), r::<B>(&a.f), n * s.hidden)?,
             Mlp::Swiglu => {
@@ -217,8 +280,10 @@ impl Block {
             }
         }
         let d = MatmulDims::linear(n, s.hidden, c);
-        be.matmul_forward(w::<B>(&mut a.y2), r::<B>(&a.a), at(p, &bp.w2), opt(&bp.b2), d)?;
-        self.residual_forward(be, x_out, r::<B>(&a.x_mid), r::<B>(&a.y2), a.modv.get(5))
+        be.matmul_forward(w::<B>(&mut a.y2), r::<B>(&a.a), at(p, &bp.w2), owned(&bp.b2), d)?;
+        self.scatter(be, sh, &a.y2, a.y2s.as_mut(), &mut g.stage)?;
+        let y2 = r::<B>(a.y2s.as_ref().unwrap_or(&a.y2));
+        self.residual_forward(be, x_out, r::<B>(&a.x_mid), y2, a.modv.get(5))
     }
 
     /// Pre-norm `which` (0: before attention, 1: before the MLP) of `x` into
@@ -264,7 +329,7 @@ impl Block {
         y: B::Ref<'_>,
         gate: Option<&B::Buffer>,
     ) -> Result<()> {
-        let n = self.spec.rows() * self.spec.c;
+        let n = self.spec.sp_rows() * self.spec.c;
         match gate {
             Some(g) => {
                 be.cast(B::rb(&mut out), x, n)?;
@@ -293,15 +358,20 @@ impl Block {
         let (s, bp) = (&self.spec, &self.params);
         let (n, c) = (s.rows(), s.c);
         let (nq, nk) = (s.nh * s.hd, s.nkv * s.hd);
+        let ns = s.sp_rows();
         let opt = |r: &Option<Range<usize>>| r.as_ref().map(|r| at(p, r));
+        let owner = sh.par.owns_bias();
         // MLP branch: y = x' + gate2·MLP(h').
-        let dy2 = self.residual_backward(be, dres, &mut g.d_y, &mut g.dmod, r::<B>(&a.y2), a, 5)?;
+        let y2 = r::<B>(a.y2s.as_ref().unwrap_or(&a.y2));
+        let dy2 = self.residual_backward(be, dres, &mut g.d_y, &mut g.dmod, y2, a, 5)?;
+        self.gather(be, sh, dy2, g.d_yg.as_mut(), &mut g.stage)?;
+        let dy2 = g.d_yg.as_ref().unwrap_or(dy2);
         let (dw, db) = pair(B::rb(&mut dp), &bp.w2, bp.b2.as_ref());
         let d = MatmulDims::linear(n, s.hidden, c);
         be.matmul_backward(
             Some(w::<B>(&mut g.d_a)),
             Some(dw),
-            db,
+            db.filter(|_| owner),
             r::<B>(dy2),
             r::<B>(&a.a),
             at(p, &bp.w2),
@@ -323,37 +393,38 @@ impl Block {
             Some(dw),
             db,
             r::<B>(&g.d_f),
-            r::<B>(&a.h2),
+            r::<B>(a.h2g.as_ref().unwrap_or(&a.h2)),
             at(p, &bp.w1),
             d,
         )?;
+        self.scatter(be, sh, &g.d_h, g.d_hs.as_mut(), &mut g.stage)?;
         self.norm_backward(be, p, B::rb(&mut dp), r::<B>(&a.x_mid), a, g, 1)?;
-        be.accumulate(w::<B>(dres), r::<B>(&g.d_x), n * c)?;
+        be.accumulate(w::<B>(dres), r::<B>(&g.d_x), ns * c)?;
         // Attention branch: x' = x + gate1·Attn(h).
-        let dy1 = self.residual_backward(be, dres, &mut g.d_y, &mut g.dmod, r::<B>(&a.y1), a, 2)?;
+        let y1 = r::<B>(a.y1s.as_ref().unwrap_or(&a.y1));
+        let dy1 = self.residual_backward(be, dres, &mut g.d_y, &mut g.dmod, y1, a, 2)?;
+        self.gather(be, sh, dy1, g.d_yg.as_mut(), &mut g.stage)?;
+        let dy1 = g.d_yg.as_ref().unwrap_or(dy1);
         let (dw, db) = pair(B::rb(&mut dp), &bp.wo, bp.bo.as_ref());
         let d = MatmulDims::linear(n, nq, c);
         be.matmul_backward(
             Some(w::<B>(&mut g.d_att)),
             Some(dw),
-            db,
+            db.filter(|_| owner),
             r::<B>(dy1),
             r::<B>(&a.att),
             at(p, &bp.wo),
             d,
         )?;
-        be.attention_backward(
-            w::<B>(&mut g.dqr),
-            w::<B>(&mut g.dkr),
-            w::<B>(&mut g.dv),
-            r::<B>(&g.d_att),
-            r::<B>(&a.qr),
-            r::<B>(&a.kr),
-            r::<B>(&a.v),
-            r::<B>(&a.att),
-            r::<B>(&a.lse),
-            self.attn(),
-        )?;
+        let (dqr, dkr, dv) = (w::<B>(&mut g.dqr), w::<B>(&mut g.dkr), w::<B>(&mut g.dv));
+        let (datt, qr, kr, v) = (r::<B>(&g.d_att), r::<B>(&a.qr), r::<B>(&a.kr), r::<B>(&a.v));
+        let (att, lse) = (r::<B>(&a.att), r::<B>(&a.lse));
+        match sh.par.cp_group() {
+            Some(grp) => {
+                cp::attention_backward(be, &grp, dqr, dkr, dv, datt, qr, kr, v, att, lse, self.attn())?
+            }
+            None => be.attention_backward(dqr, dkr, dv, datt, qr, kr, v, att, lse, self.attn())?,
+        }
         let rq = RopeDims {
             b: s.b,
             t: s.t,
@@ -406,7 +477,7 @@ impl Block {
         } else {
             (&g.dq, &g.dk)
         };
-        let h1 = r::<B>(&a.h1);
+        let h1 = r::<B>(a.h1g.as_ref().unwrap_or(&a.h1));
         let (dw, db) = pair(B::rb(&mut dp), &bp.wq, bp.bq.as_ref());
         be.matmul_backward(
             Some(w::<B>(&mut g.d_h)),
@@ -431,8 +502,9 @@ impl Block {
             )?;
             be.accumulate(w::<B>(&mut g.d_h), r::<B>(&g.d_tmp), n * c)?;
         }
+        self.scatter(be, sh, &g.d_h, g.d_hs.as_mut(), &mut g.stage)?;
         self.norm_backward(be, p, B::rb(&mut dp), x_in, a, g, 0)?;
-        be.accumulate(w::<B>(dres), r::<B>(&g.d_x), n * c)?;
+        be.accumulate(w::<B>(dres), r::<B>(&g.d_x), ns * c)?;
         // AdaLN projection: d silu(c) = Σ_chunks dmod_i · W_i.
         if s.adaln {
             let cond = sh.cond.expect("AdaLN blocks need the conditioning");
@@ -484,7 +556,8 @@ impl Block {
         Ok(d_y)
     }
 
-    /// Backward of pre-norm `which`: reads `d h` from `g.d_h`, writes `d x` into `g.d_x`.
+    /// Backward of pre-norm `which`: reads `d h` from `g.d_hs` (tp > 1) or `g.d_h`, writes
+    /// `d x` into `g.d_x`.
     #[allow(clippy::too_many_arguments)]
     fn norm_backward<B: Ops>(
         &self,
@@ -510,7 +583,7 @@ impl Block {
                 w::<B>(&mut g.d_ln),
                 w::<B>(dshift),
                 w::<B>(dscale),
-                r::<B>(&g.d_h),
+                r::<B>(g.d_hs.as_ref().unwrap_or(&g.d_h)),
                 ln,
                 scale,
                 self.moddims(),
@@ -532,7 +605,7 @@ impl Block {
             be.rmsnorm_backward(
                 w::<B>(&mut g.d_x),
                 Some(dgain),
-                r::<B>(&g.d_h),
+                r::<B>(g.d_hs.as_ref().unwrap_or(&g.d_h)),
                 x,
                 Some(at(p, gr)),
                 r::<B>(rstd),

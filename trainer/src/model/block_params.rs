@@ -2,7 +2,7 @@
 //! shapes, roles, initialization) and their offsets relative to the block's unit.
 
 use super::block::BlockSpec;
-use crate::layout::{Init, Layout, Role};
+use crate::layout::{Init, Layout, Role, TpSplit};
 use std::ops::Range;
 
 /// Where a block's tensors live in its unit (offsets relative to the block's start).
@@ -87,16 +87,20 @@ impl BlockParams {
             };
             let vec = |l: &mut Layout, name: String, n: usize, init| l.add(name, &[n], Role::Vector, init);
             let norm1 = (!s.adaln).then(|| vec(l, format!("{p}.norm1.weight"), c, Init::Ones));
+            // Local sizes: heads and hidden units are this tp rank's share.
             let qkv_rows = (s.nh + 2 * s.nkv) * hd;
-            let qkv = l.add(
+            let qkv_split = TpSplit::Rows(vec![s.nh * hd, s.nkv * hd, s.nkv * hd]);
+            let qkv = l.add_split(
                 format!("{p}.attn.qkv.weight"),
                 &[qkv_rows, c],
                 Role::Hidden,
                 fan(c),
+                qkv_split.clone(),
             );
-            let qkv_b = s
-                .bias
-                .then(|| vec(l, format!("{p}.attn.qkv.bias"), qkv_rows, Init::Zeros));
+            let qkv_b = s.bias.then(|| {
+                let name = format!("{p}.attn.qkv.bias");
+                l.add_split(name, &[qkv_rows], Role::Vector, Init::Zeros, qkv_split)
+            });
             let (q_norm, k_norm) = if s.qk_norm {
                 (
                     Some(vec(l, format!("{p}.attn.q_norm.weight"), hd, Init::Ones)),
@@ -106,23 +110,38 @@ impl BlockParams {
                 (None, None)
             };
             let nq = s.nh * hd;
-            let wo_init = Init::Normal(resid / (nq as f64).sqrt());
-            let wo = l.add(format!("{p}.attn.out.weight"), &[c, nq], Role::Hidden, wo_init);
+            let wo_init = Init::Normal(resid / ((nq * s.tp) as f64).sqrt());
+            let wo = l.add_split(
+                format!("{p}.attn.out.weight"),
+                &[c, nq],
+                Role::Hidden,
+                wo_init,
+                TpSplit::Cols,
+            );
             let bo = s
                 .bias
                 .then(|| vec(l, format!("{p}.attn.out.bias"), c, Init::Zeros));
             let norm2 = (!s.adaln).then(|| vec(l, format!("{p}.norm2.weight"), c, Init::Ones));
             let f1 = s.fc1_out();
-            let w1 = l.add(format!("{p}.mlp.fc1.weight"), &[f1, c], Role::Hidden, fan(c));
-            let b1 = s
-                .bias
-                .then(|| vec(l, format!("{p}.mlp.fc1.bias"), f1, Init::Zeros));
-            let w2_init = Init::Normal(resid / (s.hidden as f64).sqrt());
-            let w2 = l.add(
+            let f1_split = TpSplit::Rows(vec![s.hidden; f1 / s.hidden]);
+            let w1 = l.add_split(
+                format!("{p}.mlp.fc1.weight"),
+                &[f1, c],
+                Role::Hidden,
+                fan(c),
+                f1_split.clone(),
+            );
+            let b1 = s.bias.then(|| {
+                let name = format!("{p}.mlp.fc1.bias");
+                l.add_split(name, &[f1], Role::Vector, Init::Zeros, f1_split)
+            });
+            let w2_init = Init::Normal(resid / ((s.hidden * s.tp) as f64).sqrt());
+            let w2 = l.add_split(
                 format!("{p}.mlp.fc2.weight"),
                 &[c, s.hidden],
                 Role::Hidden,
                 w2_init,
+                TpSplit::Cols,
             );
             let b2 = s
                 .bias

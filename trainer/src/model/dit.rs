@@ -16,13 +16,14 @@
 
 use super::block::{Block, BlockParams, BlockSpec, Mlp};
 use super::trunk::Trunk;
-use super::{at, download_f64, pair, r, rebase, upload_f32, upload_f64, w, Alloc, Flat, Model, Weights};
+use super::{at, download_f64, pair, r, rebase, upload_f32, upload_f64, w, Alloc, Flat, Model, Par, Weights};
 use crate::config::DitConfig;
 use crate::layout::{Init, Layout, Role};
 use crate::Result;
 use std::ops::Range;
 use weft_kernels::{
-    Backend, DType, EmbeddingDims, MatmulDims, ModDims, NormDims, Ops, PatchDims, RopeTable, TimestepDims,
+    Backend, DType, EmbeddingDims, MatmulDims, ModDims, NormDims, Ops, PatchDims, RopeTable, Slice,
+    TimestepDims,
 };
 
 /// Width of the sinusoidal timestep features.
@@ -73,6 +74,8 @@ struct DitParams {
 struct DitActs<B: Backend> {
     x: B::Buffer,                // (B, T, H, W, C)
     tokens: B::Buffer,           // (B, N, P)
+    local: Option<B::Buffer>,    // (B, n, P) this rank's tokens (SP/CP), else `tokens` itself
+    target_tokens: Option<B::Buffer>, // (B, N, P) patchified target (SP/CP)
     t: B::Buffer,                // (B) timesteps × T_SCALE
     tf: B::Buffer,               // (B, FREQ_DIM)
     t1: B::Buffer,               // (B, C)
@@ -116,6 +119,8 @@ pub struct Dit<B: Backend> {
     layout: Layout,
     p: DitParams,
     pd: PatchDims,
+    /// Global token indices this rank holds (`n` of the `N` per clip).
+    positions: Vec<usize>,
     b: usize,
     trunk: Trunk<B>,
     a: DitActs<B>,
@@ -126,10 +131,11 @@ pub struct Dit<B: Backend> {
 impl<B: Ops> Dit<B> {
     /// The parameter layout of `cfg` (no allocation).
     pub fn layout_of(cfg: &DitConfig) -> Layout {
-        Self::plan(cfg, 1).0
+        Self::plan(cfg, 1, 1, 1).0
     }
 
-    fn spec(cfg: &DitConfig, b: usize) -> (BlockSpec, PatchDims) {
+    /// `tp`: tensor-parallel size; `cp`: context-parallel size (tokens are split `cp` ways).
+    fn spec(cfg: &DitConfig, b: usize, tp: usize, cp: usize) -> (BlockSpec, PatchDims) {
         let [t, h, wd, c] = cfg.latent;
         let [pt, ph, pw] = cfg.patch;
         let pd = PatchDims {
@@ -145,12 +151,13 @@ impl<B: Ops> Dit<B> {
         let hd = cfg.width / cfg.heads;
         let spec = BlockSpec {
             b,
-            t: pd.tokens(),
+            t: pd.tokens() / cp,
             c: cfg.width,
-            nh: cfg.heads,
-            nkv: cfg.heads,
+            nh: cfg.heads / tp,
+            nkv: cfg.heads / tp,
             hd,
-            hidden: (cfg.width as f64 * cfg.mlp_ratio).round() as usize,
+            hidden: (cfg.width as f64 * cfg.mlp_ratio).round() as usize / tp,
+            tp,
             mlp: Mlp::Gelu,
             adaln: true,
             qk_norm: cfg.qk_norm,
@@ -161,8 +168,8 @@ impl<B: Ops> Dit<B> {
         (spec, pd)
     }
 
-    fn plan(cfg: &DitConfig, b: usize) -> (Layout, DitParams, Vec<Block>, PatchDims) {
-        let (spec, pd) = Self::spec(cfg, b);
+    fn plan(cfg: &DitConfig, b: usize, tp: usize, cp: usize) -> (Layout, DitParams, Vec<Block>, PatchDims) {
+        let (spec, pd) = Self::spec(cfg, b, tp, cp);
         let (c, pdim) = (cfg.width, pd.token_dim());
         let mut l = Layout::default();
         let fan = |n: usize| Init::Normal(1.0 / (n as f64).sqrt());
@@ -226,21 +233,30 @@ impl<B: Ops> Dit<B> {
 
     /// Allocate a DiT for micro-batches of `b` clips in `dtype` (f32, or f64 for checks).
     pub fn new(be: &B, cfg: &DitConfig, b: usize, dtype: DType, recompute: bool) -> Result<Self> {
-        let (layout, p, blocks, pd) = Self::plan(cfg, b);
+        let (tokens, _) = Self::spec(cfg, 1, 1, 1);
+        Self::new_par(be, cfg, b, dtype, recompute, Par::single(tokens.t, false))
+    }
+
+    /// This rank's part of the model under the tensor/sequence/context split `par`.
+    pub fn new_par(be: &B, cfg: &DitConfig, b: usize, dtype: DType, recompute: bool, par: Par<B>) -> Result<Self> {
+        let cp = par.split.ring * par.split.ulysses;
+        let (layout, p, blocks, pd) = Self::plan(cfg, b, par.tp_size(), cp);
         let al = Alloc { be, dt: dtype };
-        let (c, n, pdim) = (cfg.width, pd.tokens(), pd.token_dim());
+        let positions = par.local_positions();
+        let sharded = par.sharded();
+        let (c, n, pdim) = (cfg.width, positions.len(), pd.token_dim());
         let hd = cfg.width / cfg.heads;
         let bands = RopeTable::default_bands(hd);
-        let rope = RopeTable::three_d(
-            &RopeTable::grid(pd.t / pd.pt, pd.h / pd.ph, pd.w / pd.pw),
-            bands,
-            cfg.rope_theta,
-        );
-        let trunk = Trunk::new(&al, blocks, recompute, &rope.cos, &rope.sin)?;
+        let grid = RopeTable::grid(pd.t / pd.pt, pd.h / pd.ph, pd.w / pd.pw);
+        let mine: Vec<[usize; 3]> = par.cp_positions().iter().map(|&i| grid[i]).collect();
+        let rope = RopeTable::three_d(&mine, bands, cfg.rope_theta);
+        let trunk = Trunk::new(&al, blocks, recompute, (&rope.cos, &rope.sin), par)?;
         let bc = || al.buf(b * c);
         let a = DitActs {
             x: al.buf(pd.numel())?,
-            tokens: al.buf(b * n * pdim)?,
+            tokens: al.buf(pd.numel())?,
+            local: al.opt(sharded, b * n * pdim)?,
+            target_tokens: al.opt(sharded, pd.numel())?,
             t: al.buf(b)?,
             tf: al.buf(b * FREQ_DIM)?,
             t1: bc()?,
@@ -281,12 +297,18 @@ impl<B: Ops> Dit<B> {
             layout,
             p,
             pd,
+            positions,
             b,
             trunk,
             a,
             g,
             has_target: false,
         })
+    }
+
+    /// This rank's share of the clip's tokens (1 without SP/CP).
+    fn share(&self) -> f64 {
+        self.positions.len() as f64 / self.pd.tokens() as f64
     }
 
     /// Values per clip `T·H·W·C`.
@@ -308,7 +330,7 @@ impl<B: Ops> Dit<B> {
     fn run(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &DitBatch) -> Result<()> {
         let last = self.last_unit();
         let (b, c, pd) = (self.b, self.cfg.width, self.pd);
-        let n = pd.tokens();
+        let n = self.positions.len();
         let (a, pr) = (&mut self.a, &self.p);
         let bad = |what: &str, got: usize, want: usize| {
             crate::Error::Other(format!("DiT batch: `{what}` has {got} values, expected {want}"))
@@ -367,10 +389,14 @@ impl<B: Ops> Dit<B> {
         be.silu_forward(w::<B>(&mut a.silu_c), r::<B>(&a.c), b * c)?;
         // Patch embedding into the trunk.
         be.patchify_forward(w::<B>(&mut a.tokens), r::<B>(&a.x), pd)?;
+        if let Some(local) = a.local.as_mut() {
+            let rows = (pd.tokens(), pd.token_dim());
+            super::select_rows(be, r::<B>(&a.tokens), w::<B>(local), b, rows, &self.positions)?;
+        }
         let d = lin(b * n, pd.token_dim(), c);
         be.matmul_forward(
             self.trunk.input_mut(),
-            r::<B>(&a.tokens),
+            r::<B>(a.local.as_ref().unwrap_or(&a.tokens)),
             at(p, &pr.x_w),
             Some(at(p, &pr.x_b)),
             d,
@@ -419,7 +445,9 @@ impl<B: Ops> Dit<B> {
             Some(at(p, &pr.f_b)),
             d,
         )?;
-        be.unpatchify_forward(w::<B>(&mut a.pred), r::<B>(&a.out), pd)?;
+        if a.local.is_none() {
+            be.unpatchify_forward(w::<B>(&mut a.pred), r::<B>(&a.out), pd)?;
+        }
         Ok(())
     }
 }
@@ -442,8 +470,20 @@ impl<B: Ops> Model<B> for Dit<B> {
         }
         upload_f32(be, &batch.target, w::<B>(&mut self.a.target))?;
         let a = &mut self.a;
-        be.mse_forward(w::<B>(&mut a.loss), r::<B>(&a.pred), r::<B>(&a.target), n)?;
         self.has_target = true;
+        if let Some(tt) = a.target_tokens.as_mut() {
+            // This rank's tokens only: the MSE in token space (patchify is a permutation), as
+            // its share `n/N` of the micro-batch mean.
+            let (pd, m) = (self.pd, r::<B>(&a.out).len());
+            be.patchify_forward(w::<B>(tt), r::<B>(&a.target), pd)?;
+            let local = w::<B>(&mut a.target).range(0..m);
+            let rows = (pd.tokens(), pd.token_dim());
+            super::select_rows(be, r::<B>(tt), local, self.b, rows, &self.positions)?;
+            let target = r::<B>(&a.target).range(0..m);
+            be.mse_forward(w::<B>(&mut a.loss), r::<B>(&a.out), target, m)?;
+            return Ok(download_f64(be, r::<B>(&a.loss))?[0] * self.share());
+        }
+        be.mse_forward(w::<B>(&mut a.loss), r::<B>(&a.pred), r::<B>(&a.target), n)?;
         Ok(download_f64(be, r::<B>(&a.loss))?[0])
     }
 
@@ -452,19 +492,27 @@ impl<B: Ops> Model<B> for Dit<B> {
         let last = self.last_unit();
         let (p, mut dp) = wt.get_mut(be, last)?;
         let (b, c, pd) = (self.b, self.cfg.width, self.pd);
-        let n = pd.tokens();
+        let n = self.positions.len();
+        let share = self.share();
         let (a, g, pr) = (&self.a, &mut self.g, &self.p);
         let lin = |rows, i, o| MatmulDims::linear(rows, i, o);
-        be.fill(w::<B>(&mut g.dloss), dloss as f32, 1)?;
-        let numel = pd.numel();
-        be.mse_backward(
-            w::<B>(&mut g.dpred),
-            r::<B>(&g.dloss),
-            r::<B>(&a.pred),
-            r::<B>(&a.target),
-            numel,
-        )?;
-        be.unpatchify_backward(w::<B>(&mut g.dout), r::<B>(&g.dpred), pd)?;
+        if a.local.is_some() {
+            be.fill(w::<B>(&mut g.dloss), (dloss * share) as f32, 1)?;
+            let m = r::<B>(&a.out).len();
+            let target = r::<B>(&a.target).range(0..m);
+            be.mse_backward(w::<B>(&mut g.dout), r::<B>(&g.dloss), r::<B>(&a.out), target, m)?;
+        } else {
+            be.fill(w::<B>(&mut g.dloss), dloss as f32, 1)?;
+            let numel = pd.numel();
+            be.mse_backward(
+                w::<B>(&mut g.dpred),
+                r::<B>(&g.dloss),
+                r::<B>(&a.pred),
+                r::<B>(&a.target),
+                numel,
+            )?;
+            be.unpatchify_backward(w::<B>(&mut g.dout), r::<B>(&g.dpred), pd)?;
+        }
         let (dw, db) = pair(B::rb(&mut dp), &pr.f_w, Some(&pr.f_b));
         let d = lin(b * n, c, pd.token_dim());
         be.matmul_backward(
@@ -575,7 +623,7 @@ impl<B: Ops> Model<B> for Dit<B> {
     }
 
     fn flops_per_micro_batch(&self) -> f64 {
-        let (b, c, n, pdim) = (self.b, self.cfg.width, self.pd.tokens(), self.pd.token_dim());
+        let (b, c, n, pdim) = (self.b, self.cfg.width, self.positions.len(), self.pd.token_dim());
         use super::linear_flops as lf;
         self.trunk.flops()
             + lf(b * n, pdim, c)

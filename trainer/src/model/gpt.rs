@@ -6,10 +6,14 @@
 //! ```
 //! With `tie_embeddings` the head is the token table itself (its gradient receives both the
 //! embedding scatter and the head matmul).
+//!
+//! Under sequence or context parallelism ([`Par`]) a rank embeds, normalizes, projects and
+//! scores only its own tokens; its loss is its share of the micro-batch mean (summed over
+//! tokens, divided by the micro-batch's count of scored targets), so the shares add up.
 
 use super::block::{Block, BlockParams, BlockSpec, Mlp};
 use super::trunk::Trunk;
-use super::{at, download_f64, r, rebase, w, Alloc, Flat, Model, Weights};
+use super::{at, download_f64, r, rebase, w, Alloc, Flat, Model, Par, Weights};
 use crate::config::GptConfig;
 use crate::layout::{Init, Layout, Role};
 use crate::Result;
@@ -57,23 +61,27 @@ pub struct Gpt<B: Backend> {
     dhf: B::Buffer,     // (B, T, C)
     dres: B::Buffer,    // (B, T, C)
     valid: usize,
+    /// Global positions of this rank's tokens (all of them without SP/CP).
+    positions: Vec<usize>,
 }
 
 impl<B: Ops> Gpt<B> {
     pub fn layout_of(cfg: &GptConfig) -> Layout {
-        Self::plan(cfg, 1).0
+        Self::plan(cfg, 1, 1, cfg.seq_len).0
     }
 
-    fn plan(cfg: &GptConfig, b: usize) -> (Layout, GptParams, Vec<Block>) {
+    /// `tp`: tensor-parallel size; `t`: tokens per sample in the parallel regions.
+    fn plan(cfg: &GptConfig, b: usize, tp: usize, t: usize) -> (Layout, GptParams, Vec<Block>) {
         let c = cfg.width;
         let spec = BlockSpec {
             b,
-            t: cfg.seq_len,
+            t,
             c,
-            nh: cfg.heads,
-            nkv: cfg.kv_heads.unwrap_or(cfg.heads),
+            nh: cfg.heads / tp,
+            nkv: cfg.kv_heads.unwrap_or(cfg.heads) / tp,
             hd: c / cfg.heads,
-            hidden: mlp_hidden(cfg),
+            hidden: mlp_hidden(cfg) / tp,
+            tp,
             mlp: Mlp::Swiglu,
             adaln: false,
             qk_norm: false,
@@ -117,12 +125,17 @@ impl<B: Ops> Gpt<B> {
     }
 
     pub fn new(be: &B, cfg: &GptConfig, b: usize, dtype: DType, recompute: bool) -> Result<Self> {
-        let (layout, p, blocks) = Self::plan(cfg, b);
+        Self::new_par(be, cfg, b, dtype, recompute, Par::single(cfg.seq_len, true))
+    }
+
+    /// This rank's part of the model under the tensor/sequence/context split `par`.
+    pub fn new_par(be: &B, cfg: &GptConfig, b: usize, dtype: DType, recompute: bool, par: Par<B>) -> Result<Self> {
+        let (layout, p, blocks) = Self::plan(cfg, b, par.tp_size(), par.split.cp_len());
         let al = Alloc { be, dt: dtype };
-        let positions: Vec<usize> = (0..cfg.seq_len).collect();
-        let rope = RopeTable::one_d(&positions, cfg.width / cfg.heads, cfg.rope_theta);
-        let trunk = Trunk::new(&al, blocks, recompute, &rope.cos, &rope.sin)?;
-        let (n, c, v) = (b * cfg.seq_len, cfg.width, cfg.vocab_size);
+        let rope = RopeTable::one_d(&par.cp_positions(), cfg.width / cfg.heads, cfg.rope_theta);
+        let positions = par.local_positions();
+        let trunk = Trunk::new(&al, blocks, recompute, (&rope.cos, &rope.sin), par)?;
+        let (n, c, v) = (b * positions.len(), cfg.width, cfg.vocab_size);
         Ok(Gpt {
             cfg: cfg.clone(),
             layout,
@@ -141,11 +154,20 @@ impl<B: Ops> Gpt<B> {
             dhf: al.buf(n * c)?,
             dres: al.buf(n * c)?,
             valid: 0,
+            positions,
         })
     }
 
     fn rows(&self) -> usize {
-        self.b * self.cfg.seq_len
+        self.b * self.positions.len()
+    }
+
+    /// This rank's tokens of `(B, T)` values.
+    fn local(&self, x: &[i32]) -> Vec<i32> {
+        let t = self.cfg.seq_len;
+        (0..self.b)
+            .flat_map(|s| self.positions.iter().map(move |&p| x[s * t + p]))
+            .collect()
     }
 
     /// Forward without a loss; returns the logits `(B, T, V)`.
@@ -157,13 +179,14 @@ impl<B: Ops> Gpt<B> {
     fn run(&mut self, be: &B, wt: &mut dyn Weights<B>, ids: &[i32]) -> Result<()> {
         let last = self.cfg.depth + 1;
         let (n, c, v) = (self.rows(), self.cfg.width, self.cfg.vocab_size);
-        if ids.len() != n {
+        let want = self.b * self.cfg.seq_len;
+        if ids.len() != want {
             return Err(crate::Error::Other(format!(
-                "GPT batch: {} ids, expected B·T = {n}",
+                "GPT batch: {} ids, expected B·T = {want}",
                 ids.len()
             )));
         }
-        be.upload(ids.into(), w::<B>(&mut self.ids))?;
+        be.upload((&self.local(ids)).into(), w::<B>(&mut self.ids))?;
         let ed = EmbeddingDims { n, v, c };
         let p = wt.get(be, 0)?;
         be.embedding_forward(
@@ -206,13 +229,14 @@ impl<B: Ops> Model<B> for Gpt<B> {
     fn forward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &TokenBatch) -> Result<f64> {
         self.run(be, wt, &batch.ids)?;
         let (n, v) = (self.rows(), self.cfg.vocab_size);
-        if batch.targets.len() != n {
+        if batch.targets.len() != batch.ids.len() {
             return Err(crate::Error::Other(format!(
-                "GPT batch: {} targets, expected {n}",
-                batch.targets.len()
+                "GPT batch: {} targets, expected {}",
+                batch.targets.len(),
+                batch.ids.len()
             )));
         }
-        be.upload((&batch.targets).into(), w::<B>(&mut self.targets))?;
+        be.upload((&self.local(&batch.targets)).into(), w::<B>(&mut self.targets))?;
         let d = CrossEntropyDims {
             n,
             v,

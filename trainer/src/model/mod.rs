@@ -10,12 +10,14 @@
 mod acts;
 pub mod block;
 mod block_params;
+mod par;
 pub mod dit;
 pub mod gpt;
 mod trunk;
 
 pub use dit::{Dit, DitBatch};
 pub use gpt::{Gpt, TokenBatch};
+pub use par::Par;
 
 use crate::{Layout, Result};
 use std::ops::Range;
@@ -130,6 +132,35 @@ pub(crate) fn pair<S: Slice>(v: S, a: &Range<usize>, b: Option<&Range<usize>>) -
             (tail.range(0..a.end - a.start), Some(head.range(b.clone())))
         }
     }
+}
+
+/// Copy rows `positions` of every sample of `src (B, T, row)` into `dst (B, positions, row)`
+/// (`(T, row)` given as `rows`), one copy per contiguous run.
+pub(crate) fn select_rows<B: Ops>(
+    be: &B,
+    src: B::Ref<'_>,
+    mut dst: B::Mut<'_>,
+    b: usize,
+    (t, row): (usize, usize),
+    positions: &[usize],
+) -> Result<()> {
+    let mut runs: Vec<(usize, usize)> = vec![];
+    for &p in positions {
+        match runs.last_mut() {
+            Some((s, l)) if *s + *l == p => *l += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    let mut at = 0;
+    for s in 0..b {
+        for &(p, l) in &runs {
+            let n = l * row;
+            let from = B::share(&src).range((s * t + p) * row..(s * t + p) * row + n);
+            be.cast(B::rb(&mut dst).range(at..at + n), from, n)?;
+            at += n;
+        }
+    }
+    Ok(())
 }
 
 /// Matmul FLOPs of `rows × (in → out)` forward and backward (2 + 4 per multiply-add).

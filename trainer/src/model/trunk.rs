@@ -3,7 +3,7 @@
 //! the gradient scratch, and the RoPE table.
 
 use super::block::{Block, BlockActs, BlockGrads, BlockSpec, Shared};
-use super::{r, w, Alloc, Weights};
+use super::{r, w, Alloc, Par, Weights};
 use crate::Result;
 use weft_kernels::{Backend, Ops};
 
@@ -15,21 +15,23 @@ pub struct Trunk<B: Backend> {
     acts: Vec<BlockActs<B>>,
     grads: BlockGrads<B>,
     recompute: bool,
-    cos: B::Buffer, // (T, HD/2)
+    cos: B::Buffer, // (T, HD/2) of the cp rank's token positions
     sin: B::Buffer, // (T, HD/2)
+    pub par: Par<B>,
 }
 
 impl<B: Ops> Trunk<B> {
-    /// `cos`/`sin`: the RoPE table `(T, HD/2)` in f64 (narrowed to the model dtype here).
+    /// `cos`/`sin`: the RoPE table `(T, HD/2)` of the cp rank's tokens in f64 (narrowed to
+    /// the model dtype here).
     pub(crate) fn new(
         al: &Alloc<'_, B>,
         blocks: Vec<Block>,
         recompute: bool,
-        cos: &[f64],
-        sin: &[f64],
+        (cos, sin): (&[f64], &[f64]),
+        par: Par<B>,
     ) -> Result<Self> {
         let s: BlockSpec = blocks[0].spec;
-        let n = s.b * s.t * s.c;
+        let n = s.sp_rows() * s.c;
         let inputs = (0..=blocks.len()).map(|_| al.buf(n)).collect::<Result<_>>()?;
         let sets = if recompute { 1 } else { blocks.len() };
         let acts = (0..sets).map(|_| BlockActs::new(al, &s)).collect::<Result<_>>()?;
@@ -46,10 +48,12 @@ impl<B: Ops> Trunk<B> {
             recompute,
             cos: table(cos)?,
             sin: table(sin)?,
+            par,
         })
     }
 
-    /// The residual stream entering block 0 `(B, T, C)`, for the input layers to write.
+    /// The residual stream entering block 0 `(B, T/tp, C)` (this rank's tokens), for the
+    /// input layers to write.
     pub fn input_mut(&mut self) -> B::Mut<'_> {
         w::<B>(&mut self.inputs[0])
     }
@@ -63,10 +67,11 @@ impl<B: Ops> Trunk<B> {
             blocks,
             inputs,
             acts,
+            grads,
             recompute,
             cos,
             sin,
-            ..
+            par,
         } = self;
         let (head, tail) = inputs.split_at_mut(l + 1);
         let a = &mut acts[if *recompute { 0 } else { l }];
@@ -74,8 +79,9 @@ impl<B: Ops> Trunk<B> {
             cos: r::<B>(cos),
             sin: r::<B>(sin),
             cond,
+            par,
         };
-        blocks[l].forward(be, p, r::<B>(&head[l]), w::<B>(&mut tail[0]), a, &sh)
+        blocks[l].forward(be, p, r::<B>(&head[l]), w::<B>(&mut tail[0]), a, grads, &sh)
     }
 
     /// Block `l` is unit `l + 1` of the weights (unit 0 holds the input layers).
@@ -118,12 +124,14 @@ impl<B: Ops> Trunk<B> {
                 recompute,
                 cos,
                 sin,
+                par,
             } = self;
             let a = &acts[if *recompute { 0 } else { l }];
             let sh = Shared {
                 cos: r::<B>(cos),
                 sin: r::<B>(sin),
                 cond,
+                par,
             };
             let dc = dcond.as_deref_mut();
             blocks[l].backward(be, p, B::rb(&mut dp), r::<B>(&inputs[l]), dres, a, grads, &sh, dc)?;
