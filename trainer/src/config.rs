@@ -198,6 +198,10 @@ pub struct Parallel {
     pub cp: usize,
     #[serde(default = "one_usize")]
     pub tp: usize,
+    /// How much of `cp` is Ulysses (all-to-all over heads); the rest, `cp / ulysses`, is ring
+    /// attention. 1 = pure ring, `cp` = pure Ulysses.
+    #[serde(default = "one_usize")]
+    pub ulysses: usize,
 }
 
 impl Default for Parallel {
@@ -207,6 +211,7 @@ impl Default for Parallel {
             dp_shard: 1,
             cp: 1,
             tp: 1,
+            ulysses: 1,
         }
     }
 }
@@ -503,6 +508,7 @@ impl Config {
             ("parallel.dp_shard", p.dp_shard),
             ("parallel.cp", p.cp),
             ("parallel.tp", p.tp),
+            ("parallel.ulysses", p.ulysses),
         ] {
             pos(k, v)?;
         }

@@ -219,7 +219,14 @@ impl Layout {
 
     /// Place tp rank `rank`'s local parameter vector `local` (this layout) into `global`
     /// (laid out by `global_layout`, the same model with `tp = 1`).
-    pub fn place_tp(&self, global_layout: &Layout, local: &[f32], tp: usize, rank: usize, global: &mut [f32]) {
+    pub fn place_tp(
+        &self,
+        global_layout: &Layout,
+        local: &[f32],
+        tp: usize,
+        rank: usize,
+        global: &mut [f32],
+    ) {
         for (e, ge) in self.entries.iter().zip(&global_layout.entries) {
             for (lo, go, n) in e.tp_pieces(tp, rank) {
                 let (l, g) = (e.offset + lo, ge.offset + go);
@@ -271,7 +278,13 @@ mod tests {
         let build = |tp: usize| {
             let mut l = Layout::default();
             let n = Init::Normal(1.0);
-            l.add_split("qk", &[6 / tp, 3], Role::Hidden, n, TpSplit::Rows(vec![4 / tp, 2 / tp]));
+            l.add_split(
+                "qk",
+                &[6 / tp, 3],
+                Role::Hidden,
+                n,
+                TpSplit::Rows(vec![4 / tp, 2 / tp]),
+            );
             l.add_split("o", &[3, 4 / tp], Role::Hidden, n, TpSplit::Cols);
             l.add("g", &[3], Role::Vector, n);
             l

@@ -10,7 +10,7 @@
 
 use crate::config::{DataConfig, ModelConfig};
 use crate::data::{latents::Latents, sample_indices, shapes::Shapes, tokens::Tokens, Source, Split};
-use crate::model::{download_f64, Dit, Gpt, Model};
+use crate::model::{download_f64, Dit, Gpt, Model, Par};
 use crate::optim::{lr_at, AdamWState};
 use crate::{export, Config, Error, Layout, Result};
 use serde_json::json;
@@ -57,7 +57,7 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
             ),
         ));
     }
-    with_model(cfg, &CpuBackend::new(), Single { cfg, opts })
+    with_model(cfg, &CpuBackend::new(), None, Single { cfg, opts })
 }
 
 struct Single<'a> {
@@ -107,22 +107,36 @@ pub trait ModelJob {
         S: Source<Batch = M::Batch>;
 }
 
-/// Build the model (for `training.micro_batch`) and the data source of `cfg`, and run `job`.
-pub fn with_model<J: ModelJob>(cfg: &Config, be: &CpuBackend, job: J) -> Result<J::Out> {
+/// Build the model (for `training.micro_batch`; this rank's part of it under `par`, else
+/// the whole model) and the data source of `cfg`, and run `job`.
+pub fn with_model<J: ModelJob>(
+    cfg: &Config,
+    be: &CpuBackend,
+    par: Option<Par<CpuBackend>>,
+    job: J,
+) -> Result<J::Out> {
     let dt = dtype_of(cfg);
     let (mb, rc, seed) = (cfg.training.micro_batch, cfg.training.recompute, cfg.job.seed);
+    let dit = |m, par| match par {
+        Some(p) => Dit::new_par(be, m, mb, dt, rc, p),
+        None => Dit::new(be, m, mb, dt, rc),
+    };
     match (&cfg.model, &cfg.data) {
         (ModelConfig::Dit(m), DataConfig::Shapes) => {
             let src = Shapes { cfg: m.clone(), seed };
-            job.run(be, Dit::new(be, m, mb, dt, rc)?, &src, flow_baseline)
+            job.run(be, dit(m, par)?, &src, flow_baseline)
         }
         (ModelConfig::Dit(m), DataConfig::Latents { path, val_fraction }) => {
             let src = Latents::new(Path::new(path), m, *val_fraction, seed)?;
-            job.run(be, Dit::new(be, m, mb, dt, rc)?, &src, flow_baseline)
+            job.run(be, dit(m, par)?, &src, flow_baseline)
         }
         (ModelConfig::Gpt(m), DataConfig::Tokens { path, val_fraction }) => {
             let src = Tokens::new(Path::new(path), m.seq_len, m.vocab_size, *val_fraction, seed)?;
-            job.run(be, Gpt::new(be, m, mb, dt, rc)?, &src, unigram_baseline)
+            let model = match par {
+                Some(p) => Gpt::new_par(be, m, mb, dt, rc, p)?,
+                None => Gpt::new(be, m, mb, dt, rc)?,
+            };
+            job.run(be, model, &src, unigram_baseline)
         }
         _ => Err(Error::config("data.kind", "does not match model.kind")),
     }

@@ -1,6 +1,7 @@
-//! Sharded training against the single-process trainer: same losses and final parameters
-//! within f32 tolerance, bitwise repeatable for a fixed mesh, memory falling as 1/dp_shard,
-//! and bad meshes refused before any rank starts.
+//! Sharded training against the single-process trainer — FSDP, HSDP, tensor + sequence
+//! parallel, context parallel (ring, Ulysses, both) and their combinations up to 8 ranks:
+//! same losses and final parameters within f32 tolerance, bitwise repeatable for a fixed
+//! mesh, memory falling as 1/dp_shard, and bad meshes refused before any rank starts.
 
 use weft_kernels::CpuBackend;
 use weft_parallel::comm::local;
@@ -51,8 +52,8 @@ fn gpt(dir: &std::path::Path, extra: &[&str]) -> Config {
         "job.name=\"eq\"",
         "model.width=32",
         "model.depth=2",
-        "model.heads=2",
-        "model.kv_heads=1",
+        "model.heads=4",
+        "model.kv_heads=2",
         "model.seq_len=16",
         "training.steps=3",
         "training.grad_accum=2",
@@ -75,7 +76,7 @@ fn reference(c: &Config) -> (Vec<f64>, Vec<f32>) {
 }
 
 fn sharded(c: &Config) -> Vec<RankOutcome> {
-    let world = c.parallel.dp_replicate * c.parallel.dp_shard * c.parallel.cp * c.parallel.tp;
+    let world = c.parallel.world();
     local::run(world, |_, comm: HostComm| {
         train_rank(c, &comm as &dyn Comm<CpuBackend>, true)
     })
@@ -145,18 +146,41 @@ fn mesh(dp_replicate: usize, dp_shard: usize, mb: usize) -> Vec<String> {
     ]
 }
 
+/// `[dp_replicate, dp_shard, cp, tp, ulysses]`, named as in the matrix.
+const MATRIX: &[(&str, [usize; 5])] = &[
+    ("dp_shard=4", [1, 4, 1, 1, 1]),
+    ("dp_replicate=2 × dp_shard=2", [2, 2, 1, 1, 1]),
+    ("tp=2 (sequence parallel)", [1, 1, 1, 2, 1]),
+    ("cp=2 ring", [1, 1, 2, 1, 1]),
+    ("cp=2 Ulysses", [1, 1, 2, 1, 2]),
+    ("cp=4 = ring 2 × Ulysses 2", [1, 1, 4, 1, 2]),
+    ("dp_shard=2 × tp=2", [1, 2, 1, 2, 1]),
+    ("dp_shard=2 × cp=2 × tp=2", [1, 2, 2, 2, 1]),
+];
+
+fn mesh_sets(&[rep, sh, cp, tp, u]: &[usize; 5]) -> Vec<String> {
+    let mut m = mesh(rep, sh, 4 / (rep * sh));
+    m.extend([
+        format!("parallel.cp={cp}"),
+        format!("parallel.tp={tp}"),
+        format!("parallel.ulysses={u}"),
+    ]);
+    m
+}
+
 fn run_matrix(model: fn(&std::path::Path, &[&str]) -> Config, dtype: &str) {
     let dir = tempfile::tempdir().unwrap();
     let dt = format!("training.dtype=\"{dtype}\"");
     let one = model(dir.path(), &["training.micro_batch=4", &dt]);
     let want = reference(&one);
-    for (name, (r, sh)) in [("dp_shard=4", (1, 4)), ("dp_replicate=2 × dp_shard=2", (2, 2))] {
-        let mut m = mesh(r, sh, 4 / (r * sh));
+    for (name, dims) in MATRIX {
+        let mut m = mesh_sets(dims);
         m.push(dt.clone());
         let sets: Vec<&str> = m.iter().map(String::as_str).collect();
         let c = model(dir.path(), &sets);
         let a = sharded(&c);
         assert_equivalent(name, &want, &a, dtype == "f64");
+        eprintln!("{name} ({dtype}): {} ranks match one process", a.len());
         // Same mesh again: the same bits.
         let b = sharded(&c);
         for (x, y) in a.iter().zip(&b) {
@@ -167,13 +191,13 @@ fn run_matrix(model: fn(&std::path::Path, &[&str]) -> Config, dtype: &str) {
 }
 
 #[test]
-fn dit_data_parallel_meshes_match_one_process() {
+fn dit_meshes_match_one_process() {
     run_matrix(dit, "f32");
     run_matrix(dit, "f64");
 }
 
 #[test]
-fn gpt_data_parallel_meshes_match_one_process() {
+fn gpt_meshes_match_one_process() {
     run_matrix(gpt, "f32");
     run_matrix(gpt, "f64");
 }
@@ -217,14 +241,22 @@ fn a_bad_mesh_is_refused_before_any_rank_starts() {
     let e = Config::load(std::path::Path::new("/nonexistent"), &[]).unwrap_err();
     assert!(e.to_string().contains("nonexistent"));
     let mut c = gpt(dir.path(), &[]);
-    c.parallel.tp = 2;
-    match check_mesh(&c, 2) {
+    c.parallel.tp = 4;
+    match check_mesh(&c, 4) {
         Err(Error::Config { key, rule }) => {
             assert!(
-                key == "parallel.tp" && rule.contains("key/value heads (1)"),
+                key == "parallel.tp" && rule.contains("key/value heads (2)"),
                 "{key} {rule}"
             )
         }
         other => panic!("{other:?}"),
     }
+    // Ulysses splits heads: 4 query / 2 kv heads cannot go 4 ways.
+    let mut c = gpt(dir.path(), &[]);
+    (c.parallel.cp, c.parallel.ulysses) = (4, 4);
+    let e = check_mesh(&c, 4).unwrap_err().to_string();
+    assert!(
+        e.contains("parallel.ulysses") && e.contains("key/value heads per tp rank (2)"),
+        "{e}"
+    );
 }

@@ -6,6 +6,12 @@
 //! [`crate::data::sample_indices`]), each rank's loss is scaled by `1/dp`, and gradients are
 //! summed by the FSDP reduce-scatter over `dp_shard` and an all-reduce over `dp_replicate`.
 //! The result is the single-process run up to the order of floating-point sums.
+//!
+//! Under tensor, sequence and context parallelism ([`crate::model::Par`]) each rank holds its
+//! tp share of every split tensor (initialized from the same global draw) and its share of
+//! every sequence; its loss is its share of the micro-batch mean. Gradients of tensors every
+//! tp rank holds whole are partial sums and are all-reduced over the tp group; all gradients
+//! are all-reduced over the cp group (every cp rank saw other tokens).
 
 pub mod fsdp;
 
@@ -13,13 +19,15 @@ pub use fsdp::{CommTime, Fsdp, Memory};
 
 use crate::config::ModelConfig;
 use crate::data::{sample_indices, Source, Split};
-use crate::model::{gpt::mlp_hidden, Model};
+use crate::model::{gpt::mlp_hidden, Dit, Gpt, Model, Par};
 use crate::optim::{lr_at, AdamWState};
 use crate::train::{dtype_of, with_model, ModelJob};
 use crate::{Config, Error, Result};
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft_kernels::{Backend, CpuBackend, DType, ElementwiseOps};
-use weft_parallel::{Comm, Dim, Mesh, ModelDims};
+use weft_kernels::{Backend, CpuBackend, DType, ElementwiseOps, HostVec, Slice};
+use weft_parallel::{Comm, Dim, Mesh, ModelDims, SeqSplit};
 
 /// What one rank reports at the end of a run.
 #[derive(Clone, Debug)]
@@ -60,7 +68,7 @@ pub fn model_dims(cfg: &Config) -> ModelDims {
                 ],
                 tokens: ("the latent tokens per clip", toks),
                 causal: false,
-                ulysses: 1,
+                ulysses: cfg.parallel.ulysses,
             }
         }
         ModelConfig::Gpt(m) => ModelDims {
@@ -69,7 +77,7 @@ pub fn model_dims(cfg: &Config) -> ModelDims {
             hidden: vec![("model.width", m.width), ("the MLP hidden size", mlp_hidden(m))],
             tokens: ("model.seq_len", m.seq_len),
             causal: true,
-            ulysses: 1,
+            ulysses: cfg.parallel.ulysses,
         },
     }
 }
@@ -79,33 +87,93 @@ pub fn check_mesh(cfg: &Config, world: usize) -> Result<Mesh> {
     let mesh = mesh_of(cfg);
     mesh.validate(world, &model_dims(cfg))
         .map_err(|e| Error::from_mesh(&e.0))?;
-    if mesh.size(Dim::Tp) > 1 || mesh.size(Dim::Cp) > 1 {
-        return Err(Error::config(
-            "parallel.tp",
-            "and `parallel.cp` must be 1 in this version: tensor, sequence and context parallelism \
-             are not wired into the models yet (data parallelism, dp_shard × dp_replicate, is)",
-        ));
-    }
     Ok(mesh)
+}
+
+/// The whole model's layout (every tensor at its global shape).
+pub fn global_layout(cfg: &Config) -> crate::Layout {
+    match &cfg.model {
+        ModelConfig::Dit(m) => Dit::<CpuBackend>::layout_of(m),
+        ModelConfig::Gpt(m) => Gpt::<CpuBackend>::layout_of(m),
+    }
+}
+
+/// The communicators of one rank, split from the world by the mesh.
+struct Groups {
+    shard: Box<dyn Comm<CpuBackend>>,
+    /// `[dp_replicate, cp]`: ranks holding the same shard of the same parameters.
+    replicas: Box<dyn Comm<CpuBackend>>,
+    /// `[dp_shard, tp]`: ranks holding disjoint parameters (the grad norm's group).
+    owners: Box<dyn Comm<CpuBackend>>,
+    tp: Arc<dyn Comm<CpuBackend>>,
 }
 
 /// Train on this rank of `world`. Every rank of the mesh calls this with the same config.
 pub fn train_rank(cfg: &Config, world: &dyn Comm<CpuBackend>, prefetch: bool) -> Result<RankOutcome> {
     let mesh = check_mesh(cfg, world.size())?;
-    tracing::debug!(rank = world.rank(), transport = world.kind(), "rank starting");
+    let rank = world.rank();
+    tracing::debug!(rank, transport = world.kind(), "rank starting");
+    let split = |dims: &[Dim]| world.split(mesh.color(rank, dims), rank).map_err(comm_err);
+    let groups = Groups {
+        shard: split(&[Dim::Shard])?,
+        replicas: split(&[Dim::Replicate, Dim::Cp])?,
+        owners: split(&[Dim::Shard, Dim::Tp])?,
+        tp: Arc::from(split(&[Dim::Tp])?),
+    };
+    let cp = split(&[Dim::Cp])?;
+    let par = par_of(cfg, &mesh, rank, &groups, cp)?;
     let job = Rank {
         cfg,
         mesh,
         world,
+        groups,
         prefetch,
     };
-    with_model(cfg, &CpuBackend::new(), job)
+    with_model(cfg, &CpuBackend::new(), Some(par), job)
+}
+
+/// This rank's tensor/sequence/context split.
+fn par_of(
+    cfg: &Config,
+    mesh: &Mesh,
+    rank: usize,
+    g: &Groups,
+    cp: Box<dyn Comm<CpuBackend>>,
+) -> Result<Par<CpuBackend>> {
+    let dims = model_dims(cfg);
+    let (cps, u) = (mesh.size(Dim::Cp), cfg.parallel.ulysses);
+    let ci = mesh.coord(rank, Dim::Cp);
+    let (ring_rank, ulysses_rank) = (ci / u, ci % u);
+    let cp = if cps > 1 {
+        // Ulysses is the inner (fastest) part of cp.
+        let ring = cp.split(ulysses_rank, ci).map_err(comm_err)?;
+        let uly = cp.split(ring_rank, ci).map_err(comm_err)?;
+        Some((Arc::from(ring), Arc::from(uly)))
+    } else {
+        None
+    };
+    let tp = mesh.size(Dim::Tp);
+    Ok(Par {
+        tp: (tp > 1).then(|| g.tp.clone()),
+        cp,
+        split: SeqSplit {
+            t: dims.tokens.1,
+            ring: cps / u,
+            ulysses: u,
+            tp,
+            causal: dims.causal,
+        },
+        tp_rank: mesh.coord(rank, Dim::Tp),
+        ring_rank,
+        ulysses_rank,
+    })
 }
 
 struct Rank<'a> {
     cfg: &'a Config,
     mesh: Mesh,
     world: &'a dyn Comm<CpuBackend>,
+    groups: Groups,
     prefetch: bool,
 }
 
@@ -117,7 +185,8 @@ impl ModelJob for Rank<'_> {
         S: Source<Batch = M::Batch>,
     {
         let dt = dtype_of(self.cfg);
-        run(self.cfg, be, self.mesh, self.world, model, src, dt, self.prefetch)
+        let ctx = (self.mesh, self.world, &self.groups);
+        run(self.cfg, be, ctx, model, src, dt, self.prefetch)
     }
 }
 
@@ -125,12 +194,10 @@ fn comm_err(e: weft_parallel::Error) -> Error {
     Error::Other(e.to_string())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run<M, S>(
     cfg: &Config,
     be: &CpuBackend,
-    mesh: Mesh,
-    world: &dyn Comm<CpuBackend>,
+    (mesh, world, groups): (Mesh, &dyn Comm<CpuBackend>, &Groups),
     mut model: M,
     src: &S,
     dt: DType,
@@ -141,16 +208,30 @@ where
     S: Source<Batch = M::Batch>,
 {
     let rank = world.rank();
-    let split = |dims: &[Dim]| world.split(mesh.color(rank, dims), rank).map_err(comm_err);
-    let shard = split(&[Dim::Shard])?;
-    let replicas = split(&[Dim::Replicate, Dim::Cp])?;
+    let (shard, replicas) = (groups.shard.as_ref(), groups.replicas.as_ref());
+    let (tp, tp_rank) = (mesh.size(Dim::Tp), mesh.coord(rank, Dim::Tp));
     let t = &cfg.training;
     let layout = model.layout().clone();
-    let init = layout.init(cfg.job.seed);
-    let mut store = Fsdp::new(be, shard.as_ref(), &layout, &init, dt)?;
+    let init = layout.init_tp(cfg.job.seed, tp, tp_rank);
+    let mut store = Fsdp::new(be, shard, &layout, &init, dt)?;
     store.set_prefetch(prefetch);
     let n = store.shard_len();
     let segs = store.segments(&layout);
+    let replicated = replicated_in_shard(&store, &layout);
+    // What this rank adds to the gradient norm: its shard, less the replicated tensors on
+    // tp ranks other than 0.
+    let counted = if tp_rank == 0 {
+        vec![0..n]
+    } else {
+        let mut v = vec![];
+        let mut at = 0;
+        for r in &replicated {
+            v.push(at..r.start);
+            at = r.end;
+        }
+        v.push(at..n);
+        v
+    };
     let mut adam = AdamWState::new(be, dt, n)?;
     let memory = |store: &Fsdp<'_, CpuBackend>| Memory {
         params: n * dt.size(),
@@ -176,13 +257,20 @@ where
             model.backward_with(be, &mut store, 1.0 / (t.grad_accum * dp) as f64)?;
             store.finish_micro_batch(be)?;
         }
-        // Replicas (HSDP) hold the same shard: sum their gradients.
+        // Replicas (HSDP) and cp ranks hold the same shard: sum their gradients.
         replicas
             .all_reduce(be, CpuBackend::view_mut(&mut store.grads))
             .map_err(comm_err)?;
-        // Global norm: every element is owned by exactly one rank of the shard group.
-        let mut sq = vec![adam.sum_squares(be, CpuBackend::view(&store.grads))?];
-        shard.all_reduce(be, (&mut sq).into()).map_err(comm_err)?;
+        if tp > 1 {
+            sum_replicated(be, groups.tp.as_ref(), &mut store.grads, &replicated)?;
+        }
+        // Global norm: each element counted once, by the shard rank that owns it and (for a
+        // tensor every tp rank holds whole) by tp rank 0.
+        let mut sq = vec![0f64];
+        for r in &counted {
+            sq[0] += adam.sum_squares(be, CpuBackend::view(&store.grads).range(r.clone()))?;
+        }
+        groups.owners.all_reduce(be, (&mut sq).into()).map_err(comm_err)?;
         let norm = sq[0].sqrt();
         let lr = lr_at(&cfg.optimizer, t.steps, step);
         let (p, g) = (
@@ -190,10 +278,11 @@ where
             CpuBackend::view(&store.grads),
         );
         adam.step_segments(be, &cfg.optimizer, &segs, p, g, lr, norm)?;
+        // Each rank's loss is its share of its data-parallel replica's loss (the cp·tp
+        // shares add up to it); the mean over replicas is the run's loss.
         let mut l = vec![loss / dp as f64];
         world.all_reduce(be, (&mut l).into()).map_err(comm_err)?;
-        // Every rank of one data-parallel replica reports the same loss: divide by the others.
-        losses.push(l[0] / (mesh.world() / dp) as f64);
+        losses.push(l[0]);
         if rank == 0 {
             tracing::info!(
                 step = step + 1,
@@ -204,7 +293,22 @@ where
         }
     }
     let step_time = started.elapsed();
-    let params = assemble(be, &store, &layout, shard.as_ref())?;
+    let local = assemble(be, &store, &layout, shard)?;
+    let params = if tp > 1 {
+        let mut all = vec![0f32; local.len() * tp];
+        groups
+            .tp
+            .all_gather(be, (&local).into(), (&mut all).into())
+            .map_err(comm_err)?;
+        let global = global_layout(cfg);
+        let mut out = vec![0f32; global.len()];
+        for (r, piece) in all.chunks(local.len()).enumerate() {
+            layout.place_tp(&global, piece, tp, r, &mut out);
+        }
+        out
+    } else {
+        local
+    };
     Ok(RankOutcome {
         rank,
         losses,
@@ -214,6 +318,53 @@ where
         gathers: store.time.gathers,
         step_time,
     })
+}
+
+/// Ranges of this rank's shard buffer that belong to tensors every tp rank holds whole.
+fn replicated_in_shard(store: &Fsdp<'_, CpuBackend>, layout: &crate::Layout) -> Vec<Range<usize>> {
+    let rep = layout.replicated_ranges();
+    let mut out = vec![];
+    let mut at = 0;
+    for (len, _, global) in store.pieces(layout) {
+        if let Some(g) = global {
+            // A piece lies inside one tensor: wholly replicated or not.
+            if rep.iter().any(|r| r.start <= g.start && g.start < r.end) {
+                out.push(at..at + len);
+            }
+        }
+        at += len;
+    }
+    out
+}
+
+/// Sum `ranges` of `grads` over the tp group (packed into one all-reduce).
+fn sum_replicated(
+    be: &CpuBackend,
+    tp: &dyn Comm<CpuBackend>,
+    grads: &mut HostVec,
+    ranges: &[Range<usize>],
+) -> Result<()> {
+    let n: usize = ranges.iter().map(|r| r.len()).sum();
+    let mut packed = be.alloc(grads.dtype(), n)?;
+    let mut at = 0;
+    for r in ranges {
+        let src = CpuBackend::view(grads).range(r.clone());
+        be.cast(
+            CpuBackend::view_mut(&mut packed).range(at..at + r.len()),
+            src,
+            r.len(),
+        )?;
+        at += r.len();
+    }
+    tp.all_reduce(be, CpuBackend::view_mut(&mut packed))
+        .map_err(comm_err)?;
+    let mut at = 0;
+    for r in ranges {
+        let src = CpuBackend::view(&packed).range(at..at + r.len());
+        be.cast(CpuBackend::view_mut(grads).range(r.clone()), src, r.len())?;
+        at += r.len();
+    }
+    Ok(())
 }
 
 /// The full parameter vector from the shards (all-gathered over the shard group).

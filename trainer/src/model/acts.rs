@@ -84,24 +84,24 @@ impl<B: Backend> BlockActs<B> {
 
 /// Gradient scratch shared by all blocks (backward runs one block at a time).
 pub struct BlockGrads<B: Backend> {
-    pub(super) d_h: B::Buffer,         // (B, T, C)
-    pub(super) d_hs: Option<B::Buffer>, // (B, T/tp, C) d_h summed over tp (tp > 1)
-    pub(super) d_x: B::Buffer,         // (B, T/tp, C)
-    pub(super) d_tmp: B::Buffer,       // (B, T, C)
-    pub(super) d_ln: B::Buffer,        // (B, T/tp, C)
-    pub(super) d_y: B::Buffer,         // (B, T/tp, C)
-    pub(super) d_yg: Option<B::Buffer>, // (B, T, C) d_y of all tp ranks
+    pub(super) d_h: B::Buffer,           // (B, T, C)
+    pub(super) d_hs: Option<B::Buffer>,  // (B, T/tp, C) d_h summed over tp (tp > 1)
+    pub(super) d_x: B::Buffer,           // (B, T/tp, C)
+    pub(super) d_tmp: B::Buffer,         // (B, T, C)
+    pub(super) d_ln: B::Buffer,          // (B, T/tp, C)
+    pub(super) d_y: B::Buffer,           // (B, T/tp, C)
+    pub(super) d_yg: Option<B::Buffer>,  // (B, T, C) d_y of all tp ranks
     pub(super) stage: Option<B::Buffer>, // (B, T, C) rank-major staging of the SP collectives
-    pub(super) dq: B::Buffer,        // (B, T, NH, HD)
-    pub(super) dk: B::Buffer,        // (B, T, NKV, HD)
-    pub(super) dv: B::Buffer,        // (B, T, NKV, HD)
-    pub(super) dqr: B::Buffer,       // (B, T, NH, HD)
-    pub(super) dkr: B::Buffer,       // (B, T, NKV, HD)
-    pub(super) d_att: B::Buffer,     // (B, T, NH, HD)
-    pub(super) d_f: B::Buffer,       // (B, T, F or 2F)
-    pub(super) d_a: B::Buffer,       // (B, T, F)
-    pub(super) dmod: Vec<B::Buffer>, // 6 × (B, C)
-    pub(super) d_c: B::Buffer,       // (B, C)
+    pub(super) dq: B::Buffer,            // (B, T, NH, HD)
+    pub(super) dk: B::Buffer,            // (B, T, NKV, HD)
+    pub(super) dv: B::Buffer,            // (B, T, NKV, HD)
+    pub(super) dqr: B::Buffer,           // (B, T, NH, HD)
+    pub(super) dkr: B::Buffer,           // (B, T, NKV, HD)
+    pub(super) d_att: B::Buffer,         // (B, T, NH, HD)
+    pub(super) d_f: B::Buffer,           // (B, T, F or 2F)
+    pub(super) d_a: B::Buffer,           // (B, T, F)
+    pub(super) dmod: Vec<B::Buffer>,     // 6 × (B, C)
+    pub(super) d_c: B::Buffer,           // (B, C)
 }
 
 impl<B: Backend> BlockGrads<B> {

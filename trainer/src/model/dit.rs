@@ -72,30 +72,30 @@ struct DitParams {
 }
 
 struct DitActs<B: Backend> {
-    x: B::Buffer,                // (B, T, H, W, C)
-    tokens: B::Buffer,           // (B, N, P)
-    local: Option<B::Buffer>,    // (B, n, P) this rank's tokens (SP/CP), else `tokens` itself
+    x: B::Buffer,                     // (B, T, H, W, C)
+    tokens: B::Buffer,                // (B, N, P)
+    local: Option<B::Buffer>,         // (B, n, P) this rank's tokens (SP/CP), else `tokens` itself
     target_tokens: Option<B::Buffer>, // (B, N, P) patchified target (SP/CP)
-    t: B::Buffer,                // (B) timesteps × T_SCALE
-    tf: B::Buffer,               // (B, FREQ_DIM)
-    t1: B::Buffer,               // (B, C)
-    t2: B::Buffer,               // (B, C) silu(t1)
-    temb: B::Buffer,             // (B, C)
-    ids: B::Buffer,              // (B) i32
-    yemb: B::Buffer,             // (B, C)
-    text: Option<B::Buffer>,     // (B, E)
-    temb_txt: Option<B::Buffer>, // (B, C)
-    c: B::Buffer,                // (B, C)
-    silu_c: B::Buffer,           // (B, C)
-    fmod: [B::Buffer; 2],        // (B, C) final shift, scale
-    lnf: B::Buffer,              // (B, N, C)
-    meanf: B::Buffer,            // (B·N)
-    rstdf: B::Buffer,            // (B·N)
-    hf: B::Buffer,               // (B, N, C)
-    out: B::Buffer,              // (B, N, P)
-    pred: B::Buffer,             // (B, T, H, W, C)
-    target: B::Buffer,           // (B, T, H, W, C)
-    loss: B::Buffer,             // (1)
+    t: B::Buffer,                     // (B) timesteps × T_SCALE
+    tf: B::Buffer,                    // (B, FREQ_DIM)
+    t1: B::Buffer,                    // (B, C)
+    t2: B::Buffer,                    // (B, C) silu(t1)
+    temb: B::Buffer,                  // (B, C)
+    ids: B::Buffer,                   // (B) i32
+    yemb: B::Buffer,                  // (B, C)
+    text: Option<B::Buffer>,          // (B, E)
+    temb_txt: Option<B::Buffer>,      // (B, C)
+    c: B::Buffer,                     // (B, C)
+    silu_c: B::Buffer,                // (B, C)
+    fmod: [B::Buffer; 2],             // (B, C) final shift, scale
+    lnf: B::Buffer,                   // (B, N, C)
+    meanf: B::Buffer,                 // (B·N)
+    rstdf: B::Buffer,                 // (B·N)
+    hf: B::Buffer,                    // (B, N, C)
+    out: B::Buffer,                   // (B, N, P)
+    pred: B::Buffer,                  // (B, T, H, W, C)
+    target: B::Buffer,                // (B, T, H, W, C)
+    loss: B::Buffer,                  // (1)
 }
 
 struct DitGrads<B: Backend> {
@@ -238,7 +238,14 @@ impl<B: Ops> Dit<B> {
     }
 
     /// This rank's part of the model under the tensor/sequence/context split `par`.
-    pub fn new_par(be: &B, cfg: &DitConfig, b: usize, dtype: DType, recompute: bool, par: Par<B>) -> Result<Self> {
+    pub fn new_par(
+        be: &B,
+        cfg: &DitConfig,
+        b: usize,
+        dtype: DType,
+        recompute: bool,
+        par: Par<B>,
+    ) -> Result<Self> {
         let cp = par.split.ring * par.split.ulysses;
         let (layout, p, blocks, pd) = Self::plan(cfg, b, par.tp_size(), cp);
         let al = Alloc { be, dt: dtype };
@@ -580,7 +587,7 @@ impl<B: Ops> Model<B> for Dit<B> {
             Some(dw),
             db,
             r::<B>(&g.dres),
-            r::<B>(&a.tokens),
+            r::<B>(a.local.as_ref().unwrap_or(&a.tokens)),
             at(p, &pr.x_w),
             d,
         )?;

@@ -129,7 +129,14 @@ impl<B: Ops> Gpt<B> {
     }
 
     /// This rank's part of the model under the tensor/sequence/context split `par`.
-    pub fn new_par(be: &B, cfg: &GptConfig, b: usize, dtype: DType, recompute: bool, par: Par<B>) -> Result<Self> {
+    pub fn new_par(
+        be: &B,
+        cfg: &GptConfig,
+        b: usize,
+        dtype: DType,
+        recompute: bool,
+        par: Par<B>,
+    ) -> Result<Self> {
         let (layout, p, blocks) = Self::plan(cfg, b, par.tp_size(), par.split.cp_len());
         let al = Alloc { be, dt: dtype };
         let rope = RopeTable::one_d(&par.cp_positions(), cfg.width / cfg.heads, cfg.rope_theta);

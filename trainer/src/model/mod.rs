@@ -10,9 +10,9 @@
 mod acts;
 pub mod block;
 mod block_params;
-mod par;
 pub mod dit;
 pub mod gpt;
+mod par;
 mod trunk;
 
 pub use dit::{Dit, DitBatch};
