@@ -1,5 +1,6 @@
-//! `weft train` as real MPI processes (`mpirun -n 4`), against the same mesh on threads:
-//! the rank-ordered reductions make the two transports agree bit for bit.
+//! `weft train` as real MPI processes (`mpirun -n 4` and `-n 8`), against the same mesh on
+//! threads: the rank-ordered reductions make the two transports agree bit for bit (and
+//! `weft-trainer`'s tests prove the thread runs equal to one process).
 
 use std::path::Path;
 use std::process::Command;
@@ -28,7 +29,7 @@ fn sets(out: &Path, extra: &[&str]) -> Vec<String> {
     v.into_iter().flat_map(|s| ["--set".to_string(), s]).collect()
 }
 
-fn check(config: &str, extra: &[&str]) {
+fn check(config: &str, ranks: usize, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (threads, mpi) = (dir.path().join("threads"), dir.path().join("mpi"));
     let cfg = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")).join(config);
@@ -41,7 +42,14 @@ fn check(config: &str, extra: &[&str]) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-n", "4", bin, "train"])
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-n",
+            &ranks.to_string(),
+            bin,
+            "train",
+        ])
         .arg(&cfg)
         .args(sets(&mpi, extra))
         .output()
@@ -49,7 +57,7 @@ fn check(config: &str, extra: &[&str]) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Every rank reports what it holds.
-    for r in 0..4 {
+    for r in 0..ranks {
         assert!(
             stderr.contains(&format!("rank={r}"))
                 || stderr.contains(&format!("rank\u{1b}[0m\u{1b}[2m=\u{1b}[0m{r}")),
@@ -67,20 +75,87 @@ fn check(config: &str, extra: &[&str]) {
 fn dit_fsdp_over_mpi_matches_threads_bitwise() {
     check(
         "dit-tiny.toml",
+        4,
         &["parallel.dp_shard=4", "training.micro_batch=4"],
+    );
+}
+
+#[test]
+fn dit_fsdp_with_tensor_parallel_over_mpi_matches_threads_bitwise() {
+    check(
+        "dit-tiny.toml",
+        4,
+        &["parallel.dp_shard=2", "parallel.tp=2", "training.micro_batch=2"],
+    );
+}
+
+#[test]
+fn dit_8_ranks_fsdp_cp_tp_over_mpi_matches_threads_bitwise() {
+    check(
+        "dit-tiny.toml",
+        8,
+        &[
+            "parallel.dp_shard=2",
+            "parallel.cp=2",
+            "parallel.tp=2",
+            "training.micro_batch=2",
+        ],
+    );
+}
+
+/// A token file and the `data.path` setting that reads it.
+fn tokens(dir: &Path) -> String {
+    let text = dir.join("t.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
+    let tok = dir.join("t.tok");
+    weft_trainer::data::tokens::tokenize(&[text], &tok).unwrap();
+    format!("data.path=\"{}\"", tok.display())
+}
+
+#[test]
+fn gpt_ring_and_ulysses_over_mpi_matches_threads_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tokens(dir.path());
+    check(
+        "gpt-tiny.toml",
+        4,
+        &[
+            "parallel.cp=4",
+            "parallel.ulysses=2",
+            "training.micro_batch=4",
+            "model.seq_len=16",
+            "model.kv_heads=2",
+            &path,
+        ],
+    );
+}
+
+#[test]
+fn gpt_8_ranks_fsdp_cp_tp_over_mpi_matches_threads_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tokens(dir.path());
+    check(
+        "gpt-tiny.toml",
+        8,
+        &[
+            "parallel.dp_shard=2",
+            "parallel.cp=2",
+            "parallel.tp=2",
+            "training.micro_batch=2",
+            "model.seq_len=16",
+            "model.kv_heads=2",
+            &path,
+        ],
     );
 }
 
 #[test]
 fn gpt_hsdp_over_mpi_matches_threads_bitwise() {
     let dir = tempfile::tempdir().unwrap();
-    let text = dir.path().join("t.txt");
-    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
-    let tok = dir.path().join("t.tok");
-    weft_trainer::data::tokens::tokenize(&[text], &tok).unwrap();
-    let path = format!("data.path=\"{}\"", tok.display());
+    let path = tokens(dir.path());
     check(
         "gpt-tiny.toml",
+        4,
         &[
             "parallel.dp_replicate=2",
             "parallel.dp_shard=2",
