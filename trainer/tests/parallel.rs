@@ -260,3 +260,39 @@ fn a_bad_mesh_is_refused_before_any_rank_starts() {
         "{e}"
     );
 }
+
+#[test]
+fn tensor_parallel_splits_the_weights_and_sp_cp_split_the_activations() {
+    use weft_trainer::layout::TpSplit;
+    let dir = tempfile::tempdir().unwrap();
+    let global = weft_trainer::train::layout_of(&gpt(dir.path(), &[]));
+    let run = |dims: [usize; 5]| {
+        let m = mesh_sets(&dims);
+        let sets: Vec<&str> = m.iter().map(String::as_str).collect();
+        let c = gpt(dir.path(), &[&sets[..], &["training.steps=1"]].concat());
+        sharded(&c)[0].memory
+    };
+    let one = run([1, 1, 1, 1, 1]);
+    let tp = run([1, 1, 1, 2, 1]);
+    let cp = run([1, 1, 2, 1, 1]);
+    // tp = 2: split tensors are halved, replicated ones (norms, embeddings) are whole; 4 f32
+    // copies (params, grads, 2 moments), no padding with dp_shard = 1.
+    let local: usize = global
+        .entries
+        .iter()
+        .map(|e| {
+            if e.tp == TpSplit::Replicated {
+                e.numel()
+            } else {
+                e.numel() / 2
+            }
+        })
+        .sum();
+    assert_eq!(tp.params + tp.grads + tp.optimizer, 16 * local);
+    assert_eq!(one.params + one.grads + one.optimizer, 16 * global.len());
+    assert!(local < global.len());
+    // Sequence parallelism halves the residual stream, tp the heads and hidden units, cp the
+    // tokens of every activation.
+    assert!(tp.activations < one.activations, "{tp:?} vs {one:?}");
+    assert!(cp.activations * 10 < one.activations * 6, "{cp:?} vs {one:?}");
+}

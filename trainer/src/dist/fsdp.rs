@@ -21,6 +21,9 @@ pub struct Memory {
     pub params: usize,
     pub grads: usize,
     pub optimizer: usize,
+    /// Activations saved for backward and scratch (this rank's tokens, heads and hidden
+    /// units).
+    pub activations: usize,
     /// Gathered parameters, full gradients and buffers in flight, at their peak.
     pub comm_peak: usize,
 }

@@ -233,10 +233,12 @@ where
         v
     };
     let mut adam = AdamWState::new(be, dt, n)?;
+    let activations = model.activation_bytes();
     let memory = |store: &Fsdp<'_, CpuBackend>| Memory {
         params: n * dt.size(),
         grads: n * dt.size(),
         optimizer: 2 * n * dt.size(),
+        activations,
         comm_peak: store.peak,
     };
     let (dp, dp_rank) = (mesh.dp(), mesh.dp_rank(rank));

@@ -122,6 +122,7 @@ pub struct Dit<B: Backend> {
     /// Global token indices this rank holds (`n` of the `N` per clip).
     positions: Vec<usize>,
     b: usize,
+    act_bytes: usize,
     trunk: Trunk<B>,
     a: DitActs<B>,
     g: DitGrads<B>,
@@ -248,7 +249,7 @@ impl<B: Ops> Dit<B> {
     ) -> Result<Self> {
         let cp = par.split.ring * par.split.ulysses;
         let (layout, p, blocks, pd) = Self::plan(cfg, b, par.tp_size(), cp);
-        let al = Alloc { be, dt: dtype };
+        let al = Alloc::new(be, dtype);
         let positions = par.local_positions();
         let sharded = par.sharded();
         let (c, n, pdim) = (cfg.width, positions.len(), pd.token_dim());
@@ -305,6 +306,7 @@ impl<B: Ops> Dit<B> {
             p,
             pd,
             positions,
+            act_bytes: al.bytes.get(),
             b,
             trunk,
             a,
@@ -638,6 +640,10 @@ impl<B: Ops> Model<B> for Dit<B> {
             + lf(b, FREQ_DIM, c)
             + lf(b, c, c) * 3.0
             + lf(b, self.cfg.text_dim, c)
+    }
+
+    fn activation_bytes(&self) -> usize {
+        self.act_bytes
     }
 
     fn batch_shape(&self) -> (usize, usize) {

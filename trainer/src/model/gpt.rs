@@ -63,6 +63,7 @@ pub struct Gpt<B: Backend> {
     valid: usize,
     /// Global positions of this rank's tokens (all of them without SP/CP).
     positions: Vec<usize>,
+    act_bytes: usize,
 }
 
 impl<B: Ops> Gpt<B> {
@@ -138,7 +139,7 @@ impl<B: Ops> Gpt<B> {
         par: Par<B>,
     ) -> Result<Self> {
         let (layout, p, blocks) = Self::plan(cfg, b, par.tp_size(), par.split.cp_len());
-        let al = Alloc { be, dt: dtype };
+        let al = Alloc::new(be, dtype);
         let rope = RopeTable::one_d(&par.cp_positions(), cfg.width / cfg.heads, cfg.rope_theta);
         let positions = par.local_positions();
         let trunk = Trunk::new(&al, blocks, recompute, (&rope.cos, &rope.sin), par)?;
@@ -162,6 +163,7 @@ impl<B: Ops> Gpt<B> {
             dres: al.buf(n * c)?,
             valid: 0,
             positions,
+            act_bytes: al.bytes.get(),
         })
     }
 
@@ -326,6 +328,10 @@ impl<B: Ops> Model<B> for Gpt<B> {
 
     fn flops_per_micro_batch(&self) -> f64 {
         self.trunk.flops() + super::linear_flops(self.rows(), self.cfg.width, self.cfg.vocab_size)
+    }
+
+    fn activation_bytes(&self) -> usize {
+        self.act_bytes
     }
 
     fn batch_shape(&self) -> (usize, usize) {

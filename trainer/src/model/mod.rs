@@ -49,6 +49,8 @@ pub trait Model<B: Ops> {
     fn flops_per_micro_batch(&self) -> f64;
     /// Samples (clips or sequences) per micro-batch, and tokens per sample.
     fn batch_shape(&self) -> (usize, usize);
+    /// Bytes of the activations, saved for backward and scratch, this model allocated.
+    fn activation_bytes(&self) -> usize;
 }
 
 /// Upload f32 host data into a device buffer of any float dtype.
@@ -89,14 +91,24 @@ pub fn download_f64<B: Backend>(be: &B, src: B::Ref<'_>) -> Result<Vec<f64>> {
     })
 }
 
-/// Buffers of one dtype, allocated zeroed.
+/// Buffers of one dtype, allocated zeroed; counts the bytes it hands out (a model's
+/// activation and scratch memory).
 pub(crate) struct Alloc<'a, B: Backend> {
     pub be: &'a B,
     pub dt: DType,
+    pub bytes: std::cell::Cell<usize>,
 }
 
-impl<B: Backend> Alloc<'_, B> {
+impl<'a, B: Backend> Alloc<'a, B> {
+    pub fn new(be: &'a B, dt: DType) -> Self {
+        Alloc {
+            be,
+            dt,
+            bytes: std::cell::Cell::new(0),
+        }
+    }
     pub fn buf(&self, n: usize) -> Result<B::Buffer> {
+        self.bytes.set(self.bytes.get() + n * self.dt.size());
         Ok(self.be.alloc(self.dt, n)?)
     }
     pub fn opt(&self, on: bool, n: usize) -> Result<Option<B::Buffer>> {
