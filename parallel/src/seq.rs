@@ -32,7 +32,7 @@ impl SeqSplit {
             vec![a * c..(a + 1) * c, b * c..(b + 1) * c]
         } else {
             let c = self.t / r;
-            vec![ring_rank * c..(ring_rank + 1) * c]
+            std::iter::once(ring_rank * c..(ring_rank + 1) * c).collect()
         }
     }
     /// Tokens in a ring rank's attention sequence (`t / ring`).

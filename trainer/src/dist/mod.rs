@@ -221,7 +221,7 @@ where
     // What this rank adds to the gradient norm: its shard, less the replicated tensors on
     // tp ranks other than 0.
     let counted = if tp_rank == 0 {
-        vec![0..n]
+        std::iter::once(0..n).collect()
     } else {
         let mut v = vec![];
         let mut at = 0;

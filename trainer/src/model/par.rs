@@ -9,11 +9,14 @@ use weft_kernels::Backend;
 use weft_parallel::cp::CpGroup;
 use weft_parallel::{Comm, SeqSplit};
 
+/// A shared communicator.
+pub type Group<B> = Arc<dyn Comm<B>>;
+
 pub struct Par<B: Backend> {
     /// The tensor-parallel group (`None` when `tp = 1`).
-    pub tp: Option<Arc<dyn Comm<B>>>,
+    pub tp: Option<Group<B>>,
     /// The ring and Ulysses groups of context parallelism (`None` when `cp = 1`).
-    pub cp: Option<(Arc<dyn Comm<B>>, Arc<dyn Comm<B>>)>,
+    pub cp: Option<(Group<B>, Group<B>)>,
     pub split: SeqSplit,
     pub tp_rank: usize,
     pub ring_rank: usize,
