@@ -7,7 +7,7 @@
 //!   back. Backward runs the same moves on the gradients.
 //! - **Ring**: each ring rank keeps its queries and passes its keys and values round the
 //!   ring; the partial result over each visiting block is merged by log-sum-exp
-//!   ([`AttentionOps::attention_merge`]). Causal masking uses global positions, so blocks
+//!   ([`weft_kernels::AttentionOps::attention_merge`]). Causal masking uses global positions, so blocks
 //!   entirely in a query chunk's future are skipped. Backward sends the key/value block round
 //!   the ring again with its gradient accumulator, each rank adding its queries'
 //!   contribution, and a last step brings every accumulator home.
