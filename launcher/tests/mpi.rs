@@ -71,36 +71,37 @@ fn check(config: &str, ranks: usize, extra: &[&str]) {
     assert_eq!(a["params_digest"], b["params_digest"]);
 }
 
-#[test]
-fn dit_fsdp_over_mpi_matches_threads_bitwise() {
-    check(
-        "dit-tiny.toml",
-        4,
-        &["parallel.dp_shard=4", "training.micro_batch=4"],
-    );
+/// The 4- and 8-rank meshes of the equivalence matrix (`weft-trainer`'s
+/// `parallel::MATRIX`), each with the per-dp-rank micro-batch that keeps 4 samples per step.
+const MESHES: &[&[&str]] = &[
+    &["parallel.dp_shard=4", "training.micro_batch=1"],
+    &[
+        "parallel.dp_replicate=2",
+        "parallel.dp_shard=2",
+        "training.micro_batch=1",
+    ],
+    &["parallel.dp_shard=2", "parallel.tp=2", "training.micro_batch=2"],
+    &["parallel.cp=4", "parallel.ulysses=2", "training.micro_batch=4"],
+    &[
+        "parallel.dp_shard=2",
+        "parallel.cp=2",
+        "parallel.tp=2",
+        "training.micro_batch=2",
+    ],
+];
+
+fn world(mesh: &[&str]) -> usize {
+    mesh.iter()
+        .filter(|s| s.starts_with("parallel.") && !s.starts_with("parallel.ulysses"))
+        .map(|s| s.rsplit('=').next().unwrap().parse::<usize>().unwrap())
+        .product()
 }
 
 #[test]
-fn dit_fsdp_with_tensor_parallel_over_mpi_matches_threads_bitwise() {
-    check(
-        "dit-tiny.toml",
-        4,
-        &["parallel.dp_shard=2", "parallel.tp=2", "training.micro_batch=2"],
-    );
-}
-
-#[test]
-fn dit_8_ranks_fsdp_cp_tp_over_mpi_matches_threads_bitwise() {
-    check(
-        "dit-tiny.toml",
-        8,
-        &[
-            "parallel.dp_shard=2",
-            "parallel.cp=2",
-            "parallel.tp=2",
-            "training.micro_batch=2",
-        ],
-    );
+fn dit_meshes_over_mpi_match_threads_bitwise() {
+    for mesh in MESHES {
+        check("dit-tiny.toml", world(mesh), mesh);
+    }
 }
 
 /// A token file and the `data.path` setting that reads it.
@@ -113,56 +114,12 @@ fn tokens(dir: &Path) -> String {
 }
 
 #[test]
-fn gpt_ring_and_ulysses_over_mpi_matches_threads_bitwise() {
+fn gpt_meshes_over_mpi_match_threads_bitwise() {
     let dir = tempfile::tempdir().unwrap();
     let path = tokens(dir.path());
-    check(
-        "gpt-tiny.toml",
-        4,
-        &[
-            "parallel.cp=4",
-            "parallel.ulysses=2",
-            "training.micro_batch=4",
-            "model.seq_len=16",
-            "model.kv_heads=2",
-            &path,
-        ],
-    );
-}
-
-#[test]
-fn gpt_8_ranks_fsdp_cp_tp_over_mpi_matches_threads_bitwise() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = tokens(dir.path());
-    check(
-        "gpt-tiny.toml",
-        8,
-        &[
-            "parallel.dp_shard=2",
-            "parallel.cp=2",
-            "parallel.tp=2",
-            "training.micro_batch=2",
-            "model.seq_len=16",
-            "model.kv_heads=2",
-            &path,
-        ],
-    );
-}
-
-#[test]
-fn gpt_hsdp_over_mpi_matches_threads_bitwise() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = tokens(dir.path());
-    check(
-        "gpt-tiny.toml",
-        4,
-        &[
-            "parallel.dp_replicate=2",
-            "parallel.dp_shard=2",
-            "training.micro_batch=2",
-            "model.seq_len=16",
-            "model.kv_heads=1",
-            &path,
-        ],
-    );
+    for mesh in MESHES {
+        let mut sets = mesh.to_vec();
+        sets.extend(["model.seq_len=16", "model.kv_heads=2", &path]);
+        check("gpt-tiny.toml", world(mesh), &sets);
+    }
 }
