@@ -12,12 +12,15 @@
 //!   the ring again with its gradient accumulator, each rank adding its queries'
 //!   contribution, and a last step brings every accumulator home.
 //!
+//! Each ring step starts passing its block on in the background ([`Collective::Shift`] on a
+//! copy) before computing with it, so the transfer overlaps the attention kernels.
+//!
 //! A ring rank holding two chunks (causal, head–tail) keeps them chunk-major `(2, B, T/2, …)`
 //! inside the ring, so every (query chunk, key chunk) pair is one contiguous kernel call.
 //!
 //! The saved log-sum-exp is in the head-sharded layout `(B, NH/ulysses, T/ring)`.
 
-use crate::{Comm, Result, SeqSplit};
+use crate::{Collective, Comm, Pending, Result, SeqSplit};
 use weft_kernels::{AttnDims, Backend, DType, Ops, Slice, SwapDims};
 
 /// A rank's context-parallel group: its ring and Ulysses sub-groups and the token split.
@@ -211,6 +214,20 @@ fn at<B: Backend>(b: &B::Buffer, n: usize, i: usize) -> B::Ref<'_> {
     B::view(b).range(i * n..(i + 1) * n)
 }
 
+/// Start sending a copy of `block` to the next ring rank and receiving the previous rank's
+/// into `spare.1`; `spare.0` is the copy's buffer.
+fn pass_on<B: Ops>(
+    be: &B,
+    ring: &dyn Comm<B>,
+    block: &B::Buffer,
+    spare: (B::Buffer, B::Buffer),
+) -> Result<Pending<B>> {
+    let (mut copy, recv) = spare;
+    let n = B::view(block).len();
+    be.cast(B::view_mut(&mut copy), B::view(block), n)?;
+    ring.start(be, Collective::Shift, copy, recv)
+}
+
 fn buf<B: Backend>(be: &B, dt: DType, n: usize) -> Result<B::Buffer> {
     Ok(be.alloc(dt, n)?)
 }
@@ -240,13 +257,20 @@ fn ring_forward<B: Ops>(
         chunk_major(be, k, kd, d.b, nc)?;
         chunk_major(be, v, vd, d.b, nc)?;
     }
-    let mut next = buf(be, dt, 2 * nk)?;
+    let mut spare = Some((buf(be, dt, 2 * nk)?, buf(be, dt, 2 * nk)?));
     let mut oc = buf(be, dt, nq)?;
     let mut lc = buf(be, dt, nl)?;
     be.fill(B::view_mut(&mut lc), f32::NEG_INFINITY, nl)?;
     let (mut po, mut pl) = (buf(be, dt, cq)?, buf(be, dt, cl)?);
     for s in 0..ring {
         let theirs = g.split.chunks((r + ring - s) % ring);
+        let pending = match spare.take() {
+            Some(sp) if s + 1 < ring => Some(pass_on(be, g.ring, &kv, sp)?),
+            sp => {
+                spare = sp;
+                None
+            }
+        };
         for (i, qr) in mine.iter().enumerate() {
             for (j, kr) in theirs.iter().enumerate() {
                 let Some(pd) = pair(&d, tc, qr.start, kr.start) else {
@@ -264,11 +288,9 @@ fn ring_forward<B: Ops>(
                 be.attention_merge(oi, li, B::view(&po), B::view(&pl), pd)?;
             }
         }
-        if s + 1 < ring {
-            let (to, from) = ((r + 1) % ring, (r + ring - 1) % ring);
-            g.ring
-                .send_recv(be, B::view(&kv), to, B::view_mut(&mut next), from)?;
-            std::mem::swap(&mut kv, &mut next);
+        if let Some(p) = pending {
+            let (copy, recv) = p.wait()?;
+            spare = Some((copy, std::mem::replace(&mut kv, recv)));
         }
     }
     sample_major(be, B::view(&oc), out, d.b, nc)?;
@@ -316,19 +338,27 @@ fn ring_backward<B: Ops>(
         inner: tc,
     };
     be.swap_axes(B::view_mut(&mut lc), lse, d_lse)?;
-    // [k | v | dk | dv], chunk-major, travelling together.
-    let mut kvd = buf(be, dt, 4 * nk)?;
+    // [k | v] and its gradient accumulator [dk | dv], chunk-major, travelling together: the
+    // block is passed on in the background while it is used, the accumulator once it is done.
+    let mut kv = buf(be, dt, 2 * nk)?;
     {
-        let (kd, rest) = B::view_mut(&mut kvd).split_at(nk);
-        let (vd, _) = rest.split_at(nk);
+        let (kd, vd) = B::view_mut(&mut kv).split_at(nk);
         chunk_major(be, k, kd, d.b, nc)?;
         chunk_major(be, v, vd, d.b, nc)?;
     }
-    let mut next = buf(be, dt, 4 * nk)?;
+    let mut spare = Some((buf(be, dt, 2 * nk)?, buf(be, dt, 2 * nk)?));
+    let (mut dkv, mut next) = (buf(be, dt, 2 * nk)?, buf(be, dt, 2 * nk)?);
     let mut dqc = buf(be, dt, nq)?;
     let (mut tq, mut tk, mut tv) = (buf(be, dt, cq)?, buf(be, dt, ck)?, buf(be, dt, ck)?);
     for s in 0..ring {
         let theirs = g.split.chunks((r + ring - s) % ring);
+        let pending = match spare.take() {
+            Some(sp) if s + 1 < ring => Some(pass_on(be, g.ring, &kv, sp)?),
+            sp => {
+                spare = sp;
+                None
+            }
+        };
         for (i, qr) in mine.iter().enumerate() {
             for (j, kr) in theirs.iter().enumerate() {
                 let Some(pd) = pair(&d, tc, qr.start, kr.start) else {
@@ -340,31 +370,35 @@ fn ring_backward<B: Ops>(
                     B::view_mut(&mut tv),
                     at::<B>(&doc, cq, i),
                     at::<B>(&qc, cq, i),
-                    at::<B>(&kvd, ck, j),
-                    at::<B>(&kvd, ck, nc + j),
+                    at::<B>(&kv, ck, j),
+                    at::<B>(&kv, ck, nc + j),
                     at::<B>(&oc, cq, i),
                     at::<B>(&lc, cl, i),
                     pd,
                 )?;
                 let dqi = B::view_mut(&mut dqc).range(i * cq..(i + 1) * cq);
                 be.accumulate(dqi, B::view(&tq), cq)?;
-                let dkj = B::view_mut(&mut kvd).range((2 * nc + j) * ck..(2 * nc + j + 1) * ck);
+                let dkj = B::view_mut(&mut dkv).range(j * ck..(j + 1) * ck);
                 be.accumulate(dkj, B::view(&tk), ck)?;
-                let dvj = B::view_mut(&mut kvd).range((3 * nc + j) * ck..(3 * nc + j + 1) * ck);
+                let dvj = B::view_mut(&mut dkv).range((nc + j) * ck..(nc + j + 1) * ck);
                 be.accumulate(dvj, B::view(&tv), ck)?;
             }
         }
-        // Pass the block on; after `ring` steps every block's gradient is back home.
-        let (to, from) = ((r + 1) % ring, (r + ring - 1) % ring);
+        // Pass the accumulator on; after `ring` steps every block's gradient is back home.
         if ring > 1 {
+            let (to, from) = ((r + 1) % ring, (r + ring - 1) % ring);
             g.ring
-                .send_recv(be, B::view(&kvd), to, B::view_mut(&mut next), from)?;
-            std::mem::swap(&mut kvd, &mut next);
+                .send_recv(be, B::view(&dkv), to, B::view_mut(&mut next), from)?;
+            std::mem::swap(&mut dkv, &mut next);
+        }
+        if let Some(p) = pending {
+            let (copy, recv) = p.wait()?;
+            spare = Some((copy, std::mem::replace(&mut kv, recv)));
         }
     }
     sample_major(be, B::view(&dqc), dq, d.b, nc)?;
-    let kvv = B::view(&kvd);
-    sample_major(be, B::share(&kvv).range(2 * nk..3 * nk), dk, d.b, nc)?;
-    sample_major(be, kvv.range(3 * nk..4 * nk), dv, d.b, nc)?;
+    let dkvv = B::view(&dkv);
+    sample_major(be, B::share(&dkvv).range(0..nk), dk, d.b, nc)?;
+    sample_major(be, dkvv.range(nk..2 * nk), dv, d.b, nc)?;
     Ok(())
 }

@@ -143,3 +143,28 @@ fn a_failing_rank_stops_the_others_with_its_own_error() {
     });
     assert!(r.unwrap_err().to_string().contains("rank 1 ran out of data"));
 }
+
+#[test]
+fn a_background_shift_passes_blocks_round_the_ring() {
+    for size in [1, 2, 3] {
+        local::run(size, |rank, c: HostComm| -> Result<(), Error> {
+            let be = CpuBackend::new();
+            let mut block = HostVec::from(vec![rank as f32; 2]);
+            // `size` shifts bring every block back home, visiting each rank once.
+            for step in 1..=size {
+                let p = c.start(
+                    &be,
+                    Collective::Shift,
+                    block,
+                    HostVec::zeros(weft_kernels::DType::F32, 2),
+                )?;
+                let (_, got) = p.wait()?;
+                let from = ((rank + size * step - step) % size) as f32;
+                assert_eq!(got, HostVec::from(vec![from; 2]), "size {size} step {step}");
+                block = got;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+}

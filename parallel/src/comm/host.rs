@@ -160,6 +160,16 @@ impl HostComm {
                 self.all_reduce_host(recv)
             }
             Collective::AllToAll => self.all_to_all_host(send, recv),
+            Collective::Shift => {
+                let mut recv = recv;
+                same_dtype("shift", send.dtype(), recv.dtype())?;
+                check("shift", send.len() == recv.len(), || {
+                    "send and recv differ in length".into()
+                })?;
+                let (r, n) = (self.rank(), self.size());
+                let (to, from) = ((r + 1) % n, (r + n - 1) % n);
+                self.t.send_recv(send.as_bytes(), to, recv.as_bytes_mut(), from)
+            }
         }
     }
 

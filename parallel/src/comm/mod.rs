@@ -37,6 +37,9 @@ pub enum Collective {
     AllReduce,
     /// `recv[r·n..] ← send_r[rank·n..]`.
     AllToAll,
+    /// One step round the ring: `send` goes to rank `rank+1`, `recv` comes from `rank−1`
+    /// (mod size); what ring attention does while it computes on the current block.
+    Shift,
 }
 
 /// A group of ranks that talk to each other, on backend `B`'s buffers.

@@ -270,6 +270,10 @@ impl Comm<CudaBackend> for NcclComm {
                     be.cast(r, s, s.len())?;
                     self.all_reduce(be, CudaBackend::view_mut(&mut recv))?;
                 }
+                Collective::Shift => {
+                    let (rank, n) = (self.rank(), self.size());
+                    self.send_recv(be, s, (rank + 1) % n, r, (rank + n - 1) % n)?;
+                }
             }
         }
         // Enqueued on the stream: later work on the stream is ordered after it.
