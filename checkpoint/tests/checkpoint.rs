@@ -1,0 +1,256 @@
+//! The format end to end: save from one layout, read on another; corruption, truncation,
+//! missing files and escaping paths refused; retention; the background saver; and a writer
+//! killed at random points never damaging the last committed checkpoint.
+
+use std::path::Path;
+use std::time::Duration;
+use weft_checkpoint::*;
+
+fn head(keep: usize, tensors: Vec<TensorMeta>) -> Head {
+    Head {
+        config_hash: "cfg".into(),
+        mesh: vec![1, 2, 1, 1],
+        state: serde_json::json!({"samples_seen": 12}),
+        tensors,
+        keep,
+        timeout: Duration::from_secs(20),
+    }
+}
+
+fn bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn floats(b: &[u8]) -> Vec<f32> {
+    b.chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// `w (6, 4)` stored by 2 ranks as column halves (tensor parallel), `g (5)` by rank 1.
+fn save(root: &Path, step: u64, scale: f32, keep: usize) -> std::path::PathBuf {
+    let w: Vec<f32> = (0..24).map(|i| i as f32 * scale).collect();
+    let g: Vec<f32> = (0..5).map(|i| -(i as f32) * scale).collect();
+    let tensors = vec![
+        TensorMeta {
+            key: "w".into(),
+            dtype: DType::F32,
+            shape: vec![6, 4],
+        },
+        TensorMeta {
+            key: "g".into(),
+            dtype: DType::F32,
+            shape: vec![5],
+        },
+    ];
+    for rank in 0..2 {
+        let cols: Vec<f32> = (0..6)
+            .flat_map(|r| w[r * 4 + 2 * rank..r * 4 + 2 * rank + 2].to_vec())
+            .collect();
+        let mut pieces = vec![RankPiece {
+            tensor: "w".into(),
+            extent: Extent {
+                start: 2 * rank as u64,
+                len: 2,
+                count: 6,
+                stride: 4,
+            },
+            data: bytes(&cols),
+        }];
+        if rank == 1 {
+            pieces.push(RankPiece {
+                tensor: "g".into(),
+                extent: Extent::run(0, 5),
+                data: bytes(&g),
+            });
+        }
+        write_rank(root, step, rank, &pieces).unwrap();
+    }
+    commit(root, step, 2, &head(keep, tensors)).unwrap()
+}
+
+#[test]
+fn a_checkpoint_saved_on_one_layout_reads_on_another() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = save(root.path(), 7, 1.0, 3);
+    assert_eq!(dir, root.path().join("step_00000007"));
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("latest")).unwrap(),
+        "step_00000007"
+    );
+    let c = Checkpoint::open(&dir).unwrap();
+    assert_eq!(c.manifest.step, 7);
+    assert_eq!(c.manifest.state["samples_seen"], 12);
+    assert_eq!(c.verify_data().unwrap(), 4 * (24 + 5));
+    // Rows 1..4 (a row-sharded reader), and a few scattered runs in any order.
+    let mut out = vec![0u8; 12 * 4];
+    c.read("w", &[(4, 12)], &mut out).unwrap();
+    assert_eq!(floats(&out), (4..16).map(|i| i as f32).collect::<Vec<_>>());
+    let mut out = vec![0u8; 4 * 4];
+    c.read("w", &[(23, 1), (3, 2), (0, 1)], &mut out).unwrap();
+    assert_eq!(floats(&out), vec![23., 3., 4., 0.]);
+    let mut out = vec![0u8; 2 * 4];
+    c.read("g", &[(3, 2)], &mut out).unwrap();
+    assert_eq!(floats(&out), vec![-3., -4.]);
+}
+
+#[test]
+fn corrupt_truncated_missing_and_escaping_checkpoints_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    save(root.path(), 1, 1.0, 5);
+    let good = save(root.path(), 2, 2.0, 5);
+    let damage = |f: &dyn Fn(&Path)| {
+        let copy = root.path().join("step_00000003");
+        let _ = std::fs::remove_dir_all(&copy);
+        std::fs::create_dir(&copy).unwrap();
+        for e in std::fs::read_dir(&good).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+        f(&copy);
+        std::fs::write(root.path().join("latest"), "step_00000003").unwrap();
+        let err = Checkpoint::open(&copy)
+            .and_then(|c| c.verify_data().map(|_| c))
+            .unwrap_err()
+            .to_string();
+        // `--resume auto` falls back to the newest good one.
+        let back = latest_valid(root.path()).unwrap().unwrap();
+        assert_eq!(back.manifest.step, 2);
+        err
+    };
+    let flip = damage(&|d| {
+        let p = d.join("rank_00001.bin");
+        let mut b = std::fs::read(&p).unwrap();
+        b[5] ^= 0x10;
+        std::fs::write(&p, b).unwrap();
+    });
+    assert!(flip.contains("fails its checksum"), "{flip}");
+    let trunc = damage(&|d| {
+        let p = d.join("rank_00000.bin");
+        let b = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &b[..b.len() - 3]).unwrap();
+    });
+    assert!(trunc.contains("truncated"), "{trunc}");
+    let missing = damage(&|d| std::fs::remove_file(d.join("rank_00001.bin")).unwrap());
+    assert!(missing.contains("rank_00001.bin is missing"), "{missing}");
+    let escape = damage(&|d| {
+        let p = d.join("manifest.json");
+        let s = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("rank_00000.bin", "../step_00000001/rank_00000.bin");
+        std::fs::write(&p, s).unwrap();
+    });
+    assert!(escape.contains("not a plain file name"), "{escape}");
+    let nomanifest = damage(&|d| std::fs::remove_file(d.join("manifest.json")).unwrap());
+    assert!(nomanifest.contains("never committed"), "{nomanifest}");
+}
+
+#[test]
+fn half_written_checkpoints_are_ignored_and_old_ones_pruned_after_commit() {
+    let root = tempfile::tempdir().unwrap();
+    for step in 1..=4 {
+        save(root.path(), step, step as f32, 2);
+    }
+    let steps: Vec<u64> = list(root.path()).unwrap().into_iter().map(|s| s.0).collect();
+    assert_eq!(steps, vec![3, 4]);
+    // A save that died before its commit: rank files but no manifest, still `.tmp`.
+    write_rank(root.path(), 5, 0, &[]).unwrap();
+    assert_eq!(latest_valid(root.path()).unwrap().unwrap().manifest.step, 4);
+    assert_eq!(clean_partial(root.path()).unwrap(), 1);
+    // Saving a step that exists again (a resumed run) replaces it whole.
+    save(root.path(), 4, 10.0, 2);
+    let c = latest_valid(root.path()).unwrap().unwrap();
+    let mut out = vec![0u8; 4];
+    c.read("w", &[(1, 1)], &mut out).unwrap();
+    assert_eq!(floats(&out), vec![10.0]);
+}
+
+#[test]
+fn the_background_saver_reports_when_a_save_is_durable_or_failed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut saver = Saver::new();
+    let job = |root: &Path, step| SaveJob {
+        root: root.to_path_buf(),
+        step,
+        rank: 0,
+        ranks: 1,
+        pieces: vec![RankPiece {
+            tensor: "g".into(),
+            extent: Extent::run(0, 2),
+            data: bytes(&[1.0, 2.0]),
+        }],
+        commit: Some(head(
+            3,
+            vec![TensorMeta {
+                key: "g".into(),
+                dtype: DType::F32,
+                shape: vec![2],
+            }],
+        )),
+    };
+    assert!(saver.submit(job(root.path(), 1)).unwrap().is_none());
+    // A second save waits for the first and hands back its report.
+    let first = saver.submit(job(root.path(), 2)).unwrap().unwrap();
+    assert_eq!(first.step, 1);
+    assert!(first.result.unwrap().unwrap().ends_with("step_00000001"));
+    let second = saver.wait().unwrap();
+    assert_eq!(second.bytes, 8);
+    assert!(second.result.is_ok());
+    // A root that cannot be created fails the save, reported, and the saver keeps working.
+    let blocked = root.path().join("file");
+    std::fs::write(&blocked, "not a directory").unwrap();
+    saver.submit(job(&blocked, 3)).unwrap();
+    let failed = saver.wait().unwrap();
+    assert!(failed.result.is_err());
+    saver.submit(job(root.path(), 4)).unwrap();
+    assert!(saver.wait().unwrap().result.is_ok());
+    assert_eq!(latest_valid(root.path()).unwrap().unwrap().manifest.step, 4);
+}
+
+/// Run as a child by the kill test: save forever.
+#[test]
+#[ignore = "run by writer_killed_at_random_points_never_damages_the_last_commit"]
+fn child_saves_forever() {
+    let Ok(root) = std::env::var("WEFT_CKPT_KILL_ROOT") else {
+        return;
+    };
+    let start = list(Path::new(&root)).unwrap().last().map_or(0, |s| s.0) + 1;
+    for step in start.. {
+        save(Path::new(&root), step, step as f32, 2);
+    }
+}
+
+#[test]
+fn writer_killed_at_random_points_never_damages_the_last_commit() {
+    let root = tempfile::tempdir().unwrap();
+    save(root.path(), 0, 0.0, 2);
+    let exe = std::env::current_exe().unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..25 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = std::process::Command::new(&exe)
+            .args(["--exact", "child_saves_forever", "--ignored", "--nocapture"])
+            .env("WEFT_CKPT_KILL_ROOT", root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(2_000 + seed % 40_000));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let c = latest_valid(root.path())
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {round}: no loadable checkpoint"));
+        c.verify_data().unwrap();
+        let mut out = vec![0u8; 4];
+        c.read("w", &[(5, 1)], &mut out).unwrap();
+        assert_eq!(floats(&out), vec![5.0 * c.manifest.step as f32], "round {round}");
+        clean_partial(root.path()).unwrap();
+    }
+    assert!(
+        list(root.path()).unwrap().last().unwrap().0 > 0,
+        "the child never committed"
+    );
+}
