@@ -143,6 +143,11 @@ pub struct Training {
     /// Validate every this many steps (and at the end); 0 = only at the end.
     #[serde(default)]
     pub val_every: u64,
+    /// Stop this attempt after this many steps, saving a checkpoint first (like Megatron's
+    /// `--exit-interval`: jobs shorter than the run resume with `checkpoint.resume = "auto"`);
+    /// 0 = run to `steps`.
+    #[serde(default)]
+    pub exit_after: u64,
     #[serde(default = "four_usize")]
     pub val_batches: usize,
     /// Recompute each block's activations in backward instead of keeping them.
@@ -234,11 +239,31 @@ pub struct Checkpoint {
     /// Committed checkpoints to keep.
     #[serde(default = "three")]
     pub keep: usize,
+    /// Where checkpoints go; empty = `<run dir>/checkpoints`.
+    #[serde(default)]
+    pub dir: String,
+    /// Continue from a checkpoint: `""` (start fresh), `"auto"` (the newest one that verifies
+    /// under `dir`, or fresh if there is none) or a checkpoint directory.
+    #[serde(default)]
+    pub resume: String,
+    /// How long the committing rank waits for the other ranks' pieces of a save, in seconds.
+    #[serde(default = "commit_timeout")]
+    pub commit_timeout_s: f64,
+}
+
+fn commit_timeout() -> f64 {
+    600.0
 }
 
 impl Default for Checkpoint {
     fn default() -> Self {
-        Checkpoint { interval: 0, keep: 3 }
+        Checkpoint {
+            interval: 0,
+            keep: 3,
+            dir: String::new(),
+            resume: String::new(),
+            commit_timeout_s: commit_timeout(),
+        }
     }
 }
 
@@ -328,6 +353,15 @@ impl Config {
         })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Where this run's checkpoints live.
+    pub fn checkpoint_dir(&self) -> std::path::PathBuf {
+        if self.checkpoint.dir.is_empty() {
+            self.run_dir().join("checkpoints")
+        } else {
+            std::path::PathBuf::from(&self.checkpoint.dir)
+        }
     }
 
     /// The config as TOML (embedded in exported weights and run directories).

@@ -24,6 +24,8 @@ pub enum Error {
     NonFinite { step: u64, loss: f64 },
     #[error(transparent)]
     Kernel(#[from] weft_kernels::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] weft_checkpoint::Error),
     /// Anything else that is not the user's fault but must be reported (encoding, formats).
     #[error("{0}")]
     Other(String),

@@ -1,6 +1,7 @@
 //! # weft-trainer
 //!
 //! Models, optimizers, data and the training loop of weft.
+pub mod ckpt;
 pub mod config;
 pub mod data;
 pub mod dist;

@@ -12,7 +12,7 @@ use crate::config::{DataConfig, ModelConfig};
 use crate::data::{latents::Latents, sample_indices, shapes::Shapes, tokens::Tokens, Source, Split};
 use crate::model::{download_f64, Dit, Gpt, Model, Par};
 use crate::optim::{lr_at, AdamWState};
-use crate::{export, Config, Error, Layout, Result};
+use crate::{ckpt, export, Config, Error, Layout, Result};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -222,9 +222,17 @@ where
     let dir = cfg.run_dir();
     std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
     std::fs::write(dir.join("config.toml"), cfg.to_toml()).map_err(Error::io(dir.join("config.toml")))?;
+    let resume = ckpt::find_resume(cfg)?;
     let mpath = dir.join("metrics.jsonl");
     let mut metrics = Metrics {
-        file: std::fs::File::create(&mpath).map_err(Error::io(&mpath))?,
+        // A resumed run appends to its metrics.
+        file: std::fs::OpenOptions::new()
+            .create(true)
+            .append(resume.is_some())
+            .write(true)
+            .truncate(resume.is_none())
+            .open(&mpath)
+            .map_err(Error::io(&mpath))?,
         path: mpath,
     };
     let layout = model.layout().clone();
@@ -235,6 +243,16 @@ where
     crate::model::upload_f32(be, &init, CpuBackend::view_mut(&mut params))?;
     let mut grads = be.alloc(dt, layout.len())?;
     let mut adam = AdamWState::new(be, dt, layout.len())?;
+    let map = ckpt::ShardMap::whole(&layout);
+    let mut start = 0;
+    if let Some(c) = &resume {
+        let s = ckpt::load(c, &map, &layout, [&mut params, &mut adam.m, &mut adam.v])?;
+        (start, adam.step) = (s.step, s.adam_step);
+        tracing::info!(step = start, from = %c.dir.display(), "resumed");
+    }
+    weft_checkpoint::clean_partial(&cfg.checkpoint_dir())?;
+    let head = ckpt::Checkpointer::head(cfg, &layout, vec![1, 1, 1, 1]);
+    let mut saver = ckpt::Checkpointer::new(cfg, &layout, map, 0, 1, Some(head));
     let (peak, peak_src) = match t.peak_flops {
         Some(p) => (p, "configured (training.peak_flops)"),
         None => (measure_peak(be)?, "measured: best f32 GEMM 1024³ on this CPU"),
@@ -276,7 +294,10 @@ where
     let started = Instant::now();
     let mut losses = Vec::with_capacity(t.steps as usize);
     let mut val_loss = f64::NAN;
-    for step in 0..t.steps {
+    if let Some(pb) = &pb {
+        pb.set_position(start);
+    }
+    for step in start..t.steps {
         let t0 = Instant::now();
         be.fill(CpuBackend::view_mut(&mut grads), 0.0, layout.len())?;
         let mut loss = 0.0;
@@ -301,6 +322,21 @@ where
         )?;
         if !gnorm.is_finite() {
             return Err(Error::NonFinite { step, loss: gnorm });
+        }
+        let state = ckpt::State {
+            step: step + 1,
+            adam_step: adam.step,
+            samples_seen: (step + 1) * (b * t.grad_accum) as u64,
+        };
+        let exit = t.exit_after > 0 && step + 1 - start >= t.exit_after && step + 1 < t.steps;
+        saver.after_step(state, [&params, &adam.m, &adam.v], exit)?;
+        if exit {
+            tracing::info!(
+                step = step + 1,
+                "training.exit_after reached: checkpoint saved, stopping"
+            );
+            losses.push(loss);
+            break;
         }
         let dt_s = t0.elapsed().as_secs_f64();
         let samples = (b * t.grad_accum) as f64;
@@ -345,6 +381,7 @@ where
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
+    saver.finish();
     let host = download_f64(be, CpuBackend::view(&params))?;
     let flat: Vec<f32> = host.iter().map(|&v| v as f32).collect();
     let weights = dir.join("model.safetensors");

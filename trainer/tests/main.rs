@@ -1,5 +1,6 @@
 //! weft-trainer's integration tests, one binary with a module per area.
 
+mod checkpoint;
 mod common;
 mod config;
 mod data;

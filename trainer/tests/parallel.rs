@@ -10,7 +10,7 @@ use weft_trainer::dist::{check_mesh, train_rank, RankOutcome};
 use weft_trainer::train::{train, TrainOptions};
 use weft_trainer::{export, Config, Error};
 
-fn cfg(base: &str, dir: &std::path::Path, sets: &[String]) -> Config {
+pub(crate) fn cfg(base: &str, dir: &std::path::Path, sets: &[String]) -> Config {
     let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")).join(base);
     let mut all = sets.to_vec();
     all.push(format!("job.out_dir=\"{}\"", dir.display()));
@@ -22,7 +22,7 @@ fn s(v: &[&str]) -> Vec<String> {
 }
 
 /// The tiny DiT, 3 steps of 2 micro-batches of 4 clips.
-fn dit(dir: &std::path::Path, extra: &[&str]) -> Config {
+pub(crate) fn dit(dir: &std::path::Path, extra: &[&str]) -> Config {
     let mut v = s(&[
         "job.name=\"eq\"",
         "model.width=32",
@@ -42,7 +42,7 @@ fn dit(dir: &std::path::Path, extra: &[&str]) -> Config {
     cfg("dit-tiny.toml", dir, &v)
 }
 
-fn gpt(dir: &std::path::Path, extra: &[&str]) -> Config {
+pub(crate) fn gpt(dir: &std::path::Path, extra: &[&str]) -> Config {
     let text = dir.join("t.txt");
     if !text.exists() {
         std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
@@ -69,13 +69,13 @@ fn gpt(dir: &std::path::Path, extra: &[&str]) -> Config {
 }
 
 /// Single-process losses and final parameters.
-fn reference(c: &Config) -> (Vec<f64>, Vec<f32>) {
+pub(crate) fn reference(c: &Config) -> (Vec<f64>, Vec<f32>) {
     let sum = train(c, TrainOptions::default()).unwrap();
     let (_, params) = export::load(&sum.weights, weft_trainer::train::layout_of).unwrap();
     (sum.losses, params)
 }
 
-fn sharded(c: &Config) -> Vec<RankOutcome> {
+pub(crate) fn sharded(c: &Config) -> Vec<RankOutcome> {
     let world = c.parallel.world();
     local::run(world, |_, comm: HostComm| {
         train_rank(c, &comm as &dyn Comm<CpuBackend>, true)
@@ -158,7 +158,7 @@ const MATRIX: &[(&str, [usize; 5])] = &[
     ("dp_shard=2 × cp=2 × tp=2", [1, 2, 2, 2, 1]),
 ];
 
-fn mesh_sets(&[rep, sh, cp, tp, u]: &[usize; 5]) -> Vec<String> {
+pub(crate) fn mesh_sets(&[rep, sh, cp, tp, u]: &[usize; 5]) -> Vec<String> {
     let mut m = mesh(rep, sh, 4 / (rep * sh));
     m.extend([
         format!("parallel.cp={cp}"),

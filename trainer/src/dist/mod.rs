@@ -243,9 +243,10 @@ where
     };
     let (dp, dp_rank) = (mesh.dp(), mesh.dp_rank(rank));
     let (b, _) = model.batch_shape();
+    let (start, mut saver) = checkpoints(cfg, (&mesh, world), &layout, &mut store, &mut adam)?;
     let mut losses = Vec::with_capacity(t.steps as usize);
     let started = Instant::now();
-    for step in 0..t.steps {
+    for step in start..t.steps {
         be.fill(CpuBackend::view_mut(&mut store.grads), 0.0, n)?;
         let mut loss = 0.0;
         for micro in 0..t.grad_accum {
@@ -285,6 +286,22 @@ where
         let mut l = vec![loss / dp as f64];
         world.all_reduce(be, (&mut l).into()).map_err(comm_err)?;
         losses.push(l[0]);
+        let state = crate::ckpt::State {
+            step: step + 1,
+            adam_step: adam.step,
+            samples_seen: (step + 1) * (b * t.grad_accum * dp) as u64,
+        };
+        let exit = t.exit_after > 0 && step + 1 - start >= t.exit_after && step + 1 < t.steps;
+        saver.after_step(state, [&store.params, &adam.m, &adam.v], exit)?;
+        if exit {
+            if rank == 0 {
+                tracing::info!(
+                    step = step + 1,
+                    "training.exit_after reached: checkpoint saved, stopping"
+                );
+            }
+            break;
+        }
         if rank == 0 {
             tracing::info!(
                 step = step + 1,
@@ -294,6 +311,7 @@ where
             );
         }
     }
+    saver.finish();
     let step_time = started.elapsed();
     let local = assemble(be, &store, &layout, shard)?;
     let params = if tp > 1 {
@@ -320,6 +338,57 @@ where
         gathers: store.time.gathers,
         step_time,
     })
+}
+
+/// Resume this rank's shard (parameters and AdamW state) if `checkpoint.resume` asks for it,
+/// and set up its saves. Rank 0 picks the checkpoint (verifying every byte, falling back past
+/// damaged ones) and the others open the one it picked; any mesh can load any checkpoint.
+/// Returns the first step to run.
+fn checkpoints(
+    cfg: &Config,
+    (mesh, world): (&Mesh, &dyn Comm<CpuBackend>),
+    layout: &crate::Layout,
+    store: &mut Fsdp<'_, CpuBackend>,
+    adam: &mut AdamWState<CpuBackend>,
+) -> Result<(u64, crate::ckpt::Checkpointer)> {
+    use crate::ckpt;
+    let rank = world.rank();
+    let (tp, tp_rank) = (mesh.size(Dim::Tp), mesh.coord(rank, Dim::Tp));
+    let writer = mesh.coord(rank, Dim::Replicate) == 0 && mesh.coord(rank, Dim::Cp) == 0;
+    let map = ckpt::ShardMap::sharded(layout, &store.pieces(layout), tp, tp_rank, writer);
+    // Rank 0 chooses (and clears half-written saves of a crashed attempt); the all-reduce
+    // tells the others, and keeps them from saving before the clean-up.
+    let mut chosen = vec![0f64];
+    let mine = if rank == 0 {
+        weft_checkpoint::clean_partial(&cfg.checkpoint_dir())?;
+        let c = ckpt::find_resume(cfg)?;
+        chosen[0] = c.as_ref().map_or(0.0, |c| (c.manifest.step + 1) as f64);
+        c
+    } else {
+        None
+    };
+    world
+        .all_reduce(&CpuBackend::new(), (&mut chosen).into())
+        .map_err(comm_err)?;
+    let mut start = 0;
+    if chosen[0] > 0.0 {
+        let c = match mine {
+            Some(c) => c,
+            None => ckpt::open_step(cfg, chosen[0] as u64 - 1)?,
+        };
+        let s = ckpt::load(&c, &map, layout, [&mut store.params, &mut adam.m, &mut adam.v])?;
+        (start, adam.step) = (s.step, s.adam_step);
+        if rank == 0 {
+            tracing::info!(step = start, from = %c.dir.display(), mesh = ?c.manifest.mesh, "resumed");
+        }
+    }
+    let head = (rank == 0).then(|| {
+        let p = &cfg.parallel;
+        let sizes = vec![p.dp_replicate, p.dp_shard, p.cp, p.tp];
+        ckpt::Checkpointer::head(cfg, &global_layout(cfg), sizes)
+    });
+    let saver = ckpt::Checkpointer::new(cfg, layout, map, rank, world.size(), head);
+    Ok((start, saver))
 }
 
 /// Ranges of this rank's shard buffer that belong to tensors every tp rank holds whole.

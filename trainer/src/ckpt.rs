@@ -1,0 +1,418 @@
+//! Training state in checkpoints ([`weft_checkpoint`]): which elements of which global tensor
+//! each rank's flat buffers hold ([`ShardMap`]), saving them in the background
+//! ([`Checkpointer`]) and loading them on any mesh ([`load`]).
+//!
+//! A run's state is three buffers in the model's layout — parameters (`model.<name>`) and the
+//! AdamW moments (`optim.m.<name>`, `optim.v.<name>`) — plus the step and the optimizer's
+//! step count. The data position needs nothing more: every sample is a function of the seed
+//! and its global index, and the global order does not depend on the mesh.
+
+use crate::layout::TpSplit;
+use crate::{Config, Error, Layout, Result};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use weft_checkpoint as ck;
+use weft_kernels::{DType, HostVec};
+
+/// The tensors of a run's state, in the order of the buffers passed around here.
+pub const PARTS: [&str; 3] = ["model", "optim.m", "optim.v"];
+
+/// `len` elements at `local` of a flat buffer are elements `global..global+len` of entry
+/// `entry`'s global tensor (flattened).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub entry: usize,
+    pub global: u64,
+    pub len: u64,
+    pub local: usize,
+}
+
+/// Where a rank's flat buffer sits in the global tensors, and which of its runs it writes (so
+/// that over the mesh every element is written exactly once).
+#[derive(Clone, Debug)]
+pub struct ShardMap {
+    pub runs: Vec<Run>,
+    pub writes: Vec<bool>,
+}
+
+impl ShardMap {
+    /// One process: every tensor whole, in layout order.
+    pub fn whole(layout: &Layout) -> Self {
+        let runs: Vec<Run> = layout
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Run {
+                entry: i,
+                global: 0,
+                len: e.numel() as u64,
+                local: e.offset,
+            })
+            .collect();
+        ShardMap {
+            writes: vec![true; runs.len()],
+            runs,
+        }
+    }
+
+    /// A mesh rank's shard buffer, laid out as `pieces` (from the FSDP store: length and the
+    /// local-layout range of each piece, `None` for padding), for tp rank `tp_rank` of `tp`.
+    /// `writer`: this rank is the one copy among its replicas (dp_replicate and cp index 0);
+    /// tensors every tp rank holds whole are written by tp rank 0 only.
+    pub fn sharded(
+        layout: &Layout,
+        pieces: &[(usize, bool, Option<Range<usize>>)],
+        tp: usize,
+        tp_rank: usize,
+        writer: bool,
+    ) -> Self {
+        let (mut runs, mut writes) = (vec![], vec![]);
+        let mut at = 0;
+        for (len, _, range) in pieces {
+            if let Some(r) = range {
+                let i = layout
+                    .entries
+                    .iter()
+                    .position(|e| e.offset <= r.start && r.end <= e.offset + e.numel())
+                    .expect("an FSDP piece lies inside one tensor");
+                let e = &layout.entries[i];
+                let (a, b) = (r.start - e.offset, r.end - e.offset);
+                let write = writer && (e.tp != TpSplit::Replicated || tp_rank == 0);
+                for (lo, go, n) in e.tp_pieces(tp, tp_rank) {
+                    let (s, t) = (a.max(lo), b.min(lo + n));
+                    if s < t {
+                        runs.push(Run {
+                            entry: i,
+                            global: (go + s - lo) as u64,
+                            len: (t - s) as u64,
+                            local: at + s - a,
+                        });
+                        writes.push(write);
+                    }
+                }
+            }
+            at += len;
+        }
+        ShardMap { runs, writes }
+    }
+
+    /// The runs this rank writes, merged into strided extents where they line up (a column
+    /// slice of a matrix is one extent): `(entry, extent, local offset)`.
+    fn extents(&self) -> Vec<(usize, ck::Extent, usize)> {
+        let mut out: Vec<(usize, ck::Extent, usize)> = vec![];
+        for (r, _) in self.runs.iter().zip(&self.writes).filter(|(_, &w)| w) {
+            if let Some((entry, e, local)) = out.last_mut() {
+                let next_local = *local + (e.numel() as usize);
+                let stride = if e.count == 1 {
+                    r.global.wrapping_sub(e.start)
+                } else {
+                    e.stride
+                };
+                if *entry == r.entry
+                    && e.len == r.len
+                    && r.local == next_local
+                    && stride >= e.len
+                    && r.global == e.start + e.count * stride
+                {
+                    e.stride = stride;
+                    e.count += 1;
+                    continue;
+                }
+            }
+            out.push((r.entry, ck::Extent::run(r.global, r.len), r.local));
+        }
+        out
+    }
+}
+
+/// Every global tensor of the state (`global`: the model at `tp = 1`).
+pub fn tensor_metas(global: &Layout, dtype: DType) -> Vec<ck::TensorMeta> {
+    let dt = match dtype {
+        DType::F64 => ck::DType::F64,
+        _ => ck::DType::F32,
+    };
+    PARTS
+        .iter()
+        .flat_map(|part| {
+            global.entries.iter().map(move |e| ck::TensorMeta {
+                key: format!("{part}.{}", e.name),
+                dtype: dt,
+                shape: e.shape.iter().map(|&d| d as u64).collect(),
+            })
+        })
+        .collect()
+}
+
+/// A hash of what a checkpoint's tensors depend on: the model and the parameter dtype.
+pub fn config_hash(cfg: &Config) -> String {
+    let text = format!(
+        "{}\n{}",
+        toml::to_string(&cfg.model).expect("the model config serializes"),
+        cfg.training.dtype
+    );
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn le_bytes(buf: &HostVec, local: usize, n: usize, out: &mut Vec<u8>) -> Result<()> {
+    match buf {
+        HostVec::F32(v) => v[local..local + n]
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        HostVec::F64(v) => v[local..local + n]
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        other => return Err(Error::Other(format!("cannot checkpoint {} state", other.dtype()))),
+    }
+    Ok(())
+}
+
+/// The saved state besides tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// AdamW's step count (bias correction).
+    pub adam_step: u32,
+    /// Samples consumed (`step × global batch`), the data position.
+    pub samples_seen: u64,
+}
+
+/// Load this rank's elements of `bufs` (parameters, m, v) from `c`.
+pub fn load(c: &ck::Checkpoint, map: &ShardMap, layout: &Layout, bufs: [&mut HostVec; 3]) -> Result<State> {
+    for (part, buf) in PARTS.iter().zip(bufs) {
+        for (i, e) in layout.entries.iter().enumerate() {
+            let key = format!("{part}.{}", e.name);
+            let runs: Vec<&Run> = map.runs.iter().filter(|r| r.entry == i).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let meta = c.manifest.tensor(&key).ok_or_else(|| {
+                Error::Other(format!("checkpoint {} has no tensor `{key}`", c.dir.display()))
+            })?;
+            let es = match meta.dtype {
+                ck::DType::F32 => 4,
+                ck::DType::F64 => 8,
+            };
+            let want: Vec<(u64, u64)> = runs.iter().map(|r| (r.global, r.len)).collect();
+            let total: u64 = want.iter().map(|w| w.1).sum();
+            let mut bytes = vec![0u8; (total as usize) * es];
+            c.read(&key, &want, &mut bytes)?;
+            let mut at = 0;
+            for r in runs {
+                let src = &bytes[at * es..(at + r.len as usize) * es];
+                let vals = src.chunks(es).map(|b| match es {
+                    4 => f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64,
+                    _ => f64::from_le_bytes(b.try_into().expect("8 bytes")),
+                });
+                match buf {
+                    HostVec::F32(v) => v[r.local..r.local + r.len as usize]
+                        .iter_mut()
+                        .zip(vals)
+                        .for_each(|(d, s)| *d = s as f32),
+                    HostVec::F64(v) => v[r.local..r.local + r.len as usize]
+                        .iter_mut()
+                        .zip(vals)
+                        .for_each(|(d, s)| *d = s),
+                    other => return Err(Error::Other(format!("cannot load {} state", other.dtype()))),
+                }
+                at += r.len as usize;
+            }
+        }
+    }
+    serde_json::from_value(c.manifest.state.clone())
+        .map_err(|e| Error::Other(format!("checkpoint {}: state: {e}", c.dir.display())))
+}
+
+/// The checkpoint `checkpoint.resume` asks for, opened and verified (`None`: start fresh).
+/// `auto` takes the newest one under the run's checkpoint directory that verifies, falling back
+/// past refused ones; a path must verify. A checkpoint of another model config is refused.
+pub fn find_resume(cfg: &Config) -> Result<Option<ck::Checkpoint>> {
+    let c = match cfg.checkpoint.resume.as_str() {
+        "" => return Ok(None),
+        "auto" => match ck::latest_valid(&cfg.checkpoint_dir())? {
+            Some(c) => c,
+            None => {
+                tracing::info!(dir = %cfg.checkpoint_dir().display(), "no checkpoint to resume from: starting fresh");
+                return Ok(None);
+            }
+        },
+        path => {
+            let c = ck::Checkpoint::open(std::path::Path::new(path))?;
+            c.verify_data()?;
+            c
+        }
+    };
+    check_compatible(cfg, &c)?;
+    Ok(Some(c))
+}
+
+/// Open step `step`'s checkpoint (chosen and fully verified by another rank).
+pub fn open_step(cfg: &Config, step: u64) -> Result<ck::Checkpoint> {
+    let dir = match cfg.checkpoint.resume.as_str() {
+        "auto" => cfg.checkpoint_dir().join(ck::step_dir_name(step)),
+        path => PathBuf::from(path),
+    };
+    let c = ck::Checkpoint::open(&dir)?;
+    check_compatible(cfg, &c)?;
+    Ok(c)
+}
+
+fn check_compatible(cfg: &Config, c: &ck::Checkpoint) -> Result<()> {
+    let want = config_hash(cfg);
+    if c.manifest.config_hash != want {
+        return Err(Error::config(
+            "checkpoint.resume",
+            format!(
+                "names {}, saved by a different model or dtype (config hash {}, this run {want})",
+                c.dir.display(),
+                c.manifest.config_hash
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Saves a rank's state every `checkpoint.interval` steps through the background writer, and
+/// reports when each save is durable (or failed: training goes on and the next interval
+/// tries again).
+pub struct Checkpointer {
+    saver: ck::Saver,
+    staging: Vec<ck::RankPiece>,
+    map: ShardMap,
+    names: Vec<String>,
+    root: PathBuf,
+    rank: usize,
+    ranks: usize,
+    head: Option<ck::Head>,
+    interval: u64,
+    /// Time the training loop spent staging and waiting for saves.
+    pub stall: Duration,
+    pub saves: usize,
+}
+
+impl Checkpointer {
+    /// `head`: set on the committing rank (world rank 0).
+    pub fn new(
+        cfg: &Config,
+        layout: &Layout,
+        map: ShardMap,
+        rank: usize,
+        ranks: usize,
+        head: Option<ck::Head>,
+    ) -> Self {
+        Checkpointer {
+            saver: ck::Saver::new(),
+            staging: vec![],
+            names: layout.entries.iter().map(|e| e.name.clone()).collect(),
+            map,
+            root: cfg.checkpoint_dir(),
+            rank,
+            ranks,
+            head,
+            interval: cfg.checkpoint.interval,
+            stall: Duration::ZERO,
+            saves: 0,
+        }
+    }
+
+    /// The committing rank's fixed part of every manifest.
+    pub fn head(cfg: &Config, global: &Layout, mesh: Vec<usize>) -> ck::Head {
+        ck::Head {
+            config_hash: config_hash(cfg),
+            mesh,
+            state: serde_json::Value::Null,
+            tensors: tensor_metas(global, crate::train::dtype_of(cfg)),
+            keep: cfg.checkpoint.keep,
+            timeout: Duration::from_secs_f64(cfg.checkpoint.commit_timeout_s),
+        }
+    }
+
+    /// After step `state.step` (completed steps): stage and hand off a save if it is due (or
+    /// `force`d, before an exit).
+    pub fn after_step(&mut self, state: State, bufs: [&HostVec; 3], force: bool) -> Result<()> {
+        if let Some(r) = self.saver.poll() {
+            self.report(r);
+        }
+        let due = self.interval > 0 && state.step.is_multiple_of(self.interval);
+        if !due && !force {
+            return Ok(());
+        }
+        let t = Instant::now();
+        // Staging reuses the previous save's buffers (the writer hands them back).
+        let mut staging = std::mem::take(&mut self.staging);
+        let extents = self.map.extents();
+        staging.resize_with(extents.len() * PARTS.len(), || ck::RankPiece {
+            tensor: String::new(),
+            extent: ck::Extent::run(0, 0),
+            data: vec![],
+        });
+        staging.truncate(extents.len() * PARTS.len());
+        let mut k = 0;
+        for (part, buf) in PARTS.iter().zip(bufs) {
+            for &(entry, extent, local) in &extents {
+                let p = &mut staging[k];
+                p.tensor = format!("{part}.{}", self.names[entry]);
+                p.extent = extent;
+                p.data.clear();
+                le_bytes(buf, local, extent.numel() as usize, &mut p.data)?;
+                k += 1;
+            }
+        }
+        let commit = self.head.clone().map(|mut h| {
+            h.state = serde_json::to_value(state).expect("state serializes");
+            h
+        });
+        let job = ck::SaveJob {
+            root: self.root.clone(),
+            step: state.step,
+            rank: self.rank,
+            ranks: self.ranks,
+            pieces: staging,
+            commit,
+        };
+        let prev = self.saver.submit(job)?;
+        self.stall += t.elapsed();
+        if let Some(r) = prev {
+            self.report(r);
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, r: ck::SaveReport) {
+        match &r.result {
+            Ok(Some(dir)) => {
+                self.saves += 1;
+                tracing::info!(
+                    step = r.step,
+                    dir = %dir.display(),
+                    "checkpoint durable ({:.2} MiB from this rank in {:.2} s)",
+                    r.bytes as f64 / (1 << 20) as f64,
+                    r.seconds
+                )
+            }
+            Ok(None) => {
+                self.saves += 1;
+                tracing::debug!(step = r.step, rank = self.rank, "checkpoint pieces durable")
+            }
+            Err(e) => tracing::warn!(
+                step = r.step,
+                "checkpoint save failed ({e}); training continues and the next interval saves again"
+            ),
+        }
+        self.staging = r.pieces;
+    }
+
+    /// Wait for the save in flight (at the end of training).
+    pub fn finish(&mut self) {
+        let t = Instant::now();
+        if let Some(r) = self.saver.wait() {
+            self.report(r);
+        }
+        self.stall += t.elapsed();
+    }
+}
