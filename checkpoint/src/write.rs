@@ -73,6 +73,16 @@ pub fn write_rank(root: &Path, step: u64, rank: usize, pieces: &[RankPiece]) -> 
     Ok(offset)
 }
 
+/// Remove what a failed `write_rank` left (best effort: the disk may be the problem).
+fn remove_rank_files(root: &Path, step: u64, rank: usize) {
+    let dir = tmp_dir(root, step);
+    for ext in ["bin", "json"] {
+        let name = rank_name(rank, ext);
+        let _ = fs::remove_file(dir.join(format!(".{name}.tmp")));
+        let _ = fs::remove_file(dir.join(&name));
+    }
+}
+
 /// What the committing rank knows of the whole checkpoint besides the pieces.
 #[derive(Clone, Debug)]
 pub struct Head {
@@ -221,10 +231,20 @@ impl Saver {
                     let t = Instant::now();
                     let (result, bytes) = match write_rank(&job.root, job.step, job.rank, &job.pieces) {
                         Ok(bytes) => match &job.commit {
-                            Some(head) => (commit(&job.root, job.step, job.ranks, head).map(Some), bytes),
+                            Some(head) => {
+                                let r = commit(&job.root, job.step, job.ranks, head).map(Some);
+                                if r.is_err() {
+                                    // Give the space back; the last committed checkpoint is untouched.
+                                    let _ = fs::remove_dir_all(tmp_dir(&job.root, job.step));
+                                }
+                                (r, bytes)
+                            }
                             None => (Ok(None), bytes),
                         },
-                        Err(e) => (Err(e), 0),
+                        Err(e) => {
+                            remove_rank_files(&job.root, job.step, job.rank);
+                            (Err(e), 0)
+                        }
                     };
                     let report = SaveReport {
                         step: job.step,

@@ -16,10 +16,22 @@ pub struct TrainArgs {
     /// Plain log lines instead of a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Continue from a checkpoint: `auto` (the newest one that verifies, or start fresh) or a
+    /// checkpoint directory. Same as `--set checkpoint.resume=…`.
+    #[arg(long, value_name = "auto|PATH")]
+    pub resume: Option<String>,
 }
 
 pub fn train(a: &TrainArgs) -> Result<()> {
-    let cfg = Config::load(&a.config, &a.set)?;
+    let mut sets = a.set.clone();
+    if let Some(r) = &a.resume {
+        sets.push(format!("checkpoint.resume={}", toml_string(r)));
+    }
+    let cfg = Config::load(&a.config, &sets)?;
+    // SIGTERM / SIGUSR1 (SLURM preemption, scancel): save at the next step boundary and exit 0.
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+        signal_hook::flag::register(sig, weft_trainer::ckpt::stop_flag())?;
+    }
     if cfg.parallel.world() > 1 || crate::dist::under_mpi() {
         return crate::dist::train(&cfg);
     }
@@ -29,6 +41,16 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             progress: !a.no_progress,
         },
     )?;
+    if s.steps < cfg.training.steps {
+        println!(
+            "{}: stopped after step {} of {} with a checkpoint in {}; continue with --resume auto",
+            cfg.job.name,
+            s.steps,
+            cfg.training.steps,
+            cfg.checkpoint_dir().display()
+        );
+        return Ok(());
+    }
     println!(
         "{}: {} steps, final train loss {:.4}, val loss {:.4} (constant predictor {:.4}), weights {}",
         cfg.job.name,
@@ -139,4 +161,9 @@ pub fn data(w: &DataWhat) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `s` as a TOML string literal.
+fn toml_string(s: &str) -> String {
+    format!("{:?}", s)
 }

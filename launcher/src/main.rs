@@ -3,6 +3,7 @@
 mod bench;
 mod bench_fsdp;
 mod bench_step;
+mod ckpt;
 mod commands;
 mod dist;
 
@@ -41,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         what: commands::DataWhat,
     },
+    /// Inspect, verify or export checkpoints.
+    Ckpt {
+        #[command(subcommand)]
+        what: ckpt::CkptWhat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -74,6 +80,7 @@ fn main() -> Result<()> {
         Command::Sample(a) => commands::sample(&a),
         Command::Config(a) => commands::config(&a),
         Command::Data { what } => commands::data(&what),
+        Command::Ckpt { what } => ckpt::run(&what),
         Command::Info => {
             bench::info();
             Ok(())

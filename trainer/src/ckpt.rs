@@ -15,6 +15,19 @@ use std::time::{Duration, Instant};
 use weft_checkpoint as ck;
 use weft_kernels::{DType, HostVec};
 
+/// Set (by the launcher's SIGTERM/SIGUSR1 handler) to ask the training loop to save and stop
+/// at the next step boundary — how SLURM preemption ends a job without losing steps.
+pub fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::OnceLock::new();
+    FLAG.get_or_init(Default::default).clone()
+}
+
+/// Whether a stop was requested in this process.
+pub fn stop_requested() -> bool {
+    stop_flag().load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The tensors of a run's state, in the order of the buffers passed around here.
 pub const PARTS: [&str; 3] = ["model", "optim.m", "optim.v"];
 
@@ -184,7 +197,22 @@ pub struct State {
 
 /// Load this rank's elements of `bufs` (parameters, m, v) from `c`.
 pub fn load(c: &ck::Checkpoint, map: &ShardMap, layout: &Layout, bufs: [&mut HostVec; 3]) -> Result<State> {
+    let [p, m, v] = bufs;
+    load_parts(c, map, layout, [Some(p), Some(m), Some(v)])?;
+    serde_json::from_value(c.manifest.state.clone())
+        .map_err(|e| Error::Other(format!("checkpoint {}: state: {e}", c.dir.display())))
+}
+
+fn load_parts(
+    c: &ck::Checkpoint,
+    map: &ShardMap,
+    layout: &Layout,
+    bufs: [Option<&mut HostVec>; 3],
+) -> Result<()> {
     for (part, buf) in PARTS.iter().zip(bufs) {
+        let Some(buf) = buf else {
+            continue;
+        };
         for (i, e) in layout.entries.iter().enumerate() {
             let key = format!("{part}.{}", e.name);
             let runs: Vec<&Run> = map.runs.iter().filter(|r| r.entry == i).collect();
@@ -224,8 +252,30 @@ pub fn load(c: &ck::Checkpoint, map: &ShardMap, layout: &Layout, bufs: [&mut Hos
             }
         }
     }
-    serde_json::from_value(c.manifest.state.clone())
-        .map_err(|e| Error::Other(format!("checkpoint {}: state: {e}", c.dir.display())))
+    Ok(())
+}
+
+/// The config a checkpoint was saved with.
+pub fn saved_config(c: &ck::Checkpoint) -> Result<Config> {
+    let text = c.manifest.state["config"]
+        .as_str()
+        .ok_or_else(|| Error::Other(format!("checkpoint {} carries no config", c.dir.display())))?;
+    let cfg: Config = toml::from_str(text)
+        .map_err(|e| Error::Other(format!("checkpoint {}: its config: {e}", c.dir.display())))?;
+    Ok(cfg)
+}
+
+/// The model parameters of a checkpoint, whole (for export), with their layout and config.
+pub fn read_model(c: &ck::Checkpoint) -> Result<(Config, Layout, Vec<f32>)> {
+    let cfg = saved_config(c)?;
+    let layout = crate::train::layout_of(&cfg);
+    let n = layout.len();
+    let mut p = HostVec::from(vec![0f64; n]);
+    load_parts(c, &ShardMap::whole(&layout), &layout, [Some(&mut p), None, None])?;
+    let HostVec::F64(p) = p else {
+        unreachable!("allocated as f64")
+    };
+    Ok((cfg, layout, p.iter().map(|&x| x as f32).collect()))
 }
 
 /// The checkpoint `checkpoint.resume` asks for, opened and verified (`None`: start fresh).
@@ -325,7 +375,8 @@ impl Checkpointer {
         ck::Head {
             config_hash: config_hash(cfg),
             mesh,
-            state: serde_json::Value::Null,
+            // The run's config travels with its checkpoints (export, inspection).
+            state: serde_json::json!({ "config": cfg.to_toml() }),
             tensors: tensor_metas(global, crate::train::dtype_of(cfg)),
             keep: cfg.checkpoint.keep,
             timeout: Duration::from_secs_f64(cfg.checkpoint.commit_timeout_s),
@@ -364,7 +415,10 @@ impl Checkpointer {
             }
         }
         let commit = self.head.clone().map(|mut h| {
-            h.state = serde_json::to_value(state).expect("state serializes");
+            let s = serde_json::to_value(state).expect("state serializes");
+            if let (Some(dst), serde_json::Value::Object(src)) = (h.state.as_object_mut(), s) {
+                dst.extend(src);
+            }
             h
         });
         let job = ck::SaveJob {

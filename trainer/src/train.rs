@@ -31,7 +31,7 @@ pub struct TrainOptions {
 pub struct Summary {
     pub dir: PathBuf,
     pub steps: u64,
-    /// Every step's training loss.
+    /// Every step's training loss (of this attempt: from the resumed step on).
     pub losses: Vec<f64>,
     pub val_loss: f64,
     pub val_baseline: f64,
@@ -328,12 +328,13 @@ where
             adam_step: adam.step,
             samples_seen: (step + 1) * (b * t.grad_accum) as u64,
         };
-        let exit = t.exit_after > 0 && step + 1 - start >= t.exit_after && step + 1 < t.steps;
+        let exit = step + 1 < t.steps
+            && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || ckpt::stop_requested());
         saver.after_step(state, [&params, &adam.m, &adam.v], exit)?;
         if exit {
             tracing::info!(
                 step = step + 1,
-                "training.exit_after reached: checkpoint saved, stopping"
+                "stopping early (training.exit_after or a stop signal)"
             );
             losses.push(loss);
             break;
@@ -385,7 +386,8 @@ where
     let host = download_f64(be, CpuBackend::view(&params))?;
     let flat: Vec<f32> = host.iter().map(|&v| v as f32).collect();
     let weights = dir.join("model.safetensors");
-    export::save(&weights, &layout, &flat, cfg, t.steps)?;
+    let done = start + losses.len() as u64;
+    export::save(&weights, &layout, &flat, cfg, done)?;
     tracing::info!(
         "done in {:.1}s: val loss {val_loss:.4} vs constant predictor {val_baseline:.4} ({:.0}% below); weights {}",
         started.elapsed().as_secs_f64(),
@@ -394,7 +396,7 @@ where
     );
     Ok(Summary {
         dir,
-        steps: t.steps,
+        steps: done,
         losses,
         val_loss,
         val_baseline,

@@ -283,7 +283,10 @@ where
         adam.step_segments(be, &cfg.optimizer, &segs, p, g, lr, norm)?;
         // Each rank's loss is its share of its data-parallel replica's loss (the cp·tp
         // shares add up to it); the mean over replicas is the run's loss.
-        let mut l = vec![loss / dp as f64];
+        // With the loss, the ranks agree on stopping early: a stop signal on any rank stops
+        // them all at this step boundary.
+        let stop = if crate::ckpt::stop_requested() { 1.0 } else { 0.0 };
+        let mut l = vec![loss / dp as f64, stop];
         world.all_reduce(be, (&mut l).into()).map_err(comm_err)?;
         losses.push(l[0]);
         let state = crate::ckpt::State {
@@ -291,13 +294,14 @@ where
             adam_step: adam.step,
             samples_seen: (step + 1) * (b * t.grad_accum * dp) as u64,
         };
-        let exit = t.exit_after > 0 && step + 1 - start >= t.exit_after && step + 1 < t.steps;
+        let exit =
+            step + 1 < t.steps && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || l[1] > 0.0);
         saver.after_step(state, [&store.params, &adam.m, &adam.v], exit)?;
         if exit {
             if rank == 0 {
                 tracing::info!(
                     step = step + 1,
-                    "training.exit_after reached: checkpoint saved, stopping"
+                    "stopping early (training.exit_after or a stop signal)"
                 );
             }
             break;
