@@ -49,7 +49,8 @@ pub fn write_rank(root: &Path, step: u64, rank: usize, pieces: &[RankPiece]) -> 
     fs::create_dir_all(&dir).map_err(io(&dir))?;
     let file = rank_name(rank, "bin");
     let tmp = dir.join(format!(".{file}.tmp"));
-    let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(io(&tmp))?);
+    // Large pieces bypass the buffer; small ones are batched.
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, File::create(&tmp).map_err(io(&tmp))?);
     let mut list = Vec::with_capacity(pieces.len());
     let mut offset = 0u64;
     for p in pieces {

@@ -1,6 +1,7 @@
 //! `weft`: the command line of the weft trainer.
 
 mod bench;
+mod bench_ckpt;
 mod bench_fsdp;
 mod bench_step;
 mod ckpt;
@@ -57,6 +58,9 @@ enum BenchWhat {
     Step(bench_step::StepBenchArgs),
     /// How much FSDP all-gather time is hidden behind compute, on MPI ranks.
     Fsdp(bench_fsdp::FsdpBenchArgs),
+    /// Training stall per checkpoint (background vs synchronous save) and write speed vs the
+    /// disk's own.
+    Ckpt(bench_ckpt::CkptBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -76,6 +80,9 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchWhat::Fsdp(args),
         } => bench_fsdp::fsdp(&args),
+        Command::Bench {
+            what: BenchWhat::Ckpt(args),
+        } => bench_ckpt::ckpt(&args),
         Command::Train(a) => commands::train(&a),
         Command::Sample(a) => commands::sample(&a),
         Command::Config(a) => commands::config(&a),

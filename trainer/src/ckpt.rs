@@ -171,14 +171,14 @@ pub fn config_hash(cfg: &Config) -> String {
     format!("{h:016x}")
 }
 
+// The format is little-endian; the staging copy is a plain memory copy.
+#[cfg(not(target_endian = "little"))]
+compile_error!("weft checkpoints are written from little-endian memory");
+
 fn le_bytes(buf: &HostVec, local: usize, n: usize, out: &mut Vec<u8>) -> Result<()> {
     match buf {
-        HostVec::F32(v) => v[local..local + n]
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        HostVec::F64(v) => v[local..local + n]
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        HostVec::F32(v) => out.extend_from_slice(bytemuck::cast_slice(&v[local..local + n])),
+        HostVec::F64(v) => out.extend_from_slice(bytemuck::cast_slice(&v[local..local + n])),
         other => return Err(Error::Other(format!("cannot checkpoint {} state", other.dtype()))),
     }
     Ok(())
