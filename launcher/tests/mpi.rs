@@ -123,3 +123,38 @@ fn gpt_meshes_over_mpi_match_threads_bitwise() {
         check("gpt-tiny.toml", world(mesh), &sets);
     }
 }
+
+#[test]
+fn a_checkpoint_written_by_mpi_ranks_resumes_bitwise_on_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")).join("dit-tiny.toml");
+    let bin = env!("CARGO_BIN_EXE_weft");
+    let mesh = [
+        "parallel.dp_shard=2",
+        "parallel.tp=2",
+        "training.micro_batch=2",
+        "training.steps=4",
+    ];
+    let run = |out: &Path, mpi: bool, extra: &[&str]| {
+        let mut all = mesh.to_vec();
+        all.extend_from_slice(extra);
+        let mut cmd = if mpi {
+            let mut c = Command::new("mpirun");
+            c.args(["--allow-run-as-root", "--oversubscribe", "-n", "4", bin]);
+            c
+        } else {
+            Command::new(bin)
+        };
+        let o = cmd.arg("train").arg(&cfg).args(sets(out, &all)).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (straight, pre) = (dir.path().join("straight"), dir.path().join("pre"));
+    run(&straight, false, &[]);
+    run(&pre, true, &["training.exit_after=2"]);
+    assert!(pre.join("eq/checkpoints/step_00000002/manifest.json").exists());
+    run(&pre, false, &["checkpoint.resume=\"auto\""]);
+    assert_eq!(
+        summary(&straight)["params_digest"],
+        summary(&pre)["params_digest"]
+    );
+}
