@@ -5,9 +5,16 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use weft_kernels::CpuBackend;
 use weft_parallel::comm::local;
-use weft_parallel::Comm;
+use weft_parallel::comm::watch::{Activity, Watched};
 use weft_trainer::dist::{check_mesh, train_rank, RankOutcome};
 use weft_trainer::{export, Config};
+
+/// `comm`, reporting its collective activity to a supervisor (`weft launch`).
+fn watched(rank: usize, comm: weft_parallel::HostComm) -> Watched<CpuBackend> {
+    let activity = std::sync::Arc::new(Activity::default());
+    weft_trainer::observe::set_activity(rank, activity.clone());
+    Watched::new(Box::new(comm), activity)
+}
 
 /// Whether an MPI launcher started this process.
 pub fn under_mpi() -> bool {
@@ -26,9 +33,7 @@ pub fn train(cfg: &Config) -> Result<()> {
         "{world} ranks as threads of this process (mesh {:?})",
         weft_trainer::dist::mesh_of(cfg).sizes
     );
-    let outs = local::run(world, |_, comm| {
-        train_rank(cfg, &comm as &dyn Comm<CpuBackend>, true)
-    })?;
+    let outs = local::run(world, |rank, comm| train_rank(cfg, &watched(rank, comm), true))?;
     for o in &outs {
         report_memory(o);
     }
@@ -40,10 +45,7 @@ fn train_mpi(cfg: &Config) -> Result<()> {
     let mpi = weft_parallel::comm::mpi::MpiWorld::init()?;
     // Refuse a mesh that does not fit before this rank does any work.
     check_mesh(cfg, mpi.size())?;
-    let out = {
-        let comm = mpi.comm();
-        train_rank(cfg, &comm as &dyn Comm<CpuBackend>, true)?
-    };
+    let out = { train_rank(cfg, &watched(mpi.rank(), mpi.comm()), true)? };
     report_memory(&out);
     if out.rank == 0 {
         finish(cfg, &out, "mpi")?;

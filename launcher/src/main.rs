@@ -7,6 +7,9 @@ mod bench_step;
 mod ckpt;
 mod commands;
 mod dist;
+mod launch;
+mod rankside;
+mod store;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +34,9 @@ enum Command {
     },
     /// Show the compute devices weft can use here.
     Info,
+    /// Start the ranks of a run, watch them, and restart from the latest checkpoint when one
+    /// fails.
+    Launch(launch::LaunchArgs),
     /// Train a model: in this process, on threads (one per rank of the mesh), or as one MPI
     /// rank when started by `mpirun`/`srun`.
     Train(commands::TrainArgs),
@@ -83,6 +89,7 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchWhat::Ckpt(args),
         } => bench_ckpt::ckpt(&args),
+        Command::Launch(a) => launch::launch(&a),
         Command::Train(a) => commands::train(&a),
         Command::Sample(a) => commands::sample(&a),
         Command::Config(a) => commands::config(&a),

@@ -8,6 +8,7 @@ pub mod dist;
 mod error;
 pub mod layout;
 pub mod model;
+pub mod observe;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -328,6 +328,7 @@ where
             adam_step: adam.step,
             samples_seen: (step + 1) * (b * t.grad_accum) as u64,
         };
+        crate::observe::step_done(0, step + 1, t0.elapsed().as_secs_f64(), 0.0);
         let exit = step + 1 < t.steps
             && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || ckpt::stop_requested());
         saver.after_step(state, [&params, &adam.m, &adam.v], exit)?;

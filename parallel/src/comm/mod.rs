@@ -20,6 +20,7 @@ pub mod local;
 pub mod mpi;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+pub mod watch;
 
 pub use host::{HostComm, Transport};
 

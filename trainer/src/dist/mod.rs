@@ -247,6 +247,12 @@ where
     let mut losses = Vec::with_capacity(t.steps as usize);
     let started = Instant::now();
     for step in start..t.steps {
+        let t_step = Instant::now();
+        // Time blocked in collectives this step (what a supervisor needs to tell a straggler
+        // from the ranks waiting for it).
+        let gathers_before = store.time.gather_wait;
+        let mut wait = Duration::ZERO;
+        let mut timed = |t: Instant| wait += t.elapsed();
         be.fill(CpuBackend::view_mut(&mut store.grads), 0.0, n)?;
         let mut loss = 0.0;
         for micro in 0..t.grad_accum {
@@ -258,12 +264,16 @@ where
             }
             loss += l / t.grad_accum as f64;
             model.backward_with(be, &mut store, 1.0 / (t.grad_accum * dp) as f64)?;
+            let t0 = Instant::now();
             store.finish_micro_batch(be)?;
+            timed(t0);
         }
         // Replicas (HSDP) and cp ranks hold the same shard: sum their gradients.
+        let t0 = Instant::now();
         replicas
             .all_reduce(be, CpuBackend::view_mut(&mut store.grads))
             .map_err(comm_err)?;
+        timed(t0);
         if tp > 1 {
             sum_replicated(be, groups.tp.as_ref(), &mut store.grads, &replicated)?;
         }
@@ -273,7 +283,9 @@ where
         for r in &counted {
             sq[0] += adam.sum_squares(be, CpuBackend::view(&store.grads).range(r.clone()))?;
         }
+        let t0 = Instant::now();
         groups.owners.all_reduce(be, (&mut sq).into()).map_err(comm_err)?;
+        timed(t0);
         let norm = sq[0].sqrt();
         let lr = lr_at(&cfg.optimizer, t.steps, step);
         let (p, g) = (
@@ -287,13 +299,17 @@ where
         // them all at this step boundary.
         let stop = if crate::ckpt::stop_requested() { 1.0 } else { 0.0 };
         let mut l = vec![loss / dp as f64, stop];
+        let t0 = Instant::now();
         world.all_reduce(be, (&mut l).into()).map_err(comm_err)?;
+        timed(t0);
         losses.push(l[0]);
         let state = crate::ckpt::State {
             step: step + 1,
             adam_step: adam.step,
             samples_seen: (step + 1) * (b * t.grad_accum * dp) as u64,
         };
+        let comm = wait + (store.time.gather_wait - gathers_before);
+        crate::observe::step_done(rank, step + 1, t_step.elapsed().as_secs_f64(), comm.as_secs_f64());
         let exit =
             step + 1 < t.steps && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || l[1] > 0.0);
         saver.after_step(state, [&store.params, &adam.m, &adam.v], exit)?;

@@ -1,0 +1,480 @@
+//! `weft launch`: start the ranks of a run, watch them, and keep the run going through
+//! failures.
+//!
+//! The driver runs the control-plane store ([`crate::store`]), starts an *attempt* (all ranks,
+//! as MPI processes under `mpirun`, or one process running the mesh as threads), and watches
+//! it: a rank's exit, a rank whose step stops advancing (`launch.hang_timeout_s`), a straggler
+//! (`launch.straggler_factor × ` the median compute time over `launch.straggler_window` steps).
+//! On a failure it ends the attempt, records what it saw, waits (exponential back-off) and
+//! starts the next attempt with `--resume auto` from the newest committed checkpoint. A run
+//! that fails twice at the same step without progress, or more than `launch.max_restarts`
+//! times, stops. SIGTERM to the driver (preemption) is passed to the ranks, which save and exit;
+//! the driver then exits 0 and a new `weft launch` continues the run.
+//!
+//! The run directory gets `events.jsonl` (one line per attempt start, failure, detection,
+//! end) and `launch.json`: wall time, productive training time, the effective training time
+//! ratio (ETTR), and per failure the time to detect, time to recover and steps lost.
+
+use crate::store::{self, Board};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use weft_trainer::Config;
+
+#[derive(Args)]
+pub struct LaunchArgs {
+    /// The run config (TOML).
+    pub config: PathBuf,
+    /// Nodes to run on (this machine is one node).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Rank processes per node: the mesh's world size (MPI processes), or 1 to run the mesh
+    /// as threads of one process. Default: the world size.
+    #[arg(long)]
+    pub procs_per_node: Option<usize>,
+    /// Override a config value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the attempt plan and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Why an attempt ended.
+#[derive(Clone, Debug, PartialEq)]
+enum End {
+    Finished,
+    Preempted,
+    Failed {
+        kind: &'static str,
+        rank: Option<usize>,
+        host: String,
+        detail: String,
+        step: u64,
+    },
+}
+
+struct Events {
+    file: std::fs::File,
+    t0: Instant,
+}
+
+impl Events {
+    fn log(&mut self, mut v: serde_json::Value) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        v["time"] = json!(now.as_secs_f64());
+        v["elapsed_s"] = json!(self.t0.elapsed().as_secs_f64());
+        let _ = writeln!(self.file, "{v}");
+    }
+}
+
+fn secret() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn as_root() -> bool {
+    std::env::var("USER").as_deref() == Ok("root") || std::env::var_os("HOME").is_some_and(|h| h == "/root")
+}
+
+/// `mpirun` for `n` local processes (allowing root, as CI containers run).
+pub fn mpirun(n: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    if as_root() {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.args(["--oversubscribe", "-n", &n.to_string()]);
+    cmd
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+pub fn launch(a: &LaunchArgs) -> Result<()> {
+    let cfg = Config::load(&a.config, &a.set)?;
+    let world = cfg.parallel.world();
+    weft_trainer::dist::check_mesh(&cfg, world)?;
+    if a.nodes != 1 {
+        bail!("--nodes {}: this version launches on this machine only (--nodes 1); SLURM launching is not built yet", a.nodes);
+    }
+    let procs = a.procs_per_node.unwrap_or(world);
+    if procs != world && procs != 1 {
+        bail!(
+            "--procs-per-node {procs}: the mesh has {world} ranks; use {world} (one MPI process each) or 1 (threads)"
+        );
+    }
+    let l = cfg.launch.clone();
+    let rank_cmd = || -> Command {
+        let me = std::env::current_exe().expect("the weft binary");
+        let mut cmd = if procs > 1 {
+            mpirun(procs)
+        } else {
+            Command::new("")
+        };
+        if procs > 1 {
+            cmd.arg(&me);
+        } else {
+            cmd = Command::new(&me);
+        }
+        cmd.arg("train").arg(&a.config).arg("--no-progress");
+        for s in &a.set {
+            cmd.args(["--set", s]);
+        }
+        // Every attempt continues the run from its newest good checkpoint, if there is one
+        // (a new `weft launch` of a preempted run too), unless the config names one.
+        let resume = if cfg.checkpoint.resume.is_empty() {
+            "auto"
+        } else {
+            &cfg.checkpoint.resume
+        };
+        cmd.args(["--resume", resume]);
+        cmd
+    };
+    if a.dry_run {
+        println!(
+            "run {} — {} ranks ({})",
+            cfg.job.name,
+            world,
+            if procs > 1 { "MPI processes" } else { "threads" }
+        );
+        println!("every attempt runs: {:?}", rank_cmd());
+        println!(
+            "hang after {} s without progress; straggler at {}× the median over {} steps; at most {} restarts",
+            l.hang_timeout_s, l.straggler_factor, l.straggler_window, l.max_restarts
+        );
+        return Ok(());
+    }
+    let dir = cfg.run_dir();
+    std::fs::create_dir_all(&dir)?;
+    let mut events = Events {
+        file: std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("events.jsonl"))?,
+        t0: Instant::now(),
+    };
+    let secret = secret();
+    let board = Arc::new(Mutex::new(Board::default()));
+    let addr = store::start(secret.clone(), board.clone())?;
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, term.clone())?;
+    }
+    tracing::info!(run = %dir.display(), ranks = world, store = %addr, "launching");
+    let bar = indicatif::ProgressBar::new(cfg.training.steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let mut failures: Vec<serde_json::Value> = vec![];
+    let mut last_fail: Option<(u64, &'static str)> = None;
+    let mut pending_recovery: Option<(Instant, u64)> = None; // (detected at, last step reached)
+    let mut attempt = 0u64;
+    let outcome = loop {
+        attempt += 1;
+        {
+            let mut b = board.lock().expect("board");
+            b.attempt = attempt;
+            b.ranks.clear();
+        }
+        let mut cmd = rank_cmd();
+        cmd.env("WEFT_STORE", addr.to_string())
+            .env("WEFT_SECRET", &secret)
+            .env("WEFT_ATTEMPT", attempt.to_string());
+        // Its own process group, so that ending the attempt ends every rank.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().context("starting the ranks")?;
+        events.log(json!({"event": "attempt", "attempt": attempt, "ranks": world, "pid": child.id()}));
+        bar.set_message(format!("attempt {attempt}, {world} ranks"));
+        let steps = cfg.training.steps;
+        let end = watch(
+            child,
+            &board,
+            (&l, world, steps),
+            &term,
+            &bar,
+            (&mut pending_recovery, &mut failures),
+            &mut events,
+        )?;
+        match end {
+            End::Finished => break "finished",
+            End::Preempted => break "preempted",
+            End::Failed {
+                kind,
+                rank,
+                host,
+                detail,
+                step,
+            } => {
+                let detected = Instant::now();
+                let last_beat = board
+                    .lock()
+                    .expect("board")
+                    .ranks
+                    .values()
+                    .map(|r| r.progress)
+                    .max()
+                    .unwrap_or(detected);
+                let detect_s = (detected - last_beat).as_secs_f64();
+                tracing::warn!(attempt, kind, ?rank, host, step, "{detail}");
+                let ev = json!({"event": "failure", "attempt": attempt, "kind": kind, "rank": rank,
+                    "host": host, "step": step, "detail": detail, "time_to_detect_s": detect_s});
+                events.log(ev.clone());
+                failures.push(ev);
+                std::fs::write(
+                    dir.join("suspects.jsonl"),
+                    failures.iter().map(|f| format!("{f}\n")).collect::<String>(),
+                )?;
+                pending_recovery = Some((detected, step));
+                if last_fail == Some((step, kind)) && step == 0 {
+                    break "failed";
+                }
+                if failures.len() > l.max_restarts {
+                    events.log(json!({"event": "give_up", "reason": "launch.max_restarts reached"}));
+                    break "failed";
+                }
+                if last_fail == Some((step, kind)) {
+                    events.log(
+                        json!({"event": "give_up", "reason": "the same failure twice at the same step"}),
+                    );
+                    break "failed";
+                }
+                last_fail = Some((step, kind));
+                std::thread::sleep(Duration::from_secs_f64(
+                    l.backoff_s * 2f64.powi(failures.len() as i32 - 1),
+                ));
+            }
+        }
+    };
+    bar.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    let productive: f64 = board.lock().expect("board").step_times.values().sum();
+    let summary = json!({
+        "outcome": outcome,
+        "attempts": attempt,
+        "wall_s": wall,
+        "productive_s": productive,
+        "ettr": productive / wall,
+        "failures": failures,
+    });
+    std::fs::write(dir.join("launch.json"), serde_json::to_string_pretty(&summary)?)?;
+    events.log(json!({"event": "end", "outcome": outcome, "ettr": productive / wall}));
+    println!(
+        "{}: {outcome} after {attempt} attempt(s), {wall:.1} s; productive training {productive:.1} s, ETTR {:.1}%",
+        cfg.job.name,
+        100.0 * productive / wall
+    );
+    for f in &failures {
+        println!(
+            "  failure: {} (rank {}, host {}, step {}): detected in {:.2} s, recovered in {:.2} s, {} steps lost",
+            f["kind"].as_str().unwrap_or("?"),
+            f["rank"],
+            f["host"].as_str().unwrap_or("?"),
+            f["step"],
+            f["time_to_detect_s"].as_f64().unwrap_or(f64::NAN),
+            f["time_to_recover_s"].as_f64().unwrap_or(f64::NAN),
+            f["steps_lost"]
+        );
+    }
+    match outcome {
+        "finished" | "preempted" => Ok(()),
+        _ => bail!("the run failed; see {}", dir.join("events.jsonl").display()),
+    }
+}
+
+/// Kill every process of the attempt (its process group).
+fn kill_attempt(child: &mut Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, "--", &format!("-{}", child.id())])
+        .status();
+}
+
+fn watch(
+    mut child: Child,
+    board: &Mutex<Board>,
+    (l, world, steps): (&weft_trainer::config::Launch, usize, u64),
+    term: &AtomicBool,
+    bar: &indicatif::ProgressBar,
+    (pending, failures): (&mut Option<(Instant, u64)>, &mut [serde_json::Value]),
+    events: &mut Events,
+) -> Result<End> {
+    let start = Instant::now();
+    let mut forwarded = false;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if term.load(Ordering::SeqCst) && !forwarded {
+            // Preemption: the ranks save at the next step boundary and exit 0. SIGUSR1, because
+            // mpirun passes it on where SIGTERM would make it kill the ranks.
+            kill_attempt(&mut child, "-USR1");
+            events.log(json!({"event": "preempt", "detail": "the ranks were told to save and stop"}));
+            forwarded = true;
+        }
+        let b = board.lock().expect("board");
+        let step = b.ranks.values().map(|r| r.step).min().unwrap_or(0);
+        let top = b.ranks.values().map(|r| r.step).max().unwrap_or(0);
+        bar.set_position(top);
+        if let Some((at, reached)) = *pending {
+            // The first step of a new attempt: the previous failure is recovered.
+            if top > 0 && b.ranks.len() == world {
+                // The first step reported in this attempt is the one after the checkpoint.
+                let resumed = b
+                    .ranks
+                    .values()
+                    .map(|r| r.step)
+                    .filter(|&s| s > 0)
+                    .min()
+                    .unwrap_or(1)
+                    - 1;
+                let (recover, lost) = (at.elapsed().as_secs_f64(), reached.saturating_sub(resumed));
+                events.log(json!({"event": "recovered", "time_to_recover_s": recover,
+                    "resumed_at_step": resumed, "steps_lost": lost}));
+                if let Some(f) = failures.last_mut() {
+                    f["time_to_recover_s"] = json!(recover);
+                    f["steps_lost"] = json!(lost);
+                }
+                *pending = None;
+            }
+        }
+        // A rank process that ended before the last step died: no need to wait for mpirun.
+        let died = b
+            .ranks
+            .iter()
+            .filter(|(_, r)| r.gone.is_some() && r.step < steps && !forwarded)
+            .min_by_key(|(_, r)| r.gone)
+            .map(|(&k, r)| (k, r.host.clone(), r.step));
+        if let Some((rank, host, at)) = died {
+            drop(b);
+            kill_attempt(&mut child, "-KILL");
+            let _ = child.wait();
+            let detail = format!("rank {rank} ended at step {at} of {steps}");
+            return Ok(End::Failed {
+                kind: "exit",
+                rank: Some(rank),
+                host,
+                detail,
+                step,
+            });
+        }
+        if let Some(status) = child.try_wait()? {
+            drop(b);
+            if forwarded {
+                return Ok(End::Preempted);
+            }
+            if status.success() {
+                return Ok(End::Finished);
+            }
+            kill_attempt(&mut child, "-KILL");
+            let b = board.lock().expect("board");
+            // The rank that stopped sending first is the likeliest culprit.
+            let culprit = b
+                .ranks
+                .iter()
+                .min_by_key(|(_, r)| r.step)
+                .map(|(&k, r)| (k, r.host.clone()));
+            return Ok(End::Failed {
+                kind: "exit",
+                rank: culprit.as_ref().map(|c| c.0),
+                host: culprit.map(|c| c.1).unwrap_or_else(|| "localhost".into()),
+                detail: format!("the ranks exited with {status}"),
+                step,
+            });
+        }
+        // Hang: a rank (or all of them) stopped making progress.
+        let stuck = if b.ranks.len() < world {
+            (start.elapsed().as_secs_f64() > l.startup_timeout_s).then(|| {
+                let missing = (0..world).find(|r| !b.ranks.contains_key(r));
+                (
+                    missing,
+                    "did not join or take a first step in launch.startup_timeout_s".to_string(),
+                )
+            })
+        } else {
+            // The stuck rank is the one the others wait for: not blocked in a collective, or
+            // with the fewest completed.
+            let stale = |r: &&store::RankState| r.progress.elapsed().as_secs_f64() > l.hang_timeout_s;
+            let any = b.ranks.values().any(|r| stale(&r));
+            any.then(|| {
+                b.ranks
+                    .iter()
+                    .min_by_key(|(_, r)| (r.blocked, r.collectives, r.step))
+                    .map(|(&k, r)| {
+                        let what = if r.blocked {
+                            "blocked in a collective"
+                        } else {
+                            "not in a collective"
+                        };
+                        (
+                            Some(k),
+                            format!(
+                                "no progress past step {} for {:.0} s ({what})",
+                                r.step, l.hang_timeout_s
+                            ),
+                        )
+                    })
+            })
+            .flatten()
+        };
+        if let Some((rank, detail)) = stuck {
+            let host = rank
+                .and_then(|r| b.ranks.get(&r))
+                .map_or("localhost".into(), |r| r.host.clone());
+            drop(b);
+            kill_attempt(&mut child, "-KILL");
+            let _ = child.wait();
+            return Ok(End::Failed {
+                kind: "hang",
+                rank,
+                host,
+                detail,
+                step,
+            });
+        }
+        // Straggler: compute time well above the other ranks', for a window of steps.
+        let w = l.straggler_window.max(1);
+        if world > 1 && b.ranks.len() == world && b.ranks.values().all(|r| r.times.len() >= w) {
+            let recent = |r: &store::RankState| median(&mut r.times[r.times.len() - w..].to_vec());
+            let mut all: Vec<f64> = b.ranks.values().map(recent).collect();
+            let mid = median(&mut all).max(1e-3);
+            if let Some((&k, r)) = b.ranks.iter().find(|(_, r)| recent(r) > l.straggler_factor * mid) {
+                let (host, detail) = (
+                    r.host.clone(),
+                    format!(
+                        "compute {:.0} ms per step vs a median of {:.0} ms over the last {w} steps",
+                        recent(r) * 1e3,
+                        mid * 1e3
+                    ),
+                );
+                drop(b);
+                kill_attempt(&mut child, "-KILL");
+                let _ = child.wait();
+                return Ok(End::Failed {
+                    kind: "straggler",
+                    rank: Some(k),
+                    host,
+                    detail,
+                    step,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! A rank's side of `weft launch`: join the driver's store (`WEFT_STORE`, `WEFT_SECRET`,
+//! `WEFT_ATTEMPT` in the environment), send a heartbeat after every step, and — a test-only
+//! switch — inject the fault `WEFT_FAULT` names.
+//!
+//! `WEFT_FAULT = kind:rank:step[:attempt]` (attempt 1 when omitted): at `step` of `attempt`,
+//! rank `rank` `crash`es (abort), `exit`s with status 3, `hang`s forever, or from then on is
+//! `slow` (sleeps `WEFT_FAULT_SLOW_MS`, default 300 ms, per step: a straggler).
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// This process's rank under mpirun/srun (0 for a single process).
+fn env_rank() -> usize {
+    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Crash,
+    Exit,
+    Hang,
+    Slow,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    kind: Kind,
+    rank: usize,
+    step: u64,
+    attempt: u64,
+}
+
+fn parse_fault(s: &str) -> Result<Fault> {
+    let p: Vec<&str> = s.split(':').collect();
+    if p.len() < 3 || p.len() > 4 {
+        bail!("WEFT_FAULT={s}: expected kind:rank:step[:attempt]");
+    }
+    let kind = match p[0] {
+        "crash" => Kind::Crash,
+        "exit" => Kind::Exit,
+        "hang" => Kind::Hang,
+        "slow" => Kind::Slow,
+        k => bail!("WEFT_FAULT: unknown fault `{k}` (crash, exit, hang, slow)"),
+    };
+    Ok(Fault {
+        kind,
+        rank: p[1].parse()?,
+        step: p[2].parse()?,
+        attempt: p.get(3).map_or(Ok(1), |a| a.parse())?,
+    })
+}
+
+/// Join the run's store if this process was started by `weft launch`.
+pub fn attach() -> Result<()> {
+    let Ok(addr) = std::env::var("WEFT_STORE") else {
+        return Ok(());
+    };
+    let secret = std::env::var("WEFT_SECRET").context("WEFT_STORE is set but WEFT_SECRET is not")?;
+    let attempt: u64 = std::env::var("WEFT_ATTEMPT")
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
+    let rank = env_rank();
+    let sock_addr = addr.parse().with_context(|| format!("WEFT_STORE={addr}"))?;
+    let mut sock = TcpStream::connect_timeout(&sock_addr, Duration::from_secs(10))
+        .with_context(|| format!("cannot reach the run's store at {addr}"))?;
+    let hello = serde_json::json!({
+        "join": {"rank": rank, "host": hostname(), "attempt": attempt},
+        "secret": secret,
+    });
+    writeln!(sock, "{hello}")?;
+    let mut answer = String::new();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    BufReader::new(sock.try_clone()?)
+        .read_line(&mut answer)
+        .with_context(|| format!("no answer from the run's store at {addr}"))?;
+    if !answer.contains("\"ok\"") {
+        bail!("the run's store at {addr} refused this rank: {}", answer.trim());
+    }
+    let fault = match std::env::var("WEFT_FAULT") {
+        Ok(f) => Some(parse_fault(&f)?).filter(|f| f.attempt == attempt),
+        Err(_) => None,
+    };
+    let slow = Duration::from_millis(
+        std::env::var("WEFT_FAULT_SLOW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, u64, f64, f64)>();
+    std::thread::Builder::new()
+        .name("weft-heartbeat".into())
+        .spawn(move || loop {
+            // A beat after every step, and every quarter second what each rank is doing in its
+            // collectives (the driver names a hung rank from it).
+            match rx.recv_timeout(Duration::from_millis(250)) {
+                Ok((r, step, secs, compute)) => {
+                    let beat = serde_json::json!({"beat": {"rank": r, "step": step, "seconds": secs, "compute": compute}});
+                    if writeln!(sock, "{beat}").is_err() {
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    for (r, done, blocked) in weft_trainer::observe::activity() {
+                        let s = serde_json::json!({"status": {"rank": r, "collectives": done, "blocked": blocked}});
+                        if writeln!(sock, "{s}").is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => break,
+            }
+        })?;
+    let tx = std::sync::Mutex::new(tx);
+    // Step time as the interval between a rank's hook calls (so time lost between steps counts),
+    // and its compute part: the interval less the time blocked in collectives.
+    let last = std::sync::Mutex::new(std::collections::HashMap::<usize, std::time::Instant>::new());
+    weft_trainer::observe::set_step_hook(Box::new(move |r, step, secs, comm| {
+        let now = std::time::Instant::now();
+        let wall = last
+            .lock()
+            .ok()
+            .and_then(|mut m| m.insert(r, now))
+            .map_or(secs, |t| (now - t).as_secs_f64());
+        let _ = tx.lock().map(|t| t.send((r, step, wall, (wall - comm).max(0.0))));
+        if let Some(f) = fault.filter(|f| f.rank == r && step >= f.step) {
+            match f.kind {
+                Kind::Crash if step == f.step => std::process::abort(),
+                Kind::Exit if step == f.step => std::process::exit(3),
+                Kind::Hang if step == f.step => loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                },
+                Kind::Slow => std::thread::sleep(slow),
+                _ => {}
+            }
+        }
+    }));
+    Ok(())
+}

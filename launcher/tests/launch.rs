@@ -1,0 +1,168 @@
+//! `weft launch` on this machine, 4 MPI rank processes: a fault matrix (crash, hang,
+//! straggler, preemption) where each failure is detected, the right rank named, the run
+//! resumed from its checkpoint and finished with the fault-free run's bits; and a store that
+//! turns away clients without the run's secret.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn sets(out: &Path, name: &str) -> Vec<String> {
+    [
+        "model.width=32",
+        "model.depth=2",
+        "model.heads=2",
+        "model.latent=[4, 8, 8, 3]",
+        "training.micro_batch=1",
+        "training.val_every=0",
+        "training.val_batches=1",
+        "training.peak_flops=1e11",
+        "optimizer.warmup_steps=1",
+        "training.steps=16",
+        "checkpoint.interval=4",
+        "parallel.dp_shard=4",
+        "launch.hang_timeout_s=3",
+        "launch.backoff_s=0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        format!("job.out_dir=\"{}\"", out.display()),
+        format!("job.name=\"{name}\""),
+    ])
+    .flat_map(|s| ["--set".to_string(), s])
+    .collect()
+}
+
+fn launch(out: &Path, name: &str) -> Command {
+    let cfg = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")).join("dit-tiny.toml");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weft"));
+    c.arg("launch").arg(cfg).args(sets(out, name));
+    c
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn digest(run: &Path) -> serde_json::Value {
+    json(&run.join("sharded.json"))["params_digest"].clone()
+}
+
+#[test]
+fn rank_faults_are_detected_named_and_recovered_with_the_fault_free_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = launch(dir.path(), "clean").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = digest(&dir.path().join("clean"));
+    for (fault, kind, rank) in [
+        ("crash:2:6", "exit", 2),
+        ("exit:1:10", "exit", 1),
+        ("hang:3:7", "hang", 3),
+        ("slow:0:3", "straggler", 0),
+    ] {
+        let name = fault.replace(':', "_");
+        let out = launch(dir.path(), &name)
+            .env("WEFT_FAULT", fault)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{fault}: {text}");
+        let run = dir.path().join(&name);
+        let s = json(&run.join("launch.json"));
+        assert_eq!(s["outcome"], "finished", "{fault}");
+        assert_eq!(s["attempts"], 2, "{fault}");
+        let f = &s["failures"][0];
+        assert_eq!(f["kind"], kind, "{fault}: {f}");
+        assert_eq!(f["rank"], rank, "{fault}: {f}");
+        assert!(f["time_to_detect_s"].as_f64().unwrap() >= 0.0);
+        assert!(f["time_to_recover_s"].as_f64().unwrap() > 0.0, "{fault}: {f}");
+        assert!(text.contains("detected in") && text.contains("ETTR"), "{text}");
+        assert!(s["ettr"].as_f64().unwrap() > 0.0);
+        assert_eq!(
+            digest(&run),
+            want,
+            "{fault}: final parameters differ from the fault-free run"
+        );
+        let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+        assert!(events.contains("\"recovered\""), "{events}");
+    }
+}
+
+#[test]
+fn preemption_saves_and_a_new_launch_finishes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = launch(dir.path(), "clean").output().unwrap();
+    assert!(out.status.success());
+    let want = digest(&dir.path().join("clean"));
+    // Slow steps (every rank) so the signal lands mid-run.
+    let mut child = launch(dir.path(), "pre")
+        .env("WEFT_FAULT", "slow:0:1")
+        .env("WEFT_FAULT_SLOW_MS", "100")
+        .args(["--set", "launch.straggler_factor=1000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("pre/checkpoints");
+    while !metrics.join("latest").exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let s = json(&dir.path().join("pre/launch.json"));
+    assert_eq!(s["outcome"], "preempted");
+    let out = launch(dir.path(), "pre").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&dir.path().join("pre/launch.json"))["outcome"], "finished");
+    assert_eq!(digest(&dir.path().join("pre")), want);
+}
+
+#[test]
+fn clients_without_the_secret_or_with_malformed_messages_are_turned_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = launch(dir.path(), "rogue")
+        .env("WEFT_FAULT", "slow:0:1")
+        .env("WEFT_FAULT_SLOW_MS", "300")
+        .args(["--set", "launch.straggler_factor=1000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The driver logs its store's address.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "driver ended before listening"
+        );
+        if let Some(i) = line.find("127.0.0.1:") {
+            let port: String = line[i + 10..].chars().take_while(char::is_ascii_digit).collect();
+            addr = Some(format!("127.0.0.1:{port}"));
+        }
+    }
+    let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let addr = addr.unwrap();
+    let answer = |msg: &[u8]| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(msg).unwrap();
+        let mut a = String::new();
+        let _ = std::io::BufReader::new(s).read_line(&mut a);
+        a
+    };
+    let wrong = answer(b"{\"join\":{\"rank\":0,\"host\":\"x\",\"attempt\":1},\"secret\":\"guess\"}\n");
+    assert!(wrong.contains("wrong secret"), "{wrong}");
+    let garbage = answer(b"\x00\xffnot json at all\n");
+    assert!(garbage.contains("malformed"), "{garbage}");
+    let status = child.wait().unwrap();
+    drain.join().unwrap().unwrap();
+    assert!(status.success());
+    assert_eq!(json(&dir.path().join("rogue/launch.json"))["outcome"], "finished");
+}
