@@ -41,9 +41,31 @@ pub struct LaunchArgs {
     /// Override a config value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Print the attempt plan and exit.
+    /// Print the attempt plan (and with --slurm the batch script) and exit.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run on SLURM: outside an allocation, write and submit a batch script whose job runs
+    /// this driver; inside one, start each attempt with `srun` on the healthy nodes.
+    #[arg(long)]
+    pub slurm: bool,
+    /// Extra nodes to allocate, swapped in for evicted ones (SLURM).
+    #[arg(long, default_value_t = 0)]
+    pub spare_nodes: usize,
+    /// SLURM partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// SLURM time limit (`HH:MM:SS`); the job gets SIGUSR1 two minutes before it and saves.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// SLURM account.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// SLURM generic resources per node (`gpu:8`).
+    #[arg(long)]
+    pub gres: Option<String>,
+    /// An extra `#SBATCH` line (repeatable), e.g. `--sbatch-arg=--exclusive`.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    pub sbatch_arg: Vec<String>,
 }
 
 /// Why an attempt ended.
@@ -108,41 +130,57 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
     let world = cfg.parallel.world();
     weft_trainer::dist::check_mesh(&cfg, world)?;
-    if a.nodes != 1 {
-        bail!("--nodes {}: this version launches on this machine only (--nodes 1); SLURM launching is not built yet", a.nodes);
-    }
-    let procs = a.procs_per_node.unwrap_or(world);
-    if procs != world && procs != 1 {
+    let procs = a.procs_per_node.unwrap_or(world / a.nodes.max(1));
+    if a.slurm {
+        if procs * a.nodes != world {
+            bail!(
+                "--nodes {} × --procs-per-node {procs} = {} ranks, but the mesh has {world}",
+                a.nodes,
+                procs * a.nodes
+            );
+        }
+        if std::env::var_os("SLURM_JOB_ID").is_none() {
+            return submit(a, &cfg, procs);
+        }
+    } else if a.nodes != 1 {
+        bail!("--nodes {}: more than one node needs --slurm", a.nodes);
+    } else if procs != world && procs != 1 {
         bail!(
             "--procs-per-node {procs}: the mesh has {world} ranks; use {world} (one MPI process each) or 1 (threads)"
         );
     }
+    let mut alloc = if a.slurm {
+        Some(crate::slurm::Allocation::from_env(a.nodes, procs)?)
+    } else {
+        None
+    };
     let l = cfg.launch.clone();
-    let rank_cmd = || -> Command {
-        let me = std::env::current_exe().expect("the weft binary");
-        let mut cmd = if procs > 1 {
-            mpirun(procs)
-        } else {
-            Command::new("")
-        };
-        if procs > 1 {
-            cmd.arg(&me);
-        } else {
-            cmd = Command::new(&me);
-        }
-        cmd.arg("train").arg(&a.config).arg("--no-progress");
-        for s in &a.set {
-            cmd.args(["--set", s]);
-        }
-        // Every attempt continues the run from its newest good checkpoint, if there is one
-        // (a new `weft launch` of a preempted run too), unless the config names one.
-        let resume = if cfg.checkpoint.resume.is_empty() {
-            "auto"
-        } else {
-            &cfg.checkpoint.resume
-        };
-        cmd.args(["--resume", resume]);
-        cmd
+    let me = std::env::current_exe()?.display().to_string();
+    let mut train_args = vec![me.clone(), "train".into(), a.config.display().to_string(), "--no-progress".into()];
+    for s in &a.set {
+        train_args.extend(["--set".to_string(), s.clone()]);
+    }
+    // Every attempt continues the run from its newest good checkpoint, if there is one (a new
+    // `weft launch` of a preempted run too), unless the config names one.
+    let resume = if cfg.checkpoint.resume.is_empty() { "auto" } else { &cfg.checkpoint.resume };
+    train_args.extend(["--resume".to_string(), resume.to_string()]);
+    let rank_cmd = |alloc: &Option<crate::slurm::Allocation>| -> Result<(Command, Vec<String>)> {
+        Ok(match alloc {
+            Some(al) => {
+                let nodes = al.placement()?;
+                (al.srun(&nodes, &train_args), nodes)
+            }
+            None if procs > 1 => {
+                let mut c = mpirun(procs);
+                c.args(&train_args);
+                (c, vec!["localhost".into()])
+            }
+            None => {
+                let mut c = Command::new(&train_args[0]);
+                c.args(&train_args[1..]);
+                (c, vec!["localhost".into()])
+            }
+        })
     };
     if a.dry_run {
         println!(
@@ -151,7 +189,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             world,
             if procs > 1 { "MPI processes" } else { "threads" }
         );
-        println!("every attempt runs: {:?}", rank_cmd());
+        println!("every attempt runs: {:?}", rank_cmd(&alloc)?.0);
         println!(
             "hang after {} s without progress; straggler at {}× the median over {} steps; at most {} restarts",
             l.hang_timeout_s, l.straggler_factor, l.straggler_window, l.max_restarts
@@ -169,9 +207,17 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     };
     let secret = secret();
     let board = Arc::new(Mutex::new(Board::default()));
-    let addr = store::start(secret.clone(), board.clone())?;
+    let addr = match &alloc {
+        // Ranks on other nodes reach the store at this node's address.
+        Some(al) => {
+            let a = store::start(secret.clone(), board.clone(), ("0.0.0.0", crate::slurm::store_port(&al.job)))?;
+            format!("{}:{}", crate::slurm::store_host(), a.port())
+        }
+        None => store::start(secret.clone(), board.clone(), ("127.0.0.1", 0))?.to_string(),
+    };
     let term = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+    // SIGUSR1 is what the batch job gets before its time limit (`--signal=B:USR1@120`).
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGUSR1] {
         signal_hook::flag::register(sig, term.clone())?;
     }
     tracing::info!(run = %dir.display(), ranks = world, store = %addr, "launching");
@@ -197,18 +243,26 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             b.attempt = attempt;
             b.ranks.clear();
         }
-        let mut cmd = rank_cmd();
-        cmd.env("WEFT_STORE", addr.to_string())
+        let (mut cmd, nodes) = match rank_cmd(&alloc) {
+            Ok(c) => c,
+            Err(e) => {
+                events.log(json!({"event": "give_up", "reason": e.to_string()}));
+                tracing::error!("{e}");
+                break "failed";
+            }
+        };
+        cmd.env("WEFT_STORE", &addr)
             .env("WEFT_SECRET", &secret)
             .env("WEFT_ATTEMPT", attempt.to_string());
         // Its own process group, so that ending the attempt ends every rank.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().context("starting the ranks")?;
-        events.log(json!({"event": "attempt", "attempt": attempt, "ranks": world, "pid": child.id()}));
+        events.log(json!({"event": "attempt", "attempt": attempt, "ranks": world, "nodes": nodes, "pid": child.id()}));
         bar.set_message(format!("attempt {attempt}, {world} ranks"));
         let steps = cfg.training.steps;
         let end = watch(
             child,
+            alloc.as_ref(),
             &board,
             (&l, world, steps),
             &term,
@@ -246,6 +300,15 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
                     failures.iter().map(|f| format!("{f}\n")).collect::<String>(),
                 )?;
                 pending_recovery = Some((detected, step));
+                if let Some(al) = alloc.as_mut() {
+                    // The node of the failing rank leaves the run (a spare takes its place).
+                    let why = format!("{kind} of rank {} at step {step}", rank.map_or("?".into(), |r| r.to_string()));
+                    if al.nodes.contains(&host) {
+                        let drained = al.evict(&host, &why);
+                        events.log(json!({"event": "evict", "host": host, "reason": why, "drained": drained}));
+                        tracing::warn!(host, drained, "evicted {host}: {why}");
+                    }
+                }
                 if last_fail == Some((step, kind)) && step == 0 {
                     break "failed";
                 }
@@ -302,15 +365,20 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     }
 }
 
-/// Kill every process of the attempt (its process group).
-fn kill_attempt(child: &mut Child, sig: &str) {
+/// Send `sig` to every process of the attempt: its process group (mpirun or srun, which pass
+/// it on) and, on SLURM, its job steps.
+fn kill_attempt(child: &mut Child, alloc: Option<&crate::slurm::Allocation>, sig: &str) {
+    if let Some(al) = alloc {
+        al.signal_steps(sig);
+    }
     let _ = Command::new("kill")
-        .args([sig, "--", &format!("-{}", child.id())])
+        .args([&format!("-{sig}"), "--", &format!("-{}", child.id())])
         .status();
 }
 
 fn watch(
     mut child: Child,
+    alloc: Option<&crate::slurm::Allocation>,
     board: &Mutex<Board>,
     (l, world, steps): (&weft_trainer::config::Launch, usize, u64),
     term: &AtomicBool,
@@ -325,7 +393,7 @@ fn watch(
         if term.load(Ordering::SeqCst) && !forwarded {
             // Preemption: the ranks save at the next step boundary and exit 0. SIGUSR1, because
             // mpirun passes it on where SIGTERM would make it kill the ranks.
-            kill_attempt(&mut child, "-USR1");
+            kill_attempt(&mut child, alloc, "USR1");
             events.log(json!({"event": "preempt", "detail": "the ranks were told to save and stop"}));
             forwarded = true;
         }
@@ -364,7 +432,7 @@ fn watch(
             .map(|(&k, r)| (k, r.host.clone(), r.step));
         if let Some((rank, host, at)) = died {
             drop(b);
-            kill_attempt(&mut child, "-KILL");
+            kill_attempt(&mut child, alloc, "KILL");
             let _ = child.wait();
             let detail = format!("rank {rank} ended at step {at} of {steps}");
             return Ok(End::Failed {
@@ -383,7 +451,7 @@ fn watch(
             if status.success() {
                 return Ok(End::Finished);
             }
-            kill_attempt(&mut child, "-KILL");
+            kill_attempt(&mut child, alloc, "KILL");
             let b = board.lock().expect("board");
             // The rank that stopped sending first is the likeliest culprit.
             let culprit = b
@@ -439,7 +507,7 @@ fn watch(
                 .and_then(|r| b.ranks.get(&r))
                 .map_or("localhost".into(), |r| r.host.clone());
             drop(b);
-            kill_attempt(&mut child, "-KILL");
+            kill_attempt(&mut child, alloc, "KILL");
             let _ = child.wait();
             return Ok(End::Failed {
                 kind: "hang",
@@ -465,7 +533,7 @@ fn watch(
                     ),
                 );
                 drop(b);
-                kill_attempt(&mut child, "-KILL");
+                kill_attempt(&mut child, alloc, "KILL");
                 let _ = child.wait();
                 return Ok(End::Failed {
                     kind: "straggler",
@@ -477,4 +545,47 @@ fn watch(
             }
         }
     }
+}
+
+/// Outside an allocation: write the batch script that runs this driver inside one, and submit
+/// it (or print it with `--dry-run`).
+fn submit(a: &LaunchArgs, cfg: &Config, procs: usize) -> Result<()> {
+    let dir = cfg.run_dir();
+    std::fs::create_dir_all(&dir)?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let me = std::env::current_exe()?.display().to_string();
+    let config = std::fs::canonicalize(&a.config)?.display().to_string();
+    let mut driver = vec![me, "launch".into(), "--slurm".into()];
+    driver.extend(["--nodes".into(), a.nodes.to_string(), "--spare-nodes".into(), a.spare_nodes.to_string()]);
+    driver.extend(["--procs-per-node".into(), procs.to_string(), config]);
+    for s in &a.set {
+        driver.extend(["--set".to_string(), s.clone()]);
+    }
+    let job = crate::slurm::Job {
+        name: &cfg.job.name,
+        nodes: a.nodes,
+        spare: a.spare_nodes,
+        procs,
+        partition: a.partition.as_deref(),
+        time: a.time.as_deref(),
+        account: a.account.as_deref(),
+        gres: a.gres.as_deref(),
+        extra: &a.sbatch_arg,
+        out: &dir,
+    };
+    let script = crate::slurm::script(&job, &driver)?;
+    if a.dry_run {
+        print!("{script}");
+        return Ok(());
+    }
+    let path = dir.join("launch.sbatch");
+    std::fs::write(&path, &script)?;
+    let id = crate::slurm::submit(&path)?;
+    println!(
+        "submitted job {id} ({} nodes + {} spare); follow it in {}",
+        a.nodes,
+        a.spare_nodes,
+        dir.join(format!("slurm-{id}.out")).display()
+    );
+    Ok(())
 }

@@ -9,6 +9,7 @@ mod commands;
 mod dist;
 mod launch;
 mod rankside;
+mod slurm;
 mod store;
 
 use anyhow::Result;

@@ -90,13 +90,13 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Start the store on `127.0.0.1` (an ephemeral port) in a background runtime.
-pub fn start(secret: String, board: Arc<Mutex<Board>>) -> anyhow::Result<SocketAddr> {
+/// Start the store on `bind` (port 0: any free port) in a background runtime.
+pub fn start(secret: String, board: Arc<Mutex<Board>>, bind: (&str, u16)) -> anyhow::Result<SocketAddr> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
+    let listener = rt.block_on(TcpListener::bind(bind))?;
     let addr = listener.local_addr()?;
     std::thread::Builder::new()
         .name("weft-store".into())

@@ -1,0 +1,218 @@
+//! `weft launch --slurm`: submission (an sbatch script that runs the driver inside the
+//! allocation) and, inside the allocation, placing each attempt's ranks with `srun` on the
+//! healthy nodes, and evicting (draining) the nodes that fail.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::Command;
+
+/// `s` as one shell word.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A `#SBATCH` value: refused if it could break out of its line.
+fn sbatch_value(key: &str, v: &str) -> Result<String> {
+    if v.chars().any(|c| c.is_control()) {
+        bail!("--{key} {v:?}: control characters are not allowed in an #SBATCH line");
+    }
+    Ok(v.to_string())
+}
+
+/// Options of the batch job.
+pub struct Job<'a> {
+    pub name: &'a str,
+    pub nodes: usize,
+    pub spare: usize,
+    pub procs: usize,
+    pub partition: Option<&'a str>,
+    pub time: Option<&'a str>,
+    pub account: Option<&'a str>,
+    pub gres: Option<&'a str>,
+    pub extra: &'a [String],
+    pub out: &'a Path,
+}
+
+/// The batch script: the allocation (nodes + spares), SIGUSR1 two minutes before the time limit
+/// (the driver saves and exits), and the driver itself as the job's command.
+pub fn script(j: &Job<'_>, driver: &[String]) -> Result<String> {
+    let mut s = String::from("#!/bin/bash\n");
+    let mut line = |k: &str, v: &str| -> Result<()> {
+        s.push_str(&format!("#SBATCH --{k}={}\n", sbatch_value(k, v)?));
+        Ok(())
+    };
+    line("job-name", j.name)?;
+    line("nodes", &(j.nodes + j.spare).to_string())?;
+    line("ntasks-per-node", &j.procs.to_string())?;
+    line("output", &j.out.join("slurm-%j.out").display().to_string())?;
+    line("signal", "B:USR1@120")?;
+    for (k, v) in [("partition", j.partition), ("time", j.time), ("account", j.account), ("gres", j.gres)] {
+        if let Some(v) = v {
+            line(k, v)?;
+        }
+    }
+    for e in j.extra {
+        if e.chars().any(|c| c.is_control()) {
+            bail!("--sbatch-arg {e:?}: control characters are not allowed");
+        }
+        s.push_str(&format!("#SBATCH {e}\n"));
+    }
+    s.push_str("set -u\n");
+    s.push_str(&format!(
+        "exec {}\n",
+        driver.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+    ));
+    Ok(s)
+}
+
+/// Submit `script`; returns the job id.
+pub fn submit(script_path: &Path) -> Result<String> {
+    let out = Command::new("sbatch")
+        .arg("--parsable")
+        .arg(script_path)
+        .output()
+        .context("running sbatch (is this a SLURM login node?)")?;
+    if !out.status.success() {
+        bail!("sbatch refused the job: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap_or("").to_string())
+}
+
+/// The allocation the driver runs in, and which of its nodes are still trusted.
+pub struct Allocation {
+    pub job: String,
+    pub nodes: Vec<String>,
+    pub evicted: Vec<String>,
+    pub need: usize,
+    pub procs: usize,
+}
+
+impl Allocation {
+    /// Read the allocation from SLURM's environment and `scontrol show hostnames`.
+    pub fn from_env(need: usize, procs: usize) -> Result<Self> {
+        let job = std::env::var("SLURM_JOB_ID").context("not inside a SLURM allocation")?;
+        let list = std::env::var("SLURM_JOB_NODELIST").context("SLURM_JOB_NODELIST is not set")?;
+        let out = Command::new("scontrol").args(["show", "hostnames", &list]).output()?;
+        if !out.status.success() {
+            bail!("scontrol show hostnames {list}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let nodes: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        if nodes.len() < need {
+            bail!("the allocation has {} nodes, the run needs {need}", nodes.len());
+        }
+        Ok(Allocation {
+            job,
+            nodes,
+            evicted: vec![],
+            need,
+            procs,
+        })
+    }
+
+    /// The nodes of the next attempt: the first `need` not evicted.
+    pub fn placement(&self) -> Result<Vec<String>> {
+        let ok: Vec<String> = self.nodes.iter().filter(|n| !self.evicted.contains(n)).take(self.need).cloned().collect();
+        if ok.len() < self.need {
+            bail!(
+                "{} healthy nodes left of {} (evicted: {}), the run needs {}; add spare nodes (--spare-nodes)",
+                ok.len(),
+                self.nodes.len(),
+                self.evicted.join(", "),
+                self.need
+            );
+        }
+        Ok(ok)
+    }
+
+    /// `srun` for an attempt on `nodes`, running `args` (the weft binary and its arguments).
+    pub fn srun(&self, nodes: &[String], args: &[String]) -> Command {
+        let mut c = Command::new("srun");
+        c.args([
+            "--mpi=pmix",
+            "--kill-on-bad-exit=1",
+            &format!("--nodes={}", nodes.len()),
+            &format!("--ntasks-per-node={}", self.procs),
+            &format!("--ntasks={}", nodes.len() * self.procs),
+            &format!("--nodelist={}", nodes.join(",")),
+        ]);
+        c.args(args);
+        c
+    }
+
+    /// Take `host` out of the run: never placed again, and drained in SLURM (when permitted)
+    /// so other jobs avoid it too. Returns whether the drain was accepted.
+    pub fn evict(&mut self, host: &str, reason: &str) -> bool {
+        if !self.nodes.iter().any(|n| n == host) || self.evicted.iter().any(|n| n == host) {
+            return false;
+        }
+        self.evicted.push(host.to_string());
+        Command::new("scontrol")
+            .args(["update", &format!("NodeName={host}"), "State=DRAIN", &format!("Reason=weft: {reason}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Send `sig` to every job step of this allocation but the batch script (the driver).
+    pub fn signal_steps(&self, sig: &str) {
+        let out = Command::new("squeue").args(["-h", "-s", "-j", &self.job, "-o", "%i"]).output();
+        if let Ok(o) = out {
+            for step in String::from_utf8_lossy(&o.stdout).lines().map(str::trim) {
+                if !step.is_empty() && !step.ends_with(".batch") && !step.ends_with(".extern") {
+                    let _ = Command::new("scancel").args([&format!("--signal={sig}"), step]).status();
+                }
+            }
+        }
+    }
+}
+
+/// The address ranks reach the driver's store at: `WEFT_STORE_HOST`, or this node's first
+/// address (`hostname -I`), resolved on the node itself.
+pub fn store_host() -> String {
+    if let Ok(h) = std::env::var("WEFT_STORE_HOST") {
+        return h;
+    }
+    Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// A port for the store from the job id, checked free (else any free port).
+pub fn store_port(job: &str) -> u16 {
+    let id: u64 = job.parse().unwrap_or(0);
+    let port = 20000 + (id % 20000) as u16;
+    if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+        port
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_quote_every_word_and_refuse_line_breaks() {
+        let out = Path::new("/runs/x");
+        let j = Job {
+            name: "x",
+            nodes: 2,
+            spare: 1,
+            procs: 4,
+            partition: Some("gpu"),
+            time: Some("01:00:00"),
+            account: None,
+            gres: Some("gpu:4"),
+            extra: &["--exclusive".to_string()],
+            out,
+        };
+        let s = script(&j, &["/bin/weft".into(), "launch".into(), "it's".into(), "$(rm -rf /)".into()]).unwrap();
+        assert!(s.contains("#SBATCH --nodes=3\n") && s.contains("#SBATCH --gres=gpu:4\n"), "{s}");
+        assert!(s.contains("'it'\\''s' '$(rm -rf /)'"), "{s}");
+        let bad = Job { partition: Some("gpu\n#SBATCH --uid=0"), ..j };
+        assert!(script(&bad, &[]).unwrap_err().to_string().contains("control characters"));
+    }
+}
