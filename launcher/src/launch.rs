@@ -156,13 +156,22 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     };
     let l = cfg.launch.clone();
     let me = std::env::current_exe()?.display().to_string();
-    let mut train_args = vec![me.clone(), "train".into(), a.config.display().to_string(), "--no-progress".into()];
+    let mut train_args = vec![
+        me.clone(),
+        "train".into(),
+        a.config.display().to_string(),
+        "--no-progress".into(),
+    ];
     for s in &a.set {
         train_args.extend(["--set".to_string(), s.clone()]);
     }
     // Every attempt continues the run from its newest good checkpoint, if there is one (a new
     // `weft launch` of a preempted run too), unless the config names one.
-    let resume = if cfg.checkpoint.resume.is_empty() { "auto" } else { &cfg.checkpoint.resume };
+    let resume = if cfg.checkpoint.resume.is_empty() {
+        "auto"
+    } else {
+        &cfg.checkpoint.resume
+    };
     train_args.extend(["--resume".to_string(), resume.to_string()]);
     let rank_cmd = |alloc: &Option<crate::slurm::Allocation>| -> Result<(Command, Vec<String>)> {
         Ok(match alloc {
@@ -210,14 +219,22 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     let addr = match &alloc {
         // Ranks on other nodes reach the store at this node's address.
         Some(al) => {
-            let a = store::start(secret.clone(), board.clone(), ("0.0.0.0", crate::slurm::store_port(&al.job)))?;
+            let a = store::start(
+                secret.clone(),
+                board.clone(),
+                ("0.0.0.0", crate::slurm::store_port(&al.job)),
+            )?;
             format!("{}:{}", crate::slurm::store_host(), a.port())
         }
         None => store::start(secret.clone(), board.clone(), ("127.0.0.1", 0))?.to_string(),
     };
     let term = Arc::new(AtomicBool::new(false));
     // SIGUSR1 is what the batch job gets before its time limit (`--signal=B:USR1@120`).
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGUSR1] {
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR1,
+    ] {
         signal_hook::flag::register(sig, term.clone())?;
     }
     tracing::info!(run = %dir.display(), ranks = world, store = %addr, "launching");
@@ -261,8 +278,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         bar.set_message(format!("attempt {attempt}, {world} ranks"));
         let steps = cfg.training.steps;
         let end = watch(
-            child,
-            alloc.as_ref(),
+            (child, alloc.as_ref()),
             &board,
             (&l, world, steps),
             &term,
@@ -302,10 +318,14 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
                 pending_recovery = Some((detected, step));
                 if let Some(al) = alloc.as_mut() {
                     // The node of the failing rank leaves the run (a spare takes its place).
-                    let why = format!("{kind} of rank {} at step {step}", rank.map_or("?".into(), |r| r.to_string()));
+                    let why = format!(
+                        "{kind} of rank {} at step {step}",
+                        rank.map_or("?".into(), |r| r.to_string())
+                    );
                     if al.nodes.contains(&host) {
                         let drained = al.evict(&host, &why);
-                        events.log(json!({"event": "evict", "host": host, "reason": why, "drained": drained}));
+                        events
+                            .log(json!({"event": "evict", "host": host, "reason": why, "drained": drained}));
                         tracing::warn!(host, drained, "evicted {host}: {why}");
                     }
                 }
@@ -377,8 +397,7 @@ fn kill_attempt(child: &mut Child, alloc: Option<&crate::slurm::Allocation>, sig
 }
 
 fn watch(
-    mut child: Child,
-    alloc: Option<&crate::slurm::Allocation>,
+    (mut child, alloc): (Child, Option<&crate::slurm::Allocation>),
     board: &Mutex<Board>,
     (l, world, steps): (&weft_trainer::config::Launch, usize, u64),
     term: &AtomicBool,
@@ -556,7 +575,12 @@ fn submit(a: &LaunchArgs, cfg: &Config, procs: usize) -> Result<()> {
     let me = std::env::current_exe()?.display().to_string();
     let config = std::fs::canonicalize(&a.config)?.display().to_string();
     let mut driver = vec![me, "launch".into(), "--slurm".into()];
-    driver.extend(["--nodes".into(), a.nodes.to_string(), "--spare-nodes".into(), a.spare_nodes.to_string()]);
+    driver.extend([
+        "--nodes".into(),
+        a.nodes.to_string(),
+        "--spare-nodes".into(),
+        a.spare_nodes.to_string(),
+    ]);
     driver.extend(["--procs-per-node".into(), procs.to_string(), config]);
     for s in &a.set {
         driver.extend(["--set".to_string(), s.clone()]);

@@ -33,8 +33,9 @@ pub struct Job<'a> {
     pub out: &'a Path,
 }
 
-/// The batch script: the allocation (nodes + spares), SIGUSR1 two minutes before the time limit
-/// (the driver saves and exits), and the driver itself as the job's command.
+/// The batch script: the allocation (nodes + spares, kept when a node fails), SIGUSR1 two
+/// minutes before the time limit (the driver saves and exits), and the driver itself as the
+/// job's command.
 pub fn script(j: &Job<'_>, driver: &[String]) -> Result<String> {
     let mut s = String::from("#!/bin/bash\n");
     let mut line = |k: &str, v: &str| -> Result<()> {
@@ -46,11 +47,18 @@ pub fn script(j: &Job<'_>, driver: &[String]) -> Result<String> {
     line("ntasks-per-node", &j.procs.to_string())?;
     line("output", &j.out.join("slurm-%j.out").display().to_string())?;
     line("signal", "B:USR1@120")?;
-    for (k, v) in [("partition", j.partition), ("time", j.time), ("account", j.account), ("gres", j.gres)] {
+    for (k, v) in [
+        ("partition", j.partition),
+        ("time", j.time),
+        ("account", j.account),
+        ("gres", j.gres),
+    ] {
         if let Some(v) = v {
             line(k, v)?;
         }
     }
+    // A failing node must not end the allocation: the driver evicts it and goes on.
+    s.push_str("#SBATCH --no-kill\n");
     for e in j.extra {
         if e.chars().any(|c| c.is_control()) {
             bail!("--sbatch-arg {e:?}: control characters are not allowed");
@@ -60,7 +68,11 @@ pub fn script(j: &Job<'_>, driver: &[String]) -> Result<String> {
     s.push_str("set -u\n");
     s.push_str(&format!(
         "exec {}\n",
-        driver.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+        driver
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
     Ok(s)
 }
@@ -73,9 +85,17 @@ pub fn submit(script_path: &Path) -> Result<String> {
         .output()
         .context("running sbatch (is this a SLURM login node?)")?;
     if !out.status.success() {
-        bail!("sbatch refused the job: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "sbatch refused the job: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap_or("").to_string())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_string())
 }
 
 /// The allocation the driver runs in, and which of its nodes are still trusted.
@@ -92,11 +112,19 @@ impl Allocation {
     pub fn from_env(need: usize, procs: usize) -> Result<Self> {
         let job = std::env::var("SLURM_JOB_ID").context("not inside a SLURM allocation")?;
         let list = std::env::var("SLURM_JOB_NODELIST").context("SLURM_JOB_NODELIST is not set")?;
-        let out = Command::new("scontrol").args(["show", "hostnames", &list]).output()?;
+        let out = Command::new("scontrol")
+            .args(["show", "hostnames", &list])
+            .output()?;
         if !out.status.success() {
-            bail!("scontrol show hostnames {list}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "scontrol show hostnames {list}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
-        let nodes: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        let nodes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
         if nodes.len() < need {
             bail!("the allocation has {} nodes, the run needs {need}", nodes.len());
         }
@@ -111,7 +139,13 @@ impl Allocation {
 
     /// The nodes of the next attempt: the first `need` not evicted.
     pub fn placement(&self) -> Result<Vec<String>> {
-        let ok: Vec<String> = self.nodes.iter().filter(|n| !self.evicted.contains(n)).take(self.need).cloned().collect();
+        let ok: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| !self.evicted.contains(n))
+            .take(self.need)
+            .cloned()
+            .collect();
         if ok.len() < self.need {
             bail!(
                 "{} healthy nodes left of {} (evicted: {}), the run needs {}; add spare nodes (--spare-nodes)",
@@ -130,6 +164,9 @@ impl Allocation {
         c.args([
             "--mpi=pmix",
             "--kill-on-bad-exit=1",
+            // A failed attempt's step may still be completing on the surviving nodes (a lost
+            // node cannot confirm); the next attempt must not wait for it.
+            "--overlap",
             &format!("--nodes={}", nodes.len()),
             &format!("--ntasks-per-node={}", self.procs),
             &format!("--ntasks={}", nodes.len() * self.procs),
@@ -147,18 +184,27 @@ impl Allocation {
         }
         self.evicted.push(host.to_string());
         Command::new("scontrol")
-            .args(["update", &format!("NodeName={host}"), "State=DRAIN", &format!("Reason=weft: {reason}")])
+            .args([
+                "update",
+                &format!("NodeName={host}"),
+                "State=DRAIN",
+                &format!("Reason=weft: {reason}"),
+            ])
             .status()
             .is_ok_and(|s| s.success())
     }
 
     /// Send `sig` to every job step of this allocation but the batch script (the driver).
     pub fn signal_steps(&self, sig: &str) {
-        let out = Command::new("squeue").args(["-h", "-s", "-j", &self.job, "-o", "%i"]).output();
+        let out = Command::new("squeue")
+            .args(["-h", "-s", "-j", &self.job, "-o", "%i"])
+            .output();
         if let Ok(o) = out {
             for step in String::from_utf8_lossy(&o.stdout).lines().map(str::trim) {
                 if !step.is_empty() && !step.ends_with(".batch") && !step.ends_with(".extern") {
-                    let _ = Command::new("scancel").args([&format!("--signal={sig}"), step]).status();
+                    let _ = Command::new("scancel")
+                        .args([&format!("--signal={sig}"), step])
+                        .status();
                 }
             }
         }
@@ -175,7 +221,12 @@ pub fn store_host() -> String {
         .arg("-I")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().map(str::to_string))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
@@ -209,10 +260,28 @@ mod tests {
             extra: &["--exclusive".to_string()],
             out,
         };
-        let s = script(&j, &["/bin/weft".into(), "launch".into(), "it's".into(), "$(rm -rf /)".into()]).unwrap();
-        assert!(s.contains("#SBATCH --nodes=3\n") && s.contains("#SBATCH --gres=gpu:4\n"), "{s}");
+        let s = script(
+            &j,
+            &[
+                "/bin/weft".into(),
+                "launch".into(),
+                "it's".into(),
+                "$(rm -rf /)".into(),
+            ],
+        )
+        .unwrap();
+        assert!(
+            s.contains("#SBATCH --nodes=3\n") && s.contains("#SBATCH --gres=gpu:4\n"),
+            "{s}"
+        );
         assert!(s.contains("'it'\\''s' '$(rm -rf /)'"), "{s}");
-        let bad = Job { partition: Some("gpu\n#SBATCH --uid=0"), ..j };
-        assert!(script(&bad, &[]).unwrap_err().to_string().contains("control characters"));
+        let bad = Job {
+            partition: Some("gpu\n#SBATCH --uid=0"),
+            ..j
+        };
+        assert!(script(&bad, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("control characters"));
     }
 }

@@ -1,0 +1,299 @@
+//! `weft launch --slurm` against a real SLURM cluster started on this machine (slurmctld and
+//! three slurmd "nodes", each in its own UTS and PID namespace; see `../shared/slurm-recipe.md`):
+//! a fault-free run submitted with sbatch, a rank crash whose node is drained and replaced by
+//! the spare, and a node loss (its slurmd and ranks killed) — each finishing with the bits of
+//! the fault-free run. Skipped, with a message, where SLURM is not installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    base: PathBuf,
+    conf: PathBuf,
+    nodes: Vec<std::process::Child>,
+}
+
+fn sh(cmd: &str) -> String {
+    let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+impl Cluster {
+    fn up(base: &Path, n: usize) -> Option<Cluster> {
+        let missing = sh(
+            "for p in slurmctld slurmd sbatch srun tini munged; do command -v $p >/dev/null || echo $p; done",
+        );
+        if !missing.trim().is_empty() {
+            eprintln!("skipped: SLURM is not installed (apt-get install slurmctld slurmd slurm-client munge libpmix2 tini)");
+            return None;
+        }
+        let conf = base.join("etc/slurm.conf");
+        for d in ["etc", "state", "log", "run", "spool", "tmp"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        for i in 1..=n {
+            std::fs::create_dir_all(base.join(format!("spool/n{i}"))).unwrap();
+            std::fs::create_dir_all(base.join(format!("tmp/n{i}"))).unwrap();
+        }
+        sh("[ -s /etc/munge/munge.key ] || { mungekey --create --force; chown munge:munge /etc/munge/munge.key; chmod 600 /etc/munge/munge.key; }; \
+            mkdir -p /run/munge; chown munge:munge /run/munge; chmod 755 /run/munge; \
+            munge -n >/dev/null 2>&1 || runuser -u munge -- /usr/sbin/munged");
+        let host = sh("hostname").trim().to_string();
+        let b = base.display();
+        let text = format!(
+            "ClusterName=weft-test\nSlurmctldHost={host}(127.0.0.1)\nSlurmUser=root\nSlurmdUser=root\n\
+             SlurmctldPort=6817\nAuthType=auth/munge\nCredType=cred/munge\nStateSaveLocation={b}/state\n\
+             SlurmdSpoolDir={b}/spool/%n\nTmpFS={b}/tmp/%n\nSlurmctldPidFile={b}/run/slurmctld.pid\n\
+             SlurmdPidFile={b}/run/slurmd-%n.pid\nSlurmctldLogFile={b}/log/slurmctld.log\n\
+             SlurmdLogFile={b}/log/slurmd-%n.log\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
+             JobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\n\
+             JobCompType=jobcomp/none\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n\
+             SchedulerType=sched/backfill\nMpiDefault=none\nReturnToService=2\nSlurmdTimeout=5\n\
+             MessageTimeout=3\nSlurmctldTimeout=10\nInactiveLimit=0\nKillWait=5\nMinJobAge=300\nWaittime=0\n\
+             MailProg=/bin/true\nNodeName=n[1-{n}] NodeHostname={host} NodeAddr=127.0.0.1 \
+             Port=[17001-{}] CPUs=2 RealMemory=1000 State=UNKNOWN\n\
+             PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n",
+            17000 + n
+        );
+        std::fs::write(&conf, text).unwrap();
+        let ok = Command::new("slurmctld").arg("-f").arg(&conf).status().unwrap();
+        assert!(ok.success(), "slurmctld did not start");
+        let mut c = Cluster {
+            base: base.to_path_buf(),
+            conf,
+            nodes: vec![],
+        };
+        for i in 1..=n {
+            let node = c.start_node(i);
+            c.nodes.push(node);
+        }
+        c.wait(
+            |s| s.lines().filter(|l| l.ends_with(" idle")).count() == n,
+            "all nodes idle",
+        );
+        Some(c)
+    }
+
+    fn start_node(&self, i: usize) -> std::process::Child {
+        let log = std::fs::File::create(self.base.join(format!("log/ns-n{i}.out"))).unwrap();
+        Command::new("setsid")
+            .args([
+                "unshare",
+                "--uts",
+                "--pid",
+                "--mount-proc",
+                "--kill-child",
+                "tini",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(format!(
+                "hostname n{i}; exec slurmd -D -f {} -N n{i}",
+                self.conf.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(prog);
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+
+    fn sinfo(&self) -> String {
+        let o = self
+            .cmd("sinfo")
+            .args(["-N", "-h", "-o", "%N %T"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn wait(&self, ok: impl Fn(&str) -> bool, what: &str) {
+        let t = Instant::now();
+        loop {
+            let s = self.sinfo();
+            if ok(&s) {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "waiting for {what}: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Node `i` dies: slurmd, its step daemons and the ranks on it.
+    fn kill_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i - 1];
+        node.kill().unwrap();
+        node.wait().unwrap();
+    }
+
+    fn wait_job(&self, id: &str) {
+        let t = Instant::now();
+        loop {
+            let o = self.cmd("squeue").args(["-h", "-j", id]).output().unwrap();
+            if String::from_utf8_lossy(&o.stdout).trim().is_empty() {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(240), "job {id} did not end");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        if let Ok(p) = std::fs::read_to_string(self.base.join("run/slurmctld.pid")) {
+            let _ = Command::new("kill").args(["-9", p.trim()]).status();
+        }
+    }
+}
+
+fn sets(out: &Path, name: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "model.width=32",
+        "model.depth=2",
+        "model.heads=2",
+        "model.latent=[4, 8, 8, 3]",
+        "training.micro_batch=1",
+        "training.val_every=0",
+        "training.val_batches=1",
+        "training.peak_flops=1e11",
+        "optimizer.warmup_steps=1",
+        "training.steps=16",
+        "checkpoint.interval=4",
+        "parallel.dp_shard=4",
+        "launch.backoff_s=0.1",
+        "launch.straggler_factor=1000",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .chain([
+        format!("job.out_dir=\"{}\"", out.display()),
+        format!("job.name=\"{name}\""),
+    ])
+    .flat_map(|s| ["--set".to_string(), s])
+    .collect()
+}
+
+fn config() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")).join("dit-tiny.toml")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Submit with `weft launch --slurm` (2 nodes × 2 ranks + 1 spare); returns the job id.
+fn submit(c: &Cluster, out: &Path, name: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = c.cmd(env!("CARGO_BIN_EXE_weft"));
+    cmd.args([
+        "launch",
+        "--slurm",
+        "--nodes",
+        "2",
+        "--spare-nodes",
+        "1",
+        "--procs-per-node",
+        "2",
+    ])
+    .arg(config())
+    .args(sets(out, name, &[]))
+    .envs(env.iter().copied());
+    let o = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    text.split_whitespace()
+        .nth(2)
+        .expect("submitted job <id>")
+        .to_string()
+}
+
+#[test]
+fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
+    let base = tempfile::tempdir().unwrap();
+    let Some(mut c) = Cluster::up(&base.path().join("slurm"), 3) else {
+        return;
+    };
+    let out = base.path().join("runs");
+    // Reference: the same mesh on threads.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("train")
+        .arg(config())
+        .args(sets(&out, "reference", &[]))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let digest = |run: &str| json(&out.join(run).join("sharded.json"))["params_digest"].clone();
+    let want = digest("reference");
+
+    // Fault-free, through sbatch.
+    let id = submit(&c, &out, "clean", &[]);
+    c.wait_job(&id);
+    let s = json(&out.join("clean/launch.json"));
+    assert_eq!(s["outcome"], "finished", "{s}");
+    assert_eq!(digest("clean"), want);
+
+    // A rank crash: its node is drained, the spare takes its place.
+    let id = submit(&c, &out, "crash", &[("WEFT_FAULT", "crash:2:6")]);
+    c.wait_job(&id);
+    let s = json(&out.join("crash/launch.json"));
+    assert_eq!(s["outcome"], "finished", "{s}");
+    let f = &s["failures"][0];
+    assert_eq!(
+        (f["rank"].as_u64(), f["host"].as_str()),
+        (Some(2), Some("n2")),
+        "{f}"
+    );
+    assert!(c.sinfo().contains("n2 drained"), "{}", c.sinfo());
+    let events = std::fs::read_to_string(out.join("crash/events.jsonl")).unwrap();
+    let second = events
+        .lines()
+        .filter(|l| l.contains("\"attempt\"") && l.contains("\"nodes\""))
+        .nth(1)
+        .unwrap();
+    assert!(
+        second.contains("n1") && second.contains("n3") && !second.contains("n2"),
+        "{second}"
+    );
+    assert_eq!(digest("crash"), want);
+    c.cmd("scontrol")
+        .args(["update", "NodeName=n2", "State=RESUME"])
+        .status()
+        .unwrap();
+    c.wait(
+        |s| s.lines().filter(|l| l.ends_with(" idle")).count() == 3,
+        "n2 back",
+    );
+
+    // A node loss mid-run (slow steps so it lands mid-run).
+    let id = submit(
+        &c,
+        &out,
+        "loss",
+        &[("WEFT_FAULT", "slow:0:1"), ("WEFT_FAULT_SLOW_MS", "150")],
+    );
+    let t = Instant::now();
+    while !out.join("loss/checkpoints/latest").exists() {
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.kill_node(2);
+    c.wait_job(&id);
+    let s = json(&out.join("loss/launch.json"));
+    assert_eq!(s["outcome"], "finished", "{s}");
+    assert_eq!(s["failures"][0]["host"], "n2", "{s}");
+    assert_eq!(digest("loss"), want);
+}
