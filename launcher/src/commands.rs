@@ -29,7 +29,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     }
     let cfg = Config::load(&a.config, &sets)?;
     // Started by `weft launch`: join its store and send heartbeats.
-    crate::rankside::attach()?;
+    crate::rankside::attach(&cfg)?;
     // SIGTERM / SIGUSR1 (SLURM preemption, scancel): save at the next step boundary and exit 0.
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
         signal_hook::flag::register(sig, weft_trainer::ckpt::stop_flag())?;

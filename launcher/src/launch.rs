@@ -385,6 +385,55 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     }
 }
 
+/// The first rank whose node fails the preflight: too little free memory or disk, or a matmul
+/// rate well below the median node's.
+fn preflight(b: &Board, l: &weft_trainer::config::Launch) -> Option<(usize, String, &'static str, String)> {
+    // A node's rate is its best rank's (ranks of one node measure at the same time and share
+    // its cores); nodes are compared with the median node.
+    let mut per_host: std::collections::BTreeMap<&str, f64> = Default::default();
+    for r in b.ranks.values() {
+        if let Some(h) = &r.health {
+            let e = per_host.entry(r.host.as_str()).or_insert(0.0);
+            *e = e.max(h.gemm_gflops);
+        }
+    }
+    let mid = median(&mut per_host.values().copied().collect::<Vec<_>>());
+    let mut ranks: Vec<_> = b.ranks.iter().collect();
+    ranks.sort_by_key(|(&k, _)| k);
+    for (&k, r) in ranks {
+        let Some(h) = &r.health else { continue };
+        let why = if h.mem_free_gib < l.min_free_mem_gib {
+            Some((
+                "unhealthy",
+                format!(
+                    "{:.2} GiB of memory free < launch.min_free_mem_gib = {}",
+                    h.mem_free_gib, l.min_free_mem_gib
+                ),
+            ))
+        } else if h.disk_free_gib < l.min_free_disk_gib {
+            Some((
+                "unhealthy",
+                format!(
+                    "{:.2} GiB free where checkpoints go < launch.min_free_disk_gib = {}",
+                    h.disk_free_gib, l.min_free_disk_gib
+                ),
+            ))
+        } else if per_host[r.host.as_str()] < l.slow_node_factor * mid {
+            let rate = per_host[r.host.as_str()];
+            Some((
+                "slow_node",
+                format!("matmul at {rate:.1} GFLOP/s vs the median node's {mid:.1}"),
+            ))
+        } else {
+            None
+        };
+        if let Some((kind, detail)) = why {
+            return Some((k, r.host.clone(), kind, format!("preflight: {detail}")));
+        }
+    }
+    None
+}
+
 /// Send `sig` to every process of the attempt: its process group (mpirun or srun, which pass
 /// it on) and, on SLURM, its job steps.
 fn kill_attempt(child: &mut Child, alloc: Option<&crate::slurm::Allocation>, sig: &str) {
@@ -407,6 +456,7 @@ fn watch(
 ) -> Result<End> {
     let start = Instant::now();
     let mut forwarded = false;
+    let mut preflight_done = false;
     loop {
         std::thread::sleep(Duration::from_millis(50));
         if term.load(Ordering::SeqCst) && !forwarded {
@@ -420,6 +470,40 @@ fn watch(
         let step = b.ranks.values().map(|r| r.step).min().unwrap_or(0);
         let top = b.ranks.values().map(|r| r.step).max().unwrap_or(0);
         bar.set_position(top);
+        if !preflight_done && b.ranks.len() == world {
+            preflight_done = true;
+            // The eviction held: no rank runs on a node taken out of the run.
+            let evicted = alloc.map_or(&[][..], |a| &a.evicted[..]);
+            if let Some((&k, r)) = b.ranks.iter().find(|(_, r)| evicted.contains(&r.host)) {
+                let (host, detail) = (
+                    r.host.clone(),
+                    format!("rank {k} was placed on evicted node {}", r.host),
+                );
+                drop(b);
+                kill_attempt(&mut child, alloc, "KILL");
+                let _ = child.wait();
+                return Ok(End::Failed {
+                    kind: "placement",
+                    rank: Some(k),
+                    host,
+                    detail,
+                    step: 0,
+                });
+            }
+            if let Some((rank, host, kind, detail)) = preflight(&b, l) {
+                drop(b);
+                kill_attempt(&mut child, alloc, "KILL");
+                let _ = child.wait();
+                return Ok(End::Failed {
+                    kind,
+                    rank: Some(rank),
+                    host,
+                    detail,
+                    step: 0,
+                });
+            }
+            continue;
+        }
         if let Some((at, reached)) = *pending {
             // The first step of a new attempt: the previous failure is recovered.
             if top > 0 && b.ranks.len() == world {

@@ -61,8 +61,53 @@ fn parse_fault(s: &str) -> Result<Fault> {
     })
 }
 
+/// The preflight a rank reports when it joins: free memory, free disk where the checkpoints
+/// go, and the rate of a short f32 matmul on this node.
+fn health(cfg: &weft_trainer::Config) -> serde_json::Value {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let mem = sysinfo::System::new()
+        .map(|mut s| {
+            s.refresh_memory();
+            gib(s.available_memory())
+        })
+        .unwrap_or(f64::NAN);
+    // The disk holding the checkpoint directory (its nearest existing ancestor).
+    let mut path = std::fs::canonicalize(".")
+        .unwrap_or_default()
+        .join(cfg.checkpoint_dir());
+    while !path.exists() && path.pop() {}
+    let disk = sysinfo::Disks::new_with_refreshed_list()
+        .ok()
+        .and_then(|d| {
+            d.iter()
+                .filter(|x| path.starts_with(x.mount_point()))
+                .max_by_key(|x| x.mount_point().as_os_str().len())
+                .map(|x| gib(x.available_space()))
+        })
+        .unwrap_or(f64::NAN);
+    serde_json::json!({"mem_free_gib": mem, "disk_free_gib": disk, "gemm_gflops": gemm_gflops()})
+}
+
+/// Best of three 256³ f32 matmuls, GFLOP/s.
+fn gemm_gflops() -> f64 {
+    use weft_kernels::{Backend, CpuBackend, DType, HostVec, MatmulDims, MatmulOps};
+    let (be, n) = (CpuBackend::new(), 256);
+    let a = HostVec::from(vec![0.5f32; n * n]);
+    let Ok(mut c) = be.alloc(DType::F32, n * n) else {
+        return f64::NAN;
+    };
+    (0..3)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let d = MatmulDims::linear(n, n, n);
+            let _ = be.matmul_forward(CpuBackend::view_mut(&mut c), a.view(), a.view(), None, d);
+            2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Join the run's store if this process was started by `weft launch`.
-pub fn attach() -> Result<()> {
+pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
     let Ok(addr) = std::env::var("WEFT_STORE") else {
         return Ok(());
     };
@@ -76,7 +121,7 @@ pub fn attach() -> Result<()> {
     let mut sock = TcpStream::connect_timeout(&sock_addr, Duration::from_secs(10))
         .with_context(|| format!("cannot reach the run's store at {addr}"))?;
     let hello = serde_json::json!({
-        "join": {"rank": rank, "host": hostname(), "attempt": attempt},
+        "join": {"rank": rank, "host": hostname(), "attempt": attempt, "health": health(cfg)},
         "secret": secret,
     });
     writeln!(sock, "{hello}")?;

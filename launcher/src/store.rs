@@ -27,6 +27,8 @@ pub struct RankState {
     /// Collectives completed, and whether it is blocked in one (its last status).
     pub collectives: u64,
     pub blocked: bool,
+    /// Its preflight, when it joined.
+    pub health: Option<Health>,
     /// When its connection closed (the process ended).
     pub gone: Option<Instant>,
     /// Recent compute times per step (step time less time blocked in collectives), newest
@@ -45,11 +47,20 @@ pub struct Board {
     pub rejected: usize,
 }
 
+/// A rank's preflight (see `rankside`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Health {
+    pub mem_free_gib: f64,
+    pub disk_free_gib: f64,
+    pub gemm_gflops: f64,
+}
+
 #[derive(Deserialize)]
 struct Join {
     rank: usize,
     host: String,
     attempt: u64,
+    health: Option<Health>,
 }
 
 #[derive(Deserialize)]
@@ -159,6 +170,7 @@ async fn serve(sock: tokio::net::TcpStream, secret: &str, board: &Mutex<Board>) 
                     progress: Instant::now(),
                     collectives: 0,
                     blocked: false,
+                    health: hello.join.health.clone(),
                     gone: None,
                     times: vec![],
                 },
@@ -223,6 +235,7 @@ async fn serve(sock: tokio::net::TcpStream, secret: &str, board: &Mutex<Board>) 
                     progress: Instant::now(),
                     collectives: 0,
                     blocked: false,
+                    health: None,
                     gone: None,
                     times: vec![msg.beat.compute],
                 },

@@ -166,3 +166,25 @@ fn clients_without_the_secret_or_with_malformed_messages_are_turned_away() {
     assert!(status.success());
     assert_eq!(json(&dir.path().join("rogue/launch.json"))["outcome"], "finished");
 }
+
+#[test]
+fn a_node_failing_the_preflight_is_refused_before_any_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = launch(dir.path(), "sick")
+        .args(["--set", "launch.min_free_disk_gib=1e12"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the run cannot go anywhere");
+    let s = json(&dir.path().join("sick/launch.json"));
+    assert_eq!(s["outcome"], "failed");
+    let f = &s["failures"][0];
+    assert_eq!(f["kind"], "unhealthy", "{f}");
+    assert_eq!(f["step"], 0);
+    assert!(
+        f["detail"].as_str().unwrap().contains("launch.min_free_disk_gib"),
+        "{f}"
+    );
+    // Not retried forever: the same failure twice before any step ends the run.
+    assert_eq!(s["attempts"], 2, "{s}");
+    assert!(!dir.path().join("sick/checkpoints/latest").exists());
+}

@@ -50,6 +50,16 @@ pub struct Launch {
     pub straggler_factor: f64,
     #[serde(default = "five")]
     pub straggler_window: usize,
+    /// Preflight at every attempt: a node with less free memory, or less free disk where the
+    /// checkpoints go, is unhealthy and evicted before any step.
+    #[serde(default = "one_f64")]
+    pub min_free_mem_gib: f64,
+    #[serde(default = "one_f64")]
+    pub min_free_disk_gib: f64,
+    /// A node whose matmul rate in the preflight is below this fraction of the median node's
+    /// is slow and evicted before any step.
+    #[serde(default = "half")]
+    pub slow_node_factor: f64,
 }
 
 fn sixty() -> f64 {
@@ -77,6 +87,9 @@ impl Default for Launch {
             backoff_s: one_f64(),
             straggler_factor: three_f64(),
             straggler_window: five(),
+            min_free_mem_gib: one_f64(),
+            min_free_disk_gib: one_f64(),
+            slow_node_factor: half(),
         }
     }
 }
