@@ -117,7 +117,7 @@ pub fn mpirun(n: usize) -> Command {
     cmd
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         0.0
@@ -140,7 +140,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             );
         }
         if std::env::var_os("SLURM_JOB_ID").is_none() {
-            return submit(a, &cfg, procs);
+            return crate::slurm::submit_job(a, &cfg, procs);
         }
     } else if a.nodes != 1 {
         bail!("--nodes {}: more than one node needs --slurm", a.nodes);
@@ -385,55 +385,6 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     }
 }
 
-/// The first rank whose node fails the preflight: too little free memory or disk, or a matmul
-/// rate well below the median node's.
-fn preflight(b: &Board, l: &weft_trainer::config::Launch) -> Option<(usize, String, &'static str, String)> {
-    // A node's rate is its best rank's (ranks of one node measure at the same time and share
-    // its cores); nodes are compared with the median node.
-    let mut per_host: std::collections::BTreeMap<&str, f64> = Default::default();
-    for r in b.ranks.values() {
-        if let Some(h) = &r.health {
-            let e = per_host.entry(r.host.as_str()).or_insert(0.0);
-            *e = e.max(h.gemm_gflops);
-        }
-    }
-    let mid = median(&mut per_host.values().copied().collect::<Vec<_>>());
-    let mut ranks: Vec<_> = b.ranks.iter().collect();
-    ranks.sort_by_key(|(&k, _)| k);
-    for (&k, r) in ranks {
-        let Some(h) = &r.health else { continue };
-        let why = if h.mem_free_gib < l.min_free_mem_gib {
-            Some((
-                "unhealthy",
-                format!(
-                    "{:.2} GiB of memory free < launch.min_free_mem_gib = {}",
-                    h.mem_free_gib, l.min_free_mem_gib
-                ),
-            ))
-        } else if h.disk_free_gib < l.min_free_disk_gib {
-            Some((
-                "unhealthy",
-                format!(
-                    "{:.2} GiB free where checkpoints go < launch.min_free_disk_gib = {}",
-                    h.disk_free_gib, l.min_free_disk_gib
-                ),
-            ))
-        } else if per_host[r.host.as_str()] < l.slow_node_factor * mid {
-            let rate = per_host[r.host.as_str()];
-            Some((
-                "slow_node",
-                format!("matmul at {rate:.1} GFLOP/s vs the median node's {mid:.1}"),
-            ))
-        } else {
-            None
-        };
-        if let Some((kind, detail)) = why {
-            return Some((k, r.host.clone(), kind, format!("preflight: {detail}")));
-        }
-    }
-    None
-}
-
 /// Send `sig` to every process of the attempt: its process group (mpirun or srun, which pass
 /// it on) and, on SLURM, its job steps.
 fn kill_attempt(child: &mut Child, alloc: Option<&crate::slurm::Allocation>, sig: &str) {
@@ -490,7 +441,7 @@ fn watch(
                     step: 0,
                 });
             }
-            if let Some((rank, host, kind, detail)) = preflight(&b, l) {
+            if let Some((rank, host, kind, detail)) = crate::health::preflight(&b, l) {
                 drop(b);
                 kill_attempt(&mut child, alloc, "KILL");
                 let _ = child.wait();
@@ -648,52 +599,4 @@ fn watch(
             }
         }
     }
-}
-
-/// Outside an allocation: write the batch script that runs this driver inside one, and submit
-/// it (or print it with `--dry-run`).
-fn submit(a: &LaunchArgs, cfg: &Config, procs: usize) -> Result<()> {
-    let dir = cfg.run_dir();
-    std::fs::create_dir_all(&dir)?;
-    let dir = std::fs::canonicalize(&dir)?;
-    let me = std::env::current_exe()?.display().to_string();
-    let config = std::fs::canonicalize(&a.config)?.display().to_string();
-    let mut driver = vec![me, "launch".into(), "--slurm".into()];
-    driver.extend([
-        "--nodes".into(),
-        a.nodes.to_string(),
-        "--spare-nodes".into(),
-        a.spare_nodes.to_string(),
-    ]);
-    driver.extend(["--procs-per-node".into(), procs.to_string(), config]);
-    for s in &a.set {
-        driver.extend(["--set".to_string(), s.clone()]);
-    }
-    let job = crate::slurm::Job {
-        name: &cfg.job.name,
-        nodes: a.nodes,
-        spare: a.spare_nodes,
-        procs,
-        partition: a.partition.as_deref(),
-        time: a.time.as_deref(),
-        account: a.account.as_deref(),
-        gres: a.gres.as_deref(),
-        extra: &a.sbatch_arg,
-        out: &dir,
-    };
-    let script = crate::slurm::script(&job, &driver)?;
-    if a.dry_run {
-        print!("{script}");
-        return Ok(());
-    }
-    let path = dir.join("launch.sbatch");
-    std::fs::write(&path, &script)?;
-    let id = crate::slurm::submit(&path)?;
-    println!(
-        "submitted job {id} ({} nodes + {} spare); follow it in {}",
-        a.nodes,
-        a.spare_nodes,
-        dir.join(format!("slurm-{id}.out")).display()
-    );
-    Ok(())
 }

@@ -7,6 +7,7 @@ mod bench_step;
 mod ckpt;
 mod commands;
 mod dist;
+mod health;
 mod launch;
 mod rankside;
 mod slurm;

@@ -241,6 +241,54 @@ pub fn store_port(job: &str) -> u16 {
     }
 }
 
+/// Outside an allocation: write the batch script that runs this driver inside one, and submit
+/// it (or print it with `--dry-run`).
+pub fn submit_job(a: &crate::launch::LaunchArgs, cfg: &weft_trainer::Config, procs: usize) -> Result<()> {
+    let dir = cfg.run_dir();
+    std::fs::create_dir_all(&dir)?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let me = std::env::current_exe()?.display().to_string();
+    let config = std::fs::canonicalize(&a.config)?.display().to_string();
+    let mut driver = vec![me, "launch".into(), "--slurm".into()];
+    driver.extend([
+        "--nodes".into(),
+        a.nodes.to_string(),
+        "--spare-nodes".into(),
+        a.spare_nodes.to_string(),
+    ]);
+    driver.extend(["--procs-per-node".into(), procs.to_string(), config]);
+    for s in &a.set {
+        driver.extend(["--set".to_string(), s.clone()]);
+    }
+    let job = Job {
+        name: &cfg.job.name,
+        nodes: a.nodes,
+        spare: a.spare_nodes,
+        procs,
+        partition: a.partition.as_deref(),
+        time: a.time.as_deref(),
+        account: a.account.as_deref(),
+        gres: a.gres.as_deref(),
+        extra: &a.sbatch_arg,
+        out: &dir,
+    };
+    let script = script(&job, &driver)?;
+    if a.dry_run {
+        print!("{script}");
+        return Ok(());
+    }
+    let path = dir.join("launch.sbatch");
+    std::fs::write(&path, &script)?;
+    let id = submit(&path)?;
+    println!(
+        "submitted job {id} ({} nodes + {} spare); follow it in {}",
+        a.nodes,
+        a.spare_nodes,
+        dir.join(format!("slurm-{id}.out")).display()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
