@@ -29,14 +29,8 @@ pub fn fsdp(a: &FsdpBenchArgs) -> Result<()> {
     if !crate::dist::under_mpi() {
         // Re-run this command as `ranks` MPI processes.
         let me = std::env::current_exe()?;
-        let mut cmd = std::process::Command::new("mpirun");
-        if std::env::var("USER").as_deref() == Ok("root")
-            || std::env::var_os("HOME").is_some_and(|h| h == "/root")
-        {
-            cmd.arg("--allow-run-as-root");
-        }
-        cmd.args(["--oversubscribe", "-n", &a.ranks.to_string()])
-            .arg(me)
+        let mut cmd = crate::launch::mpirun(a.ranks);
+        cmd.arg(me)
             .args(["bench", "fsdp", "--steps", &a.steps.to_string(), "--config"])
             .arg(&a.config);
         let st = cmd
