@@ -251,7 +251,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     let started = Instant::now();
     let mut failures: Vec<serde_json::Value> = vec![];
     let mut last_fail: Option<(u64, &'static str)> = None;
-    let mut pending_recovery: Option<(Instant, u64)> = None; // (detected at, last step reached)
+    let mut pending_recovery: Option<(Instant, u64, u64)> = None; // (detected at, last step reached)
     let mut attempt = 0u64;
     let outcome = loop {
         attempt += 1;
@@ -273,6 +273,10 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             .env("WEFT_ATTEMPT", attempt.to_string());
         // Its own process group, so that ending the attempt ends every rank.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if let Some(p) = pending_recovery.as_mut() {
+            // This attempt resumes from the newest committed checkpoint.
+            p.2 = latest_step(&cfg.checkpoint_dir());
+        }
         let child = cmd.spawn().context("starting the ranks")?;
         events.log(json!({"event": "attempt", "attempt": attempt, "ranks": world, "nodes": nodes, "pid": child.id()}));
         bar.set_message(format!("attempt {attempt}, {world} ranks"));
@@ -315,7 +319,17 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
                     dir.join("suspects.jsonl"),
                     failures.iter().map(|f| format!("{f}\n")).collect::<String>(),
                 )?;
-                pending_recovery = Some((detected, step));
+                // Steps lost: the furthest any rank got, less the checkpoint the next attempt
+                // resumes from (read when it starts).
+                let reached = board
+                    .lock()
+                    .expect("board")
+                    .ranks
+                    .values()
+                    .map(|r| r.step)
+                    .max()
+                    .unwrap_or(step);
+                pending_recovery = Some((detected, reached, 0));
                 if let Some(al) = alloc.as_mut() {
                     // The node of the failing rank leaves the run (a spare takes its place).
                     let why = format!(
@@ -385,6 +399,14 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     }
 }
 
+/// The step of the checkpoint `latest` names under `dir` (0 if none).
+fn latest_step(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join("latest"))
+        .ok()
+        .and_then(|s| s.trim().strip_prefix("step_")?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Send `sig` to every process of the attempt: its process group (mpirun or srun, which pass
 /// it on) and, on SLURM, its job steps.
 fn kill_attempt(child: &mut Child, alloc: Option<&crate::slurm::Allocation>, sig: &str) {
@@ -402,7 +424,7 @@ fn watch(
     (l, world, steps): (&weft_trainer::config::Launch, usize, u64),
     term: &AtomicBool,
     bar: &indicatif::ProgressBar,
-    (pending, failures): (&mut Option<(Instant, u64)>, &mut [serde_json::Value]),
+    (pending, failures): (&mut Option<(Instant, u64, u64)>, &mut [serde_json::Value]),
     events: &mut Events,
 ) -> Result<End> {
     let start = Instant::now();
@@ -418,8 +440,9 @@ fn watch(
             forwarded = true;
         }
         let b = board.lock().expect("board");
-        let step = b.ranks.values().map(|r| r.step).min().unwrap_or(0);
+        // The step the run reached (a failure is reported at it).
         let top = b.ranks.values().map(|r| r.step).max().unwrap_or(0);
+        let step = top;
         bar.set_position(top);
         if !preflight_done && b.ranks.len() == world {
             preflight_done = true;
@@ -455,18 +478,9 @@ fn watch(
             }
             continue;
         }
-        if let Some((at, reached)) = *pending {
+        if let Some((at, reached, resumed)) = *pending {
             // The first step of a new attempt: the previous failure is recovered.
             if top > 0 && b.ranks.len() == world {
-                // The first step reported in this attempt is the one after the checkpoint.
-                let resumed = b
-                    .ranks
-                    .values()
-                    .map(|r| r.step)
-                    .filter(|&s| s > 0)
-                    .min()
-                    .unwrap_or(1)
-                    - 1;
                 let (recover, lost) = (at.elapsed().as_secs_f64(), reached.saturating_sub(resumed));
                 events.log(json!({"event": "recovered", "time_to_recover_s": recover,
                     "resumed_at_step": resumed, "steps_lost": lost}));

@@ -2,9 +2,10 @@
 //! `WEFT_ATTEMPT` in the environment), send a heartbeat after every step, and — a test-only
 //! switch — inject the fault `WEFT_FAULT` names.
 //!
-//! `WEFT_FAULT = kind:rank:step[:attempt]` (attempt 1 when omitted): at `step` of `attempt`,
-//! rank `rank` `crash`es (abort), `exit`s with status 3, `hang`s forever, or from then on is
-//! `slow` (sleeps `WEFT_FAULT_SLOW_MS`, default 300 ms, per step: a straggler).
+//! `WEFT_FAULT = kind:rank:step[:attempt]` (attempt 1 when omitted; several, comma-separated,
+//! for a soak): at `step` of `attempt`, rank `rank` `crash`es (abort), `exit`s with status 3,
+//! `hang`s forever, or from then on is `slow` (sleeps `WEFT_FAULT_SLOW_MS`, default 300 ms, per
+//! step: a straggler).
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -133,9 +134,16 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
     if !answer.contains("\"ok\"") {
         bail!("the run's store at {addr} refused this rank: {}", answer.trim());
     }
-    let fault = match std::env::var("WEFT_FAULT") {
-        Ok(f) => Some(parse_fault(&f)?).filter(|f| f.attempt == attempt),
-        Err(_) => None,
+    // Faults of this attempt (a comma-separated list may give one per attempt: a soak).
+    let faults: Vec<Fault> = match std::env::var("WEFT_FAULT") {
+        Ok(list) => list
+            .split(',')
+            .map(parse_fault)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|f| f.attempt == attempt)
+            .collect(),
+        Err(_) => vec![],
     };
     let slow = Duration::from_millis(
         std::env::var("WEFT_FAULT_SLOW_MS")
@@ -179,7 +187,7 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
             .and_then(|mut m| m.insert(r, now))
             .map_or(secs, |t| (now - t).as_secs_f64());
         let _ = tx.lock().map(|t| t.send((r, step, wall, (wall - comm).max(0.0))));
-        if let Some(f) = fault.filter(|f| f.rank == r && step >= f.step) {
+        for f in faults.iter().filter(|f| f.rank == r && step >= f.step) {
             match f.kind {
                 Kind::Crash if step == f.step => std::process::abort(),
                 Kind::Exit if step == f.step => std::process::exit(3),

@@ -188,3 +188,37 @@ fn a_node_failing_the_preflight_is_refused_before_any_step() {
     assert_eq!(s["attempts"], 2, "{s}");
     assert!(!dir.path().join("sick/checkpoints/latest").exists());
 }
+
+#[test]
+fn soak_a_longer_run_with_a_fault_in_every_attempt_finishes_and_reports_ettr() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = ["--set", "training.steps=48", "--set", "launch.max_restarts=4"];
+    let out = launch(dir.path(), "clean").args(long).output().unwrap();
+    assert!(out.status.success());
+    let want = digest(&dir.path().join("clean"));
+    let faults = "crash:1:9:1,exit:3:17:2,crash:0:26:3,hang:2:38:4";
+    let out = launch(dir.path(), "soak")
+        .args(long)
+        .env("WEFT_FAULT", faults)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = json(&dir.path().join("soak/launch.json"));
+    assert_eq!(s["attempts"], 5, "{s}");
+    let kinds: Vec<&str> = s["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["exit", "exit", "exit", "hang"]);
+    let ettr = s["ettr"].as_f64().unwrap();
+    assert!(ettr > 0.0 && ettr < 1.0, "{ettr}");
+    println!("soak: 4 faults in 48 steps, ETTR {:.1}%\n{text}", 100.0 * ettr);
+    assert_eq!(digest(&dir.path().join("soak")), want);
+}
