@@ -229,14 +229,14 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         None => store::start(secret.clone(), board.clone(), ("127.0.0.1", 0))?.to_string(),
     };
     let term = Arc::new(AtomicBool::new(false));
-    // SIGUSR1 is what the batch job gets before its time limit (`--signal=B:USR1@120`).
-    for sig in [
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGUSR1,
-    ] {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, term.clone())?;
     }
+    // SIGUSR1 is what the batch job gets before its time limit (`--signal=B:USR1@120`): save,
+    // stop, and on SLURM requeue the job, which then resumes by itself.
+    let requeue = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, requeue.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, term.clone())?;
     tracing::info!(run = %dir.display(), ranks = world, store = %addr, "launching");
     let bar = indicatif::ProgressBar::new(cfg.training.steps);
     bar.set_style(
@@ -364,6 +364,13 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         }
     };
     bar.finish_and_clear();
+    let outcome = match (&alloc, outcome) {
+        (Some(al), "preempted") if requeue.load(Ordering::SeqCst) => {
+            events.log(json!({"event": "requeue", "job": al.job}));
+            "requeued"
+        }
+        (_, o) => o,
+    };
     let wall = started.elapsed().as_secs_f64();
     let productive: f64 = board.lock().expect("board").step_times.values().sum();
     let summary = json!({
@@ -393,8 +400,20 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             f["steps_lost"]
         );
     }
+    if outcome == "requeued" {
+        if let Some(al) = &alloc {
+            // The job goes back to the queue; its next start resumes from the checkpoint.
+            let st = Command::new("scontrol").args(["requeue", &al.job]).status()?;
+            if !st.success() {
+                bail!(
+                    "scontrol requeue {} failed ({st}); submit again to continue",
+                    al.job
+                );
+            }
+        }
+    }
     match outcome {
-        "finished" | "preempted" => Ok(()),
+        "finished" | "preempted" | "requeued" => Ok(()),
         _ => bail!("the run failed; see {}", dir.join("events.jsonl").display()),
     }
 }

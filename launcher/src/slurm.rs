@@ -57,8 +57,9 @@ pub fn script(j: &Job<'_>, driver: &[String]) -> Result<String> {
             line(k, v)?;
         }
     }
-    // A failing node must not end the allocation: the driver evicts it and goes on.
-    s.push_str("#SBATCH --no-kill\n");
+    // A failing node must not end the allocation: the driver evicts it and goes on. Near the
+    // time limit the driver saves and requeues the job.
+    s.push_str("#SBATCH --no-kill\n#SBATCH --requeue\n");
     for e in j.extra {
         if e.chars().any(|c| c.is_control()) {
             bail!("--sbatch-arg {e:?}: control characters are not allowed");

@@ -1,8 +1,8 @@
 //! `weft launch --slurm` against a real SLURM cluster started on this machine (slurmctld and
 //! three slurmd "nodes", each in its own UTS and PID namespace; see `../shared/slurm-recipe.md`):
 //! a fault-free run submitted with sbatch, a rank crash whose node is drained and replaced by
-//! the spare, and a node loss (its slurmd and ranks killed) — each finishing with the bits of
-//! the fault-free run. Skipped, with a message, where SLURM is not installed.
+//! the spare, a preemption (SIGUSR1 before the time limit: save, requeue, resume) and a node
+//! loss (its slurmd and ranks killed) — each finishing with the bits of the fault-free run. Skipped, with a message, where SLURM is not installed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -280,6 +280,49 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
         |s| s.lines().filter(|l| l.ends_with(" idle")).count() == 3,
         "n2 back",
     );
+
+    // Preemption near the time limit: SIGUSR1 to the batch job → the ranks save, the driver
+    // requeues the job, and its next start finishes the run.
+    let slow = [("WEFT_FAULT", "slow:0:1"), ("WEFT_FAULT_SLOW_MS", "150")];
+    let id = submit(&c, &out, "requeue", &slow);
+    let t = Instant::now();
+    while !out.join("requeue/checkpoints/latest").exists() {
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = c
+        .cmd("scancel")
+        .args(["--batch", "--signal=USR1", &id])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    loop {
+        let o = c
+            .cmd("squeue")
+            .args(["-h", "-j", &id, "-o", "%T %r"])
+            .output()
+            .unwrap();
+        let state = String::from_utf8_lossy(&o.stdout).into_owned();
+        if state.starts_with("PENDING") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "job {id} was not requeued: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SLURM holds a requeued job back for a while; let it start now.
+    c.cmd("scontrol")
+        .args(["update", &format!("JobId={id}"), "StartTime=now"])
+        .status()
+        .unwrap();
+    c.wait_job(&id);
+    let events = std::fs::read_to_string(out.join("requeue/events.jsonl")).unwrap();
+    assert!(events.contains("\"requeue\""), "{events}");
+    assert_eq!(json(&out.join("requeue/launch.json"))["outcome"], "finished");
+    assert_eq!(digest("requeue"), want);
 
     // A node loss mid-run (slow steps so it lands mid-run).
     let id = submit(
