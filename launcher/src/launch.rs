@@ -177,7 +177,9 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         Ok(match alloc {
             Some(al) => {
                 let nodes = al.placement()?;
-                (al.srun(&nodes, &train_args), nodes)
+                let mut args = train_args.clone();
+                args.extend(shrink_sets(&cfg, a.nodes, al.need)?);
+                (al.srun(&nodes, &args), nodes)
             }
             None if procs > 1 => {
                 let mut c = mpirun(procs);
@@ -260,6 +262,13 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             b.attempt = attempt;
             b.ranks.clear();
         }
+        if let Some(al) = alloc.as_mut() {
+            if l.allow_shrink && al.healthy() < al.need && al.healthy() > 0 {
+                events.log(json!({"event": "shrink", "nodes_from": al.need, "nodes_to": al.healthy()}));
+                tracing::warn!("no spare node left: continuing on {} nodes", al.healthy());
+                al.need = al.healthy();
+            }
+        }
         let (mut cmd, nodes) = match rank_cmd(&alloc) {
             Ok(c) => c,
             Err(e) => {
@@ -284,7 +293,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         let end = watch(
             (child, alloc.as_ref()),
             &board,
-            (&l, world, steps),
+            (&l, alloc.as_ref().map_or(world, |al| al.need * procs), steps),
             &term,
             &bar,
             (&mut pending_recovery, &mut failures),
@@ -410,12 +419,45 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
                     al.job
                 );
             }
+            // SLURM now ends this incarnation of the job; exiting first would race with the
+            // requeue and could be recorded as the job's end. Wait to be stopped.
+            let _ = std::io::stdout().flush();
+            for _ in 0..600 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            tracing::warn!("still running 60 s after the requeue of job {}", al.job);
         }
     }
     match outcome {
         "finished" | "preempted" | "requeued" => Ok(()),
         _ => bail!("the run failed; see {}", dir.join("events.jsonl").display()),
     }
+}
+
+/// The config changes for running on `now` of the `planned` nodes: `dp_shard` shrinks with the
+/// world and `grad_accum` grows so that the global batch is unchanged.
+fn shrink_sets(cfg: &Config, planned: usize, now: usize) -> Result<Vec<String>> {
+    if now == planned {
+        return Ok(vec![]);
+    }
+    let p = &cfg.parallel;
+    let others = p.dp_replicate * p.cp * p.tp;
+    let world = p.world() * now / planned;
+    let shard = world / others;
+    let (dp, dp_now) = (p.dp(), p.dp_replicate * shard);
+    if shard == 0 || !world.is_multiple_of(others) || !(cfg.training.grad_accum * dp).is_multiple_of(dp_now) {
+        bail!(
+            "cannot shrink the mesh to {now} of {planned} nodes: dp_replicate × cp × tp = {others} \
+             and the global batch must divide over the remaining ranks"
+        );
+    }
+    let accum = cfg.training.grad_accum * dp / dp_now;
+    Ok(vec![
+        "--set".into(),
+        format!("parallel.dp_shard={shard}"),
+        "--set".into(),
+        format!("training.grad_accum={accum}"),
+    ])
 }
 
 /// The step of the checkpoint `latest` names under `dir` (0 if none).

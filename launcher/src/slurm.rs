@@ -138,6 +138,11 @@ impl Allocation {
         })
     }
 
+    /// Healthy nodes left.
+    pub fn healthy(&self) -> usize {
+        self.nodes.iter().filter(|n| !self.evicted.contains(n)).count()
+    }
+
     /// The nodes of the next attempt: the first `need` not evicted.
     pub fn placement(&self) -> Result<Vec<String>> {
         let ok: Vec<String> = self
@@ -149,7 +154,8 @@ impl Allocation {
             .collect();
         if ok.len() < self.need {
             bail!(
-                "{} healthy nodes left of {} (evicted: {}), the run needs {}; add spare nodes (--spare-nodes)",
+                "{} healthy nodes left of {} (evicted: {}), the run needs {}; add spare nodes \
+                 (--spare-nodes) or allow a smaller mesh (launch.allow_shrink)",
                 ok.len(),
                 self.nodes.len(),
                 self.evicted.join(", "),
@@ -202,7 +208,11 @@ impl Allocation {
             .output();
         if let Ok(o) = out {
             for step in String::from_utf8_lossy(&o.stdout).lines().map(str::trim) {
-                if !step.is_empty() && !step.ends_with(".batch") && !step.ends_with(".extern") {
+                // Job steps proper (`<job>.<n>`), not the batch script or the job itself.
+                let numbered = step
+                    .split_once('.')
+                    .is_some_and(|(_, n)| n.chars().all(|c| c.is_ascii_digit()));
+                if numbered {
                     let _ = Command::new("scancel")
                         .args([&format!("--signal={sig}"), step])
                         .status();

@@ -107,7 +107,12 @@ pub fn start(secret: String, board: Arc<Mutex<Board>>, bind: (&str, u16)) -> any
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let listener = rt.block_on(TcpListener::bind(bind))?;
+    // The preferred port may still be held (a previous incarnation of the job): any port will do.
+    let listener = match rt.block_on(TcpListener::bind(bind)) {
+        Ok(l) => l,
+        Err(_) if bind.1 != 0 => rt.block_on(TcpListener::bind((bind.0, 0)))?,
+        Err(e) => return Err(e.into()),
+    };
     let addr = listener.local_addr()?;
     std::thread::Builder::new()
         .name("weft-store".into())

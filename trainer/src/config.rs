@@ -60,6 +60,10 @@ pub struct Launch {
     /// is slow and evicted before any step.
     #[serde(default = "half")]
     pub slow_node_factor: f64,
+    /// With no spare node left, continue on fewer nodes: `dp_shard` shrinks and
+    /// `grad_accum` grows so the global batch stays the same (the checkpoint reshards).
+    #[serde(default)]
+    pub allow_shrink: bool,
 }
 
 fn sixty() -> f64 {
@@ -90,6 +94,7 @@ impl Default for Launch {
             min_free_mem_gib: one_f64(),
             min_free_disk_gib: one_f64(),
             slow_node_factor: half(),
+            allow_shrink: false,
         }
     }
 }
