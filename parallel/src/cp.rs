@@ -214,18 +214,44 @@ fn at<B: Backend>(b: &B::Buffer, n: usize, i: usize) -> B::Ref<'_> {
     B::view(b).range(i * n..(i + 1) * n)
 }
 
-/// Start sending a copy of `block` to the next ring rank and receiving the previous rank's
-/// into `spare.1`; `spare.0` is the copy's buffer.
-fn pass_on<B: Ops>(
-    be: &B,
-    ring: &dyn Comm<B>,
-    block: &B::Buffer,
-    spare: (B::Buffer, B::Buffer),
-) -> Result<Pending<B>> {
-    let (mut copy, recv) = spare;
-    let n = B::view(block).len();
-    be.cast(B::view_mut(&mut copy), B::view(block), n)?;
-    ring.start(be, Collective::Shift, copy, recv)
+/// Passes a ring rank's K/V block on in the background while it is used: a copy goes to the
+/// next rank while the previous rank's block arrives; the two buffers are reused every step.
+struct Passer<B: Backend> {
+    spare: Option<(B::Buffer, B::Buffer)>,
+}
+
+impl<B: Ops> Passer<B> {
+    fn new(be: &B, dt: DType, n: usize) -> Result<Self> {
+        Ok(Passer {
+            spare: Some((buf(be, dt, n)?, buf(be, dt, n)?)),
+        })
+    }
+    /// Start passing `block` on (when `more` steps follow).
+    fn start(
+        &mut self,
+        be: &B,
+        ring: &dyn Comm<B>,
+        block: &B::Buffer,
+        more: bool,
+    ) -> Result<Option<Pending<B>>> {
+        if !more {
+            return Ok(None);
+        }
+        let Some((mut copy, recv)) = self.spare.take() else {
+            return Ok(None);
+        };
+        let n = B::view(block).len();
+        be.cast(B::view_mut(&mut copy), B::view(block), n)?;
+        Ok(Some(ring.start(be, Collective::Shift, copy, recv)?))
+    }
+    /// Wait for the pass and make the arrived block current.
+    fn finish(&mut self, pending: Option<Pending<B>>, block: &mut B::Buffer) -> Result<()> {
+        if let Some(p) = pending {
+            let (copy, recv) = p.wait()?;
+            self.spare = Some((copy, std::mem::replace(block, recv)));
+        }
+        Ok(())
+    }
 }
 
 fn buf<B: Backend>(be: &B, dt: DType, n: usize) -> Result<B::Buffer> {
@@ -257,20 +283,14 @@ fn ring_forward<B: Ops>(
         chunk_major(be, k, kd, d.b, nc)?;
         chunk_major(be, v, vd, d.b, nc)?;
     }
-    let mut spare = Some((buf(be, dt, 2 * nk)?, buf(be, dt, 2 * nk)?));
+    let mut passer = Passer::<B>::new(be, dt, 2 * nk)?;
     let mut oc = buf(be, dt, nq)?;
     let mut lc = buf(be, dt, nl)?;
     be.fill(B::view_mut(&mut lc), f32::NEG_INFINITY, nl)?;
     let (mut po, mut pl) = (buf(be, dt, cq)?, buf(be, dt, cl)?);
     for s in 0..ring {
         let theirs = g.split.chunks((r + ring - s) % ring);
-        let pending = match spare.take() {
-            Some(sp) if s + 1 < ring => Some(pass_on(be, g.ring, &kv, sp)?),
-            sp => {
-                spare = sp;
-                None
-            }
-        };
+        let pending = passer.start(be, g.ring, &kv, s + 1 < ring)?;
         for (i, qr) in mine.iter().enumerate() {
             for (j, kr) in theirs.iter().enumerate() {
                 let Some(pd) = pair(&d, tc, qr.start, kr.start) else {
@@ -288,10 +308,7 @@ fn ring_forward<B: Ops>(
                 be.attention_merge(oi, li, B::view(&po), B::view(&pl), pd)?;
             }
         }
-        if let Some(p) = pending {
-            let (copy, recv) = p.wait()?;
-            spare = Some((copy, std::mem::replace(&mut kv, recv)));
-        }
+        passer.finish(pending, &mut kv)?;
     }
     sample_major(be, B::view(&oc), out, d.b, nc)?;
     // (nc, B·NH, tc) → (B·NH, nc, tc) = (B, NH, T).
@@ -346,19 +363,13 @@ fn ring_backward<B: Ops>(
         chunk_major(be, k, kd, d.b, nc)?;
         chunk_major(be, v, vd, d.b, nc)?;
     }
-    let mut spare = Some((buf(be, dt, 2 * nk)?, buf(be, dt, 2 * nk)?));
+    let mut passer = Passer::<B>::new(be, dt, 2 * nk)?;
     let (mut dkv, mut next) = (buf(be, dt, 2 * nk)?, buf(be, dt, 2 * nk)?);
     let mut dqc = buf(be, dt, nq)?;
     let (mut tq, mut tk, mut tv) = (buf(be, dt, cq)?, buf(be, dt, ck)?, buf(be, dt, ck)?);
     for s in 0..ring {
         let theirs = g.split.chunks((r + ring - s) % ring);
-        let pending = match spare.take() {
-            Some(sp) if s + 1 < ring => Some(pass_on(be, g.ring, &kv, sp)?),
-            sp => {
-                spare = sp;
-                None
-            }
-        };
+        let pending = passer.start(be, g.ring, &kv, s + 1 < ring)?;
         for (i, qr) in mine.iter().enumerate() {
             for (j, kr) in theirs.iter().enumerate() {
                 let Some(pd) = pair(&d, tc, qr.start, kr.start) else {
@@ -391,10 +402,7 @@ fn ring_backward<B: Ops>(
                 .send_recv(be, B::view(&dkv), to, B::view_mut(&mut next), from)?;
             std::mem::swap(&mut dkv, &mut next);
         }
-        if let Some(p) = pending {
-            let (copy, recv) = p.wait()?;
-            spare = Some((copy, std::mem::replace(&mut kv, recv)));
-        }
+        passer.finish(pending, &mut kv)?;
     }
     sample_major(be, B::view(&dqc), dq, d.b, nc)?;
     let dkvv = B::view(&dkv);

@@ -246,6 +246,23 @@ where
     let (start, mut saver) = checkpoints(cfg, (&mesh, world), &layout, &mut store, &mut adam)?;
     let mut losses = Vec::with_capacity(t.steps as usize);
     let started = Instant::now();
+    // Rank 0 appends one JSON line per step to `<run>/metrics.jsonl` (a resumed run continues it).
+    let mut metrics = if rank == 0 {
+        let dir = cfg.run_dir();
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let path = dir.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(start > 0)
+            .write(true)
+            .truncate(start == 0)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        Some((file, path))
+    } else {
+        None
+    };
+    let log_every = (t.steps / 20).max(1);
     for step in start..t.steps {
         let t_step = Instant::now();
         // Time blocked in collectives this step (what a supervisor needs to tell a straggler
@@ -313,6 +330,21 @@ where
         let exit =
             step + 1 < t.steps && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || l[1] > 0.0);
         saver.after_step(state, [&store.params, &adam.m, &adam.v], exit)?;
+        if let Some((file, path)) = metrics.as_mut() {
+            use std::io::Write;
+            let line = serde_json::json!({"step": step + 1, "loss": l[0], "grad_norm": norm, "lr": lr,
+                "step_s": t_step.elapsed().as_secs_f64(), "comm_s": comm.as_secs_f64(),
+                "elapsed_s": started.elapsed().as_secs_f64()});
+            writeln!(file, "{line}").map_err(Error::io(path.clone()))?;
+            if (step + 1) % log_every == 0 || step + 1 == t.steps {
+                tracing::info!(
+                    step = step + 1,
+                    loss = format!("{:.5}", l[0]),
+                    grad_norm = format!("{norm:.4}"),
+                    "train"
+                );
+            }
+        }
         if exit {
             if rank == 0 {
                 tracing::info!(
@@ -321,14 +353,6 @@ where
                 );
             }
             break;
-        }
-        if rank == 0 {
-            tracing::info!(
-                step = step + 1,
-                loss = format!("{:.5}", losses.last().unwrap()),
-                grad_norm = format!("{norm:.4}"),
-                "train"
-            );
         }
     }
     saver.finish();
