@@ -80,7 +80,7 @@ pub fn ckpt(a: &CkptBenchArgs) -> Result<()> {
         adam_step: step as u32,
         samples_seen: step,
     };
-    let refs = [&bufs[0], &bufs[1], &bufs[2]];
+    let refs = &weft_trainer::ckpt::named(&cfg, &bufs[0], vec![&bufs[1], &bufs[2]]);
     // Synchronous: blocked until durable.
     let mut sync = f64::MAX;
     let mut saver = Checkpointer::new(&cfg, &layout, ShardMap::whole(&layout), 0, 1, head());

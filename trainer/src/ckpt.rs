@@ -28,8 +28,23 @@ pub fn stop_requested() -> bool {
     stop_flag().load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// The tensors of a run's state, in the order of the buffers passed around here.
-pub const PARTS: [&str; 3] = ["model", "optim.m", "optim.v"];
+/// The tensors of a run's state: the parameters and the optimizer's buffers (AdamW's moments,
+/// and AdEMAMix's slow EMA), in the order [`crate::optim::AdamWState::buffers`] gives them.
+pub fn parts(cfg: &Config) -> Vec<&'static str> {
+    let mut p = vec!["model", "optim.m", "optim.v"];
+    if cfg.optimizer.kind == "ademamix" {
+        p.push("optim.m2");
+    }
+    p
+}
+
+/// `model` and the optimizer's buffers, each with its part name.
+pub fn named<T>(cfg: &Config, model: T, optim: Vec<T>) -> Vec<(&'static str, T)> {
+    parts(cfg)
+        .into_iter()
+        .zip(std::iter::once(model).chain(optim))
+        .collect()
+}
 
 /// `len` elements at `local` of a flat buffer are elements `global..global+len` of entry
 /// `entry`'s global tensor (flattened).
@@ -140,12 +155,12 @@ impl ShardMap {
 }
 
 /// Every global tensor of the state (`global`: the model at `tp = 1`).
-pub fn tensor_metas(global: &Layout, dtype: DType) -> Vec<ck::TensorMeta> {
+pub fn tensor_metas(global: &Layout, dtype: DType, parts: &[&str]) -> Vec<ck::TensorMeta> {
     let dt = match dtype {
         DType::F64 => ck::DType::F64,
         _ => ck::DType::F32,
     };
-    PARTS
+    parts
         .iter()
         .flat_map(|part| {
             global.entries.iter().map(move |e| ck::TensorMeta {
@@ -195,10 +210,14 @@ pub struct State {
     pub samples_seen: u64,
 }
 
-/// Load this rank's elements of `bufs` (parameters, m, v) from `c`.
-pub fn load(c: &ck::Checkpoint, map: &ShardMap, layout: &Layout, bufs: [&mut HostVec; 3]) -> Result<State> {
-    let [p, m, v] = bufs;
-    load_parts(c, map, layout, [Some(p), Some(m), Some(v)])?;
+/// Load this rank's elements of `bufs` (see [`named`]) from `c`.
+pub fn load(
+    c: &ck::Checkpoint,
+    map: &ShardMap,
+    layout: &Layout,
+    bufs: Vec<(&str, &mut HostVec)>,
+) -> Result<State> {
+    load_parts(c, map, layout, bufs)?;
     serde_json::from_value(c.manifest.state.clone())
         .map_err(|e| Error::Other(format!("checkpoint {}: state: {e}", c.dir.display())))
 }
@@ -207,12 +226,9 @@ fn load_parts(
     c: &ck::Checkpoint,
     map: &ShardMap,
     layout: &Layout,
-    bufs: [Option<&mut HostVec>; 3],
+    bufs: Vec<(&str, &mut HostVec)>,
 ) -> Result<()> {
-    for (part, buf) in PARTS.iter().zip(bufs) {
-        let Some(buf) = buf else {
-            continue;
-        };
+    for (part, buf) in bufs {
         for (i, e) in layout.entries.iter().enumerate() {
             let key = format!("{part}.{}", e.name);
             let runs: Vec<&Run> = map.runs.iter().filter(|r| r.entry == i).collect();
@@ -271,7 +287,7 @@ pub fn read_model(c: &ck::Checkpoint) -> Result<(Config, Layout, Vec<f32>)> {
     let layout = crate::train::layout_of(&cfg);
     let n = layout.len();
     let mut p = HostVec::from(vec![0f64; n]);
-    load_parts(c, &ShardMap::whole(&layout), &layout, [Some(&mut p), None, None])?;
+    load_parts(c, &ShardMap::whole(&layout), &layout, vec![("model", &mut p)])?;
     let HostVec::F64(p) = p else {
         unreachable!("allocated as f64")
     };
@@ -377,7 +393,7 @@ impl Checkpointer {
             mesh,
             // The run's config travels with its checkpoints (export, inspection).
             state: serde_json::json!({ "config": cfg.to_toml() }),
-            tensors: tensor_metas(global, crate::train::dtype_of(cfg)),
+            tensors: tensor_metas(global, crate::train::dtype_of(cfg), &parts(cfg)),
             keep: cfg.checkpoint.keep,
             timeout: Duration::from_secs_f64(cfg.checkpoint.commit_timeout_s),
         }
@@ -385,7 +401,7 @@ impl Checkpointer {
 
     /// After step `state.step` (completed steps): stage and hand off a save if it is due (or
     /// `force`d, before an exit).
-    pub fn after_step(&mut self, state: State, bufs: [&HostVec; 3], force: bool) -> Result<()> {
+    pub fn after_step(&mut self, state: State, bufs: &[(&str, &HostVec)], force: bool) -> Result<()> {
         if let Some(r) = self.saver.poll() {
             self.report(r);
         }
@@ -397,14 +413,14 @@ impl Checkpointer {
         // Staging reuses the previous save's buffers (the writer hands them back).
         let mut staging = std::mem::take(&mut self.staging);
         let extents = self.map.extents();
-        staging.resize_with(extents.len() * PARTS.len(), || ck::RankPiece {
+        staging.resize_with(extents.len() * bufs.len(), || ck::RankPiece {
             tensor: String::new(),
             extent: ck::Extent::run(0, 0),
             data: vec![],
         });
-        staging.truncate(extents.len() * PARTS.len());
+        staging.truncate(extents.len() * bufs.len());
         let mut k = 0;
-        for (part, buf) in PARTS.iter().zip(bufs) {
+        for &(part, buf) in bufs {
             for &(entry, extent, local) in &extents {
                 let p = &mut staging[k];
                 p.tensor = format!("{part}.{}", self.names[entry]);

@@ -262,6 +262,21 @@ pub struct Optimizer {
     pub warmup_steps: u64,
     #[serde(default = "decay_fraction")]
     pub decay_fraction: f64,
+    /// AdEMAMix (`kind = "ademamix"`): the slow EMA's rate and its weight, each warmed up over
+    /// `mix_warmup_steps` (0 = the whole run) from `beta1` and 0.
+    #[serde(default = "beta3")]
+    pub beta3: f64,
+    #[serde(default = "alpha")]
+    pub alpha: f64,
+    #[serde(default)]
+    pub mix_warmup_steps: u64,
+}
+
+fn beta3() -> f64 {
+    0.9999
+}
+fn alpha() -> f64 {
+    5.0
 }
 
 /// The device mesh, outermost first. A single process runs with every size 1.
@@ -572,10 +587,16 @@ impl Config {
             }
         }
         let o = &self.optimizer;
-        if o.kind != "adamw" {
+        if o.kind != "adamw" && o.kind != "ademamix" {
             return Err(Error::config(
                 "optimizer.kind",
-                format!("must be \"adamw\", got {:?}", o.kind),
+                format!("must be \"adamw\" or \"ademamix\", got {:?}", o.kind),
+            ));
+        }
+        if !(0.0..1.0).contains(&o.beta3) || o.beta3 < o.beta1 {
+            return Err(Error::config(
+                "optimizer.beta3",
+                format!("must be in [optimizer.beta1, 1), got {}", o.beta3),
             ));
         }
         if !(o.lr > 0.0 && o.lr.is_finite()) {

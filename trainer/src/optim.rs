@@ -7,7 +7,7 @@
 use crate::config::Optimizer;
 use crate::model::{download_f64, w};
 use crate::{Layout, Result};
-use weft_kernels::{AdamW, Backend, DType, Ops, Slice};
+use weft_kernels::{AdamW, Backend, DType, Mix, Ops, Slice};
 
 /// Learning rate at 0-based `step` of `steps`: linear warmup over `warmup_steps`, then
 /// `cosine` decay to `min_lr_ratio·lr`, `wsd` (stable, then linear decay over the last
@@ -33,13 +33,29 @@ pub fn lr_at(o: &Optimizer, steps: u64, step: u64) -> f64 {
     }
 }
 
-/// AdamW moments (same layout as the parameters) and the step count.
+/// AdamW moments (same layout as the parameters) and the step count; with AdEMAMix also the
+/// slow EMA `m2` and the length of its warm-up.
 pub struct AdamWState<B: Backend> {
     pub m: B::Buffer,
     pub v: B::Buffer,
+    pub m2: Option<B::Buffer>,
     /// Steps taken so far.
     pub step: u32,
+    mix_steps: u64,
     acc: B::Buffer,
+}
+
+/// AdEMAMix's `α` and `β3` at 1-based step `t` of a warm-up over `total` steps: `α` grows
+/// linearly from 0, `β3` from `β1` such that the EMA's half-life grows linearly (the paper's
+/// schedulers).
+pub fn mix_at(o: &Optimizer, t: u64, total: u64) -> Mix {
+    let f = (t as f64 / total.max(1) as f64).min(1.0);
+    let (l1, l3) = (o.beta1.ln(), o.beta3.ln());
+    let beta3 = ((l1 * l3) / ((1.0 - f) * l3 + f * l1)).exp().min(o.beta3);
+    Mix {
+        beta3,
+        alpha: f * o.alpha,
+    }
 }
 
 impl<B: Ops> AdamWState<B> {
@@ -47,9 +63,36 @@ impl<B: Ops> AdamWState<B> {
         Ok(AdamWState {
             m: be.alloc(dtype, n)?,
             v: be.alloc(dtype, n)?,
+            m2: None,
             step: 0,
+            mix_steps: 0,
             acc: be.alloc(dtype, 1)?,
         })
+    }
+
+    /// The state `cfg`'s optimizer keeps for `n` parameters.
+    pub fn for_config(be: &B, dtype: DType, n: usize, cfg: &crate::Config) -> Result<Self> {
+        let mut s = Self::new(be, dtype, n)?;
+        if cfg.optimizer.kind == "ademamix" {
+            s.m2 = Some(be.alloc(dtype, n)?);
+            s.mix_steps = match cfg.optimizer.mix_warmup_steps {
+                0 => cfg.training.steps,
+                k => k,
+            };
+        }
+        Ok(s)
+    }
+
+    /// The state buffers in checkpoint order (see [`crate::ckpt::parts`]).
+    pub fn buffers(&self) -> Vec<&B::Buffer> {
+        let mut v = vec![&self.m, &self.v];
+        v.extend(self.m2.as_ref());
+        v
+    }
+    pub fn buffers_mut(&mut self) -> Vec<&mut B::Buffer> {
+        let mut v = vec![&mut self.m, &mut self.v];
+        v.extend(self.m2.as_mut());
+        v
     }
 
     /// Clip `grads` to global norm `o.grad_clip` and apply one AdamW step at `lr`.
@@ -99,8 +142,10 @@ impl<B: Ops> AdamWState<B> {
             1.0
         };
         self.step += 1;
+        let mix = mix_at(o, self.step as u64, self.mix_steps);
         let (mut p, mut m, mut v, mut g) =
             (params, B::view_mut(&mut self.m), B::view_mut(&mut self.v), grads);
+        let mut m2 = self.m2.as_mut().map(|b| B::view_mut(b));
         for &(n, decays) in segs {
             let (pe, pr) = p.split_at(n);
             let (me, mr) = m.split_at(n);
@@ -115,7 +160,14 @@ impl<B: Ops> AdamWState<B> {
                 step: self.step,
                 grad_scale: scale as f32,
             };
-            be.adamw_update(pe, me, ve, ge, h, n)?;
+            match m2.take() {
+                Some(m2v) => {
+                    let (m2e, m2r) = m2v.split_at(n);
+                    be.ademamix_update(pe, me, m2e, ve, ge, h, mix, n)?;
+                    m2 = Some(m2r);
+                }
+                None => be.adamw_update(pe, me, ve, ge, h, n)?,
+            }
             (p, m, v, g) = (pr, mr, vr, gr);
         }
         Ok(())

@@ -242,11 +242,16 @@ where
     let mut params = be.alloc(dt, layout.len())?;
     crate::model::upload_f32(be, &init, CpuBackend::view_mut(&mut params))?;
     let mut grads = be.alloc(dt, layout.len())?;
-    let mut adam = AdamWState::new(be, dt, layout.len())?;
+    let mut adam = AdamWState::for_config(be, dt, layout.len(), cfg)?;
     let map = ckpt::ShardMap::whole(&layout);
     let mut start = 0;
     if let Some(c) = &resume {
-        let s = ckpt::load(c, &map, &layout, [&mut params, &mut adam.m, &mut adam.v])?;
+        let s = ckpt::load(
+            c,
+            &map,
+            &layout,
+            ckpt::named(cfg, &mut params, adam.buffers_mut()),
+        )?;
         (start, adam.step) = (s.step, s.adam_step);
         tracing::info!(step = start, from = %c.dir.display(), "resumed");
     }
@@ -331,7 +336,7 @@ where
         crate::observe::step_done(0, step + 1, t0.elapsed().as_secs_f64(), 0.0);
         let exit = step + 1 < t.steps
             && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || ckpt::stop_requested());
-        saver.after_step(state, [&params, &adam.m, &adam.v], exit)?;
+        saver.after_step(state, &ckpt::named(cfg, &params, adam.buffers()), exit)?;
         if exit {
             tracing::info!(
                 step = step + 1,

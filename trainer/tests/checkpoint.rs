@@ -64,11 +64,10 @@ fn saved_params(cfg: &Config, dir: &std::path::Path) -> Vec<f64> {
     let c = weft_checkpoint::Checkpoint::open(dir).unwrap();
     let layout = global_layout(cfg);
     let n = layout.len();
-    let mut bufs = [0, 1, 2].map(|_| HostVec::from(vec![0f64; n]));
-    let [p, m, v] = &mut bufs;
-    ckpt::load(&c, &ShardMap::whole(&layout), &layout, [p, m, v]).unwrap();
-    match &bufs[0] {
-        HostVec::F64(v) => v.clone(),
+    let mut p = HostVec::from(vec![0f64; n]);
+    ckpt::load(&c, &ShardMap::whole(&layout), &layout, vec![("model", &mut p)]).unwrap();
+    match p {
+        HostVec::F64(v) => v,
         _ => unreachable!(),
     }
 }
@@ -146,4 +145,42 @@ fn a_checkpoint_from_dp_shard_4_continues_on_other_meshes() {
             assert!(worst < 1e-6, "{name}: parameters differ by {worst:e}");
         }
     }
+}
+
+#[test]
+fn ademamix_checkpoints_its_slow_ema_and_shards_like_adamw() {
+    let dir = tempfile::tempdir().unwrap();
+    let mix = |extra: &[&str]| {
+        let mut v = s(&[
+            "optimizer.kind=\"ademamix\"",
+            "optimizer.mix_warmup_steps=2",
+            "training.steps=4",
+        ]);
+        v.extend(s(extra));
+        v
+    };
+    let one = with(gpt, dir.path(), &mix(&["training.micro_batch=4"]));
+    let (want_losses, want) = reference(&one);
+    // Stop after 2 steps and resume: the slow EMA travels in the checkpoint (`optim.m2`).
+    let mut part = mix(&[
+        "training.micro_batch=4",
+        "job.name=\"resumed\"",
+        "training.exit_after=2",
+    ]);
+    train(&with(gpt, dir.path(), &part), TrainOptions::default()).unwrap();
+    let saved = weft_checkpoint::latest_valid(&with(gpt, dir.path(), &part).checkpoint_dir())
+        .unwrap()
+        .unwrap();
+    assert!(saved.manifest.tensor("optim.m2.tok_embed.table").is_some());
+    part.push("checkpoint.resume=\"auto\"".into());
+    let (rest, got) = reference(&with(gpt, dir.path(), &part));
+    assert_eq!(rest, want_losses[2..]);
+    assert!(got == want, "AdEMAMix parameters after resume differ");
+    // Sharded over dp_shard = 2 × tp = 2: the update is element-wise on each shard.
+    let mut m = mesh_sets(&[1, 2, 1, 2, 1]);
+    m.extend(mix(&[]));
+    let ranks = sharded(&with(gpt, dir.path(), &m));
+    let mut losses = want_losses.clone();
+    losses.truncate(4);
+    crate::parallel::assert_equivalent("ademamix dp_shard=2 × tp=2", &(losses, want), &ranks, false);
 }

@@ -5,6 +5,7 @@ mod common;
 mod config;
 mod data;
 mod models;
+mod optim;
 mod parallel;
 mod reference;
 mod training;

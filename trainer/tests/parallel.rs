@@ -96,7 +96,12 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 /// to 1e-5; parameters to 2e-2 of the largest possible change (lr × steps): Adam divides by
 /// √v, so where a gradient is near zero a few ulps of reordering noise become a visible step.
 /// Any wrong reduction (a missing 1/dp, a dropped shard) moves parameters by ~lr and fails.
-fn assert_equivalent(what: &str, reference: &(Vec<f64>, Vec<f32>), ranks: &[RankOutcome], f64: bool) {
+pub(crate) fn assert_equivalent(
+    what: &str,
+    reference: &(Vec<f64>, Vec<f32>),
+    ranks: &[RankOutcome],
+    f64: bool,
+) {
     let (loss_tol, lr_steps) = (if f64 { 1e-12 } else { 1e-5 }, 1e-2 * 3.0);
     let (losses, params) = reference;
     for r in ranks {

@@ -1,7 +1,7 @@
 //! Norms and the AdamW step over flat buffers, on CPU.
 
 use super::{with_real, CpuBackend, Real};
-use crate::ops::{check_all, AdamW, OptimOps, REFERENCE_FLOATS};
+use crate::ops::{check_all, AdamW, Mix, OptimOps, REFERENCE_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -40,6 +40,39 @@ pub fn adamw_update<T: Real>(p: &mut [T], m: &mut [T], v: &mut [T], g: &[T], h: 
                 v[i] = b2 * v[i] + (T::one() - b2) * gi * gi;
                 let denom = v[i].sqrt() / bc2_sqrt + eps;
                 p[i] = p[i] * decay - step_size * m[i] / denom;
+            }
+        });
+}
+
+pub fn ademamix_update<T: Real>(
+    p: &mut [T],
+    m: &mut [T],
+    m2: &mut [T],
+    v: &mut [T],
+    g: &[T],
+    h: &AdamW,
+    x: &Mix,
+) {
+    let (b1, b2) = (h.beta1 as f64, h.beta2 as f64);
+    let bc1 = T::of(1.0 - b1.powi(h.step as i32));
+    let bc2_sqrt = T::of((1.0 - b2.powi(h.step as i32)).sqrt());
+    let lr = T::of(h.lr as f64);
+    let decay = T::of(1.0 - h.lr as f64 * h.weight_decay as f64);
+    let (b1, b2, b3, alpha) = (T::of(b1), T::of(b2), T::of(x.beta3), T::of(x.alpha));
+    let (eps, gs) = (T::of(h.eps as f64), T::of(h.grad_scale as f64));
+    p.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(m2.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|((((p, m), m2), v), g)| {
+            for i in 0..p.len() {
+                let gi = g[i] * gs;
+                m[i] = b1 * m[i] + (T::one() - b1) * gi;
+                m2[i] = b3 * m2[i] + (T::one() - b3) * gi;
+                v[i] = b2 * v[i] + (T::one() - b2) * gi * gi;
+                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                p[i] = p[i] * decay - lr * (m[i] / bc1 + alpha * m2[i]) / denom;
             }
         });
 }
@@ -109,6 +142,35 @@ impl OptimOps for CpuBackend {
             ],
         )?;
         with_real!(dt, T => adamw_update::<T>(T::get_mut(params), T::get_mut(m), T::get_mut(v), T::get(grads), &h));
+        Ok(())
+    }
+
+    fn ademamix_update(
+        &self,
+        params: HostMut<'_>,
+        m: HostMut<'_>,
+        m2: HostMut<'_>,
+        v: HostMut<'_>,
+        grads: HostRef<'_>,
+        h: AdamW,
+        mix: Mix,
+        n: usize,
+    ) -> Result<()> {
+        const OP: &str = "ademamix_update";
+        h.rule(OP)?;
+        let s = format!("(n={n})");
+        let dt = check_all(OP, REFERENCE_FLOATS, &[("grads", Some(&grads), n, &s)])?;
+        check_all(
+            OP,
+            &[dt],
+            &[
+                ("params", Some(&params), n, &s),
+                ("m", Some(&m), n, &s),
+                ("m2", Some(&m2), n, &s),
+                ("v", Some(&v), n, &s),
+            ],
+        )?;
+        with_real!(dt, T => ademamix_update::<T>(T::get_mut(params), T::get_mut(m), T::get_mut(m2), T::get_mut(v), T::get(grads), &h, &mix));
         Ok(())
     }
 }

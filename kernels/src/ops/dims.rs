@@ -443,6 +443,14 @@ impl AdamW {
     }
 }
 
+/// AdEMAMix's slow EMA rate `beta3` and mixing weight `alpha` at this step (f64: `1 − β3` is
+/// small, and its rounding would dominate the slow EMA).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mix {
+    pub beta3: f64,
+    pub alpha: f64,
+}
+
 /// A RoPE angle table `(T, HD/2)` as `cos` and `sin`, computed in f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RopeTable {

@@ -382,6 +382,22 @@ pub trait OptimOps: Backend {
         h: AdamW,
         n: usize,
     ) -> Result<()>;
+    /// One AdEMAMix step (Pagliardini et al., 2024): AdamW with a second, slow EMA of the
+    /// gradients `m2 = β3·m2 + (1−β3)·g` mixed into the numerator:
+    /// `p = p·(1 − lr·wd) − lr · (m/(1−β1ᵗ) + α·m2) / (√v/√(1−β2ᵗ) + eps)`. `β3` and `α` are
+    /// this step's values (the caller applies their warm-up schedules).
+    #[allow(clippy::too_many_arguments)]
+    fn ademamix_update(
+        &self,
+        params: Self::Mut<'_>,
+        m: Self::Mut<'_>,
+        m2: Self::Mut<'_>,
+        v: Self::Mut<'_>,
+        grads: Self::Ref<'_>,
+        h: AdamW,
+        mix: Mix,
+        n: usize,
+    ) -> Result<()>;
 }
 
 /// Every op family: what a model needs of its backend.

@@ -232,12 +232,13 @@ where
         v.push(at..n);
         v
     };
-    let mut adam = AdamWState::new(be, dt, n)?;
+    let mut adam = AdamWState::for_config(be, dt, n, cfg)?;
     let activations = model.activation_bytes();
+    let optim_buffers = adam.buffers().len();
     let memory = |store: &Fsdp<'_, CpuBackend>| Memory {
         params: n * dt.size(),
         grads: n * dt.size(),
-        optimizer: 2 * n * dt.size(),
+        optimizer: optim_buffers * n * dt.size(),
         activations,
         comm_peak: store.peak,
     };
@@ -329,7 +330,11 @@ where
         crate::observe::step_done(rank, step + 1, t_step.elapsed().as_secs_f64(), comm.as_secs_f64());
         let exit =
             step + 1 < t.steps && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || l[1] > 0.0);
-        saver.after_step(state, [&store.params, &adam.m, &adam.v], exit)?;
+        saver.after_step(
+            state,
+            &crate::ckpt::named(cfg, &store.params, adam.buffers()),
+            exit,
+        )?;
         if let Some((file, path)) = metrics.as_mut() {
             use std::io::Write;
             let line = serde_json::json!({"step": step + 1, "loss": l[0], "grad_norm": norm, "lr": lr,
@@ -420,7 +425,8 @@ fn checkpoints(
             Some(c) => c,
             None => ckpt::open_step(cfg, chosen[0] as u64 - 1)?,
         };
-        let s = ckpt::load(&c, &map, layout, [&mut store.params, &mut adam.m, &mut adam.v])?;
+        let bufs = ckpt::named(cfg, &mut store.params, adam.buffers_mut());
+        let s = ckpt::load(&c, &map, layout, bufs)?;
         (start, adam.step) = (s.step, s.adam_step);
         if rank == 0 {
             tracing::info!(step = start, from = %c.dir.display(), mesh = ?c.manifest.mesh, "resumed");
