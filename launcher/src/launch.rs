@@ -261,6 +261,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             let mut b = board.lock().expect("board");
             b.attempt = attempt;
             b.ranks.clear();
+            b.pids.clear();
         }
         if let Some(al) = alloc.as_mut() {
             if l.allow_shrink && al.healthy() < al.need && al.healthy() > 0 {
@@ -470,9 +471,19 @@ fn latest_step(dir: &std::path::Path) -> u64 {
 
 /// Send `sig` to every process of the attempt: its process group (mpirun or srun, which pass
 /// it on) and, on SLURM, its job steps.
-fn kill_attempt(child: &mut Child, alloc: Option<&crate::slurm::Allocation>, sig: &str) {
+fn kill_attempt(
+    child: &mut Child,
+    alloc: Option<&crate::slurm::Allocation>,
+    sig: &str,
+    board: &Mutex<Board>,
+) {
     if let Some(al) = alloc {
         al.signal_steps(sig);
+    } else if sig == "KILL" {
+        // Ranks mpirun started may sit in process groups of their own: end each one.
+        for pid in board.lock().expect("board").pids.clone() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
     }
     let _ = Command::new("kill")
         .args([&format!("-{sig}"), "--", &format!("-{}", child.id())])
@@ -496,7 +507,7 @@ fn watch(
         if term.load(Ordering::SeqCst) && !forwarded {
             // Preemption: the ranks save at the next step boundary and exit 0. SIGUSR1, because
             // mpirun passes it on where SIGTERM would make it kill the ranks.
-            kill_attempt(&mut child, alloc, "USR1");
+            kill_attempt(&mut child, alloc, "USR1", board);
             events.log(json!({"event": "preempt", "detail": "the ranks were told to save and stop"}));
             forwarded = true;
         }
@@ -515,7 +526,7 @@ fn watch(
                     format!("rank {k} was placed on evicted node {}", r.host),
                 );
                 drop(b);
-                kill_attempt(&mut child, alloc, "KILL");
+                kill_attempt(&mut child, alloc, "KILL", board);
                 let _ = child.wait();
                 return Ok(End::Failed {
                     kind: "placement",
@@ -527,7 +538,7 @@ fn watch(
             }
             if let Some((rank, host, kind, detail)) = crate::health::preflight(&b, l) {
                 drop(b);
-                kill_attempt(&mut child, alloc, "KILL");
+                kill_attempt(&mut child, alloc, "KILL", board);
                 let _ = child.wait();
                 return Ok(End::Failed {
                     kind,
@@ -561,7 +572,7 @@ fn watch(
             .map(|(&k, r)| (k, r.host.clone(), r.step));
         if let Some((rank, host, at)) = died {
             drop(b);
-            kill_attempt(&mut child, alloc, "KILL");
+            kill_attempt(&mut child, alloc, "KILL", board);
             let _ = child.wait();
             let detail = format!("rank {rank} ended at step {at} of {steps}");
             return Ok(End::Failed {
@@ -580,7 +591,7 @@ fn watch(
             if status.success() {
                 return Ok(End::Finished);
             }
-            kill_attempt(&mut child, alloc, "KILL");
+            kill_attempt(&mut child, alloc, "KILL", board);
             let b = board.lock().expect("board");
             // The rank that stopped sending first is the likeliest culprit.
             let culprit = b
@@ -636,7 +647,7 @@ fn watch(
                 .and_then(|r| b.ranks.get(&r))
                 .map_or("localhost".into(), |r| r.host.clone());
             drop(b);
-            kill_attempt(&mut child, alloc, "KILL");
+            kill_attempt(&mut child, alloc, "KILL", board);
             let _ = child.wait();
             return Ok(End::Failed {
                 kind: "hang",
@@ -662,7 +673,7 @@ fn watch(
                     ),
                 );
                 drop(b);
-                kill_attempt(&mut child, alloc, "KILL");
+                kill_attempt(&mut child, alloc, "KILL", board);
                 let _ = child.wait();
                 return Ok(End::Failed {
                     kind: "straggler",

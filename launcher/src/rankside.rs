@@ -122,7 +122,8 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
     let mut sock = TcpStream::connect_timeout(&sock_addr, Duration::from_secs(10))
         .with_context(|| format!("cannot reach the run's store at {addr}"))?;
     let hello = serde_json::json!({
-        "join": {"rank": rank, "host": hostname(), "attempt": attempt, "health": health(cfg)},
+        "join": {"rank": rank, "host": hostname(), "attempt": attempt, "pid": std::process::id(),
+                 "health": health(cfg)},
         "secret": secret,
     });
     writeln!(sock, "{hello}")?;

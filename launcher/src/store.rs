@@ -43,6 +43,8 @@ pub struct Board {
     pub ranks: HashMap<usize, RankState>,
     /// Step time of every step seen (rank 0), for productive-time accounting.
     pub step_times: HashMap<u64, f64>,
+    /// Process ids of this attempt's ranks (to end them on this machine).
+    pub pids: Vec<u32>,
     /// Clients turned away (bad secret, malformed messages).
     pub rejected: usize,
 }
@@ -60,6 +62,8 @@ struct Join {
     rank: usize,
     host: String,
     attempt: u64,
+    /// The rank's process id on its host.
+    pid: Option<u32>,
     health: Option<Health>,
 }
 
@@ -167,6 +171,7 @@ async fn serve(sock: tokio::net::TcpStream, secret: &str, board: &Mutex<Board>) 
         let mut b = board.lock().expect("board");
         let current = hello.join.attempt == b.attempt;
         if current {
+            b.pids.extend(hello.join.pid);
             b.ranks.insert(
                 hello.join.rank,
                 RankState {
