@@ -294,7 +294,12 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         let end = watch(
             (child, alloc.as_ref()),
             &board,
-            (&l, alloc.as_ref().map_or(world, |al| al.need * procs), steps),
+            (
+                &l,
+                alloc.as_ref().map_or(world, |al| al.need * procs),
+                steps,
+                &dir.join("model.safetensors"),
+            ),
             &term,
             &bar,
             (&mut pending_recovery, &mut failures),
@@ -493,13 +498,14 @@ fn kill_attempt(
 fn watch(
     (mut child, alloc): (Child, Option<&crate::slurm::Allocation>),
     board: &Mutex<Board>,
-    (l, world, steps): (&weft_trainer::config::Launch, usize, u64),
+    (l, world, steps, weights): (&weft_trainer::config::Launch, usize, u64, &std::path::Path),
     term: &AtomicBool,
     bar: &indicatif::ProgressBar,
     (pending, failures): (&mut Option<(Instant, u64, u64)>, &mut [serde_json::Value]),
     events: &mut Events,
 ) -> Result<End> {
     let start = Instant::now();
+    let began = SystemTime::now();
     let mut forwarded = false;
     let mut preflight_done = false;
     loop {
@@ -589,6 +595,20 @@ fn watch(
                 return Ok(End::Preempted);
             }
             if status.success() {
+                return Ok(End::Finished);
+            }
+            let written = std::fs::metadata(weights)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= began);
+            let done = written && {
+                let b = board.lock().expect("board");
+                b.ranks.len() == world && b.ranks.values().all(|r| r.step >= steps)
+            };
+            if done {
+                // Every rank reported the last step (and rank 0 wrote the weights before it
+                // ended): a failure while shutting down loses nothing.
+                events.log(json!({"event": "exit_after_last_step", "status": status.to_string()}));
+                tracing::warn!("the ranks exited with {status} after the last step; the run is complete");
                 return Ok(End::Finished);
             }
             kill_attempt(&mut child, alloc, "KILL", board);
