@@ -21,7 +21,7 @@ use clap::Args;
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,7 +70,7 @@ pub struct LaunchArgs {
 
 /// Why an attempt ended.
 #[derive(Clone, Debug, PartialEq)]
-enum End {
+pub(crate) enum End {
     Finished,
     Preempted,
     Failed {
@@ -82,13 +82,13 @@ enum End {
     },
 }
 
-struct Events {
+pub(crate) struct Events {
     file: std::fs::File,
     t0: Instant,
 }
 
 impl Events {
-    fn log(&mut self, mut v: serde_json::Value) {
+    pub(crate) fn log(&mut self, mut v: serde_json::Value) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         v["time"] = json!(now.as_secs_f64());
         v["elapsed_s"] = json!(self.t0.elapsed().as_secs_f64());
@@ -291,7 +291,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         events.log(json!({"event": "attempt", "attempt": attempt, "ranks": world, "nodes": nodes, "pid": child.id()}));
         bar.set_message(format!("attempt {attempt}, {world} ranks"));
         let steps = cfg.training.steps;
-        let end = watch(
+        let end = crate::attempt::watch(
             (child, alloc.as_ref()),
             &board,
             (
@@ -472,237 +472,4 @@ fn latest_step(dir: &std::path::Path) -> u64 {
         .ok()
         .and_then(|s| s.trim().strip_prefix("step_")?.parse().ok())
         .unwrap_or(0)
-}
-
-/// Send `sig` to every process of the attempt: its process group (mpirun or srun, which pass
-/// it on) and, on SLURM, its job steps.
-fn kill_attempt(
-    child: &mut Child,
-    alloc: Option<&crate::slurm::Allocation>,
-    sig: &str,
-    board: &Mutex<Board>,
-) {
-    if let Some(al) = alloc {
-        al.signal_steps(sig);
-    } else if sig == "KILL" {
-        // Ranks mpirun started may sit in process groups of their own: end each one.
-        for pid in board.lock().expect("board").pids.clone() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
-    }
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), "--", &format!("-{}", child.id())])
-        .status();
-}
-
-fn watch(
-    (mut child, alloc): (Child, Option<&crate::slurm::Allocation>),
-    board: &Mutex<Board>,
-    (l, world, steps, weights): (&weft_trainer::config::Launch, usize, u64, &std::path::Path),
-    term: &AtomicBool,
-    bar: &indicatif::ProgressBar,
-    (pending, failures): (&mut Option<(Instant, u64, u64)>, &mut [serde_json::Value]),
-    events: &mut Events,
-) -> Result<End> {
-    let start = Instant::now();
-    let began = SystemTime::now();
-    let mut forwarded = false;
-    let mut preflight_done = false;
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        if term.load(Ordering::SeqCst) && !forwarded {
-            // Preemption: the ranks save at the next step boundary and exit 0. SIGUSR1, because
-            // mpirun passes it on where SIGTERM would make it kill the ranks.
-            kill_attempt(&mut child, alloc, "USR1", board);
-            events.log(json!({"event": "preempt", "detail": "the ranks were told to save and stop"}));
-            forwarded = true;
-        }
-        let b = board.lock().expect("board");
-        // The step the run reached (a failure is reported at it).
-        let top = b.ranks.values().map(|r| r.step).max().unwrap_or(0);
-        let step = top;
-        bar.set_position(top);
-        if !preflight_done && b.ranks.len() == world {
-            preflight_done = true;
-            // The eviction held: no rank runs on a node taken out of the run.
-            let evicted = alloc.map_or(&[][..], |a| &a.evicted[..]);
-            if let Some((&k, r)) = b.ranks.iter().find(|(_, r)| evicted.contains(&r.host)) {
-                let (host, detail) = (
-                    r.host.clone(),
-                    format!("rank {k} was placed on evicted node {}", r.host),
-                );
-                drop(b);
-                kill_attempt(&mut child, alloc, "KILL", board);
-                let _ = child.wait();
-                return Ok(End::Failed {
-                    kind: "placement",
-                    rank: Some(k),
-                    host,
-                    detail,
-                    step: 0,
-                });
-            }
-            if let Some((rank, host, kind, detail)) = crate::health::preflight(&b, l) {
-                drop(b);
-                kill_attempt(&mut child, alloc, "KILL", board);
-                let _ = child.wait();
-                return Ok(End::Failed {
-                    kind,
-                    rank: Some(rank),
-                    host,
-                    detail,
-                    step: 0,
-                });
-            }
-            continue;
-        }
-        if let Some((at, reached, resumed)) = *pending {
-            // The first step of a new attempt: the previous failure is recovered.
-            if top > 0 && b.ranks.len() == world {
-                let (recover, lost) = (at.elapsed().as_secs_f64(), reached.saturating_sub(resumed));
-                events.log(json!({"event": "recovered", "time_to_recover_s": recover,
-                    "resumed_at_step": resumed, "steps_lost": lost}));
-                if let Some(f) = failures.last_mut() {
-                    f["time_to_recover_s"] = json!(recover);
-                    f["steps_lost"] = json!(lost);
-                }
-                *pending = None;
-            }
-        }
-        // A rank process that ended before the last step died: no need to wait for mpirun.
-        let died = b
-            .ranks
-            .iter()
-            .filter(|(_, r)| r.gone.is_some() && r.step < steps && !forwarded)
-            .min_by_key(|(_, r)| r.gone)
-            .map(|(&k, r)| (k, r.host.clone(), r.step));
-        if let Some((rank, host, at)) = died {
-            drop(b);
-            kill_attempt(&mut child, alloc, "KILL", board);
-            let _ = child.wait();
-            let detail = format!("rank {rank} ended at step {at} of {steps}");
-            return Ok(End::Failed {
-                kind: "exit",
-                rank: Some(rank),
-                host,
-                detail,
-                step,
-            });
-        }
-        if let Some(status) = child.try_wait()? {
-            drop(b);
-            if forwarded {
-                return Ok(End::Preempted);
-            }
-            if status.success() {
-                return Ok(End::Finished);
-            }
-            let written = std::fs::metadata(weights)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t >= began);
-            let done = written && {
-                let b = board.lock().expect("board");
-                b.ranks.len() == world && b.ranks.values().all(|r| r.step >= steps)
-            };
-            if done {
-                // Every rank reported the last step (and rank 0 wrote the weights before it
-                // ended): a failure while shutting down loses nothing.
-                events.log(json!({"event": "exit_after_last_step", "status": status.to_string()}));
-                tracing::warn!("the ranks exited with {status} after the last step; the run is complete");
-                return Ok(End::Finished);
-            }
-            kill_attempt(&mut child, alloc, "KILL", board);
-            let b = board.lock().expect("board");
-            // The rank that stopped sending first is the likeliest culprit.
-            let culprit = b
-                .ranks
-                .iter()
-                .min_by_key(|(_, r)| r.step)
-                .map(|(&k, r)| (k, r.host.clone()));
-            return Ok(End::Failed {
-                kind: "exit",
-                rank: culprit.as_ref().map(|c| c.0),
-                host: culprit.map(|c| c.1).unwrap_or_else(|| "localhost".into()),
-                detail: format!("the ranks exited with {status}"),
-                step,
-            });
-        }
-        // Hang: a rank (or all of them) stopped making progress.
-        let stuck = if b.ranks.len() < world {
-            (start.elapsed().as_secs_f64() > l.startup_timeout_s).then(|| {
-                let missing = (0..world).find(|r| !b.ranks.contains_key(r));
-                (
-                    missing,
-                    "did not join or take a first step in launch.startup_timeout_s".to_string(),
-                )
-            })
-        } else {
-            // The stuck rank is the one the others wait for: not blocked in a collective, or
-            // with the fewest completed.
-            let stale = |r: &&store::RankState| r.progress.elapsed().as_secs_f64() > l.hang_timeout_s;
-            let any = b.ranks.values().any(|r| stale(&r));
-            any.then(|| {
-                b.ranks
-                    .iter()
-                    .min_by_key(|(_, r)| (r.blocked, r.collectives, r.step))
-                    .map(|(&k, r)| {
-                        let what = if r.blocked {
-                            "blocked in a collective"
-                        } else {
-                            "not in a collective"
-                        };
-                        (
-                            Some(k),
-                            format!(
-                                "no progress past step {} for {:.0} s ({what})",
-                                r.step, l.hang_timeout_s
-                            ),
-                        )
-                    })
-            })
-            .flatten()
-        };
-        if let Some((rank, detail)) = stuck {
-            let host = rank
-                .and_then(|r| b.ranks.get(&r))
-                .map_or("localhost".into(), |r| r.host.clone());
-            drop(b);
-            kill_attempt(&mut child, alloc, "KILL", board);
-            let _ = child.wait();
-            return Ok(End::Failed {
-                kind: "hang",
-                rank,
-                host,
-                detail,
-                step,
-            });
-        }
-        // Straggler: compute time well above the other ranks', for a window of steps.
-        let w = l.straggler_window.max(1);
-        if world > 1 && b.ranks.len() == world && b.ranks.values().all(|r| r.times.len() >= w) {
-            let recent = |r: &store::RankState| median(&mut r.times[r.times.len() - w..].to_vec());
-            let mut all: Vec<f64> = b.ranks.values().map(recent).collect();
-            let mid = median(&mut all).max(1e-3);
-            if let Some((&k, r)) = b.ranks.iter().find(|(_, r)| recent(r) > l.straggler_factor * mid) {
-                let (host, detail) = (
-                    r.host.clone(),
-                    format!(
-                        "compute {:.0} ms per step vs a median of {:.0} ms over the last {w} steps",
-                        recent(r) * 1e3,
-                        mid * 1e3
-                    ),
-                );
-                drop(b);
-                kill_attempt(&mut child, alloc, "KILL", board);
-                let _ = child.wait();
-                return Ok(End::Failed {
-                    kind: "straggler",
-                    rank: Some(k),
-                    host,
-                    detail,
-                    step,
-                });
-            }
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! `weft`: the command line of the weft trainer.
 
+mod attempt;
 mod bench;
 mod bench_ckpt;
 mod bench_fsdp;

@@ -82,10 +82,6 @@ struct Beat {
     compute: f64,
 }
 
-struct BeatMsg {
-    beat: Beat,
-}
-
 #[derive(Deserialize)]
 struct Status {
     rank: usize,
@@ -223,31 +219,30 @@ async fn serve(sock: tokio::net::TcpStream, secret: &str, board: &Mutex<Board>) 
                 continue;
             }
         };
-        let msg = BeatMsg { beat };
-        if msg.beat.rank == 0 {
-            b.step_times.insert(msg.beat.step, msg.beat.seconds);
+        if beat.rank == 0 {
+            b.step_times.insert(beat.step, beat.seconds);
         }
-        if let Some(r) = b.ranks.get_mut(&msg.beat.rank) {
-            if msg.beat.step > r.step {
-                r.step = msg.beat.step;
+        if let Some(r) = b.ranks.get_mut(&beat.rank) {
+            if beat.step > r.step {
+                r.step = beat.step;
                 r.progress = Instant::now();
             }
-            r.times.push(msg.beat.compute);
+            r.times.push(beat.compute);
             if r.times.len() > 64 {
                 r.times.remove(0);
             }
         } else {
             b.ranks.insert(
-                msg.beat.rank,
+                beat.rank,
                 RankState {
                     host: hello.join.host.clone(),
-                    step: msg.beat.step,
+                    step: beat.step,
                     progress: Instant::now(),
                     collectives: 0,
                     blocked: false,
                     health: None,
                     gone: None,
-                    times: vec![msg.beat.compute],
+                    times: vec![beat.compute],
                 },
             );
         }

@@ -28,76 +28,8 @@ pub struct Config {
     pub launch: Launch,
 }
 
-/// How `weft launch` supervises a run.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Launch {
-    /// A rank whose step has not advanced for this long is hung.
-    #[serde(default = "sixty")]
-    pub hang_timeout_s: f64,
-    /// How long ranks may take from start to their first step.
-    #[serde(default = "startup")]
-    pub startup_timeout_s: f64,
-    /// Attempts after the first, at most.
-    #[serde(default = "three")]
-    pub max_restarts: usize,
-    /// Wait before attempt `k` is `backoff_s · 2^(k−1)`.
-    #[serde(default = "one_f64")]
-    pub backoff_s: f64,
-    /// A rank whose median step time over the last `straggler_window` steps exceeds
-    /// `straggler_factor ×` the median of all ranks is a straggler.
-    #[serde(default = "three_f64")]
-    pub straggler_factor: f64,
-    #[serde(default = "five")]
-    pub straggler_window: usize,
-    /// Preflight at every attempt: a node with less free memory, or less free disk where the
-    /// checkpoints go, is unhealthy and evicted before any step.
-    #[serde(default = "one_f64")]
-    pub min_free_mem_gib: f64,
-    #[serde(default = "one_f64")]
-    pub min_free_disk_gib: f64,
-    /// A node whose matmul rate in the preflight is below this fraction of the median node's
-    /// is slow and evicted before any step.
-    #[serde(default = "half")]
-    pub slow_node_factor: f64,
-    /// With no spare node left, continue on fewer nodes: `dp_shard` shrinks and
-    /// `grad_accum` grows so the global batch stays the same (the checkpoint reshards).
-    #[serde(default)]
-    pub allow_shrink: bool,
-}
-
-fn sixty() -> f64 {
-    60.0
-}
-fn startup() -> f64 {
-    300.0
-}
-fn one_f64() -> f64 {
-    1.0
-}
-fn three_f64() -> f64 {
-    3.0
-}
-fn five() -> usize {
-    5
-}
-
-impl Default for Launch {
-    fn default() -> Self {
-        Launch {
-            hang_timeout_s: sixty(),
-            startup_timeout_s: startup(),
-            max_restarts: 3,
-            backoff_s: one_f64(),
-            straggler_factor: three_f64(),
-            straggler_window: five(),
-            min_free_mem_gib: one_f64(),
-            min_free_disk_gib: one_f64(),
-            slow_node_factor: half(),
-            allow_shrink: false,
-        }
-    }
-}
+mod launch;
+pub use launch::Launch;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

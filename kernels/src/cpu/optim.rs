@@ -77,6 +77,26 @@ pub fn ademamix_update<T: Real>(
         });
 }
 
+/// The checks every optimizer update shares: its hyper-parameters, and `n` gradients with
+/// state buffers of the same float dtype and length.
+fn check_update(
+    op: &'static str,
+    h: &AdamW,
+    grads: &HostRef<'_>,
+    state: &[(&'static str, &HostMut<'_>)],
+    n: usize,
+) -> Result<crate::DType> {
+    h.rule(op)?;
+    let s = format!("(n={n})");
+    let dt = check_all(op, REFERENCE_FLOATS, &[("grads", Some(grads), n, &s)])?;
+    let args: Vec<(&'static str, Option<&HostMut<'_>>, usize, &str)> = state
+        .iter()
+        .map(|&(name, b)| (name, Some(b), n, s.as_str()))
+        .collect();
+    check_all(op, &[dt], &args)?;
+    Ok(dt)
+}
+
 impl OptimOps for CpuBackend {
     fn sum_squares(&self, acc: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "sum_squares";
@@ -128,18 +148,12 @@ impl OptimOps for CpuBackend {
         h: AdamW,
         n: usize,
     ) -> Result<()> {
-        const OP: &str = "adamw_update";
-        h.rule(OP)?;
-        let s = format!("(n={n})");
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("grads", Some(&grads), n, &s)])?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("params", Some(&params), n, &s),
-                ("m", Some(&m), n, &s),
-                ("v", Some(&v), n, &s),
-            ],
+        let dt = check_update(
+            "adamw_update",
+            &h,
+            &grads,
+            &[("params", &params), ("m", &m), ("v", &v)],
+            n,
         )?;
         with_real!(dt, T => adamw_update::<T>(T::get_mut(params), T::get_mut(m), T::get_mut(v), T::get(grads), &h));
         Ok(())
@@ -156,20 +170,8 @@ impl OptimOps for CpuBackend {
         mix: Mix,
         n: usize,
     ) -> Result<()> {
-        const OP: &str = "ademamix_update";
-        h.rule(OP)?;
-        let s = format!("(n={n})");
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("grads", Some(&grads), n, &s)])?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("params", Some(&params), n, &s),
-                ("m", Some(&m), n, &s),
-                ("m2", Some(&m2), n, &s),
-                ("v", Some(&v), n, &s),
-            ],
-        )?;
+        let state = [("params", &params), ("m", &m), ("m2", &m2), ("v", &v)];
+        let dt = check_update("ademamix_update", &h, &grads, &state, n)?;
         with_real!(dt, T => ademamix_update::<T>(T::get_mut(params), T::get_mut(m), T::get_mut(m2), T::get_mut(v), T::get(grads), &h, &mix));
         Ok(())
     }

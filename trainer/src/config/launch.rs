@@ -1,0 +1,48 @@
+//! `[launch]`: how `weft launch` supervises a run.
+
+use serde::{Deserialize, Serialize};
+
+/// Failure detection, preflight and restart policy of `weft launch`. Every key is optional.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Launch {
+    /// A rank whose step has not advanced for this long is hung.
+    pub hang_timeout_s: f64,
+    /// How long ranks may take from start to their first step.
+    pub startup_timeout_s: f64,
+    /// Attempts after the first, at most.
+    pub max_restarts: usize,
+    /// Wait before attempt `k` is `backoff_s · 2^(k−1)`.
+    pub backoff_s: f64,
+    /// A rank whose median compute time over the last `straggler_window` steps exceeds
+    /// `straggler_factor ×` the median of all ranks is a straggler.
+    pub straggler_factor: f64,
+    pub straggler_window: usize,
+    /// Preflight at every attempt: a node with less free memory, or less free disk where the
+    /// checkpoints go, is unhealthy and evicted before any step.
+    pub min_free_mem_gib: f64,
+    pub min_free_disk_gib: f64,
+    /// A node whose matmul rate in the preflight is below this fraction of the median node's
+    /// is slow and evicted before any step.
+    pub slow_node_factor: f64,
+    /// With no spare node left, continue on fewer nodes: `dp_shard` shrinks and
+    /// `grad_accum` grows so the global batch stays the same (the checkpoint reshards).
+    pub allow_shrink: bool,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Launch {
+            hang_timeout_s: 60.0,
+            startup_timeout_s: 300.0,
+            max_restarts: 3,
+            backoff_s: 1.0,
+            straggler_factor: 3.0,
+            straggler_window: 5,
+            min_free_mem_gib: 1.0,
+            min_free_disk_gib: 1.0,
+            slow_node_factor: 0.5,
+            allow_shrink: false,
+        }
+    }
+}
