@@ -221,7 +221,9 @@ proptest! {
     }
 
     #[test]
-    fn rmsnorm(n in 1usize..6, c in 1usize..12, affine in any::<bool>(), seed in 0u64..1000) {
+    // c ≥ 2: with one channel RMSNorm is x/√(x²+eps) ≈ sign(x), whose curvature near |x| ~ √eps
+    // defeats central differences (h = 1e-5), not the analytic backward.
+    fn rmsnorm(n in 1usize..6, c in 2usize..12, affine in any::<bool>(), seed in 0u64..1000) {
         let d = NormDims { n, c, eps: 1e-6 };
         let mut x = vec![rand_vec(seed, n * c)];
         if affine { x.push(rand_vec(seed + 1, c)); }
