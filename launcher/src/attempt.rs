@@ -112,7 +112,28 @@ pub(crate) fn watch(
             .filter(|(_, r)| r.gone.is_some() && r.step < steps && !forwarded)
             .min_by_key(|(_, r)| r.gone)
             .map(|(&k, r)| (k, r.host.clone(), r.step));
-        if let Some((rank, host, at)) = died {
+        if let Some((first, _, _)) = died {
+            // A process that dies at once (a crash) is the first to go. One that lingers while
+            // exiting lets the others stall in collectives waiting for it, until the launcher
+            // ends them and one of those may go first: after a stall, name the rank the others
+            // wait for (not blocked in a collective, or with the fewest completed).
+            let stalled = b
+                .ranks
+                .values()
+                .map(|r| r.progress.elapsed())
+                .min()
+                .is_some_and(|t| t > Duration::from_millis(500));
+            let culprit = if stalled {
+                b.ranks
+                    .iter()
+                    .min_by_key(|(_, r)| (r.blocked, r.collectives, r.gone.is_none()))
+                    .map(|(&k, _)| k)
+                    .unwrap_or(first)
+            } else {
+                first
+            };
+            let r = &b.ranks[&culprit];
+            let (rank, host, at) = (culprit, r.host.clone(), r.step);
             drop(b);
             kill_attempt(&mut child, alloc, "KILL", board);
             let _ = child.wait();
