@@ -44,6 +44,7 @@ pub(crate) fn watch(
     let began = SystemTime::now();
     let mut forwarded = false;
     let mut preflight_done = false;
+    let mut comm_done = false;
     loop {
         std::thread::sleep(Duration::from_millis(50));
         if term.load(Ordering::SeqCst) && !forwarded {
@@ -53,7 +54,24 @@ pub(crate) fn watch(
             events.log(json!({"event": "preempt", "detail": "the ranks were told to save and stop"}));
             forwarded = true;
         }
-        let b = board.lock().expect("board");
+        let mut b = board.lock().expect("board");
+        // Failed saves: logged with their node; training goes on and the last good checkpoint
+        // stays the one to resume from.
+        while b.save_logged < b.save_failures.len() {
+            let f = b.save_failures[b.save_logged].clone();
+            b.save_logged += 1;
+            tracing::warn!(
+                rank = f.rank,
+                host = f.host,
+                step = f.step,
+                "checkpoint save failed: {}",
+                f.error
+            );
+            events.log(
+                json!({"event": "save_failed", "rank": f.rank, "host": f.host, "step": f.step,
+                "error": f.error, "detail": "training continues; the last good checkpoint is kept"}),
+            );
+        }
         // The step the run reached (a failure is reported at it).
         let top = b.ranks.values().map(|r| r.step).max().unwrap_or(0);
         let step = top;
@@ -91,6 +109,41 @@ pub(crate) fn watch(
                 });
             }
             continue;
+        }
+        let gpu = crate::health::gpu_during_run(&b, l).map(|(k, h, d)| (k, h, "gpu_health", d));
+        let comm = if comm_done {
+            None
+        } else {
+            comm_done = b.ranks.values().filter(|r| r.comm.is_some()).count() == world;
+            let verdict = crate::health::comm_preflight(&b, l, world);
+            if comm_done || verdict.is_some() {
+                b.go = Some(verdict.as_ref().map_or(Ok(()), |v| Err(v.3.clone())));
+            }
+            if comm_done && verdict.is_none() {
+                let bw = b.ranks.values().filter_map(|r| Some(r.comm.as_ref()?.busbw_gbps));
+                let gflops = b
+                    .ranks
+                    .values()
+                    .filter_map(|r| Some(r.health.as_ref()?.gemm_gflops));
+                let gpus: usize = b.ranks.values().map(|r| r.gpus.len()).sum();
+                events.log(json!({"event": "preflight", "ok": true,
+                    "allreduce_busbw_gbps": bw.fold(f64::INFINITY, f64::min),
+                    "gemm_gflops_min": gflops.fold(f64::INFINITY, f64::min),
+                    "gpus_checked": gpus}));
+            }
+            verdict
+        };
+        if let Some((rank, host, kind, detail)) = gpu.or(comm) {
+            drop(b);
+            kill_attempt(&mut child, alloc, "KILL", board);
+            let _ = child.wait();
+            return Ok(End::Failed {
+                kind,
+                rank: Some(rank),
+                host,
+                detail,
+                step,
+            });
         }
         if let Some((at, reached, resumed)) = *pending {
             // The first step of a new attempt: the previous failure is recovered.

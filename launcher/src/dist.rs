@@ -33,7 +33,11 @@ pub fn train(cfg: &Config) -> Result<()> {
         "{world} ranks as threads of this process (mesh {:?})",
         weft_trainer::dist::mesh_of(cfg).sizes
     );
-    let outs = local::run(world, |rank, comm| train_rank(cfg, &watched(rank, comm), true))?;
+    let outs = local::run(world, |rank, comm| {
+        let comm = watched(rank, comm);
+        crate::rankside::comm_check(&comm)?;
+        anyhow::Ok(train_rank(cfg, &comm, true)?)
+    })?;
     for o in &outs {
         report_memory(o);
     }
@@ -45,7 +49,11 @@ fn train_mpi(cfg: &Config) -> Result<()> {
     let mpi = weft_parallel::comm::mpi::MpiWorld::init()?;
     // Refuse a mesh that does not fit before this rank does any work.
     check_mesh(cfg, mpi.size())?;
-    let out = { train_rank(cfg, &watched(mpi.rank(), mpi.comm()), true)? };
+    let out = {
+        let comm = watched(mpi.rank(), mpi.comm());
+        crate::rankside::comm_check(&comm)?;
+        train_rank(cfg, &comm, true)?
+    };
     report_memory(&out);
     if out.rank == 0 {
         finish(cfg, &out, "mpi")?;

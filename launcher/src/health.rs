@@ -1,6 +1,8 @@
 //! The preflight of every attempt: each rank reports its node's free memory, free disk where
-//! the checkpoints go, and a short matmul rate when it joins; the driver evicts a node that is
-//! short of memory or disk, or much slower than the median node, before any step.
+//! the checkpoints go, a short matmul rate and its GPUs' health (NVML) when it joins, then the
+//! result of an all-reduce check; the driver evicts a node that is short of memory or disk,
+//! much slower than the median node, or has an unhealthy GPU, and refuses a run whose
+//! all-reduce is wrong or slower than the floor — all before any step.
 
 use crate::launch::median;
 use crate::store::Board;
@@ -25,7 +27,13 @@ pub fn preflight(
     ranks.sort_by_key(|(&k, _)| k);
     for (&k, r) in ranks {
         let Some(h) = &r.health else { continue };
-        let why = if h.mem_free_gib < l.min_free_mem_gib {
+        let gpu = h
+            .gpus
+            .iter()
+            .find_map(|g| crate::gpu::problem(g, l.max_gpu_temp_c));
+        let why = if let Some(gpu) = gpu {
+            Some(("gpu_health", gpu))
+        } else if h.mem_free_gib < l.min_free_mem_gib {
             Some((
                 "unhealthy",
                 format!(
@@ -55,4 +63,49 @@ pub fn preflight(
         }
     }
     None
+}
+
+/// Once every rank has reported its all-reduce check: the first rank that saw a wrong sum, or
+/// the slowest rank when the bus bandwidth is below `launch.min_allreduce_gbps`.
+/// `None` while reports are missing or when all is well.
+pub fn comm_preflight(
+    b: &Board,
+    l: &weft_trainer::config::Launch,
+    world: usize,
+) -> Option<(usize, String, &'static str, String)> {
+    let checks: Vec<(usize, &str, &crate::store::CommCheck)> = b
+        .ranks
+        .iter()
+        .filter_map(|(&k, r)| Some((k, r.host.as_str(), r.comm.as_ref()?)))
+        .collect();
+    if checks.len() < world {
+        return None;
+    }
+    if let Some((k, host, _)) = checks.iter().filter(|c| !c.2.ok).min_by_key(|c| c.0) {
+        let detail = format!("preflight: rank {k}'s all-reduce of a known vector gave a wrong sum");
+        return Some((*k, host.to_string(), "unhealthy", detail));
+    }
+    let (k, host, c) = checks
+        .iter()
+        .min_by(|a, b| a.2.busbw_gbps.total_cmp(&b.2.busbw_gbps))?;
+    (c.busbw_gbps < l.min_allreduce_gbps).then(|| {
+        let detail = format!(
+            "preflight: all-reduce bus bandwidth {:.2} GB/s < launch.min_allreduce_gbps = {}",
+            c.busbw_gbps, l.min_allreduce_gbps
+        );
+        (*k, host.to_string(), "slow_network", detail)
+    })
+}
+
+/// A rank whose node's GPUs went bad during the run (NVML readings every few seconds).
+pub fn gpu_during_run(b: &Board, l: &weft_trainer::config::Launch) -> Option<(usize, String, String)> {
+    let mut ranks: Vec<_> = b.ranks.iter().collect();
+    ranks.sort_by_key(|(&k, _)| k);
+    ranks.into_iter().find_map(|(&k, r)| {
+        let why = r
+            .gpus
+            .iter()
+            .find_map(|g| crate::gpu::problem(g, l.max_gpu_temp_c))?;
+        Some((k, r.host.clone(), why))
+    })
 }

@@ -261,6 +261,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             let mut b = board.lock().expect("board");
             b.attempt = attempt;
             b.ranks.clear();
+            b.go = None;
             b.pids.clear();
         }
         if let Some(al) = alloc.as_mut() {
@@ -395,6 +396,9 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         "productive_s": productive,
         "ettr": productive / wall,
         "failures": failures,
+        "save_failures": board.lock().expect("board").save_failures.iter()
+            .map(|f| json!({"rank": f.rank, "host": f.host, "step": f.step, "error": f.error}))
+            .collect::<Vec<_>>(),
     });
     std::fs::write(dir.join("launch.json"), serde_json::to_string_pretty(&summary)?)?;
     events.log(json!({"event": "end", "outcome": outcome, "ettr": productive / wall}));

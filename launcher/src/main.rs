@@ -8,6 +8,7 @@ mod bench_step;
 mod ckpt;
 mod commands;
 mod dist;
+mod gpu;
 mod health;
 mod launch;
 mod rankside;

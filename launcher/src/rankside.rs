@@ -5,7 +5,8 @@
 //! `WEFT_FAULT = kind:rank:step[:attempt]` (attempt 1 when omitted; several, comma-separated,
 //! for a soak): at `step` of `attempt`, rank `rank` `crash`es (abort), `exit`s with status 3,
 //! `hang`s forever, or from then on is `slow` (sleeps `WEFT_FAULT_SLOW_MS`, default 300 ms, per
-//! step: a straggler).
+//! step: a straggler); `slowgemm:rank:0` makes that rank's preflight matmul 1000× slower (a slow
+//! node, caught before any step).
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -32,6 +33,7 @@ enum Kind {
     Exit,
     Hang,
     Slow,
+    SlowGemm,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -52,7 +54,8 @@ fn parse_fault(s: &str) -> Result<Fault> {
         "exit" => Kind::Exit,
         "hang" => Kind::Hang,
         "slow" => Kind::Slow,
-        k => bail!("WEFT_FAULT: unknown fault `{k}` (crash, exit, hang, slow)"),
+        "slowgemm" => Kind::SlowGemm,
+        k => bail!("WEFT_FAULT: unknown fault `{k}` (crash, exit, hang, slow, slowgemm)"),
     };
     Ok(Fault {
         kind,
@@ -63,8 +66,8 @@ fn parse_fault(s: &str) -> Result<Fault> {
 }
 
 /// The preflight a rank reports when it joins: free memory, free disk where the checkpoints
-/// go, and the rate of a short f32 matmul on this node.
-fn health(cfg: &weft_trainer::Config) -> serde_json::Value {
+/// go, the rate of a short f32 matmul on this node, and its GPUs' health (NVML).
+fn health(cfg: &weft_trainer::Config, slow: bool) -> serde_json::Value {
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let mem = sysinfo::System::new()
         .map(|mut s| {
@@ -86,7 +89,9 @@ fn health(cfg: &weft_trainer::Config) -> serde_json::Value {
                 .map(|x| gib(x.available_space()))
         })
         .unwrap_or(f64::NAN);
-    serde_json::json!({"mem_free_gib": mem, "disk_free_gib": disk, "gemm_gflops": gemm_gflops()})
+    let gflops = gemm_gflops() / if slow { 1000.0 } else { 1.0 };
+    serde_json::json!({"mem_free_gib": mem, "disk_free_gib": disk, "gemm_gflops": gflops,
+                       "gpus": crate::gpu::snapshot()})
 }
 
 /// Best of three 256³ f32 matmuls, GFLOP/s.
@@ -107,6 +112,83 @@ fn gemm_gflops() -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Messages for the driver, sent by the heartbeat thread (set once the rank has joined).
+static OUTBOX: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Msg>>> =
+    std::sync::OnceLock::new();
+
+/// The store's answers (the preflight's verdict), read by [`comm_check`].
+static INBOX: std::sync::OnceLock<std::sync::Mutex<BufReader<TcpStream>>> = std::sync::OnceLock::new();
+
+enum Msg {
+    /// `(rank, step, wall seconds, compute seconds)` after a step.
+    Beat(usize, u64, f64, f64),
+    /// Anything else, ready to send.
+    Line(serde_json::Value),
+}
+
+fn send(m: Msg) {
+    if let Some(tx) = OUTBOX.get() {
+        let _ = tx.lock().map(|t| t.send(m));
+    }
+}
+
+/// The preflight's all-reduce check, on a rank of a launched run (nothing otherwise): every
+/// rank contributes a known vector of 4 MiB, the sum is checked exactly, and the best of three
+/// timings is reported as bus bandwidth, before the first step.
+pub fn comm_check(comm: &dyn weft_parallel::Comm<weft_kernels::CpuBackend>) -> Result<()> {
+    use weft_kernels::{Backend, CpuBackend, HostVec};
+    if OUTBOX.get().is_none() {
+        return Ok(());
+    }
+    let (n, len) = (comm.size(), 1usize << 20);
+    let be = CpuBackend::new();
+    let value = |r: usize, i: usize| ((r + 1) * (i % 7 + 1)) as f32;
+    let mut best = f64::INFINITY;
+    let mut ok = true;
+    for round in 0..4 {
+        let mut v = HostVec::from((0..len).map(|i| value(comm.rank(), i)).collect::<Vec<_>>());
+        let t = std::time::Instant::now();
+        comm.all_reduce(&be, CpuBackend::view_mut(&mut v))
+            .map_err(|e| anyhow::anyhow!("preflight all-reduce: {e}"))?;
+        let secs = t.elapsed().as_secs_f64();
+        if round > 0 {
+            best = best.min(secs);
+        }
+        let HostVec::F32(got) = &v else {
+            unreachable!("an f32 buffer")
+        };
+        ok &= (0..len).all(|i| got[i] == (0..n).map(|r| value(r, i)).sum::<f32>());
+    }
+    let bytes = (len * 4) as f64;
+    let busbw = if n > 1 {
+        2.0 * (n - 1) as f64 / n as f64 * bytes / best / 1e9
+    } else {
+        f64::INFINITY
+    };
+    tracing::debug!(rank = comm.rank(), ok, busbw_gbps = busbw, "preflight all-reduce");
+    send(Msg::Line(
+        serde_json::json!({"comm": {"rank": comm.rank(), "ok": ok,
+        "busbw_gbps": if busbw.is_finite() { busbw } else { 1e9 }}}),
+    ));
+    // No step before the driver has judged every rank's preflight.
+    let mut answer = String::new();
+    if let Some(inbox) = INBOX.get() {
+        let mut rd = inbox
+            .lock()
+            .map_err(|_| anyhow::anyhow!("store reader poisoned"))?;
+        rd.read_line(&mut answer)
+            .context("no preflight verdict from the run's driver")?;
+    }
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+    if v["go"] != true {
+        bail!(
+            "the driver stopped this attempt at the preflight: {}",
+            v["stop"].as_str().unwrap_or(answer.trim())
+        );
+    }
+    Ok(())
+}
+
 /// Join the run's store if this process was started by `weft launch`.
 pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
     let Ok(addr) = std::env::var("WEFT_STORE") else {
@@ -121,20 +203,6 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
     let sock_addr = addr.parse().with_context(|| format!("WEFT_STORE={addr}"))?;
     let mut sock = TcpStream::connect_timeout(&sock_addr, Duration::from_secs(10))
         .with_context(|| format!("cannot reach the run's store at {addr}"))?;
-    let hello = serde_json::json!({
-        "join": {"rank": rank, "host": hostname(), "attempt": attempt, "pid": std::process::id(),
-                 "health": health(cfg)},
-        "secret": secret,
-    });
-    writeln!(sock, "{hello}")?;
-    let mut answer = String::new();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-    BufReader::new(sock.try_clone()?)
-        .read_line(&mut answer)
-        .with_context(|| format!("no answer from the run's store at {addr}"))?;
-    if !answer.contains("\"ok\"") {
-        bail!("the run's store at {addr} refused this rank: {}", answer.trim());
-    }
     // Faults of this attempt (a comma-separated list may give one per attempt: a soak).
     let faults: Vec<Fault> = match std::env::var("WEFT_FAULT") {
         Ok(list) => list
@@ -146,37 +214,74 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
             .collect(),
         Err(_) => vec![],
     };
+    let slow_gemm = faults.iter().any(|f| f.kind == Kind::SlowGemm && f.rank == rank);
+    crate::gpu::watch_xid();
+    let hello = serde_json::json!({
+        "join": {"rank": rank, "host": hostname(), "attempt": attempt, "pid": std::process::id(),
+                 "health": health(cfg, slow_gemm)},
+        "secret": secret,
+    });
+    writeln!(sock, "{hello}")?;
+    let mut answer = String::new();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut inbox = BufReader::new(sock.try_clone()?);
+    inbox
+        .read_line(&mut answer)
+        .with_context(|| format!("no answer from the run's store at {addr}"))?;
+    if !answer.contains("\"ok\"") {
+        bail!("the run's store at {addr} refused this rank: {}", answer.trim());
+    }
+    // The verdict comes once every rank has checked in.
+    sock.set_read_timeout(Some(Duration::from_secs_f64(cfg.launch.startup_timeout_s)))?;
+    let _ = INBOX.set(std::sync::Mutex::new(inbox));
     let slow = Duration::from_millis(
         std::env::var("WEFT_FAULT_SLOW_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(300),
     );
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, u64, f64, f64)>();
+    let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+    let _ = OUTBOX.set(std::sync::Mutex::new(tx));
     std::thread::Builder::new()
         .name("weft-heartbeat".into())
-        .spawn(move || loop {
-            // A beat after every step, and every quarter second what each rank is doing in its
-            // collectives (the driver names a hung rank from it).
-            match rx.recv_timeout(Duration::from_millis(250)) {
-                Ok((r, step, secs, compute)) => {
-                    let beat = serde_json::json!({"beat": {"rank": r, "step": step, "seconds": secs, "compute": compute}});
-                    if writeln!(sock, "{beat}").is_err() {
-                        break;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    for (r, done, blocked) in weft_trainer::observe::activity() {
-                        let s = serde_json::json!({"status": {"rank": r, "collectives": done, "blocked": blocked}});
-                        if writeln!(sock, "{s}").is_err() {
-                            return;
+        .spawn(move || {
+            let mut gpu_read = std::time::Instant::now();
+            loop {
+                // A beat after every step, every quarter second what each rank is doing in its
+                // collectives (the driver names a hung rank from it), and every 10 s the GPUs.
+                let lines = match rx.recv_timeout(Duration::from_millis(250)) {
+                    Ok(Msg::Beat(r, step, secs, compute)) => vec![
+                        serde_json::json!({"beat": {"rank": r, "step": step, "seconds": secs, "compute": compute}}),
+                    ],
+                    Ok(Msg::Line(v)) => vec![v],
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        let mut v: Vec<_> = weft_trainer::observe::activity()
+                            .into_iter()
+                            .map(|(r, done, blocked)| serde_json::json!({"status": {"rank": r, "collectives": done, "blocked": blocked}}))
+                            .collect();
+                        if gpu_read.elapsed() > Duration::from_secs(10) {
+                            gpu_read = std::time::Instant::now();
+                            let gpus = crate::gpu::snapshot();
+                            if !gpus.is_empty() {
+                                v.push(serde_json::json!({"gpu": {"rank": rank, "gpus": gpus}}));
+                            }
                         }
+                        v
+                    }
+                    Err(_) => return,
+                };
+                for line in lines {
+                    if writeln!(sock, "{line}").is_err() {
+                        return;
                     }
                 }
-                Err(_) => break,
             }
         })?;
-    let tx = std::sync::Mutex::new(tx);
+    weft_trainer::observe::set_save_hook(Box::new(|r, step, error| {
+        send(Msg::Line(
+            serde_json::json!({"save": {"rank": r, "step": step, "error": error}}),
+        ));
+    }));
     // Step time as the interval between a rank's hook calls (so time lost between steps counts),
     // and its compute part: the interval less the time blocked in collectives.
     let last = std::sync::Mutex::new(std::collections::HashMap::<usize, std::time::Instant>::new());
@@ -187,7 +292,7 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
             .ok()
             .and_then(|mut m| m.insert(r, now))
             .map_or(secs, |t| (now - t).as_secs_f64());
-        let _ = tx.lock().map(|t| t.send((r, step, wall, (wall - comm).max(0.0))));
+        send(Msg::Beat(r, step, wall, (wall - comm).max(0.0)));
         for f in faults.iter().filter(|f| f.rank == r && step >= f.step) {
             match f.kind {
                 Kind::Crash if step == f.step => std::process::abort(),

@@ -1,7 +1,8 @@
 //! `weft launch` on this machine, 4 MPI rank processes: a fault matrix (crash, hang,
-//! straggler, preemption) where each failure is detected, the right rank named, the run
-//! resumed from its checkpoint and finished with the fault-free run's bits; and a store that
-//! turns away clients without the run's secret.
+//! straggler, preemption, a full checkpoint disk) where each failure is detected, the right
+//! rank named, the run resumed from its checkpoint (or, for the disk, carried on) and finished
+//! with the fault-free run's bits; a preflight that refuses unhealthy nodes and a slow
+//! all-reduce; and a store that turns away clients without the run's secret.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -92,6 +93,70 @@ fn rank_faults_are_detected_named_and_recovered_with_the_fault_free_bits() {
         let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
         assert!(events.contains("\"recovered\""), "{events}");
     }
+    // Every attempt passed the all-reduce preflight before its first step.
+    let events = std::fs::read_to_string(dir.path().join("clean/events.jsonl")).unwrap();
+    let pre = events
+        .lines()
+        .find(|l| l.contains("\"preflight\""))
+        .expect("a preflight event");
+    let pre: serde_json::Value = serde_json::from_str(pre).unwrap();
+    assert!(pre["allreduce_busbw_gbps"].as_f64().unwrap() > 0.0, "{pre}");
+
+    // A checkpoint disk that fills up: saves fail and are reported with the rank and node,
+    // training carries on, and the last good checkpoint stays the one to resume from.
+    let kept = std::fs::read_dir(dir.path().join("clean/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let one: u64 = std::fs::read_dir(kept)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let size = format!("size={}k", (one * 3 / 2) / 1024 + 8);
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped the full-disk case: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let out = launch(dir.path(), "full")
+        .args(["--set", &format!("checkpoint.dir=\"{}\"", mnt.display())])
+        .args([
+            "--set",
+            "checkpoint.keep=1",
+            "--set",
+            "launch.min_free_disk_gib=0",
+        ])
+        .output()
+        .unwrap();
+    let verified = weft_checkpoint::latest_valid(&mnt)
+        .unwrap()
+        .map(|c| c.manifest.step);
+    Command::new("umount").arg(&mnt).status().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = json(&dir.path().join("full/launch.json"));
+    assert_eq!(
+        (s["outcome"].as_str(), s["attempts"].as_u64()),
+        (Some("finished"), Some(1)),
+        "{s}"
+    );
+    let failed = s["save_failures"].as_array().unwrap();
+    assert!(!failed.is_empty(), "{s}");
+    assert!(
+        failed
+            .iter()
+            .all(|f| f["host"].as_str().is_some_and(|h| !h.is_empty())),
+        "{s}"
+    );
+    assert!(failed[0]["error"].as_str().unwrap().contains("space"), "{s}");
+    assert_eq!(verified, Some(4), "the first checkpoint stays the good one");
+    assert_eq!(digest(&dir.path().join("full")), want);
 }
 
 #[test]
@@ -189,6 +254,28 @@ fn a_node_failing_the_preflight_is_refused_before_any_step() {
     // Not retried forever: the same failure twice before any step ends the run.
     assert_eq!(s["attempts"], 2, "{s}");
     assert!(!dir.path().join("sick/checkpoints/latest").exists());
+
+    // An all-reduce slower than the floor is refused before any step as well.
+    let out = launch(dir.path(), "slownet")
+        .args(["--set", "launch.min_allreduce_gbps=1e6"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let s = json(&dir.path().join("slownet/launch.json"));
+    let f = &s["failures"][0];
+    assert_eq!(
+        (f["kind"].as_str(), f["step"].as_u64()),
+        (Some("slow_network"), Some(0)),
+        "{f}"
+    );
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .contains("GB/s < launch.min_allreduce_gbps"),
+        "{f}"
+    );
+    assert!(!dir.path().join("slownet/checkpoints/latest").exists());
 }
 
 #[test]

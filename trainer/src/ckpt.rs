@@ -469,10 +469,13 @@ impl Checkpointer {
                 self.saves += 1;
                 tracing::debug!(step = r.step, rank = self.rank, "checkpoint pieces durable")
             }
-            Err(e) => tracing::warn!(
-                step = r.step,
-                "checkpoint save failed ({e}); training continues and the next interval saves again"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    step = r.step,
+                    "checkpoint save failed ({e}); training continues and the next interval saves again"
+                );
+                crate::observe::save_failed(self.rank, r.step, &e.to_string());
+            }
         }
         self.staging = r.pieces;
     }

@@ -589,7 +589,7 @@ impl Config {
             tokens,
         )?;
         pos("checkpoint.keep", self.checkpoint.keep)?;
-        Ok(())
+        self.launch.validate()
     }
 
     /// The run directory `<job.out_dir>/<job.name>`.

@@ -1,5 +1,6 @@
-//! Per-step notifications for whoever supervises the run: `weft launch` turns them into
-//! heartbeats (step, step time) to its driver. Without a hook they cost nothing.
+//! Notifications for whoever supervises the run: `weft launch` turns them into heartbeats
+//! (step, step time) and failure reports (a checkpoint save that failed) to its driver.
+//! Without a hook they cost nothing.
 
 use std::sync::OnceLock;
 
@@ -17,6 +18,22 @@ pub fn set_step_hook(hook: StepHook) -> bool {
 pub(crate) fn step_done(rank: usize, step: u64, seconds: f64, comm: f64) {
     if let Some(h) = HOOK.get() {
         h(rank, step, seconds, comm)
+    }
+}
+
+/// Called with `(rank, step, error)` when a rank's checkpoint save failed (training goes on).
+pub type SaveHook = Box<dyn Fn(usize, u64, &str) + Send + Sync>;
+
+static SAVE_HOOK: OnceLock<SaveHook> = OnceLock::new();
+
+/// Install the save-failure hook (once per process); `false` if one is already installed.
+pub fn set_save_hook(hook: SaveHook) -> bool {
+    SAVE_HOOK.set(hook).is_ok()
+}
+
+pub(crate) fn save_failed(rank: usize, step: u64, error: &str) {
+    if let Some(h) = SAVE_HOOK.get() {
+        h(rank, step, error)
     }
 }
 

@@ -1,5 +1,6 @@
 //! `[launch]`: how `weft launch` supervises a run.
 
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Failure detection, preflight and restart policy of `weft launch`. Every key is optional.
@@ -25,6 +26,13 @@ pub struct Launch {
     /// A node whose matmul rate in the preflight is below this fraction of the median node's
     /// is slow and evicted before any step.
     pub slow_node_factor: f64,
+    /// Preflight: the ranks all-reduce a known vector before the first step; a wrong sum, or
+    /// a bus bandwidth below this many GB/s (0: report only), fails the attempt.
+    pub min_allreduce_gbps: f64,
+    /// A GPU at this temperature or above (°C), as NVML reads it at the preflight or during
+    /// the run, makes its node unhealthy (so do uncorrected ECC errors, critical Xids, pages
+    /// waiting for retirement and hardware slowdown).
+    pub max_gpu_temp_c: f64,
     /// With no spare node left, continue on fewer nodes: `dp_shard` shrinks and
     /// `grad_accum` grows so the global batch stays the same (the checkpoint reshards).
     pub allow_shrink: bool,
@@ -42,7 +50,47 @@ impl Default for Launch {
             min_free_mem_gib: 1.0,
             min_free_disk_gib: 1.0,
             slow_node_factor: 0.5,
+            min_allreduce_gbps: 0.0,
+            max_gpu_temp_c: 87.0,
             allow_shrink: false,
         }
+    }
+}
+
+impl Launch {
+    /// Each key's range; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("launch.hang_timeout_s", self.hang_timeout_s),
+            ("launch.startup_timeout_s", self.startup_timeout_s),
+            ("launch.straggler_factor", self.straggler_factor),
+            ("launch.max_gpu_temp_c", self.max_gpu_temp_c),
+        ];
+        for (key, v) in positive {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::config(key, format!("must be positive, got {v}")));
+            }
+        }
+        let non_negative = [
+            ("launch.backoff_s", self.backoff_s),
+            ("launch.min_free_mem_gib", self.min_free_mem_gib),
+            ("launch.min_free_disk_gib", self.min_free_disk_gib),
+            ("launch.min_allreduce_gbps", self.min_allreduce_gbps),
+        ];
+        for (key, v) in non_negative {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::config(key, format!("must be ≥ 0, got {v}")));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.slow_node_factor) {
+            return Err(Error::config(
+                "launch.slow_node_factor",
+                format!("must be in [0, 1], got {}", self.slow_node_factor),
+            ));
+        }
+        if self.straggler_window == 0 {
+            return Err(Error::config("launch.straggler_window", "must be at least 1"));
+        }
+        Ok(())
     }
 }
