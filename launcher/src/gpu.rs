@@ -153,7 +153,8 @@ mod tests {
     #[test]
     fn each_kind_of_gpu_trouble_is_named_and_a_healthy_gpu_passes() {
         assert_eq!(problem(&healthy(), 87.0), None);
-        let cases: [(fn(&mut GpuHealth), &str); 5] = [
+        type Spoil = fn(&mut GpuHealth);
+        let cases: [(Spoil, &str); 5] = [
             (|g| g.ecc_uncorrected = Some(2), "2 uncorrected ECC"),
             (|g| g.xids = vec![79], "Xid 79"),
             (|g| g.retirement_pending = Some(true), "retirement"),

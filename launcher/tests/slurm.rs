@@ -1,8 +1,11 @@
 //! `weft launch --slurm` against a real SLURM cluster started on this machine (slurmctld and
 //! three slurmd "nodes", each in its own UTS and PID namespace; see `../shared/slurm-recipe.md`):
 //! a fault-free run submitted with sbatch, a rank crash whose node is drained and replaced by
-//! the spare, a preemption (SIGUSR1 before the time limit: save, requeue, resume) and a node
-//! loss (its slurmd and ranks killed) — each finishing with the bits of the fault-free run. Skipped, with a message, where SLURM is not installed.
+//! the spare, a hang, a straggler and a slow node caught by the preflight (each drained and
+//! replaced), a full checkpoint disk (reported, training carries on), a preemption (SIGUSR1
+//! before the time limit: save, requeue, resume) and a node loss (its slurmd and ranks killed)
+//! — each finishing with the bits of the fault-free run — and a shrink when no spare is left.
+//! Skipped, with a message, where SLURM is not installed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -128,6 +131,18 @@ impl Cluster {
     }
 
     /// Node `i` dies: slurmd, its step daemons and the ranks on it.
+    /// Return a drained node to service.
+    fn resume(&self, node: &str) {
+        self.cmd("scontrol")
+            .args(["update", &format!("NodeName={node}"), "State=RESUME"])
+            .status()
+            .unwrap();
+        self.wait(
+            |s| s.lines().filter(|l| l.ends_with(" idle")).count() == self.nodes.len(),
+            "the node back",
+        );
+    }
+
     fn kill_node(&mut self, i: usize) {
         let node = &mut self.nodes[i - 1];
         node.kill().unwrap();
@@ -196,6 +211,44 @@ fn sets(out: &Path, name: &str, extra: &[&str]) -> Vec<String> {
     .collect()
 }
 
+/// A mounted filesystem, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    /// A tmpfs of `size` at `dir`; `None` where mounting is not permitted.
+    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", size, "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Bytes of the one checkpoint (a `step_*` directory) under `root` — the largest if several.
+fn dir_size(root: &Path) -> u64 {
+    std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| {
+            std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap()
+}
+
 fn config() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")).join("dit-tiny.toml")
 }
@@ -207,6 +260,10 @@ fn json(path: &Path) -> serde_json::Value {
 
 /// Submit with `weft launch --slurm` (2 nodes × 2 ranks + 1 spare); returns the job id.
 fn submit(c: &Cluster, out: &Path, name: &str, env: &[(&str, &str)]) -> String {
+    submit_with(c, out, name, env, &[])
+}
+
+fn submit_with(c: &Cluster, out: &Path, name: &str, env: &[(&str, &str)], extra: &[&str]) -> String {
     let mut cmd = c.cmd(env!("CARGO_BIN_EXE_weft"));
     cmd.args([
         "launch",
@@ -219,7 +276,7 @@ fn submit(c: &Cluster, out: &Path, name: &str, env: &[(&str, &str)]) -> String {
         "2",
     ])
     .arg(config())
-    .args(sets(out, name, &[]))
+    .args(sets(out, name, extra))
     .envs(env.iter().copied());
     let o = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -233,9 +290,6 @@ fn submit(c: &Cluster, out: &Path, name: &str, env: &[(&str, &str)]) -> String {
 #[test]
 fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
     let base = tempfile::tempdir().unwrap();
-    let Some(mut c) = Cluster::up(&base.path().join("slurm"), 3) else {
-        return;
-    };
     let out = base.path().join("runs");
     // Reference: the same mesh on threads.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -247,6 +301,16 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
     assert!(o.status.success());
     let digest = |run: &str| json(&out.join(run).join("sharded.json"))["params_digest"].clone();
     let want = digest("reference");
+    // A small filesystem for the full-disk case, mounted before the nodes start (each node
+    // has its own mount namespace, a copy of this one): room for one checkpoint and a half.
+    let size = format!(
+        "size={}k",
+        dir_size(&out.join("reference/checkpoints")) * 3 / 2 / 1024 + 8
+    );
+    let small = Mount::tmpfs(&base.path().join("small"), &size);
+    let Some(mut c) = Cluster::up(&base.path().join("slurm"), 3) else {
+        return;
+    };
 
     // Fault-free, through sbatch.
     let id = submit(&c, &out, "clean", &[]);
@@ -278,14 +342,79 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
         "{second}"
     );
     assert_eq!(digest("crash"), want);
-    c.cmd("scontrol")
-        .args(["update", "NodeName=n2", "State=RESUME"])
-        .status()
-        .unwrap();
-    c.wait(
-        |s| s.lines().filter(|l| l.ends_with(" idle")).count() == 3,
-        "n2 back",
-    );
+    c.resume("n2");
+
+    // A hang (a rank stops mid-step), a straggler (a rank slow from step 3 on) and a slow node
+    // (its preflight matmul 1000× slower): each names the rank and node, the node is drained,
+    // the spare takes its place, and the run ends with the fault-free bits.
+    let cases: [(&str, &[&str], &str, u64, &str); 3] = [
+        ("hang:2:6", &["launch.hang_timeout_s=3"], "hang", 2, "n2"),
+        ("slow:0:3", &["launch.straggler_factor=3"], "straggler", 0, "n1"),
+        // Both of n2's ranks measure a slow matmul: a slow node.
+        (
+            "slowgemm:2:0,slowgemm:3:0",
+            &["launch.slow_node_factor=0.02"],
+            "slow_node",
+            2,
+            "n2",
+        ),
+    ];
+    for (fault, extra, kind, rank, host) in cases {
+        let name = fault.replace([':', ','], "_");
+        let id = submit_with(&c, &out, &name, &[("WEFT_FAULT", fault)], extra);
+        c.wait_job(&id);
+        let s = json(&out.join(&name).join("launch.json"));
+        assert_eq!(s["outcome"], "finished", "{fault}: {s}");
+        let f = &s["failures"][0];
+        assert_eq!(
+            (f["kind"].as_str(), f["rank"].as_u64(), f["host"].as_str()),
+            (Some(kind), Some(rank), Some(host)),
+            "{fault}: {f}"
+        );
+        assert!(
+            c.sinfo().contains(&format!("{host} drained")),
+            "{fault}: {}",
+            c.sinfo()
+        );
+        println!(
+            "slurm {fault}: {kind} of rank {rank} on {host} detected in {:.2} s, recovered in {:.2} s",
+            f["time_to_detect_s"].as_f64().unwrap(),
+            f["time_to_recover_s"].as_f64().unwrap_or(f64::NAN)
+        );
+        assert_eq!(digest(&name), want, "{fault}");
+        c.resume(host);
+    }
+
+    // A checkpoint disk that fills up on the cluster: the failed saves are reported with the
+    // rank and node, the run carries on, and the last good checkpoint is kept.
+    if let Some(mnt) = &small {
+        let mnt = &mnt.0;
+        let ckdir = format!("checkpoint.dir=\"{}\"", mnt.display());
+        let extra = [ckdir.as_str(), "checkpoint.keep=1", "launch.min_free_disk_gib=0"];
+        let id = submit_with(&c, &out, "full", &[], &extra);
+        c.wait_job(&id);
+        let verified = weft_checkpoint::latest_valid(mnt)
+            .unwrap()
+            .map(|c| c.manifest.step);
+        let s = json(&out.join("full/launch.json"));
+        assert_eq!(
+            (s["outcome"].as_str(), s["attempts"].as_u64()),
+            (Some("finished"), Some(1)),
+            "{s}"
+        );
+        let failed = s["save_failures"].as_array().unwrap();
+        assert!(!failed.is_empty(), "{s}");
+        assert!(
+            failed
+                .iter()
+                .all(|f| f["host"] == "n1" || f["host"] == "n2" || f["host"] == "n3"),
+            "{s}"
+        );
+        assert_eq!(verified, Some(4), "the first checkpoint stays the good one");
+        assert_eq!(digest("full"), want);
+    } else {
+        eprintln!("skipped the full-disk case: cannot mount a small tmpfs here (needs root)");
+    }
 
     // Preemption near the time limit: SIGUSR1 to the batch job → the ranks save, the driver
     // requeues the job, and its next start finishes the run.
