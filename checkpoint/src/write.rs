@@ -84,6 +84,16 @@ fn remove_rank_files(root: &Path, step: u64, rank: usize) {
     }
 }
 
+/// Leave word for the committing rank that `rank`'s part of `step` failed, so the commit
+/// gives up at once rather than waiting out its timeout (best effort: on a full disk an empty
+/// file usually still fits, its message may not).
+fn mark_failed(root: &Path, step: u64, rank: usize, e: &Error) {
+    let dir = tmp_dir(root, step);
+    if let Ok(mut f) = File::create(dir.join(rank_name(rank, "failed"))) {
+        let _ = f.write_all(e.to_string().as_bytes());
+    }
+}
+
 /// What the committing rank knows of the whole checkpoint besides the pieces.
 #[derive(Clone, Debug)]
 pub struct Head {
@@ -97,8 +107,8 @@ pub struct Head {
     pub timeout: Duration,
 }
 
-/// Commit step `step` once all `ranks` ranks have written their pieces: merge their lists,
-/// verify coverage, write the manifest, rename the directory into place, move `latest`, and
+/// Commit step `step` once all `ranks` ranks have written their pieces (giving up at once if
+/// one reports that it could not, or after `head.timeout`): merge their lists, verify coverage, write the manifest, rename the directory into place, move `latest`, and
 /// delete checkpoints beyond `keep`. Returns the committed directory.
 pub fn commit(root: &Path, step: u64, ranks: usize, head: &Head) -> Result<PathBuf> {
     let dir = tmp_dir(root, step);
@@ -106,7 +116,15 @@ pub fn commit(root: &Path, step: u64, ranks: usize, head: &Head) -> Result<PathB
     let mut pieces = vec![];
     for r in 0..ranks {
         let path = dir.join(rank_name(r, "json"));
+        let failed = dir.join(rank_name(r, "failed"));
         while !path.exists() {
+            if failed.exists() {
+                let why = fs::read_to_string(&failed).unwrap_or_default();
+                return Err(invalid(
+                    &dir,
+                    format!("rank {r} could not write its pieces: {}", why.trim()),
+                ));
+            }
             if Instant::now() > deadline {
                 return Err(invalid(
                     &dir,
@@ -244,6 +262,9 @@ impl Saver {
                         },
                         Err(e) => {
                             remove_rank_files(&job.root, job.step, job.rank);
+                            if job.commit.is_none() {
+                                mark_failed(&job.root, job.step, job.rank, &e);
+                            }
                             (Err(e), 0)
                         }
                     };

@@ -207,6 +207,42 @@ fn the_background_saver_reports_when_a_save_is_durable_or_failed() {
     assert_eq!(latest_valid(root.path()).unwrap().unwrap().manifest.step, 4);
 }
 
+#[test]
+fn a_rank_that_cannot_write_fails_the_commit_at_once_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let meta = vec![TensorMeta {
+        key: "g".into(),
+        dtype: DType::F32,
+        shape: vec![4],
+    }];
+    let job = |rank: usize, commit: Option<Head>| SaveJob {
+        root: root.path().to_path_buf(),
+        step: 5,
+        rank,
+        ranks: 2,
+        pieces: vec![RankPiece {
+            tensor: "g".into(),
+            extent: Extent::run(2 * rank as u64, 2),
+            data: bytes(&[1.0, 2.0]),
+        }],
+        commit,
+    };
+    // Rank 1's data file cannot be created (a directory holds its name).
+    std::fs::create_dir_all(root.path().join("step_00000005.tmp/.rank_00001.bin.tmp")).unwrap();
+    let (mut r0, mut r1) = (Saver::new(), Saver::new());
+    r1.submit(job(1, None)).unwrap();
+    assert!(r1.wait().unwrap().result.is_err());
+    r0.submit(job(0, Some(head(2, meta)))).unwrap();
+    let err = r0.wait().unwrap().result.unwrap_err().to_string();
+    // Not the timeout: rank 1 left word that it failed.
+    assert!(err.contains("rank 1 could not write its pieces"), "{err}");
+    assert!(
+        !root.path().join("step_00000005.tmp").exists(),
+        "the partial save is removed"
+    );
+    assert!(latest_valid(root.path()).unwrap().is_none());
+}
+
 /// Run as a child by the kill test: save forever.
 #[test]
 #[ignore = "run by writer_killed_at_random_points_never_damages_the_last_commit"]
