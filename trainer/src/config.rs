@@ -29,7 +29,9 @@ pub struct Config {
 }
 
 mod launch;
+mod matrix;
 pub use launch::Launch;
+pub use matrix::{Muon, Scion};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +204,10 @@ pub struct Optimizer {
     pub alpha: f64,
     #[serde(default)]
     pub mix_warmup_steps: u64,
+    #[serde(default)]
+    pub muon: Muon,
+    #[serde(default)]
+    pub scion: Scion,
 }
 
 fn beta3() -> f64 {
@@ -519,12 +525,17 @@ impl Config {
             }
         }
         let o = &self.optimizer;
-        if o.kind != "adamw" && o.kind != "ademamix" {
+        if !["adamw", "ademamix", "muon", "scion"].contains(&o.kind.as_str()) {
             return Err(Error::config(
                 "optimizer.kind",
-                format!("must be \"adamw\" or \"ademamix\", got {:?}", o.kind),
+                format!(
+                    "must be \"adamw\", \"ademamix\", \"muon\" or \"scion\", got {:?}",
+                    o.kind
+                ),
             ));
         }
+        o.muon.validate()?;
+        o.scion.validate()?;
         if !(0.0..1.0).contains(&o.beta3) || o.beta3 < o.beta1 {
             return Err(Error::config(
                 "optimizer.beta3",

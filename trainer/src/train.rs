@@ -244,6 +244,15 @@ where
     let mut grads = be.alloc(dt, layout.len())?;
     let mut adam = AdamWState::for_config(be, dt, layout.len(), cfg)?;
     let map = ckpt::ShardMap::whole(&layout);
+    if ["muon", "scion"].contains(&cfg.optimizer.kind.as_str()) {
+        let runs = vec![map.runs.clone()];
+        adam.set_matrix(crate::optim::matrix::MatrixOpt::new(
+            &layout,
+            &cfg.optimizer,
+            runs,
+            0,
+        ));
+    }
     let mut start = 0;
     if let Some(c) = &resume {
         let s = ckpt::load(
@@ -317,14 +326,18 @@ where
             model.backward(be, p, CpuBackend::view_mut(&mut grads), 1.0 / t.grad_accum as f64)?;
         }
         let lr = lr_at(&cfg.optimizer, t.steps, step);
-        let gnorm = adam.step(
-            be,
-            &cfg.optimizer,
-            &layout,
-            CpuBackend::view_mut(&mut params),
-            CpuBackend::view(&grads),
-            lr,
-        )?;
+        let gnorm = if adam.is_matrix() {
+            adam.step_matrix(None, &cfg.optimizer, &mut params, &grads, lr, None)?
+        } else {
+            adam.step(
+                be,
+                &cfg.optimizer,
+                &layout,
+                CpuBackend::view_mut(&mut params),
+                CpuBackend::view(&grads),
+                lr,
+            )?
+        };
         if !gnorm.is_finite() {
             return Err(Error::NonFinite { step, loss: gnorm });
         }

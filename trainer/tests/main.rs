@@ -4,6 +4,7 @@ mod checkpoint;
 mod common;
 mod config;
 mod data;
+mod matrix;
 mod models;
 mod optim;
 mod parallel;

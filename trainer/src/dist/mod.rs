@@ -233,6 +233,25 @@ where
         v
     };
     let mut adam = AdamWState::for_config(be, dt, n, cfg)?;
+    if ["muon", "scion"].contains(&cfg.optimizer.kind.as_str()) {
+        // Every owners-group rank's pieces (the shards are a pure function of the mesh).
+        let members = mesh
+            .group(rank, &[Dim::Shard, Dim::Tp])
+            .into_iter()
+            .map(|r| {
+                let pieces = store.pieces_for(&layout, mesh.coord(r, Dim::Shard));
+                crate::ckpt::ShardMap::sharded(&layout, &pieces, tp, mesh.coord(r, Dim::Tp), false).runs
+            })
+            .collect();
+        let me = mesh.index_in(rank, &[Dim::Shard, Dim::Tp]);
+        let global = global_layout(cfg);
+        adam.set_matrix(crate::optim::matrix::MatrixOpt::new(
+            &global,
+            &cfg.optimizer,
+            members,
+            me,
+        ));
+    }
     let activations = model.activation_bytes();
     let optim_buffers = adam.buffers().len();
     let memory = |store: &Fsdp<'_, CpuBackend>| Memory {
@@ -306,11 +325,23 @@ where
         timed(t0);
         let norm = sq[0].sqrt();
         let lr = lr_at(&cfg.optimizer, t.steps, step);
-        let (p, g) = (
-            CpuBackend::view_mut(&mut store.params),
-            CpuBackend::view(&store.grads),
-        );
-        adam.step_segments(be, &cfg.optimizer, &segs, p, g, lr, norm)?;
+        if adam.is_matrix() {
+            let owners = Some(groups.owners.as_ref());
+            adam.step_matrix(
+                owners,
+                &cfg.optimizer,
+                &mut store.params,
+                &store.grads,
+                lr,
+                Some(norm),
+            )?;
+        } else {
+            let (p, g) = (
+                CpuBackend::view_mut(&mut store.params),
+                CpuBackend::view(&store.grads),
+            );
+            adam.step_segments(be, &cfg.optimizer, &segs, p, g, lr, norm)?;
+        }
         // Each rank's loss is its share of its data-parallel replica's loss (the cp·tp
         // shares add up to it); the mean over replicas is the run's loss.
         // With the loss, the ranks agree on stopping early: a stop signal on any rank stops

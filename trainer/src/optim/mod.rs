@@ -4,6 +4,8 @@
 //! update (decoupled weight decay for every role but [`crate::Role::Vector`]), with the clip
 //! coefficient folded into the gradient scale so clipping costs no extra pass.
 
+pub mod matrix;
+
 use crate::config::Optimizer;
 use crate::model::{download_f64, w};
 use crate::{Layout, Result};
@@ -43,6 +45,8 @@ pub struct AdamWState<B: Backend> {
     pub step: u32,
     mix_steps: u64,
     acc: B::Buffer,
+    /// Muon or Scion (`m` is their momentum; `v` serves the AdamW entries).
+    matrix: Option<matrix::MatrixOpt>,
 }
 
 /// AdEMAMix's `α` and `β3` at 1-based step `t` of a warm-up over `total` steps: `α` grows
@@ -67,6 +71,7 @@ impl<B: Ops> AdamWState<B> {
             step: 0,
             mix_steps: 0,
             acc: be.alloc(dtype, 1)?,
+            matrix: None,
         })
     }
 
@@ -81,6 +86,16 @@ impl<B: Ops> AdamWState<B> {
             };
         }
         Ok(s)
+    }
+
+    /// Use Muon or Scion (`cfg.optimizer.kind`), built by the trainer that knows the shards.
+    pub fn set_matrix(&mut self, m: matrix::MatrixOpt) {
+        self.matrix = Some(m);
+    }
+
+    /// Whether a matrix optimizer (Muon, Scion) takes the steps.
+    pub fn is_matrix(&self) -> bool {
+        self.matrix.is_some()
     }
 
     /// The state buffers in checkpoint order (see [`crate::ckpt::parts`]).
@@ -171,6 +186,48 @@ impl<B: Ops> AdamWState<B> {
             (p, m, v, g) = (pr, mr, vr, gr);
         }
         Ok(())
+    }
+}
+
+impl AdamWState<weft_kernels::CpuBackend> {
+    /// One Muon/Scion step (see [`Self::set_matrix`]): clip to `o.grad_clip` with the global
+    /// norm `norm` (this buffer's own when `None`), then update. `comm`: the owners group
+    /// the matrices are dealt over (`None`: one process). Returns the norm.
+    pub fn step_matrix(
+        &mut self,
+        comm: Option<&dyn weft_parallel::Comm<weft_kernels::CpuBackend>>,
+        o: &Optimizer,
+        params: &mut weft_kernels::HostVec,
+        grads: &weft_kernels::HostVec,
+        lr: f64,
+        norm: Option<f64>,
+    ) -> Result<f64> {
+        let norm = match norm {
+            Some(n) => n,
+            None => self
+                .sum_squares(&weft_kernels::CpuBackend::new(), grads.view())?
+                .sqrt(),
+        };
+        let scale = if o.grad_clip > 0.0 && norm > o.grad_clip {
+            o.grad_clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        self.step += 1;
+        let opt = self
+            .matrix
+            .as_ref()
+            .ok_or_else(|| crate::Error::Other("no matrix optimizer set".into()))?;
+        opt.step(
+            comm,
+            o,
+            (params, &mut self.m, &mut self.v),
+            grads,
+            lr,
+            scale,
+            self.step,
+        )?;
+        Ok(norm)
     }
 }
 
