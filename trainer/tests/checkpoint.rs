@@ -184,3 +184,33 @@ fn ademamix_checkpoints_its_slow_ema_and_shards_like_adamw() {
     losses.truncate(4);
     crate::parallel::assert_equivalent("ademamix dp_shard=2 × tp=2", &(losses, want), &ranks, false);
 }
+
+/// Muon and Scion on both models: stop/resume is bitwise (the momentum is `optim.m`), and on
+/// `dp_shard = 2 × tp = 2` — matrices cut by FSDP and split by tp, fused projections
+/// orthogonalized per part on their owner rank — the run matches one process.
+#[test]
+fn muon_and_scion_resume_bitwise_and_shard_like_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, model, name) in [("muon", gpt as ModelFn, "gpt"), ("scion", dit as ModelFn, "dit")] {
+        let opt = |extra: &[&str]| {
+            let mut v = s(&[&format!("optimizer.kind=\"{kind}\""), "training.steps=4"]);
+            v.push(format!("job.name=\"{kind}\""));
+            v.extend(s(extra));
+            v
+        };
+        let one = with(model, dir.path(), &opt(&["training.micro_batch=4"]));
+        let (want_losses, want) = reference(&one);
+        let mut part = opt(&["training.micro_batch=4", "training.exit_after=2"]);
+        part.push(format!("job.name=\"{kind}-resumed\""));
+        train(&with(model, dir.path(), &part), TrainOptions::default()).unwrap();
+        part.push("checkpoint.resume=\"auto\"".into());
+        let (rest, got) = reference(&with(model, dir.path(), &part));
+        assert_eq!(rest, want_losses[2..], "{kind} {name}");
+        assert!(got == want, "{kind} {name}: parameters after resume differ");
+        let mut m = mesh_sets(&[1, 2, 1, 2, 1]);
+        m.extend(opt(&[]));
+        let ranks = sharded(&with(model, dir.path(), &m));
+        let label = format!("{kind} {name} dp_shard=2 × tp=2");
+        crate::parallel::assert_equivalent(&label, &(want_losses, want), &ranks, false);
+    }
+}
