@@ -7,6 +7,7 @@ mod bench_fsdp;
 mod bench_step;
 mod ckpt;
 mod commands;
+mod coord;
 mod dist;
 mod gpu;
 mod health;
@@ -53,6 +54,9 @@ enum Command {
         #[command(subcommand)]
         what: commands::DataWhat,
     },
+    /// Train each width a few steps under SP and muP and check that muP's activations stay
+    /// flat in width (CSV and plots).
+    CoordCheck(coord::CoordArgs),
     /// Inspect, verify or export checkpoints.
     Ckpt {
         #[command(subcommand)]
@@ -99,6 +103,7 @@ fn main() -> Result<()> {
         Command::Config(a) => commands::config(&a),
         Command::Data { what } => commands::data(&what),
         Command::Ckpt { what } => ckpt::run(&what),
+        Command::CoordCheck(a) => coord::coord_check(&a),
         Command::Info => {
             bench::info();
             Ok(())

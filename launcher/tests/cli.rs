@@ -121,3 +121,47 @@ fn train_then_sample_a_tiny_dit_end_to_end() {
     assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 3);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `weft coord-check` on the tiny DiT: muP's activations stay flat in width, SP's read-out
+/// grows; the CSV and plots are written.
+#[test]
+fn coord_check_finds_mup_flat_and_sp_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/dit-tiny.toml");
+    let out = dir.path().to_str().unwrap();
+    let out = weft(&[
+        "coord-check",
+        cfg,
+        "--widths",
+        "16,32,64",
+        "--steps",
+        "3",
+        "--out",
+        out,
+        "--set",
+        "model.depth=1",
+        "--set",
+        "training.micro_batch=4",
+        "--set",
+        "optimizer.lr=0.01",
+        "--set",
+        "training.peak_flops=1e11",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("muP: pass") && text.contains("SP: grows with width"),
+        "{text}"
+    );
+    let csv = std::fs::read_to_string(dir.path().join("coord.csv")).unwrap();
+    // 2 parametrizations × 3 widths × 3 steps × 5 layer types (no read-out at step 1: the
+    // DiT's final layer starts at zero), plus the header.
+    assert!(csv.lines().count() > 80, "{csv}");
+    for f in ["coord.svg", "coord.png"] {
+        assert!(std::fs::metadata(dir.path().join(f)).unwrap().len() > 1000, "{f}");
+    }
+}

@@ -26,12 +26,16 @@ pub struct Config {
     pub checkpoint: Checkpoint,
     #[serde(default)]
     pub launch: Launch,
+    #[serde(default)]
+    pub mup: Mup,
 }
 
 mod launch;
 mod matrix;
+mod mup;
 pub use launch::Launch;
 pub use matrix::{Muon, Scion};
+pub use mup::Mup;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +96,19 @@ pub struct DitConfig {
     pub t_mean: f64,
     #[serde(default = "one")]
     pub t_std: f64,
+    /// muP's base head dim (set from `[mup]`, not a key): attention scales by
+    /// `√base/HD` instead of `1/√HD`.
+    #[serde(skip)]
+    pub attn_base_hd: Option<usize>,
+}
+
+/// The attention score scale for head dim `hd`: `1/√hd`, or under muP (`base`: the head dim
+/// at the base width) `√base/hd`, which is `1/√hd` at the base width and falls as `1/hd`.
+pub fn attn_scale(base: Option<usize>, hd: usize) -> f32 {
+    match base {
+        Some(b) => ((b as f64).sqrt() / hd as f64) as f32,
+        None => 1.0 / (hd as f32).sqrt(),
+    }
 }
 
 /// A GPT / Llama-style decoder-only language model.
@@ -115,6 +132,9 @@ pub struct GptConfig {
     pub z_loss: f64,
     #[serde(default = "theta")]
     pub rope_theta: f64,
+    /// muP's base head dim (set from `[mup]`, not a key); see [`attn_scale`].
+    #[serde(skip)]
+    pub attn_base_hd: Option<usize>,
 }
 
 /// Where samples come from, chosen by `kind`.
@@ -377,7 +397,15 @@ impl Config {
             let msg = msg.lines().next().unwrap_or_default().to_string();
             Error::config(if key == "." { "(top level)".into() } else { key }, msg)
         })?;
+        let mut cfg = cfg;
         cfg.validate()?;
+        if cfg.mup.enabled {
+            let base = cfg.mup.base_width;
+            match &mut cfg.model {
+                ModelConfig::Dit(m) => m.attn_base_hd = Some(base / m.heads),
+                ModelConfig::Gpt(m) => m.attn_base_hd = Some(base / m.heads),
+            }
+        }
         Ok(cfg)
     }
 
@@ -600,7 +628,27 @@ impl Config {
             tokens,
         )?;
         pos("checkpoint.keep", self.checkpoint.keep)?;
+        let heads = match &self.model {
+            ModelConfig::Dit(m) => m.heads,
+            ModelConfig::Gpt(m) => m.heads,
+        };
+        self.mup.validate(heads)?;
         self.launch.validate()
+    }
+
+    /// The model's width (`model.width`).
+    pub fn width(&self) -> usize {
+        match &self.model {
+            ModelConfig::Dit(m) => m.width,
+            ModelConfig::Gpt(m) => m.width,
+        }
+    }
+
+    /// The parameter layout as trained: the model's, with muP's per-role init and
+    /// learning-rate factors when `[mup]` is on.
+    pub fn parametrize(&self, mut layout: crate::Layout) -> crate::Layout {
+        self.mup.apply(&mut layout, self.width(), &self.optimizer.kind);
+        layout
     }
 
     /// The run directory `<job.out_dir>/<job.name>`.

@@ -67,6 +67,9 @@ pub struct Entry {
     pub role: Role,
     pub init: Init,
     pub tp: TpSplit,
+    /// Multiplies the learning rate of this tensor's element-wise (AdamW) updates: 1, or
+    /// muP's per-role factor (see [`crate::config::Mup`]).
+    pub lr_scale: f64,
 }
 
 impl Entry {
@@ -146,6 +149,7 @@ impl Layout {
             role,
             init,
             tp,
+            lr_scale: 1.0,
         };
         self.len += e.numel();
         let r = e.range();

@@ -16,6 +16,7 @@ pub fn set_step_hook(hook: StepHook) -> bool {
 }
 
 pub(crate) fn step_done(rank: usize, step: u64, seconds: f64, comm: f64) {
+    coord::step_done();
     if let Some(h) = HOOK.get() {
         h(rank, step, seconds, comm)
     }
@@ -61,4 +62,62 @@ pub fn activity() -> Vec<(usize, u64, bool)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Coordinate checks (`weft coord-check`): the mean |activation| of each layer type, per
+/// step. Off unless switched on; the models' forward passes then report what they compute.
+pub mod coord {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    /// This step's `(sum of means, count)` per layer type, and the finished steps.
+    static NOW: Mutex<BTreeMap<&'static str, (f64, usize)>> = Mutex::new(BTreeMap::new());
+    static STEPS: Mutex<Vec<BTreeMap<String, f64>>> = Mutex::new(Vec::new());
+
+    /// Start recording (clearing what was recorded) or stop.
+    pub fn enable(on: bool) {
+        ON.store(on, Ordering::SeqCst);
+        if let (Ok(mut n), Ok(mut s)) = (NOW.lock(), STEPS.lock()) {
+            n.clear();
+            s.clear();
+        }
+    }
+
+    pub(crate) fn on() -> bool {
+        ON.load(Ordering::Relaxed)
+    }
+
+    /// One layer's mean |activation| in this step.
+    pub(crate) fn record(kind: &'static str, mean_abs: f64) {
+        if let Ok(mut n) = NOW.lock() {
+            let e = n.entry(kind).or_insert((0.0, 0));
+            e.0 += mean_abs;
+            e.1 += 1;
+        }
+    }
+
+    /// Close the step: its averages per layer type join the list.
+    pub(crate) fn step_done() {
+        if !on() {
+            return;
+        }
+        if let (Ok(mut n), Ok(mut s)) = (NOW.lock(), STEPS.lock()) {
+            s.push(
+                n.iter()
+                    .map(|(k, (sum, c))| (k.to_string(), sum / *c as f64))
+                    .collect(),
+            );
+            n.clear();
+        }
+    }
+
+    /// Per step (in order), the mean |activation| of each layer type; clears the record.
+    pub fn take() -> Vec<BTreeMap<String, f64>> {
+        STEPS
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    }
 }

@@ -235,7 +235,7 @@ where
             .map_err(Error::io(&mpath))?,
         path: mpath,
     };
-    let layout = model.layout().clone();
+    let layout = cfg.parametrize(model.layout().clone());
     let dt = dtype_of(cfg);
     // Parameters from the documented per-role initialization, gradients, AdamW state.
     let init = layout.init(cfg.job.seed);

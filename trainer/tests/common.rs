@@ -23,6 +23,7 @@ pub fn tiny_dit() -> DitConfig {
         sigma_data: 0.5,
         t_mean: 0.0,
         t_std: 1.0,
+        attn_base_hd: None,
     }
 }
 
@@ -38,6 +39,7 @@ pub fn tiny_gpt() -> GptConfig {
         tie_embeddings: false,
         z_loss: 1e-2,
         rope_theta: 100.0,
+        attn_base_hd: None,
     }
 }
 

@@ -36,11 +36,11 @@ fn run(kind: &str) {
     let be = CpuBackend::new();
     let p0 = v(&fx["params"]);
     let n = p0.len();
-    let segs: Vec<(usize, bool)> = fx["decays"]
+    let segs: Vec<(usize, bool, f64)> = fx["decays"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (1, d.as_bool().unwrap()))
+        .map(|d| (1, d.as_bool().unwrap(), 1.0))
         .collect();
     let mut params = HostVec::from(p0);
     let mut adam = AdamWState::for_config(&be, DType::F64, n, &cfg).unwrap();

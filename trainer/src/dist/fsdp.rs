@@ -104,10 +104,18 @@ impl<'c, B: Ops> Fsdp<'c, B> {
         self.m.iter().sum()
     }
 
-    /// `(length, decays)` segments of this rank's shard, in order, for the optimizer; padding
+    /// `(length, decays, learning-rate factor)` segments of this rank's shard, in order, for the optimizer; padding
     /// is a segment without decay (its parameters and gradients stay zero).
-    pub fn segments(&self, layout: &Layout) -> Vec<(usize, bool)> {
-        self.pieces(layout).into_iter().map(|(n, d, _)| (n, d)).collect()
+    pub fn segments(&self, layout: &Layout) -> Vec<(usize, bool, f64)> {
+        let scale = |r: &Option<Range<usize>>| {
+            r.as_ref()
+                .and_then(|r| layout.entries.iter().find(|e| e.range().contains(&r.start)))
+                .map_or(1.0, |e| e.lr_scale)
+        };
+        self.pieces(layout)
+            .into_iter()
+            .map(|(n, d, r)| (n, d, scale(&r)))
+            .collect()
     }
 
     /// `(length, decays, global range)` of every piece of this rank's shard (`None`: padding).

@@ -92,10 +92,10 @@ pub fn check_mesh(cfg: &Config, world: usize) -> Result<Mesh> {
 
 /// The whole model's layout (every tensor at its global shape).
 pub fn global_layout(cfg: &Config) -> crate::Layout {
-    match &cfg.model {
+    cfg.parametrize(match &cfg.model {
         ModelConfig::Dit(m) => Dit::<CpuBackend>::layout_of(m),
         ModelConfig::Gpt(m) => Gpt::<CpuBackend>::layout_of(m),
-    }
+    })
 }
 
 /// The communicators of one rank, split from the world by the mesh.
@@ -211,7 +211,7 @@ where
     let (shard, replicas) = (groups.shard.as_ref(), groups.replicas.as_ref());
     let (tp, tp_rank) = (mesh.size(Dim::Tp), mesh.coord(rank, Dim::Tp));
     let t = &cfg.training;
-    let layout = model.layout().clone();
+    let layout = cfg.parametrize(model.layout().clone());
     let init = layout.init_tp(cfg.job.seed, tp, tp_rank);
     let mut store = Fsdp::new(be, shard, &layout, &init, dt)?;
     store.set_prefetch(prefetch);

@@ -61,6 +61,8 @@ pub struct BlockSpec {
     /// Tensor-parallel size: `nh`, `nkv`, `hidden` are local; the residual stream holds `t/tp`
     /// tokens per sample.
     pub tp: usize,
+    /// Attention score scale: `1/√HD`, or muP's `√HD_base/HD`.
+    pub attn_scale: f32,
 }
 
 impl BlockSpec {
@@ -163,7 +165,10 @@ impl Block {
     }
     fn attn(&self) -> AttnDims {
         let s = &self.spec;
-        AttnDims::new(s.b, s.t, s.nh, s.nkv, s.hd, s.causal)
+        AttnDims {
+            scale: s.attn_scale,
+            ..AttnDims::new(s.b, s.t, s.nh, s.nkv, s.hd, s.causal)
+        }
     }
 
     /// `x_out = block(x_in)`, keeping what backward needs in `a` (`g` lends its staging).
@@ -264,6 +269,7 @@ impl Block {
         be.matmul_forward(w::<B>(&mut a.y1), r::<B>(&a.att), at(p, &bp.wo), owned(&bp.bo), d)?;
         self.scatter(be, sh, &a.y1, a.y1s.as_mut(), &mut g.stage)?;
         let y1 = r::<B>(a.y1s.as_ref().unwrap_or(&a.y1));
+        super::note(be, "attn_out", y1)?;
         self.residual_forward(be, w::<B>(&mut a.x_mid), x_in, y1, a.modv.get(2))?;
         // MLP branch.
         let x_mid = r::<B>(&a.x_mid);
@@ -283,6 +289,7 @@ impl Block {
         be.matmul_forward(w::<B>(&mut a.y2), r::<B>(&a.a), at(p, &bp.w2), owned(&bp.b2), d)?;
         self.scatter(be, sh, &a.y2, a.y2s.as_mut(), &mut g.stage)?;
         let y2 = r::<B>(a.y2s.as_ref().unwrap_or(&a.y2));
+        super::note(be, "mlp_out", y2)?;
         self.residual_forward(be, x_out, r::<B>(&a.x_mid), y2, a.modv.get(5))
     }
 

@@ -165,6 +165,7 @@ impl<B: Ops> Dit<B> {
             causal: false,
             bias: true,
             eps: 1e-6,
+            attn_scale: crate::config::attn_scale(cfg.attn_base_hd, hd),
         };
         (spec, pd)
     }
@@ -410,7 +411,9 @@ impl<B: Ops> Dit<B> {
             Some(at(p, &pr.x_b)),
             d,
         )?;
+        super::note(be, "embed", self.trunk.input())?;
         self.trunk.forward(be, wt, Some(r::<B>(&a.silu_c)))?;
+        super::note(be, "residual", self.trunk.output())?;
         let p = wt.get(be, last)?;
         // Final AdaLN + linear + unpatchify.
         for i in 0..2 {
@@ -454,6 +457,7 @@ impl<B: Ops> Dit<B> {
             Some(at(p, &pr.f_b)),
             d,
         )?;
+        super::note(be, "readout", r::<B>(&a.out))?;
         if a.local.is_none() {
             be.unpatchify_forward(w::<B>(&mut a.pred), r::<B>(&a.out), pd)?;
         }

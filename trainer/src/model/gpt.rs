@@ -89,6 +89,7 @@ impl<B: Ops> Gpt<B> {
             causal: true,
             bias: false,
             eps: 1e-5,
+            attn_scale: crate::config::attn_scale(cfg.attn_base_hd, c / cfg.heads),
         };
         let mut l = Layout::default();
         let table = l.add(
@@ -204,7 +205,9 @@ impl<B: Ops> Gpt<B> {
             at(p, &self.p.table),
             ed,
         )?;
+        super::note(be, "embed", self.trunk.input())?;
         self.trunk.forward(be, wt, None)?;
+        super::note(be, "residual", self.trunk.output())?;
         let nd = NormDims { n, c, eps: 1e-5 };
         let p = wt.get(be, last)?;
         let x_l = self.trunk.output();
@@ -224,7 +227,7 @@ impl<B: Ops> Gpt<B> {
             None,
             d,
         )?;
-        Ok(())
+        super::note(be, "readout", r::<B>(&self.logits))
     }
 }
 

@@ -241,3 +241,13 @@ impl<B: Backend> Weights<B> for Flat<'_, B> {
 pub(crate) fn rebase(r: &Range<usize>, start: usize) -> Range<usize> {
     r.start - start..r.end - start
 }
+
+/// Report `x`'s mean |value| as layer type `kind` to a running coordinate check (nothing
+/// otherwise).
+pub(crate) fn note<B: Backend>(be: &B, kind: &'static str, x: B::Ref<'_>) -> Result<()> {
+    if crate::observe::coord::on() && !x.is_empty() {
+        let v = download_f64(be, x)?;
+        crate::observe::coord::record(kind, v.iter().map(|a| a.abs()).sum::<f64>() / v.len() as f64);
+    }
+    Ok(())
+}

@@ -57,6 +57,10 @@ impl<B: Ops> Trunk<B> {
     pub fn input_mut(&mut self) -> B::Mut<'_> {
         w::<B>(&mut self.inputs[0])
     }
+    /// The residual stream entering block 0.
+    pub fn input(&self) -> B::Ref<'_> {
+        r::<B>(&self.inputs[0])
+    }
     /// The trunk's output `(B, T, C)`.
     pub fn output(&self) -> B::Ref<'_> {
         r::<B>(self.inputs.last().expect("L+1 boundaries"))

@@ -287,8 +287,9 @@ fn overlap(r: &Run, t: &Target) -> Option<(usize, usize, usize)> {
 /// Muon or Scion for one rank: the plan, and the runs every rank of its owners group holds.
 pub struct MatrixOpt {
     geometry: Vec<Geometry>,
-    /// Whether AdamW decays each entry (see [`Role::decays`]).
+    /// Whether AdamW decays each entry (see [`Role::decays`]), and its learning-rate factor.
     decays: Vec<bool>,
+    lr_scale: Vec<f64>,
     targets: Vec<Target>,
     /// `members[i]`: the runs of the group's `i`-th rank (its shard of the flat buffer).
     members: Vec<Vec<Run>>,
@@ -303,6 +304,7 @@ impl MatrixOpt {
         MatrixOpt {
             geometry,
             decays: global.entries.iter().map(|e| e.role.decays()).collect(),
+            lr_scale: global.entries.iter().map(|e| e.lr_scale).collect(),
             targets,
             members,
             me,
@@ -366,7 +368,7 @@ impl MatrixOpt {
             let (_, gr) = g.split_at(skip);
             let (ge, gr) = gr.split_at(n);
             let h = AdamW {
-                lr: lr as f32,
+                lr: (lr * self.lr_scale[r.entry]) as f32,
                 beta1: o.beta1 as f32,
                 beta2: o.beta2 as f32,
                 eps: o.eps as f32,

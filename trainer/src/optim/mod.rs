@@ -122,10 +122,10 @@ impl<B: Ops> AdamWState<B> {
         lr: f64,
     ) -> Result<f64> {
         let norm = self.sum_squares(be, grads)?.sqrt();
-        let segs: Vec<(usize, bool)> = layout
+        let segs: Vec<(usize, bool, f64)> = layout
             .entries
             .iter()
-            .map(|e| (e.numel(), e.role.decays()))
+            .map(|e| (e.numel(), e.role.decays(), e.lr_scale))
             .collect();
         self.step_segments(be, o, &segs, params, grads, lr, norm)?;
         Ok(norm)
@@ -138,14 +138,15 @@ impl<B: Ops> AdamWState<B> {
         Ok(download_f64(be, B::view(&self.acc))?[0])
     }
 
-    /// One AdamW step over consecutive segments `(length, decays)` covering the buffers, with
+    /// One AdamW step over consecutive segments `(length, decays, learning-rate factor)`
+    /// covering the buffers, with
     /// the global gradient norm `norm` already known (a sharded run sums it over ranks).
     #[allow(clippy::too_many_arguments)]
     pub fn step_segments(
         &mut self,
         be: &B,
         o: &Optimizer,
-        segs: &[(usize, bool)],
+        segs: &[(usize, bool, f64)],
         params: B::Mut<'_>,
         grads: B::Ref<'_>,
         lr: f64,
@@ -161,13 +162,13 @@ impl<B: Ops> AdamWState<B> {
         let (mut p, mut m, mut v, mut g) =
             (params, B::view_mut(&mut self.m), B::view_mut(&mut self.v), grads);
         let mut m2 = self.m2.as_mut().map(|b| B::view_mut(b));
-        for &(n, decays) in segs {
+        for &(n, decays, lr_scale) in segs {
             let (pe, pr) = p.split_at(n);
             let (me, mr) = m.split_at(n);
             let (ve, vr) = v.split_at(n);
             let (ge, gr) = g.split_at(n);
             let h = AdamW {
-                lr: lr as f32,
+                lr: (lr * lr_scale) as f32,
                 beta1: o.beta1 as f32,
                 beta2: o.beta2 as f32,
                 eps: o.eps as f32,
