@@ -226,3 +226,34 @@ fn distributed_newton_schulz_on_4_ranks_equals_one_process() {
         }
     }
 }
+
+/// muP is written relative to its base: at `model.width = mup.base_width` training is the
+/// standard parametrization's, bit for bit; at twice the width it is not.
+#[test]
+fn mup_at_its_base_width_is_exactly_sp() {
+    use crate::parallel::{dit, reference};
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["adamw", "muon"] {
+        let opt = format!("optimizer.kind=\"{kind}\"");
+        let sp = reference(&dit(dir.path(), &[&opt, "job.name=\"sp\""]));
+        let mup = reference(&dit(
+            dir.path(),
+            &[&opt, "job.name=\"mup\"", "mup.enabled=true", "mup.base_width=32"],
+        ));
+        assert_eq!(sp.0, mup.0, "{kind}: losses");
+        assert!(sp.1 == mup.1, "{kind}: parameters");
+        let wide = reference(&dit(
+            dir.path(),
+            &[
+                &opt,
+                "job.name=\"mup16\"",
+                "mup.enabled=true",
+                "mup.base_width=16",
+            ],
+        ));
+        assert!(
+            wide.1 != sp.1,
+            "{kind}: a base of half the width must change the run"
+        );
+    }
+}
