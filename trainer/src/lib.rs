@@ -14,6 +14,7 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use layout::{Entry, Layout, Role};
 pub mod export;
+pub mod fit;
 pub mod optim;
 mod render;
 pub mod sample;
