@@ -35,7 +35,7 @@ mod matrix;
 mod mup;
 pub use launch::Launch;
 pub use matrix::{Muon, Scion};
-pub use mup::Mup;
+pub use mup::{attn_scale, Mup};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -100,15 +100,6 @@ pub struct DitConfig {
     /// `√base/HD` instead of `1/√HD`.
     #[serde(skip)]
     pub attn_base_hd: Option<usize>,
-}
-
-/// The attention score scale for head dim `hd`: `1/√hd`, or under muP (`base`: the head dim
-/// at the base width) `√base/hd`, which is `1/√hd` at the base width and falls as `1/hd`.
-pub fn attn_scale(base: Option<usize>, hd: usize) -> f32 {
-    match base {
-        Some(b) => ((b as f64).sqrt() / hd as f64) as f32,
-        None => 1.0 / (hd as f32).sqrt(),
-    }
 }
 
 /// A GPT / Llama-style decoder-only language model.

@@ -4,6 +4,15 @@
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+/// The attention score scale for head dim `hd`: `1/√hd`, or under muP (`base`: the head dim
+/// at the base width) `√base/hd`, which is `1/√hd` at the base width and falls as `1/hd`.
+pub fn attn_scale(base: Option<usize>, hd: usize) -> f32 {
+    match base {
+        Some(b) => ((b as f64).sqrt() / hd as f64) as f32,
+        None => 1.0 / (hd as f32).sqrt(),
+    }
+}
+
 /// muP against a base width (Yang et al., Tensor Programs V, Table 3, for Adam-type
 /// optimizers), written relative to the base so that at `model.width = base_width` the model
 /// and its updates are exactly the standard parametrization's. With width multiplier
