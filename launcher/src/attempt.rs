@@ -31,6 +31,18 @@ pub(crate) fn kill_attempt(
         .status();
 }
 
+/// End the attempt (every rank) after a failure was detected, and report it.
+fn end_failed(
+    child: &mut Child,
+    alloc: Option<&crate::slurm::Allocation>,
+    board: &Mutex<Board>,
+    failed: End,
+) -> Result<End> {
+    kill_attempt(child, alloc, "KILL", board);
+    let _ = child.wait();
+    Ok(failed)
+}
+
 pub(crate) fn watch(
     (mut child, alloc): (Child, Option<&crate::slurm::Allocation>),
     board: &Mutex<Board>,
@@ -86,27 +98,33 @@ pub(crate) fn watch(
                     format!("rank {k} was placed on evicted node {}", r.host),
                 );
                 drop(b);
-                kill_attempt(&mut child, alloc, "KILL", board);
-                let _ = child.wait();
-                return Ok(End::Failed {
-                    kind: "placement",
-                    rank: Some(k),
-                    host,
-                    detail,
-                    step: 0,
-                });
+                return end_failed(
+                    &mut child,
+                    alloc,
+                    board,
+                    End::Failed {
+                        kind: "placement",
+                        rank: Some(k),
+                        host,
+                        detail,
+                        step: 0,
+                    },
+                );
             }
             if let Some((rank, host, kind, detail)) = crate::health::preflight(&b, l) {
                 drop(b);
-                kill_attempt(&mut child, alloc, "KILL", board);
-                let _ = child.wait();
-                return Ok(End::Failed {
-                    kind,
-                    rank: Some(rank),
-                    host,
-                    detail,
-                    step: 0,
-                });
+                return end_failed(
+                    &mut child,
+                    alloc,
+                    board,
+                    End::Failed {
+                        kind,
+                        rank: Some(rank),
+                        host,
+                        detail,
+                        step: 0,
+                    },
+                );
             }
             continue;
         }
@@ -135,15 +153,18 @@ pub(crate) fn watch(
         };
         if let Some((rank, host, kind, detail)) = gpu.or(comm) {
             drop(b);
-            kill_attempt(&mut child, alloc, "KILL", board);
-            let _ = child.wait();
-            return Ok(End::Failed {
-                kind,
-                rank: Some(rank),
-                host,
-                detail,
-                step,
-            });
+            return end_failed(
+                &mut child,
+                alloc,
+                board,
+                End::Failed {
+                    kind,
+                    rank: Some(rank),
+                    host,
+                    detail,
+                    step,
+                },
+            );
         }
         if let Some((at, reached, resumed)) = *pending {
             // The first step of a new attempt: the previous failure is recovered.
@@ -188,16 +209,19 @@ pub(crate) fn watch(
             let r = &b.ranks[&culprit];
             let (rank, host, at) = (culprit, r.host.clone(), r.step);
             drop(b);
-            kill_attempt(&mut child, alloc, "KILL", board);
-            let _ = child.wait();
             let detail = format!("rank {rank} ended at step {at} of {steps}");
-            return Ok(End::Failed {
-                kind: "exit",
-                rank: Some(rank),
-                host,
-                detail,
-                step,
-            });
+            return end_failed(
+                &mut child,
+                alloc,
+                board,
+                End::Failed {
+                    kind: "exit",
+                    rank: Some(rank),
+                    host,
+                    detail,
+                    step,
+                },
+            );
         }
         if let Some(status) = child.try_wait()? {
             drop(b);
@@ -277,15 +301,18 @@ pub(crate) fn watch(
                 .and_then(|r| b.ranks.get(&r))
                 .map_or("localhost".into(), |r| r.host.clone());
             drop(b);
-            kill_attempt(&mut child, alloc, "KILL", board);
-            let _ = child.wait();
-            return Ok(End::Failed {
-                kind: "hang",
-                rank,
-                host,
-                detail,
-                step,
-            });
+            return end_failed(
+                &mut child,
+                alloc,
+                board,
+                End::Failed {
+                    kind: "hang",
+                    rank,
+                    host,
+                    detail,
+                    step,
+                },
+            );
         }
         // Straggler: compute time well above the other ranks', for a window of steps.
         let w = l.straggler_window.max(1);
@@ -304,15 +331,18 @@ pub(crate) fn watch(
                     ),
                 );
                 drop(b);
-                kill_attempt(&mut child, alloc, "KILL", board);
-                let _ = child.wait();
-                return Ok(End::Failed {
-                    kind: "straggler",
-                    rank: Some(k),
-                    host,
-                    detail,
-                    step,
-                });
+                return end_failed(
+                    &mut child,
+                    alloc,
+                    board,
+                    End::Failed {
+                        kind: "straggler",
+                        rank: Some(k),
+                        host,
+                        detail,
+                        step,
+                    },
+                );
             }
         }
     }
