@@ -31,16 +31,25 @@ pub(crate) fn kill_attempt(
         .status();
 }
 
+/// What a detected failure reports: kind, rank, host, detail, step.
+type Failure = (&'static str, Option<usize>, String, String, u64);
+
 /// End the attempt (every rank) after a failure was detected, and report it.
 fn end_failed(
     child: &mut Child,
     alloc: Option<&crate::slurm::Allocation>,
     board: &Mutex<Board>,
-    failed: End,
+    (kind, rank, host, detail, step): Failure,
 ) -> Result<End> {
     kill_attempt(child, alloc, "KILL", board);
     let _ = child.wait();
-    Ok(failed)
+    Ok(End::Failed {
+        kind,
+        rank,
+        host,
+        detail,
+        step,
+    })
 }
 
 pub(crate) fn watch(
@@ -98,33 +107,11 @@ pub(crate) fn watch(
                     format!("rank {k} was placed on evicted node {}", r.host),
                 );
                 drop(b);
-                return end_failed(
-                    &mut child,
-                    alloc,
-                    board,
-                    End::Failed {
-                        kind: "placement",
-                        rank: Some(k),
-                        host,
-                        detail,
-                        step: 0,
-                    },
-                );
+                return end_failed(&mut child, alloc, board, ("placement", Some(k), host, detail, 0));
             }
             if let Some((rank, host, kind, detail)) = crate::health::preflight(&b, l) {
                 drop(b);
-                return end_failed(
-                    &mut child,
-                    alloc,
-                    board,
-                    End::Failed {
-                        kind,
-                        rank: Some(rank),
-                        host,
-                        detail,
-                        step: 0,
-                    },
-                );
+                return end_failed(&mut child, alloc, board, (kind, Some(rank), host, detail, 0));
             }
             continue;
         }
@@ -153,18 +140,7 @@ pub(crate) fn watch(
         };
         if let Some((rank, host, kind, detail)) = gpu.or(comm) {
             drop(b);
-            return end_failed(
-                &mut child,
-                alloc,
-                board,
-                End::Failed {
-                    kind,
-                    rank: Some(rank),
-                    host,
-                    detail,
-                    step,
-                },
-            );
+            return end_failed(&mut child, alloc, board, (kind, Some(rank), host, detail, step));
         }
         if let Some((at, reached, resumed)) = *pending {
             // The first step of a new attempt: the previous failure is recovered.
@@ -210,18 +186,7 @@ pub(crate) fn watch(
             let (rank, host, at) = (culprit, r.host.clone(), r.step);
             drop(b);
             let detail = format!("rank {rank} ended at step {at} of {steps}");
-            return end_failed(
-                &mut child,
-                alloc,
-                board,
-                End::Failed {
-                    kind: "exit",
-                    rank: Some(rank),
-                    host,
-                    detail,
-                    step,
-                },
-            );
+            return end_failed(&mut child, alloc, board, ("exit", Some(rank), host, detail, step));
         }
         if let Some(status) = child.try_wait()? {
             drop(b);
@@ -301,18 +266,7 @@ pub(crate) fn watch(
                 .and_then(|r| b.ranks.get(&r))
                 .map_or("localhost".into(), |r| r.host.clone());
             drop(b);
-            return end_failed(
-                &mut child,
-                alloc,
-                board,
-                End::Failed {
-                    kind: "hang",
-                    rank,
-                    host,
-                    detail,
-                    step,
-                },
-            );
+            return end_failed(&mut child, alloc, board, ("hang", rank, host, detail, step));
         }
         // Straggler: compute time well above the other ranks', for a window of steps.
         let w = l.straggler_window.max(1);
@@ -335,13 +289,7 @@ pub(crate) fn watch(
                     &mut child,
                     alloc,
                     board,
-                    End::Failed {
-                        kind: "straggler",
-                        rank: Some(k),
-                        host,
-                        detail,
-                        step,
-                    },
+                    ("straggler", Some(k), host, detail, step),
                 );
             }
         }

@@ -2,6 +2,8 @@
 //! ends with the bits of an uninterrupted one; `weft ckpt inspect|verify|export`; and a full
 //! disk fails saves without stopping training or touching the last good checkpoint.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -149,23 +151,12 @@ fn a_full_disk_fails_saves_but_not_training_nor_the_last_good_checkpoint() {
         .arg("--no-progress")
         .output()
         .unwrap());
-    let one: u64 = std::fs::read_dir(probe.join("checkpoints/step_00000001"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
+    let one = common::checkpoint_bytes(&probe.join("checkpoints"));
     // A filesystem with room for one checkpoint and a half.
-    let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let size = format!("size={}k", (one * 3 / 2) / 1024 + 8);
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+    let Some(small) = common::Mount::room_for_1_5(&dir.path().join("small"), one) else {
         return;
-    }
+    };
+    let mnt = &small.0;
     let ckdir = format!("checkpoint.dir=\"{}\"", mnt.display());
     let out = weft()
         .arg("train")
@@ -183,10 +174,10 @@ fn a_full_disk_fails_saves_but_not_training_nor_the_last_good_checkpoint() {
         .arg("--no-progress")
         .output()
         .unwrap();
-    let verified = weft_checkpoint::latest_valid(&mnt)
+    let verified = weft_checkpoint::latest_valid(mnt)
         .unwrap()
         .map(|c| c.manifest.step);
-    Command::new("umount").arg(&mnt).status().unwrap();
+    drop(small);
     let log = ok(out);
     assert!(log.contains("checkpoint save failed"), "{log}");
     assert!(log.contains("4 steps"), "training finished: {log}");

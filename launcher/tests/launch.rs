@@ -4,6 +4,8 @@
 //! with the fault-free run's bits; a preflight that refuses unhealthy nodes and a slow
 //! all-reduce; and a store that turns away clients without the run's secret.
 
+mod common;
+
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -104,27 +106,11 @@ fn rank_faults_are_detected_named_and_recovered_with_the_fault_free_bits() {
 
     // A checkpoint disk that fills up: saves fail and are reported with the rank and node,
     // training carries on, and the last good checkpoint stays the one to resume from.
-    let kept = std::fs::read_dir(dir.path().join("clean/checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .unwrap();
-    let one: u64 = std::fs::read_dir(kept)
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let size = format!("size={}k", (one * 3 / 2) / 1024 + 8);
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped the full-disk case: cannot mount a small tmpfs here (needs root)");
+    let one = common::checkpoint_bytes(&dir.path().join("clean/checkpoints"));
+    let Some(small) = common::Mount::room_for_1_5(&dir.path().join("small"), one) else {
         return;
-    }
+    };
+    let mnt = &small.0;
     let out = launch(dir.path(), "full")
         .args(["--set", &format!("checkpoint.dir=\"{}\"", mnt.display())])
         .args([
@@ -135,10 +121,9 @@ fn rank_faults_are_detected_named_and_recovered_with_the_fault_free_bits() {
         ])
         .output()
         .unwrap();
-    let verified = weft_checkpoint::latest_valid(&mnt)
+    let verified = weft_checkpoint::latest_valid(mnt)
         .unwrap()
         .map(|c| c.manifest.step);
-    Command::new("umount").arg(&mnt).status().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = json(&dir.path().join("full/launch.json"));
     assert_eq!(

@@ -7,6 +7,8 @@
 //! — each finishing with the bits of the fault-free run — and a shrink when no spare is left.
 //! Skipped, with a message, where SLURM is not installed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -211,44 +213,6 @@ fn sets(out: &Path, name: &str, extra: &[&str]) -> Vec<String> {
     .collect()
 }
 
-/// A mounted filesystem, unmounted when dropped.
-struct Mount(PathBuf);
-
-impl Mount {
-    /// A tmpfs of `size` at `dir`; `None` where mounting is not permitted.
-    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", size, "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Mount(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Bytes of the one checkpoint (a `step_*` directory) under `root` — the largest if several.
-fn dir_size(root: &Path) -> u64 {
-    std::fs::read_dir(root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .map(|p| {
-            std::fs::read_dir(p)
-                .unwrap()
-                .map(|e| e.unwrap().metadata().unwrap().len())
-                .sum::<u64>()
-        })
-        .max()
-        .unwrap()
-}
-
 fn config() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")).join("dit-tiny.toml")
 }
@@ -303,11 +267,8 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
     let want = digest("reference");
     // A small filesystem for the full-disk case, mounted before the nodes start (each node
     // has its own mount namespace, a copy of this one): room for one checkpoint and a half.
-    let size = format!(
-        "size={}k",
-        dir_size(&out.join("reference/checkpoints")) * 3 / 2 / 1024 + 8
-    );
-    let small = Mount::tmpfs(&base.path().join("small"), &size);
+    let one = common::checkpoint_bytes(&out.join("reference/checkpoints"));
+    let small = common::Mount::room_for_1_5(&base.path().join("small"), one);
     let Some(mut c) = Cluster::up(&base.path().join("slurm"), 3) else {
         return;
     };
@@ -412,8 +373,6 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
         );
         assert_eq!(verified, Some(4), "the first checkpoint stays the good one");
         assert_eq!(digest("full"), want);
-    } else {
-        eprintln!("skipped the full-disk case: cannot mount a small tmpfs here (needs root)");
     }
 
     // Preemption near the time limit: SIGUSR1 to the batch job → the ranks save, the driver

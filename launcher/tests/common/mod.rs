@@ -1,0 +1,49 @@
+//! Helpers shared by the launcher's integration tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A small tmpfs, unmounted when dropped (also when a test fails).
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    /// A tmpfs at `dir` with room for one and a half checkpoints of `one` bytes; `None` where
+    /// mounting is not permitted (not root).
+    pub fn room_for_1_5(dir: &Path, one: u64) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let size = format!("size={}k", (one * 3 / 2) / 1024 + 8);
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped the full-disk case: cannot mount a small tmpfs here (needs root)");
+        }
+        ok.then(|| Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Bytes of the largest checkpoint (a `step_*` directory) under `root`.
+pub fn checkpoint_bytes(root: &Path) -> u64 {
+    std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| {
+            std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap()
+}
