@@ -294,6 +294,9 @@ pub struct MatrixOpt {
     /// `members[i]`: the runs of the group's `i`-th rank (its shard of the flat buffer).
     members: Vec<Vec<Run>>,
     me: usize,
+    /// Per bucket of targets, the block each rank sends each owner: the most elements any
+    /// rank holds of any of its targets (fixed by the shards, so computed once).
+    block: Vec<usize>,
 }
 
 impl MatrixOpt {
@@ -301,7 +304,21 @@ impl MatrixOpt {
     /// order; `me`: this rank's index in the group.
     pub fn new(global: &Layout, o: &Optimizer, members: Vec<Vec<Run>>, me: usize) -> Self {
         let (geometry, targets) = plan(global, o);
+        let size = members.len();
+        let block = targets
+            .chunks(size)
+            .map(|bucket| {
+                let held = |src: &Vec<Run>, t: &Target| -> usize {
+                    src.iter().filter_map(|r| overlap(r, t)).map(|o| o.2).sum()
+                };
+                let most = members
+                    .iter()
+                    .flat_map(|src| bucket.iter().map(move |t| held(src, t)));
+                most.max().unwrap_or(0)
+            })
+            .collect();
         MatrixOpt {
+            block,
             geometry,
             decays: global.entries.iter().map(|e| e.role.decays()).collect(),
             lr_scale: global.entries.iter().map(|e| e.lr_scale).collect(),
@@ -475,20 +492,7 @@ impl MatrixOpt {
                 _ => Ok(send),
             }
         };
-        for bucket in self.targets.chunks(size) {
-            // Block length: the most elements any rank holds of any target of the bucket.
-            let held = |src: usize, t: &Target| -> usize {
-                self.members[src]
-                    .iter()
-                    .filter_map(|r| overlap(r, t))
-                    .map(|o| o.2)
-                    .sum()
-            };
-            let len = (0..size)
-                .flat_map(|src| bucket.iter().map(move |t| (src, t)))
-                .map(|(src, t)| held(src, t))
-                .max()
-                .unwrap_or(0);
+        for (bucket, &len) in self.targets.chunks(size).zip(&self.block) {
             // To each owner, this rank's pieces of its target.
             let mut send = vec![T::zero(); size * len];
             for (d, t) in bucket.iter().enumerate() {
