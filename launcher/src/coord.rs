@@ -165,7 +165,7 @@ fn plot(svg: &Path, png: &Path, a: &CoordArgs, records: &Records) -> Result<()> 
 }
 
 /// The bundled DejaVu Sans (plotters draws text with it; no system fonts needed).
-fn register_font() {
+pub(crate) fn register_font() {
     static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
 }

@@ -15,6 +15,7 @@ mod launch;
 mod rankside;
 mod slurm;
 mod store;
+mod sweep;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -57,6 +58,9 @@ enum Command {
     /// Train each width a few steps under SP and muP and check that muP's activations stay
     /// flat in width (CSV and plots).
     CoordCheck(coord::CoordArgs),
+    /// Run a grid of runs from a sweep file (locally or as a SLURM job array), then fit the
+    /// best learning rate per width and scaling laws, and write a report.
+    Sweep(sweep::SweepArgs),
     /// Inspect, verify or export checkpoints.
     Ckpt {
         #[command(subcommand)]
@@ -104,6 +108,7 @@ fn main() -> Result<()> {
         Command::Data { what } => commands::data(&what),
         Command::Ckpt { what } => ckpt::run(&what),
         Command::CoordCheck(a) => coord::coord_check(&a),
+        Command::Sweep(a) => sweep::sweep(&a),
         Command::Info => {
             bench::info();
             Ok(())

@@ -31,6 +31,8 @@ pub struct Job<'a> {
     pub gres: Option<&'a str>,
     pub extra: &'a [String],
     pub out: &'a Path,
+    /// A job array (`0-9%4`): one task per index, each its own allocation.
+    pub array: Option<&'a str>,
 }
 
 /// The batch script: the allocation (nodes + spares, kept when a node fails), SIGUSR1 two
@@ -45,13 +47,19 @@ pub fn script(j: &Job<'_>, driver: &[String]) -> Result<String> {
     line("job-name", j.name)?;
     line("nodes", &(j.nodes + j.spare).to_string())?;
     line("ntasks-per-node", &j.procs.to_string())?;
-    line("output", &j.out.join("slurm-%j.out").display().to_string())?;
+    let log = if j.array.is_some() {
+        "slurm-%A_%a.out"
+    } else {
+        "slurm-%j.out"
+    };
+    line("output", &j.out.join(log).display().to_string())?;
     line("signal", "B:USR1@120")?;
     for (k, v) in [
         ("partition", j.partition),
         ("time", j.time),
         ("account", j.account),
         ("gres", j.gres),
+        ("array", j.array),
     ] {
         if let Some(v) = v {
             line(k, v)?;
@@ -282,6 +290,7 @@ pub fn submit_job(a: &crate::launch::LaunchArgs, cfg: &weft_trainer::Config, pro
         gres: a.gres.as_deref(),
         extra: &a.sbatch_arg,
         out: &dir,
+        array: None,
     };
     let script = script(&job, &driver)?;
     if a.dry_run {
@@ -318,6 +327,7 @@ mod tests {
             gres: Some("gpu:4"),
             extra: &["--exclusive".to_string()],
             out,
+            array: None,
         };
         let s = script(
             &j,
@@ -334,6 +344,18 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("'it'\\''s' '$(rm -rf /)'"), "{s}");
+        let arr = script(
+            &Job {
+                array: Some("0-9%2"),
+                ..j
+            },
+            &[],
+        )
+        .unwrap();
+        assert!(
+            arr.contains("#SBATCH --array=0-9%2\n") && arr.contains("slurm-%A_%a.out"),
+            "{arr}"
+        );
         let bad = Job {
             partition: Some("gpu\n#SBATCH --uid=0"),
             ..j

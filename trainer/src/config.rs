@@ -391,10 +391,10 @@ impl Config {
         let mut cfg = cfg;
         cfg.validate()?;
         if cfg.mup.enabled {
-            let base = cfg.mup.base_width;
+            let mup = cfg.mup.clone();
             match &mut cfg.model {
-                ModelConfig::Dit(m) => m.attn_base_hd = Some(base / m.heads),
-                ModelConfig::Gpt(m) => m.attn_base_hd = Some(base / m.heads),
+                ModelConfig::Dit(m) => m.attn_base_hd = Some(mup.base_hd(m.heads)),
+                ModelConfig::Gpt(m) => m.attn_base_hd = Some(mup.base_hd(m.heads)),
             }
         }
         Ok(cfg)

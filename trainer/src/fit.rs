@@ -155,24 +155,50 @@ pub fn power_law(x: &[f64], y: &[f64]) -> Option<PowerLaw> {
     })
 }
 
-/// The best learning rate from losses at several rates: a parabola in `ln lr` fitted by least
-/// squares, its vertex when it opens upwards and lies inside the tried range, else the rate
-/// with the lowest loss. Returns `(lr, from the parabola)`.
+/// The best learning rate from losses at several rates: [`log_parabola_min`] of loss in
+/// `ln lr`. Returns `(lr, from the parabola)`.
 pub fn best_lr(lr: &[f64], loss: &[f64]) -> Option<(f64, bool)> {
-    let pts: Vec<(f64, f64)> = lr
+    log_parabola_min(lr, loss).map(|m| (m.x, m.fitted))
+}
+
+/// The minimum of a curve sampled at `x > 0` (learning rates, model sizes).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Minimum {
+    pub x: f64,
+    /// The fitted value at `x` (or the lowest sample when not fitted).
+    pub y: f64,
+    /// Whether `x` is the vertex of the parabola; otherwise it is the lowest sample.
+    pub fitted: bool,
+}
+
+/// The minimum of `y` over `ln x`: a parabola fitted by least squares to the lowest finite
+/// sample and up to two neighbours on each side (far from the minimum, loss against log
+/// learning rate or log size is not parabolic), its vertex when it opens upwards and lies
+/// inside the fitted range, else the lowest sample. Non-finite `y` (diverged runs) are left out.
+pub fn log_parabola_min(x: &[f64], y: &[f64]) -> Option<Minimum> {
+    let mut pts: Vec<(f64, f64)> = x
         .iter()
-        .zip(loss)
-        .filter(|(_, l)| l.is_finite())
+        .zip(y)
+        .filter(|(r, l)| l.is_finite() && **r > 0.0)
         .map(|(r, l)| (r.ln(), *l))
         .collect();
-    let lowest = pts.iter().min_by(|a, b| a.1.total_cmp(&b.1))?.0.exp();
-    if pts.len() < 3 {
-        return Some((lowest, false));
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let i = (0..pts.len()).min_by(|&a, &b| pts[a].1.total_cmp(&pts[b].1))?;
+    let lowest = Minimum {
+        x: pts[i].0.exp(),
+        y: pts[i].1,
+        fitted: false,
+    };
+    let near = &pts[i.saturating_sub(2)..(i + 3).min(pts.len())];
+    if near.len() < 3 {
+        return Some(lowest);
     }
-    // Normal equations for y = c0 + c1·x + c2·x².
+    // Normal equations for y = c0 + c1·u + c2·u², centred (u = x − mean) for conditioning.
+    let mx = near.iter().map(|p| p.0).sum::<f64>() / near.len() as f64;
     let (mut m, mut b) = ([[0.0; 3]; 3], [0.0; 3]);
-    for &(x, y) in &pts {
-        let v = [1.0, x, x * x];
+    for &(x, y) in near {
+        let u = x - mx;
+        let v = [1.0, u, u * u];
         for i in 0..3 {
             b[i] += v[i] * y;
             for j in 0..3 {
@@ -180,16 +206,62 @@ pub fn best_lr(lr: &[f64], loss: &[f64]) -> Option<(f64, bool)> {
             }
         }
     }
-    let c = solve3(m, b)?;
-    let (lo, hi) = pts
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), p| (l.min(p.0), h.max(p.0)));
+    let Some(c) = solve3(m, b) else {
+        return Some(lowest);
+    };
+    let (lo, hi) = (near[0].0 - mx, near[near.len() - 1].0 - mx);
     let vertex = -c[1] / (2.0 * c[2]);
     if c[2] > 0.0 && (lo..=hi).contains(&vertex) {
-        Some((vertex.exp(), true))
+        Some(Minimum {
+            x: (vertex + mx).exp(),
+            y: c[0] + c[1] * vertex + c[2] * vertex * vertex,
+            fitted: true,
+        })
     } else {
-        Some((lowest, false))
+        Some(lowest)
     }
+}
+
+/// A fitted line `ln y = ln k + a·ln x`, i.e. `y = k·x^a`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct LogLine {
+    pub k: f64,
+    pub a: f64,
+    /// Standard error of `a` (NaN with fewer than 3 points).
+    pub se_a: f64,
+    /// Coefficient of determination in log space.
+    pub r2: f64,
+}
+
+/// Least-squares fit of `y = k·x^a` in log–log space (at least 2 points, all positive).
+pub fn log_line(x: &[f64], y: &[f64]) -> Option<LogLine> {
+    let n = x.len();
+    if n < 2 || y.len() != n || x.iter().chain(y).any(|&v| v <= 0.0 || !v.is_finite()) {
+        return None;
+    }
+    let (lx, ly): (Vec<f64>, Vec<f64>) = x.iter().zip(y).map(|(a, b)| (a.ln(), b.ln())).unzip();
+    let (mx, my) = (
+        lx.iter().sum::<f64>() / n as f64,
+        ly.iter().sum::<f64>() / n as f64,
+    );
+    let sxx: f64 = lx.iter().map(|v| (v - mx).powi(2)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let a = lx.iter().zip(&ly).map(|(u, v)| (u - mx) * (v - my)).sum::<f64>() / sxx;
+    let b = my - a * mx;
+    let rss: f64 = lx.iter().zip(&ly).map(|(u, v)| (v - b - a * u).powi(2)).sum();
+    let tss: f64 = ly.iter().map(|v| (v - my).powi(2)).sum();
+    Some(LogLine {
+        k: b.exp(),
+        a,
+        se_a: if n > 2 {
+            (rss / (n - 2) as f64 / sxx).sqrt()
+        } else {
+            f64::NAN
+        },
+        r2: if tss > 0.0 { 1.0 - rss / tss } else { 1.0 },
+    })
 }
 
 #[cfg(test)]
@@ -245,5 +317,44 @@ mod tests {
             .collect();
         let (best, fitted) = best_lr(&lr, &loss).unwrap();
         assert!(!fitted && (best / lr[5] - 1.0).abs() < 1e-12, "{best}");
+    }
+
+    #[test]
+    fn the_parabola_uses_the_points_near_the_minimum() {
+        // Parabolic near 0.01, flat far out (as real loss curves are): a global parabola
+        // would be pulled off; the window around the lowest point is not.
+        let lr: Vec<f64> = (0..9).map(|i| 1e-3 * 2f64.powi(i)).collect();
+        let loss: Vec<f64> = lr
+            .iter()
+            .map(|r: &f64| {
+                let d = r.ln() - 0.012f64.ln();
+                if d.abs() < 1.5 {
+                    1.0 + 0.2 * d * d
+                } else {
+                    1.0 + 0.3 * d.abs()
+                }
+            })
+            .collect();
+        let m = log_parabola_min(&lr, &loss).unwrap();
+        assert!(
+            m.fitted && (m.x / 0.012 - 1.0).abs() < 0.05 && (m.y - 1.0).abs() < 0.02,
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn a_log_line_recovers_its_exponent() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let x: Vec<f64> = (0..8).map(|i| 1e12 * 3f64.powi(i)).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .map(|v| 0.08 * v.powf(0.49) * (1.0 + 0.03 * (rng.random::<f64>() * 2.0 - 1.0)))
+            .collect();
+        let f = log_line(&x, &y).unwrap();
+        assert!(
+            (f.a - 0.49).abs() < 4.0 * f.se_a && f.se_a < 0.01 && f.r2 > 0.999,
+            "{f:?}"
+        );
+        assert!(log_line(&[1.0], &[2.0]).is_none() && log_line(&[1.0, 1.0], &[2.0, 3.0]).is_none());
     }
 }

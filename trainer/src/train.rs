@@ -320,6 +320,7 @@ where
             let p = CpuBackend::view(&params);
             let l = model.forward(be, p, &batch)?;
             if !l.is_finite() {
+                metrics.write(json!({"event": "diverged", "step": step + 1, "loss": l.to_string()}))?;
                 return Err(Error::NonFinite { step, loss: l });
             }
             loss += l / t.grad_accum as f64;
@@ -339,6 +340,7 @@ where
             )?
         };
         if !gnorm.is_finite() {
+            metrics.write(json!({"event": "diverged", "step": step + 1, "grad_norm": gnorm.to_string()}))?;
             return Err(Error::NonFinite { step, loss: gnorm });
         }
         let state = ckpt::State {
@@ -421,6 +423,101 @@ where
         val_baseline,
         weights,
     })
+}
+
+/// What one optimizer step of a config costs.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct StepCost {
+    /// Parameters of the whole model.
+    pub params: usize,
+    /// Tokens in the global batch (micro-batch × accumulation × data-parallel ranks).
+    pub tokens: usize,
+    /// Forward + backward FLOPs of the global batch (matmuls and attention, as the training
+    /// log's MFU counts them).
+    pub flops: f64,
+}
+
+/// The cost of one step of `cfg`, from a one-sample instance of its model (cheap to build).
+pub fn step_cost(cfg: &Config) -> Result<StepCost> {
+    let be = CpuBackend::new();
+    let (params, flops, tokens) = match &cfg.model {
+        ModelConfig::Dit(m) => {
+            let d = Dit::new(&be, m, 1, DType::F32, false)?;
+            (d.layout().len(), d.flops_per_micro_batch(), d.batch_shape().1)
+        }
+        ModelConfig::Gpt(m) => {
+            let g = Gpt::new(&be, m, 1, DType::F32, false)?;
+            (g.layout().len(), g.flops_per_micro_batch(), g.batch_shape().1)
+        }
+    };
+    let (t, p) = (&cfg.training, &cfg.parallel);
+    let samples = t.micro_batch * t.grad_accum * p.dp_replicate * p.dp_shard;
+    Ok(StepCost {
+        params,
+        tokens: samples * tokens,
+        flops: flops * samples as f64,
+    })
+}
+
+/// A model's loss on held-out data and the best constant predictor's on the same samples.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Eval {
+    pub loss: f64,
+    pub baseline: f64,
+}
+
+/// The loss of the weights `params` (f32, in the layout of `cfg`, as exported) on the first
+/// `samples` held-out samples (rounded up to batches of 16), in one process on the CPU. The
+/// samples do not depend on the run's batch size, so runs of a sweep are compared on the same
+/// data.
+pub fn evaluate(cfg: &Config, params: &[f32], samples: usize) -> Result<Eval> {
+    struct Job<'a>(&'a [f32], usize, DType);
+    impl ModelJob for Job<'_> {
+        type Out = Eval;
+        fn run<M, S>(
+            self,
+            be: &CpuBackend,
+            mut model: M,
+            src: &S,
+            baseline: fn(&[M::Batch]) -> f64,
+        ) -> Result<Eval>
+        where
+            M: Model<CpuBackend>,
+            S: Source<Batch = M::Batch>,
+        {
+            let (b, _) = model.batch_shape();
+            let val: Vec<M::Batch> = (0..self.1.div_ceil(b) as u64)
+                .map(|k| {
+                    src.batch(
+                        Split::Val,
+                        &(k * b as u64..(k + 1) * b as u64).collect::<Vec<_>>(),
+                    )
+                })
+                .collect::<Result<_>>()?;
+            let mut p = be.alloc(self.2, self.0.len())?;
+            crate::model::upload_f32(be, self.0, CpuBackend::view_mut(&mut p))?;
+            Ok(Eval {
+                loss: validate(be, &mut model, &p, &val)?,
+                baseline: baseline(&val),
+            })
+        }
+    }
+    let mut c = cfg.clone();
+    c.training.micro_batch = 16;
+    c.training.recompute = false;
+    let n = layout_of(&c).len();
+    if params.len() != n {
+        return Err(Error::Other(format!(
+            "evaluate: {} parameters given, the config's model has {n}",
+            params.len()
+        )));
+    }
+    with_model(
+        &c,
+        &CpuBackend::new(),
+        None,
+        Job(params, samples.max(1), dtype_of(&c)),
+    )
 }
 
 /// Mean loss over the held-out batches.

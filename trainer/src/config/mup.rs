@@ -34,6 +34,11 @@ pub struct Mup {
     pub base_width: usize,
     /// Start the read-out at zero (the DiT's final layer always is: AdaLN-Zero).
     pub zero_readout: bool,
+    /// The head dim at the base width, for the `√d_base/d` attention scale. 0: the base width
+    /// over `model.heads` (heads fixed, head dim growing with width). Set it to the head dim
+    /// when heads grow with width instead (as Llama-style families do): the scale is then
+    /// the usual `1/√d`.
+    pub base_head_dim: usize,
 }
 
 impl Default for Mup {
@@ -42,6 +47,7 @@ impl Default for Mup {
             enabled: false,
             base_width: 64,
             zero_readout: false,
+            base_head_dim: 0,
         }
     }
 }
@@ -51,16 +57,25 @@ impl Mup {
         if !self.enabled {
             return Ok(());
         }
-        if self.base_width == 0 || !self.base_width.is_multiple_of(heads) {
+        if self.base_width == 0 || (self.base_head_dim == 0 && !self.base_width.is_multiple_of(heads)) {
             return Err(Error::config(
                 "mup.base_width",
                 format!(
-                    "must be a positive multiple of model.heads ({heads}), got {}",
+                    "must be a positive multiple of model.heads ({heads}) unless mup.base_head_dim is set, got {}",
                     self.base_width
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// The head dim at the base width (see [`Mup::base_head_dim`]).
+    pub fn base_hd(&self, heads: usize) -> usize {
+        if self.base_head_dim > 0 {
+            self.base_head_dim
+        } else {
+            self.base_width / heads
+        }
     }
 
     /// The width multiplier `m` (1 when muP is off).

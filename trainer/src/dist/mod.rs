@@ -297,6 +297,12 @@ where
             let batch = src.batch(Split::Train, &idx)?;
             let l = model.forward_with(be, &mut store, &batch)?;
             if !l.is_finite() {
+                if let Some((file, path)) = metrics.as_mut() {
+                    use std::io::Write;
+                    let line =
+                        serde_json::json!({"event": "diverged", "step": step + 1, "loss": l.to_string()});
+                    writeln!(file, "{line}").map_err(Error::io(path.clone()))?;
+                }
                 return Err(Error::NonFinite { step, loss: l });
             }
             loss += l / t.grad_accum as f64;
