@@ -4,7 +4,8 @@
 //! the spare, a hang, a straggler and a slow node caught by the preflight (each drained and
 //! replaced), a full checkpoint disk (reported, training carries on), a preemption (SIGUSR1
 //! before the time limit: save, requeue, resume) and a node loss (its slurmd and ranks killed)
-//! — each finishing with the bits of the fault-free run — and a shrink when no spare is left.
+//! — each finishing with the bits of the fault-free run — and a shrink when no spare is left;
+//! and `weft sweep --slurm`: a job array of runs, each through the launcher, then a report job.
 //! Skipped, with a message, where SLURM is not installed.
 
 mod common;
@@ -279,6 +280,65 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
     let s = json(&out.join("clean/launch.json"));
     assert_eq!(s["outcome"], "finished", "{s}");
     assert_eq!(digest("clean"), want);
+
+    // A sweep as a job array: 4 runs, each an array task that runs its run through the
+    // launcher's driver; then the report job. The numbers match the same sweep run here.
+    let text = |name: &str| {
+        format!(
+            "name = \"{name}\"\nbase = \"{}\"\nout_dir = \"{}\"\neval_samples = 8\nhead_dim = 8\n\
+             [set]\n\"model.depth\" = 1\n\"model.latent\" = [4, 8, 8, 3]\n\"training.micro_batch\" = 1\n\
+             \"training.steps\" = 6\n\"training.val_every\" = 0\n\"training.val_batches\" = 1\n\
+             \"training.peak_flops\" = 1e11\n\"optimizer.warmup_steps\" = 1\n\"checkpoint.interval\" = 2\n\
+             \"launch.slow_node_factor\" = 0\n\"launch.backoff_s\" = 0.1\n\
+             [[grid]]\nwidth = [16, 32]\nlr = [1e-3, 3e-3]\n",
+            config().display(),
+            out.join("sweeps").display()
+        )
+    };
+    let (on_slurm, here) = (base.path().join("array.toml"), base.path().join("here.toml"));
+    std::fs::write(&on_slurm, text("array")).unwrap();
+    std::fs::write(&here, text("here")).unwrap();
+    let o = c
+        .cmd(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "sweep",
+            on_slurm.to_str().unwrap(),
+            "--slurm",
+            "--max-parallel",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{said}{}", String::from_utf8_lossy(&o.stderr));
+    // "submitted job array <id> (4 runs, 0-3%3) and report job <rid>; ..."
+    let words: Vec<&str> = said.split_whitespace().collect();
+    assert_eq!(words[5], "0-3%3),", "{said}");
+    let report_job = words[9].trim_end_matches(';');
+    c.wait_job(report_job);
+    let sweep_dir = out.join("sweeps/array");
+    let script = std::fs::read_to_string(sweep_dir.join("sweep.sbatch")).unwrap();
+    assert!(script.contains("#SBATCH --array=0-3%3"), "{script}");
+    let local = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["sweep", here.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let rows = |dir: &str| json(&out.join("sweeps").join(dir).join("results.json"));
+    let (a, b) = (rows("array"), rows("here"));
+    assert_eq!(a.as_array().unwrap().len(), 4, "{a}");
+    for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+        let (lx, ly) = (x["eval_loss"].as_f64().unwrap(), y["eval_loss"].as_f64().unwrap());
+        assert!((lx - ly).abs() <= 1e-4 * ly, "{x} vs {y}");
+        let name = x["name"].as_str().unwrap();
+        let l = json(&sweep_dir.join("runs").join(name).join("launch.json"));
+        assert_eq!(l["outcome"], "finished", "{l}");
+    }
+    assert!(sweep_dir.join("report.md").exists());
 
     // A rank crash: its node is drained, the spare takes its place.
     let id = submit(&c, &out, "crash", &[("WEFT_FAULT", "crash:2:6")]);
