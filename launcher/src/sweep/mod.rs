@@ -117,6 +117,18 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// This binary, to start runs with. A sweep outlives rebuilds: when the file was replaced
+/// while the sweep ran (Linux then reports the old path with " (deleted)"), the new file at
+/// that path is the one to start.
+fn weft_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.display().to_string();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
 /// Train every unfinished run, `jobs` at a time, each a `weft train` child in a process group
 /// of its own (so a terminal's Ctrl-C reaches only the sweep, which tells each trainer to save
 /// and stop). Returns the runs that failed.
@@ -171,6 +183,10 @@ fn run_local(s: &Sweep, jobs: usize) -> Result<Vec<String>> {
                     Err(e) => {
                         tracing::error!(run = run.name, "{e:#}");
                         failed.lock().expect("failed").push(run.name.clone());
+                        if e.downcast_ref::<Unstartable>().is_some() {
+                            // Every other run would fail the same way: start no more.
+                            queue.lock().expect("queue").clear();
+                        }
                     }
                 }
                 bar.inc(1);
@@ -182,6 +198,18 @@ fn run_local(s: &Sweep, jobs: usize) -> Result<Vec<String>> {
     Ok(failed.into_inner().expect("failed"))
 }
 
+/// A run's trainer could not be started at all (the binary is gone): the sweep stops.
+#[derive(Debug)]
+struct Unstartable(String);
+
+impl std::fmt::Display for Unstartable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unstartable {}
+
 /// Train `run` to its end (resuming its newest checkpoint), then score it.
 fn train_one(s: &Sweep, run: &Run, stop: &AtomicBool) -> Result<Option<results::RunResult>> {
     let dir = s.run_dir(&run.name);
@@ -190,7 +218,7 @@ fn train_one(s: &Sweep, run: &Run, stop: &AtomicBool) -> Result<Option<results::
         .create(true)
         .append(true)
         .open(dir.join("train.log"))?;
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = Command::new(weft_exe()?);
     cmd.arg("train")
         .arg(&s.base)
         .args(["--no-progress", "--resume", "auto"]);
@@ -205,7 +233,7 @@ fn train_one(s: &Sweep, run: &Run, stop: &AtomicBool) -> Result<Option<results::
             .stderr(log)
             .process_group(0)
             .spawn()
-            .context("starting weft train")?
+            .map_err(|e| Unstartable(format!("starting {}: {e}", cmd.get_program().to_string_lossy())))?
     };
     let mut told = false;
     let status = loop {
@@ -253,7 +281,7 @@ fn submit(s: &Sweep, a: &SweepArgs) -> Result<()> {
     let list = arrays.join(format!("{stamp}.json"));
     let names: Vec<&str> = todo.iter().map(|r| r.name.as_str()).collect();
     results::write_atomic(&list, serde_json::to_string_pretty(&names)?.as_bytes())?;
-    let me = std::env::current_exe()?.display().to_string();
+    let me = weft_exe()?.display().to_string();
     let file = s.file.display().to_string();
     let mut task = vec![me.clone(), "sweep".into(), file.clone(), "--array-task".into()];
     task.extend([list.display().to_string(), "--nodes".into(), a.nodes.to_string()]);
@@ -325,7 +353,7 @@ fn array_task(s: &Sweep, a: &SweepArgs, list: &Path) -> Result<()> {
         println!("{name}: already finished");
         return Ok(());
     }
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = Command::new(weft_exe()?);
     cmd.args(["launch", "--slurm", "--nodes", &a.nodes.to_string()]);
     if let Some(p) = a.procs_per_node {
         cmd.args(["--procs-per-node", &p.to_string()]);

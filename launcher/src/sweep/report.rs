@@ -415,6 +415,14 @@ fn law(p: &Option<PowerLaw>, var: &str) -> String {
     }
 }
 
+/// `p` relative to the working directory when it lies below it (reports get committed).
+fn rel(p: &std::path::Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|d| p.strip_prefix(d).ok().map(|r| r.display().to_string()))
+        .unwrap_or_else(|| p.display().to_string())
+}
+
 fn markdown(s: &Sweep, f: &Fits<'_>) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# Sweep `{}`\n", s.name);
@@ -426,8 +434,8 @@ fn markdown(s: &Sweep, f: &Fits<'_>) -> String {
         f.done + f.diverged,
         f.runs,
         f.diverged,
-        s.file.display(),
-        s.base.display(),
+        rel(&s.file),
+        rel(&s.base),
         s.eval_samples
     );
     if !f.lr_transfer.is_empty() {
@@ -528,6 +536,6 @@ fn markdown(s: &Sweep, f: &Fits<'_>) -> String {
             "No grid has a `compute` axis, so there is no isoFLOP study in this sweep."
         );
     }
-    let _ = writeln!(m, "\nRegenerate with `weft sweep {} --report`.", s.file.display());
+    let _ = writeln!(m, "\nRegenerate with `weft sweep {} --report`.", rel(&s.file));
     m
 }
