@@ -313,8 +313,8 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
     assert!(o.status.success(), "{said}{}", String::from_utf8_lossy(&o.stderr));
     // "submitted job array <id> (4 runs, 0-3%3) and report job <rid>; ..."
     let words: Vec<&str> = said.split_whitespace().collect();
-    assert_eq!(words[5], "0-3%3),", "{said}");
-    let report_job = words[9].trim_end_matches(';');
+    assert_eq!(words[6], "0-3%3)", "{said}");
+    let report_job = words[10].trim_end_matches(';');
     c.wait_job(report_job);
     let sweep_dir = out.join("sweeps/array");
     let script = std::fs::read_to_string(sweep_dir.join("sweep.sbatch")).unwrap();

@@ -173,8 +173,9 @@ pub struct Minimum {
 
 /// The minimum of `y` over `ln x`: a parabola fitted by least squares to the lowest finite
 /// sample and up to two neighbours on each side (far from the minimum, loss against log
-/// learning rate or log size is not parabolic), its vertex when it opens upwards and lies
-/// inside the fitted range, else the lowest sample. Non-finite `y` (diverged runs) are left out.
+/// learning rate or log size is not parabolic), without neighbours above 1.5× the lowest
+/// value while 3 points remain; its vertex when it opens upwards and lies inside the fitted
+/// range, else the lowest sample. Non-finite `y` (diverged runs) are left out.
 pub fn log_parabola_min(x: &[f64], y: &[f64]) -> Option<Minimum> {
     let mut pts: Vec<(f64, f64)> = x
         .iter()
@@ -189,7 +190,11 @@ pub fn log_parabola_min(x: &[f64], y: &[f64]) -> Option<Minimum> {
         y: pts[i].1,
         fitted: false,
     };
-    let near = &pts[i.saturating_sub(2)..(i + 3).min(pts.len())];
+    // Up to two neighbours each side, leaving out blown-up points (more than 1.5× the
+    // lowest: diverging or stalled runs), which a parabola cannot follow.
+    let window = &pts[i.saturating_sub(2)..(i + 3).min(pts.len())];
+    let kept: Vec<(f64, f64)> = window.iter().copied().filter(|p| p.1 <= 1.5 * pts[i].1).collect();
+    let near: &[(f64, f64)] = if kept.len() >= 3 { &kept } else { window };
     if near.len() < 3 {
         return Some(lowest);
     }

@@ -6,11 +6,22 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
 
-/// A set of points: measured (markers joined by a line) or a fit (a dashed line).
+/// How a series is drawn.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Style {
+    /// Measured, in order: markers joined by a line.
+    Line,
+    /// Measured, unordered: markers only.
+    Points,
+    /// A fitted curve: a dashed line.
+    Fit,
+}
+
+/// A set of points.
 pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
-    pub fit: bool,
+    pub style: Style,
     /// Colour index: a measured series and its fit share one.
     pub color: usize,
 }
@@ -25,8 +36,8 @@ pub struct Panel {
     /// Points to ring (the optima).
     pub marks: Vec<(f64, f64)>,
     pub series: Vec<Series>,
-    /// Cap the y range at this many times the lowest value (diverging runs would flatten
-    /// the interesting part).
+    /// Cap the y range at this many times the highest of the series' lowest values
+    /// (diverging runs would flatten the interesting part).
     pub y_cap: Option<f64>,
 }
 
@@ -48,7 +59,9 @@ fn range(v: impl Iterator<Item = f64> + Clone, log: bool) -> (f64, f64) {
     }
     if log {
         let pad = (hi / lo).powf(0.06).max(1.05);
-        (lo / pad, hi * pad)
+        // At least a decade, so that the axis has labelled ticks.
+        let widen = (10.0 / (hi * pad / (lo / pad))).max(1.0).sqrt();
+        (lo / pad / widen, hi * pad * widen)
     } else {
         let pad = ((hi - lo) * 0.06).max(1e-9 * hi.abs().max(1.0));
         (lo - pad, hi + pad)
@@ -63,15 +76,26 @@ where
     root.fill(&WHITE).map_err(err)?;
     let areas = root.split_evenly((1, panels.len().max(1)));
     for (p, area) in panels.iter().zip(&areas) {
-        let all = || p.series.iter().flat_map(|s| s.points.iter().copied());
+        let all = || {
+            p.series
+                .iter()
+                .flat_map(|s| s.points.iter().copied())
+                .chain(p.marks.iter().copied())
+        };
         let xs = range(all().map(|q| q.0), p.xlog);
         let (ylo, mut yhi) = range(all().map(|q| q.1), p.ylog);
         if let Some(cap) = p.y_cap {
-            let low = all()
-                .map(|q| q.1)
-                .filter(|y| y.is_finite())
-                .fold(f64::MAX, f64::min);
-            yhi = yhi.min(low * cap);
+            let lows = p.series.iter().map(|s| {
+                s.points
+                    .iter()
+                    .map(|q| q.1)
+                    .filter(|y| y.is_finite())
+                    .fold(f64::MAX, f64::min)
+            });
+            let top = lows.filter(|l| *l < f64::MAX).fold(f64::MIN, f64::max);
+            if top > f64::MIN {
+                yhi = yhi.min(top * cap);
+            }
         }
         let clamp = |(x, y): (f64, f64)| (x, y.min(yhi));
         let mut b = ChartBuilder::on(area);
@@ -93,6 +117,8 @@ where
                     .configure_mesh()
                     .x_desc(p.x.as_str())
                     .y_desc(p.y.as_str())
+                    .x_labels(6)
+                    .y_labels(8)
                     .x_label_formatter(&fmt)
                     .y_label_formatter(&fmt)
                     .light_line_style(WHITE.mix(0.0))
@@ -108,21 +134,31 @@ where
                         .filter(|q| q.1.is_finite())
                         .map(clamp)
                         .collect();
-                    if s.fit {
-                        chart
-                            .draw_series(DashedLineSeries::new(pts, 6, 4, color.stroke_width(1)))
-                            .map_err(err)?;
-                    } else {
-                        chart
-                            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                            .map_err(err)?
-                            .label(s.label.clone())
-                            .legend(move |(x, y)| {
-                                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                            });
-                        chart
-                            .draw_series(pts.into_iter().map(|q| Circle::new(q, 3, color.filled())))
-                            .map_err(err)?;
+                    match s.style {
+                        Style::Fit => {
+                            chart
+                                .draw_series(DashedLineSeries::new(pts, 6, 4, color.stroke_width(1)))
+                                .map_err(err)?;
+                        }
+                        Style::Line => {
+                            chart
+                                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                                .map_err(err)?
+                                .label(s.label.clone())
+                                .legend(move |(x, y)| {
+                                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                                });
+                            chart
+                                .draw_series(pts.into_iter().map(|q| Circle::new(q, 3, color.filled())))
+                                .map_err(err)?;
+                        }
+                        Style::Points => {
+                            chart
+                                .draw_series(pts.into_iter().map(|q| Circle::new(q, 3, color.filled())))
+                                .map_err(err)?
+                                .label(s.label.clone())
+                                .legend(move |(x, y)| Circle::new((x + 8, y), 3, color.filled()));
+                        }
                     }
                 }
                 chart

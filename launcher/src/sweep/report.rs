@@ -12,7 +12,7 @@
 //!   size `N_opt = k·C^a` ([`weft_trainer::fit::log_line`]), and the loss against parameters
 //!   `L = E + A·N^(−α)` over each size's best run.
 
-use super::plot::{self, Panel, Series};
+use super::plot::{self, Panel, Series, Style};
 use super::results::{collect, RunResult};
 use super::spec::Sweep;
 use anyhow::{bail, Result};
@@ -265,7 +265,7 @@ fn lr_panels(fams: &[Family]) -> Vec<Panel> {
                 series.push(Series {
                     label: format!("width {}", c.width),
                     points: c.points.clone(),
-                    fit: false,
+                    style: Style::Line,
                     color: i,
                 });
                 if let Some(b) = c.best {
@@ -281,10 +281,10 @@ fn lr_panels(fams: &[Family]) -> Vec<Panel> {
                 x: "learning rate".into(),
                 y: "held-out loss".into(),
                 xlog: true,
-                ylog: false,
+                ylog: true,
                 marks,
                 series,
-                y_cap: Some(1.6),
+                y_cap: Some(2.0),
             }
         })
         .collect()
@@ -308,7 +308,7 @@ fn scaling_panels(sc: &[Scaling]) -> Vec<Panel> {
             iso.push(Series {
                 label: format!("C = {:.1e}", b.compute),
                 points: b.points.clone(),
-                fit: false,
+                style: Style::Line,
                 color: i,
             });
         }
@@ -317,14 +317,14 @@ fn scaling_panels(sc: &[Scaling]) -> Vec<Panel> {
             x: "parameters".into(),
             y: "held-out loss".into(),
             xlog: true,
-            ylog: false,
+            ylog: true,
             marks: f
                 .budgets
                 .iter()
                 .filter_map(|b| b.best.map(|m| (m.x, m.y)))
                 .collect(),
             series: iso,
-            y_cap: Some(1.6),
+            y_cap: Some(2.0),
         });
         let (clo, chi) = f
             .runs
@@ -333,14 +333,14 @@ fn scaling_panels(sc: &[Scaling]) -> Vec<Panel> {
         let mut lc = vec![Series {
             label: "every run".into(),
             points: f.runs.iter().map(|r| (r.0, r.2)).collect(),
-            fit: false,
+            style: Style::Points,
             color: 20,
         }];
         if let Some(p) = &f.loss_vs_compute {
             lc.push(Series {
                 label: "fit".into(),
                 points: curve(clo, chi, |c| p.at(c)),
-                fit: true,
+                style: Style::Fit,
                 color: 0,
             });
         }
@@ -352,7 +352,7 @@ fn scaling_panels(sc: &[Scaling]) -> Vec<Panel> {
         lc.push(Series {
             label: "compute-optimal".into(),
             points: opt,
-            fit: false,
+            style: Style::Line,
             color: 0,
         });
         let fit_text = f.loss_vs_compute.as_ref().map_or(String::new(), |p| {
@@ -363,10 +363,10 @@ fn scaling_panels(sc: &[Scaling]) -> Vec<Panel> {
             x: "training FLOPs".into(),
             y: "held-out loss".into(),
             xlog: true,
-            ylog: false,
+            ylog: true,
             marks: vec![],
             series: lc,
-            y_cap: Some(1.6),
+            y_cap: Some(2.0),
         });
         let nopt: Vec<(f64, f64)> = f
             .budgets
@@ -376,14 +376,14 @@ fn scaling_panels(sc: &[Scaling]) -> Vec<Panel> {
         let mut ns = vec![Series {
             label: "best size".into(),
             points: nopt,
-            fit: false,
+            style: Style::Line,
             color: 1,
         }];
         if let Some(l) = &f.size_vs_compute {
             ns.push(Series {
                 label: "fit".into(),
                 points: curve(clo, chi, |c| l.k * c.powf(l.a)),
-                fit: true,
+                style: Style::Fit,
                 color: 1,
             });
         }
@@ -446,8 +446,8 @@ fn markdown(s: &Sweep, f: &Fits<'_>) -> String {
         let _ = writeln!(
             m,
             "The best rate of each width is the vertex of a parabola in log lr fitted to the lowest \
-             point and its two neighbours on each side (\"lowest\" where the parabola does not \
-             open upwards inside that range).\n"
+             point and up to two neighbours on each side, leaving out neighbours above 1.5× the \
+             lowest loss (\"lowest\" where the parabola does not open upwards inside that range).\n"
         );
         let _ = writeln!(
             m,
