@@ -51,21 +51,8 @@ pub struct LaunchArgs {
     /// Extra nodes to allocate, swapped in for evicted ones (SLURM).
     #[arg(long, default_value_t = 0)]
     pub spare_nodes: usize,
-    /// SLURM partition.
-    #[arg(long)]
-    pub partition: Option<String>,
-    /// SLURM time limit (`HH:MM:SS`); the job gets SIGUSR1 two minutes before it and saves.
-    #[arg(long)]
-    pub time: Option<String>,
-    /// SLURM account.
-    #[arg(long)]
-    pub account: Option<String>,
-    /// SLURM generic resources per node (`gpu:8`).
-    #[arg(long)]
-    pub gres: Option<String>,
-    /// An extra `#SBATCH` line (repeatable), e.g. `--sbatch-arg=--exclusive`.
-    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
-    pub sbatch_arg: Vec<String>,
+    #[command(flatten)]
+    pub sbatch: crate::slurm::SbatchArgs,
 }
 
 /// Why an attempt ended.

@@ -35,6 +35,53 @@ pub struct Job<'a> {
     pub array: Option<&'a str>,
 }
 
+/// The `#SBATCH` options given on the command line (`weft launch --slurm`, `weft sweep --slurm`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SbatchArgs {
+    /// SLURM partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// SLURM time limit (`HH:MM:SS`; for a sweep, per run); the job gets SIGUSR1 two minutes
+    /// before it and saves.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// SLURM account.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// SLURM generic resources per node (`gpu:8`).
+    #[arg(long)]
+    pub gres: Option<String>,
+    /// An extra `#SBATCH` line (repeatable), e.g. `--sbatch-arg=--exclusive`.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    pub sbatch_arg: Vec<String>,
+}
+
+impl SbatchArgs {
+    /// The batch job `name` on `(nodes, spare nodes, ranks per node)`, logging into `out`;
+    /// `array` makes it a job array.
+    pub fn job<'a>(
+        &'a self,
+        name: &'a str,
+        (nodes, spare, procs): (usize, usize, usize),
+        out: &'a Path,
+        array: Option<&'a str>,
+    ) -> Job<'a> {
+        Job {
+            name,
+            nodes,
+            spare,
+            procs,
+            partition: self.partition.as_deref(),
+            time: self.time.as_deref(),
+            account: self.account.as_deref(),
+            gres: self.gres.as_deref(),
+            extra: &self.sbatch_arg,
+            out,
+            array,
+        }
+    }
+}
+
 /// The batch script: the allocation (nodes + spares, kept when a node fails), SIGUSR1 two
 /// minutes before the time limit (the driver saves and exits), and the driver itself as the
 /// job's command.
@@ -279,19 +326,9 @@ pub fn submit_job(a: &crate::launch::LaunchArgs, cfg: &weft_trainer::Config, pro
     for s in &a.set {
         driver.extend(["--set".to_string(), s.clone()]);
     }
-    let job = Job {
-        name: &cfg.job.name,
-        nodes: a.nodes,
-        spare: a.spare_nodes,
-        procs,
-        partition: a.partition.as_deref(),
-        time: a.time.as_deref(),
-        account: a.account.as_deref(),
-        gres: a.gres.as_deref(),
-        extra: &a.sbatch_arg,
-        out: &dir,
-        array: None,
-    };
+    let job = a
+        .sbatch
+        .job(&cfg.job.name, (a.nodes, a.spare_nodes, procs), &dir, None);
     let script = script(&job, &driver)?;
     if a.dry_run {
         print!("{script}");

@@ -49,21 +49,8 @@ pub struct SweepArgs {
     /// SLURM: array tasks running at once (`--array=…%N`).
     #[arg(long)]
     pub max_parallel: Option<usize>,
-    /// SLURM partition.
-    #[arg(long)]
-    pub partition: Option<String>,
-    /// SLURM time limit per run.
-    #[arg(long)]
-    pub time: Option<String>,
-    /// SLURM account.
-    #[arg(long)]
-    pub account: Option<String>,
-    /// SLURM generic resources per node.
-    #[arg(long)]
-    pub gres: Option<String>,
-    /// An extra `#SBATCH` line for the array (repeatable).
-    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
-    pub sbatch_arg: Vec<String>,
+    #[command(flatten)]
+    pub sbatch: crate::slurm::SbatchArgs,
     /// Inside a submitted array: run the task `SLURM_ARRAY_TASK_ID` of this run list.
     #[arg(long, hide = true)]
     pub array_task: Option<PathBuf>,
@@ -292,19 +279,8 @@ fn submit(s: &Sweep, a: &SweepArgs) -> Result<()> {
     };
     let out = s.dir.join("slurm");
     std::fs::create_dir_all(&out)?;
-    let job = crate::slurm::Job {
-        name: &format!("{}-sweep", s.name),
-        nodes: a.nodes,
-        spare: 0,
-        procs,
-        partition: a.partition.as_deref(),
-        time: a.time.as_deref(),
-        account: a.account.as_deref(),
-        gres: a.gres.as_deref(),
-        extra: &a.sbatch_arg,
-        out: &out,
-        array: Some(&range),
-    };
+    let name = format!("{}-sweep", s.name);
+    let job = a.sbatch.job(&name, (a.nodes, 0, procs), &out, Some(&range));
     let script = crate::slurm::script(&job, &task)?;
     let path = s.dir.join("sweep.sbatch");
     std::fs::write(&path, &script)?;
