@@ -28,7 +28,7 @@ pub struct FsdpBenchArgs {
 pub fn fsdp(a: &FsdpBenchArgs) -> Result<()> {
     if !crate::dist::under_mpi() {
         // Re-run this command as `ranks` MPI processes.
-        let me = std::env::current_exe()?;
+        let me = crate::weft_exe()?;
         let mut cmd = crate::launch::mpirun(a.ranks);
         cmd.arg(me)
             .args(["bench", "fsdp", "--steps", &a.steps.to_string(), "--config"])

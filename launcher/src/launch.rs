@@ -142,7 +142,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         None
     };
     let l = cfg.launch.clone();
-    let me = std::env::current_exe()?.display().to_string();
+    let me = crate::weft_exe()?.display().to_string();
     let mut train_args = vec![
         me.clone(),
         "train".into(),

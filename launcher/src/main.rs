@@ -81,6 +81,18 @@ enum BenchWhat {
     Ckpt(bench_ckpt::CkptBenchArgs),
 }
 
+/// This binary, to start ranks and runs with. A driver or a sweep outlives a rebuild: when
+/// the file was replaced while it ran (Linux then reports the old path with " (deleted)"),
+/// the new file at that path is the one to start.
+pub(crate) fn weft_exe() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.display().to_string();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => exe,
+    })
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -313,7 +313,7 @@ pub fn submit_job(a: &crate::launch::LaunchArgs, cfg: &weft_trainer::Config, pro
     let dir = cfg.run_dir();
     std::fs::create_dir_all(&dir)?;
     let dir = std::fs::canonicalize(&dir)?;
-    let me = std::env::current_exe()?.display().to_string();
+    let me = crate::weft_exe()?.display().to_string();
     let config = std::fs::canonicalize(&a.config)?.display().to_string();
     let mut driver = vec![me, "launch".into(), "--slurm".into()];
     driver.extend([

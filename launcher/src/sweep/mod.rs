@@ -83,8 +83,8 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = a.jobs.unwrap_or((cores / s.threads_per_run).max(1));
-    let failed = run_local(&s, jobs)?;
-    if STOP.load(Ordering::SeqCst) {
+    let (failed, stopped) = run_local(&s, jobs)?;
+    if stopped {
         println!(
             "{}: stopped; unfinished runs keep their checkpoints; run the same command to continue",
             s.name
@@ -102,24 +102,10 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     Ok(())
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// This binary, to start runs with. A sweep outlives rebuilds: when the file was replaced
-/// while the sweep ran (Linux then reports the old path with " (deleted)"), the new file at
-/// that path is the one to start.
-fn weft_exe() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let text = exe.display().to_string();
-    Ok(match text.strip_suffix(" (deleted)") {
-        Some(path) => PathBuf::from(path),
-        None => exe,
-    })
-}
-
 /// Train every unfinished run, `jobs` at a time, each a `weft train` child in a process group
 /// of its own (so a terminal's Ctrl-C reaches only the sweep, which tells each trainer to save
-/// and stop). Returns the runs that failed.
-fn run_local(s: &Sweep, jobs: usize) -> Result<Vec<String>> {
+/// and stop). Returns the runs that failed, and whether a signal stopped the sweep.
+fn run_local(s: &Sweep, jobs: usize) -> Result<(Vec<String>, bool)> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
@@ -181,8 +167,7 @@ fn run_local(s: &Sweep, jobs: usize) -> Result<Vec<String>> {
         }
     });
     bar.finish_and_clear();
-    STOP.store(stop.load(Ordering::SeqCst), Ordering::SeqCst);
-    Ok(failed.into_inner().expect("failed"))
+    Ok((failed.into_inner().expect("failed"), stop.load(Ordering::SeqCst)))
 }
 
 /// A run's trainer could not be started at all (the binary is gone): the sweep stops.
@@ -205,7 +190,7 @@ fn train_one(s: &Sweep, run: &Run, stop: &AtomicBool) -> Result<Option<results::
         .create(true)
         .append(true)
         .open(dir.join("train.log"))?;
-    let mut cmd = Command::new(weft_exe()?);
+    let mut cmd = Command::new(crate::weft_exe()?);
     cmd.arg("train")
         .arg(&s.base)
         .args(["--no-progress", "--resume", "auto"]);
@@ -268,7 +253,7 @@ fn submit(s: &Sweep, a: &SweepArgs) -> Result<()> {
     let list = arrays.join(format!("{stamp}.json"));
     let names: Vec<&str> = todo.iter().map(|r| r.name.as_str()).collect();
     results::write_atomic(&list, serde_json::to_string_pretty(&names)?.as_bytes())?;
-    let me = weft_exe()?.display().to_string();
+    let me = crate::weft_exe()?.display().to_string();
     let file = s.file.display().to_string();
     let mut task = vec![me.clone(), "sweep".into(), file.clone(), "--array-task".into()];
     task.extend([list.display().to_string(), "--nodes".into(), a.nodes.to_string()]);
@@ -329,7 +314,7 @@ fn array_task(s: &Sweep, a: &SweepArgs, list: &Path) -> Result<()> {
         println!("{name}: already finished");
         return Ok(());
     }
-    let mut cmd = Command::new(weft_exe()?);
+    let mut cmd = Command::new(crate::weft_exe()?);
     cmd.args(["launch", "--slurm", "--nodes", &a.nodes.to_string()]);
     if let Some(p) = a.procs_per_node {
         cmd.args(["--procs-per-node", &p.to_string()]);

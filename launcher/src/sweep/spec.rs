@@ -289,7 +289,7 @@ fn product(axes: &[(String, Vec<toml::Value>)]) -> Vec<BTreeMap<String, toml::Va
 }
 
 /// A value as a short name part: `64`, `4e-3`, `mup`.
-pub fn short(v: &toml::Value) -> String {
+fn short(v: &toml::Value) -> String {
     let s = match v {
         toml::Value::Float(f) => {
             let e = format!("{f:e}");
