@@ -184,34 +184,11 @@ impl Drop for Cluster {
 }
 
 fn sets(out: &Path, name: &str, extra: &[&str]) -> Vec<String> {
-    [
-        "model.width=32",
-        "model.depth=2",
-        "model.heads=2",
-        "model.latent=[4, 8, 8, 3]",
-        "training.micro_batch=1",
-        "training.val_every=0",
-        "training.val_batches=1",
-        "training.peak_flops=1e11",
-        "optimizer.warmup_steps=1",
-        "training.steps=16",
-        "checkpoint.interval=4",
-        "parallel.dp_shard=4",
-        "launch.backoff_s=0.1",
-        "launch.straggler_factor=1000",
-        // The three "nodes" share this machine's two cores: their preflight matmul rates say
-        // nothing about the nodes.
-        "launch.slow_node_factor=0",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .chain([
-        format!("job.out_dir=\"{}\"", out.display()),
-        format!("job.name=\"{name}\""),
-    ])
-    .flat_map(|s| ["--set".to_string(), s])
-    .collect()
+    // The three "nodes" share this machine's two cores: their preflight matmul rates say
+    // nothing about the nodes.
+    let mut all = vec!["launch.slow_node_factor=0"];
+    all.extend(extra);
+    common::tiny_run(out, name, &all)
 }
 
 fn config() -> PathBuf {

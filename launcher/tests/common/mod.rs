@@ -47,3 +47,34 @@ pub fn checkpoint_bytes(root: &Path) -> u64 {
         .max()
         .unwrap()
 }
+
+/// `--set` arguments of the tiny 4-rank DiT run the launcher tests use (16 steps, a
+/// checkpoint every 4), then `extra`, then the run's directory and name.
+pub fn tiny_run(out: &Path, name: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "model.width=32",
+        "model.depth=2",
+        "model.heads=2",
+        "model.latent=[4, 8, 8, 3]",
+        "training.micro_batch=1",
+        "training.val_every=0",
+        "training.val_batches=1",
+        "training.peak_flops=1e11",
+        "optimizer.warmup_steps=1",
+        "training.steps=16",
+        "checkpoint.interval=4",
+        "parallel.dp_shard=4",
+        "launch.backoff_s=0.1",
+        // Tests share two cores: only the straggler tests ask for straggler detection.
+        "launch.straggler_factor=1000",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .chain([
+        format!("job.out_dir=\"{}\"", out.display()),
+        format!("job.name=\"{name}\""),
+    ])
+    .flat_map(|s| ["--set".to_string(), s])
+    .collect()
+}
