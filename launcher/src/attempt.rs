@@ -1,7 +1,8 @@
 //! One attempt of a launched run, watched until it ends: the ranks' exit, hangs, stragglers,
 //! the preflight and the eviction check, from what the store's board shows.
 
-use crate::launch::{End, Events};
+use crate::launch::End;
+use crate::record::Events;
 use crate::store::{self, Board};
 use anyhow::Result;
 use serde_json::json;
@@ -29,6 +30,37 @@ pub(crate) fn kill_attempt(
     let _ = Command::new("kill")
         .args([&format!("-{sig}"), "--", &format!("-{}", child.id())])
         .status();
+}
+
+/// The signal that ended a process: its own (the rank process itself, in threads mode), or the
+/// one `mpirun`/`srun` pass on as exit status 128 + N.
+fn exit_signal(status: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().or(status.code().filter(|c| (129..=192).contains(c)).map(|c| c - 128))
+}
+
+/// After a rank's connection closed: the signal that ended the attempt's process, if it ends
+/// within a second (a rank killed by the kernel takes its launcher down with it).
+fn signal_of(child: &mut Child) -> Option<i32> {
+    for _ in 0..20 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return exit_signal(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// A signal as users read it, with what it usually means for a training rank.
+pub(crate) fn signal_name(sig: i32) -> String {
+    match sig {
+        9 => "killed by SIGKILL (signal 9) — likely out of memory (the kernel's OOM killer)".into(),
+        6 => "aborted (SIGABRT, signal 6) — an allocation failure or a failed assertion".into(),
+        11 => "segmentation fault (SIGSEGV, signal 11)".into(),
+        7 => "bus error (SIGBUS, signal 7) — a memory-mapped file shrank, or a hardware fault".into(),
+        15 => "terminated (SIGTERM, signal 15)".into(),
+        s => format!("killed by signal {s}"),
+    }
 }
 
 /// What a detected failure reports: kind, rank, host, detail, step.
@@ -185,7 +217,8 @@ pub(crate) fn watch(
             let r = &b.ranks[&culprit];
             let (rank, host, at) = (culprit, r.host.clone(), r.step);
             drop(b);
-            let detail = format!("rank {rank} ended at step {at} of {steps}");
+            let how = signal_of(&mut child).map_or(String::new(), |s| format!(": {}", signal_name(s)));
+            let detail = format!("rank {rank} ended at step {at} of {steps}{how}");
             return end_failed(&mut child, alloc, board, ("exit", Some(rank), host, detail, step));
         }
         if let Some(status) = child.try_wait()? {
@@ -218,11 +251,12 @@ pub(crate) fn watch(
                 .iter()
                 .min_by_key(|(_, r)| r.step)
                 .map(|(&k, r)| (k, r.host.clone()));
+            let how = exit_signal(status).map_or(String::new(), |s| format!(" ({})", signal_name(s)));
             return Ok(End::Failed {
                 kind: "exit",
                 rank: culprit.as_ref().map(|c| c.0),
                 host: culprit.map(|c| c.1).unwrap_or_else(|| "localhost".into()),
-                detail: format!("the ranks exited with {status}"),
+                detail: format!("the ranks exited with {status}{how}"),
                 step,
             });
         }

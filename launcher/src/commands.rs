@@ -28,6 +28,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         sets.push(format!("checkpoint.resume={}", toml_string(r)));
     }
     let cfg = Config::load(&a.config, &sets)?;
+    // One owner per run directory: this process, unless a `weft launch` driver holds it for
+    // its ranks; under a bare `mpirun`, rank 0 holds it for the run.
+    let _lock = if crate::runlock::under_launch() || crate::rankside::env_rank() != 0 {
+        None
+    } else {
+        Some(crate::runlock::RunLock::acquire(&cfg.run_dir(), "weft train")?)
+    };
     // Started by `weft launch`: join its store and send heartbeats.
     crate::rankside::attach(&cfg)?;
     // SIGTERM / SIGUSR1 (SLURM preemption, scancel): save at the next step boundary and exit 0.

@@ -15,6 +15,7 @@
 //! end) and `launch.json`: wall time, productive training time, the effective training time
 //! ratio (ETTR), and per failure the time to detect, time to recover and steps lost.
 
+use crate::record::Events;
 use crate::store::{self, Board};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -24,7 +25,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use weft_trainer::Config;
 
 #[derive(Args)]
@@ -69,20 +70,6 @@ pub(crate) enum End {
     },
 }
 
-pub(crate) struct Events {
-    file: std::fs::File,
-    t0: Instant,
-}
-
-impl Events {
-    pub(crate) fn log(&mut self, mut v: serde_json::Value) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        v["time"] = json!(now.as_secs_f64());
-        v["elapsed_s"] = json!(self.t0.elapsed().as_secs_f64());
-        let _ = writeln!(self.file, "{v}");
-    }
-}
-
 fn secret() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
@@ -104,6 +91,12 @@ pub fn mpirun(n: usize) -> Command {
     cmd
 }
 
+/// Whether this binary was built with MPI and `mpirun` is on the PATH.
+fn mpi_here() -> bool {
+    cfg!(feature = "mpi")
+        && std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()))
+}
+
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -117,7 +110,13 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
     let world = cfg.parallel.world();
     weft_trainer::dist::check_mesh(&cfg, world)?;
-    let procs = a.procs_per_node.unwrap_or(world / a.nodes.max(1));
+    // One MPI process per rank where this binary has MPI and `mpirun` is here (always on
+    // SLURM); otherwise the ranks run as threads of one process.
+    let procs = a.procs_per_node.unwrap_or(if a.slurm || mpi_here() {
+        world / a.nodes.max(1)
+    } else {
+        1
+    });
     if a.slurm {
         if procs * a.nodes != world {
             bail!(
@@ -195,14 +194,10 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         return Ok(());
     }
     let dir = cfg.run_dir();
-    std::fs::create_dir_all(&dir)?;
-    let mut events = Events {
-        file: std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("events.jsonl"))?,
-        t0: Instant::now(),
-    };
+    // One owner per run directory, before anything in it is written.
+    let mut lock = crate::runlock::RunLock::acquire(&dir, "weft launch")?;
+    let mut events = Events::open(&dir)?;
+    let lost = crate::record::driver_lost(&dir, &mut events);
     let secret = secret();
     let board = Arc::new(Mutex::new(Board::default()));
     let addr = match &alloc {
@@ -238,9 +233,16 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let started = Instant::now();
-    let mut failures: Vec<serde_json::Value> = vec![];
     let mut last_fail: Option<(u64, &'static str)> = None;
-    let mut pending_recovery: Option<(Instant, u64, u64)> = None; // (detected at, last step reached)
+    // (detected at, last step reached, step resumed from)
+    let mut pending_recovery: Option<(Instant, u64, u64)> = None;
+    // A driver lost before this one is this run's first failure, recovered when this one's
+    // first attempt takes a step.
+    let mut failures: Vec<serde_json::Value> = vec![];
+    if let Some((ev, reached)) = lost {
+        failures.push(ev);
+        pending_recovery = Some((Instant::now(), reached, 0));
+    }
     let mut attempt = 0u64;
     let outcome = loop {
         attempt += 1;
@@ -276,7 +278,10 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             p.2 = latest_step(&cfg.checkpoint_dir());
         }
         let child = cmd.spawn().context("starting the ranks")?;
-        events.log(json!({"event": "attempt", "attempt": attempt, "ranks": world, "nodes": nodes, "pid": child.id()}));
+        // A relaunch after this driver is killed refuses while these ranks still run.
+        lock.set_ranks(Some(child.id()))?;
+        events.log(json!({"event": "attempt", "attempt": attempt, "ranks": world, "nodes": nodes,
+            "host": crate::runlock::hostname(), "pid": child.id()}));
         bar.set_message(format!("attempt {attempt}, {world} ranks"));
         let steps = cfg.training.steps;
         let end = crate::attempt::watch(
@@ -318,10 +323,10 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
                     "host": host, "step": step, "detail": detail, "time_to_detect_s": detect_s});
                 events.log(ev.clone());
                 failures.push(ev);
-                std::fs::write(
-                    dir.join("suspects.jsonl"),
-                    failures.iter().map(|f| format!("{f}\n")).collect::<String>(),
-                )?;
+                let suspects = failures.iter().map(|f| format!("{f}\n")).collect::<String>();
+                if let Err(e) = events.write_file(&dir.join("suspects.jsonl"), &suspects) {
+                    tracing::warn!("{e:#}");
+                }
                 // Steps lost: the furthest any rank got, less the checkpoint the next attempt
                 // resumes from (read when it starts).
                 let reached = board
@@ -375,36 +380,29 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         (_, o) => o,
     };
     let wall = started.elapsed().as_secs_f64();
-    let productive: f64 = board.lock().expect("board").step_times.values().sum();
+    // `+ 0.0`: an empty float sum is -0.0.
+    let productive: f64 = board.lock().expect("board").step_times.values().sum::<f64>() + 0.0;
+    let ettr = if wall > 0.0 { productive / wall } else { 0.0 };
     let summary = json!({
         "outcome": outcome,
         "attempts": attempt,
         "wall_s": wall,
         "productive_s": productive,
-        "ettr": productive / wall,
+        "ettr": ettr,
         "failures": failures,
         "save_failures": board.lock().expect("board").save_failures.iter()
             .map(|f| json!({"rank": f.rank, "host": f.host, "step": f.step, "error": f.error}))
             .collect::<Vec<_>>(),
     });
-    std::fs::write(dir.join("launch.json"), serde_json::to_string_pretty(&summary)?)?;
-    events.log(json!({"event": "end", "outcome": outcome, "ettr": productive / wall}));
+    events.summary(&dir, &summary);
+    events.log(json!({"event": "end", "outcome": outcome, "ettr": ettr}));
     println!(
         "{}: {outcome} after {attempt} attempt(s), {wall:.1} s; productive training {productive:.1} s, ETTR {:.1}%",
         cfg.job.name,
-        100.0 * productive / wall
+        100.0 * ettr
     );
     for f in &failures {
-        println!(
-            "  failure: {} (rank {}, host {}, step {}): detected in {:.2} s, recovered in {:.2} s, {} steps lost",
-            f["kind"].as_str().unwrap_or("?"),
-            f["rank"],
-            f["host"].as_str().unwrap_or("?"),
-            f["step"],
-            f["time_to_detect_s"].as_f64().unwrap_or(f64::NAN),
-            f["time_to_recover_s"].as_f64().unwrap_or(f64::NAN),
-            f["steps_lost"]
-        );
+        println!("  {}", crate::record::failure_line(f));
     }
     if outcome == "requeued" {
         if let Some(al) = &alloc {

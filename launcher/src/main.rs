@@ -13,6 +13,8 @@ mod gpu;
 mod health;
 mod launch;
 mod rankside;
+mod record;
+mod runlock;
 mod slurm;
 mod store;
 mod sweep;
@@ -93,13 +95,30 @@ pub(crate) fn weft_exe() -> Result<std::path::PathBuf> {
     })
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs redirected to files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error and its causes, without a stack trace: `RUST_BACKTRACE=1`, set on many
+            // machines, is for panics, not for a user's mistake. `WEFT_BACKTRACE=1` adds it.
+            eprintln!("error: {e:#}");
+            if std::env::var_os("WEFT_BACKTRACE").is_some_and(|v| v == "1") {
+                eprintln!("{}", e.backtrace());
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Bench {
             what: BenchWhat::Kernels(args),

@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 /// This process's rank under mpirun/srun (0 for a single process).
-fn env_rank() -> usize {
+pub(crate) fn env_rank() -> usize {
     ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())

@@ -92,7 +92,14 @@ pub fn script(j: &Job<'_>, driver: &[String]) -> Result<String> {
         Ok(())
     };
     line("job-name", j.name)?;
-    line("nodes", &(j.nodes + j.spare).to_string())?;
+    // A range, so that a requeued job (after losing a node, the driver's included) starts
+    // again on the healthy nodes left, with fewer spares, instead of waiting for a full set.
+    let nodes = if j.spare > 0 {
+        format!("{}-{}", j.nodes, j.nodes + j.spare)
+    } else {
+        j.nodes.to_string()
+    };
+    line("nodes", &nodes)?;
     line("ntasks-per-node", &j.procs.to_string())?;
     let log = if j.array.is_some() {
         "slurm-%A_%a.out"
@@ -377,7 +384,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            s.contains("#SBATCH --nodes=3\n") && s.contains("#SBATCH --gres=gpu:4\n"),
+            s.contains("#SBATCH --nodes=2-3\n") && s.contains("#SBATCH --gres=gpu:4\n"),
             "{s}"
         );
         assert!(s.contains("'it'\\''s' '$(rm -rf /)'"), "{s}");

@@ -81,6 +81,8 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     if a.slurm {
         return submit(&s, a);
     }
+    // One sweep process per sweep directory (each run's trainer locks its own run directory).
+    let _lock = crate::runlock::RunLock::acquire(&s.dir, "weft sweep")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = a.jobs.unwrap_or((cores / s.threads_per_run).max(1));
     let (failed, stopped) = run_local(&s, jobs)?;

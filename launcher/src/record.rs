@@ -1,0 +1,217 @@
+//! The run's record, written by the launch driver: `events.jsonl` (one line per attempt
+//! start, failure, detection, end) and `launch.json` (the summary).
+//!
+//! The record must survive the failure it records, a full disk included. When the driver
+//! starts it sets aside a reserve file (`.record-reserve`, [`RESERVE`] bytes) in the run
+//! directory; when a write of the record fails, the reserve is given back to the file system
+//! and the write tried once more. A write that still fails is reported on stderr with the
+//! file's path and what it would have said, so nothing is lost silently, and no temporary
+//! file is left behind.
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Bytes set aside for the record's last writes.
+pub const RESERVE: u64 = 1 << 20;
+
+/// `events.jsonl`, appended to, and the reserve that keeps room for the end of the record.
+pub(crate) struct Events {
+    file: File,
+    path: PathBuf,
+    reserve: PathBuf,
+    t0: Instant,
+    /// The first failed write was reported (later ones are counted).
+    failed_writes: usize,
+}
+
+impl Events {
+    /// Open `dir/events.jsonl` for appending and set aside the reserve.
+    pub(crate) fn open(dir: &Path) -> Result<Events> {
+        let path = dir.join("events.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let reserve = dir.join(".record-reserve");
+        // Written, not only sized: a sparse file would reserve nothing.
+        let set_aside = File::create(&reserve)
+            .and_then(|mut f| {
+                f.write_all(&vec![0u8; RESERVE as usize])?;
+                f.sync_all()
+            })
+            .with_context(|| format!("setting aside {} bytes in {}", RESERVE, reserve.display()));
+        if let Err(e) = set_aside {
+            let _ = std::fs::remove_file(&reserve);
+            return Err(e.context("the run directory has no room for the run's record"));
+        }
+        Ok(Events {
+            file,
+            path,
+            reserve,
+            t0: Instant::now(),
+            failed_writes: 0,
+        })
+    }
+
+    /// Give the reserve back to the file system (once).
+    fn release_reserve(&self) -> bool {
+        std::fs::remove_file(&self.reserve).is_ok()
+    }
+
+    /// Append one event, stamped with the time and the seconds since the driver started.
+    pub(crate) fn log(&mut self, mut v: serde_json::Value) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        v["time"] = json!(now.as_secs_f64());
+        v["elapsed_s"] = json!(self.t0.elapsed().as_secs_f64());
+        let line = format!("{v}\n");
+        let mut r = self.file.write_all(line.as_bytes());
+        if r.is_err() && self.release_reserve() {
+            // Start on a fresh line: a failed write may have left part of this one.
+            r = self.file.write_all(format!("\n{line}").as_bytes());
+        }
+        if let Err(e) = r {
+            self.failed_writes += 1;
+            if self.failed_writes == 1 {
+                eprintln!(
+                    "weft launch: cannot write {}: {e}; the events from here on go to stderr",
+                    self.path.display()
+                );
+            }
+            eprint!("event: {line}");
+        }
+    }
+
+    /// Write `text` to `path` atomically (temporary file, fsync, rename); on failure give the
+    /// reserve back and try once more. The temporary file never outlives a failure.
+    pub(crate) fn write_file(&self, path: &Path, text: &str) -> Result<()> {
+        let once = || -> Result<()> {
+            let tmp = path.with_extension("json.tmp");
+            let r = File::create(&tmp)
+                .and_then(|mut f| {
+                    f.write_all(text.as_bytes())?;
+                    f.sync_all()
+                })
+                .and_then(|_| std::fs::rename(&tmp, path));
+            if r.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r.with_context(|| format!("writing {}", path.display()))
+        };
+        match once() {
+            Ok(()) => Ok(()),
+            Err(_) if self.release_reserve() => once(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write the summary `launch.json` into `dir`; if even that fails, print it on stderr
+    /// naming the file it belongs in.
+    pub(crate) fn summary(&self, dir: &Path, summary: &serde_json::Value) {
+        let path = dir.join("launch.json");
+        let text = serde_json::to_string_pretty(summary).unwrap_or_default();
+        if let Err(e) = self.write_file(&path, &text) {
+            eprintln!(
+                "weft launch: {e:#}; the summary that belongs in {} follows:\n{text}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// One failure of `launch.json` as a line for people: what, where, how fast it was detected,
+/// and how it was recovered (or that it was not).
+pub(crate) fn failure_line(f: &serde_json::Value) -> String {
+    let rank = f["rank"].as_u64().map_or("?".into(), |r| r.to_string());
+    let mut s = format!(
+        "failure: {} (rank {rank}, host {}, step {})",
+        f["kind"].as_str().unwrap_or("?"),
+        f["host"].as_str().unwrap_or("?"),
+        f["step"].as_u64().map_or("?".into(), |r| r.to_string()),
+    );
+    if let Some(d) = f["time_to_detect_s"].as_f64() {
+        s += &format!(": detected in {d:.2} s");
+    }
+    match (f["time_to_recover_s"].as_f64(), f["steps_lost"].as_u64()) {
+        (Some(r), Some(lost)) => s += &format!(", recovered in {r:.2} s, {lost} steps lost"),
+        _ => s += ", not recovered",
+    }
+    s
+}
+
+/// A previous driver of this run that ended without writing its `end` event (its node died,
+/// or it was killed): recorded as a `driver_lost` event and returned as a failure for
+/// `launch.json` — the step its ranks had reached (the last step in `metrics.jsonl`) and the
+/// time since its last event. The caller fills in the recovery when the run resumes.
+pub(crate) fn driver_lost(dir: &Path, events: &mut Events) -> Option<(serde_json::Value, u64)> {
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).ok()?;
+    let mut last_attempt: Option<serde_json::Value> = None;
+    let mut last_time = None;
+    let mut ended = true;
+    for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        last_time = v["time"].as_f64().or(last_time);
+        match v["event"].as_str() {
+            Some("attempt") => {
+                ended = false;
+                last_attempt = Some(v);
+            }
+            Some("end") => ended = true,
+            _ => {}
+        }
+    }
+    let a = last_attempt.filter(|_| !ended)?;
+    let reached = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let silent = last_time.map(|t| (now - t).max(0.0));
+    tracing::warn!(
+        "the previous driver of this run ended without recording its end (its node was lost, or \
+         it was killed) in attempt {} at step {reached}; resuming from the newest checkpoint",
+        a["attempt"]
+    );
+    let ev = json!({"event": "driver_lost", "kind": "driver_lost", "attempt": a["attempt"],
+        "rank": null, "host": a["host"], "nodes": a["nodes"], "step": reached,
+        "time_to_detect_s": silent,
+        "detail": "the previous driver ended without writing its end event"});
+    events.log(ev.clone());
+    Some((ev, reached))
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.reserve);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_that_fails_releases_the_reserve_and_leaves_no_temporary() {
+        let d = std::env::temp_dir().join(format!("weft-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let ev = Events::open(&d).unwrap();
+        assert_eq!(std::fs::metadata(d.join(".record-reserve")).unwrap().len(), RESERVE);
+        // A target that cannot be written (a directory in the way): both tries fail, the
+        // reserve is spent, the error names the file, and no temporary remains.
+        std::fs::create_dir_all(d.join("launch.json/x")).unwrap();
+        let e = ev.write_file(&d.join("launch.json"), "{}").unwrap_err();
+        assert!(format!("{e:#}").contains("launch.json"), "{e:#}");
+        assert!(!d.join(".record-reserve").exists());
+        assert!(!d.join("launch.json.tmp").exists());
+        std::fs::remove_dir_all(d.join("launch.json")).unwrap();
+        ev.write_file(&d.join("launch.json"), "{}").unwrap();
+        drop(ev);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
