@@ -36,7 +36,9 @@ pub(crate) fn kill_attempt(
 /// one `mpirun`/`srun` pass on as exit status 128 + N.
 fn exit_signal(status: std::process::ExitStatus) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
-    status.signal().or(status.code().filter(|c| (129..=192).contains(c)).map(|c| c - 128))
+    status
+        .signal()
+        .or(status.code().filter(|c| (129..=192).contains(c)).map(|c| c - 128))
 }
 
 /// After a rank's connection closed: the signal that ended the attempt's process, if it ends

@@ -94,7 +94,8 @@ pub fn mpirun(n: usize) -> Command {
 /// Whether this binary was built with MPI and `mpirun` is on the PATH.
 fn mpi_here() -> bool {
     cfg!(feature = "mpi")
-        && std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()))
+        && std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()))
 }
 
 pub(crate) fn median(v: &mut [f64]) -> f64 {
@@ -280,8 +281,10 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         let child = cmd.spawn().context("starting the ranks")?;
         // A relaunch after this driver is killed refuses while these ranks still run.
         lock.set_ranks(Some(child.id()))?;
-        events.log(json!({"event": "attempt", "attempt": attempt, "ranks": world, "nodes": nodes,
-            "host": crate::runlock::hostname(), "pid": child.id()}));
+        events.log(
+            json!({"event": "attempt", "attempt": attempt, "ranks": world, "nodes": nodes,
+            "host": crate::runlock::hostname(), "pid": child.id()}),
+        );
         bar.set_message(format!("attempt {attempt}, {world} ranks"));
         let steps = cfg.training.steps;
         let end = crate::attempt::watch(
@@ -394,8 +397,11 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             .map(|f| json!({"rank": f.rank, "host": f.host, "step": f.step, "error": f.error}))
             .collect::<Vec<_>>(),
     });
-    events.summary(&dir, &summary);
-    events.log(json!({"event": "end", "outcome": outcome, "ettr": ettr}));
+    events.finish(
+        &dir,
+        &summary,
+        json!({"event": "end", "outcome": outcome, "ettr": ettr}),
+    );
     println!(
         "{}: {outcome} after {attempt} attempt(s), {wall:.1} s; productive training {productive:.1} s, ETTR {:.1}%",
         cfg.job.name,

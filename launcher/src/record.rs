@@ -3,10 +3,9 @@
 //!
 //! The record must survive the failure it records, a full disk included. When the driver
 //! starts it sets aside a reserve file (`.record-reserve`, [`RESERVE`] bytes) in the run
-//! directory; when a write of the record fails, the reserve is given back to the file system
-//! and the write tried once more. A write that still fails is reported on stderr with the
-//! file's path and what it would have said, so nothing is lost silently, and no temporary
-//! file is left behind.
+//! directory, and gives it back for the last writes (`launch.json` and the `end` event), once
+//! the ranks have ended. A write that fails is reported on stderr with the file's path and what
+//! it would have said, so nothing is lost silently, and no temporary file is left behind.
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -69,12 +68,7 @@ impl Events {
         v["time"] = json!(now.as_secs_f64());
         v["elapsed_s"] = json!(self.t0.elapsed().as_secs_f64());
         let line = format!("{v}\n");
-        let mut r = self.file.write_all(line.as_bytes());
-        if r.is_err() && self.release_reserve() {
-            // Start on a fresh line: a failed write may have left part of this one.
-            r = self.file.write_all(format!("\n{line}").as_bytes());
-        }
-        if let Err(e) = r {
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
             self.failed_writes += 1;
             if self.failed_writes == 1 {
                 eprintln!(
@@ -86,9 +80,13 @@ impl Events {
         }
     }
 
-    /// Write `text` to `path` atomically (temporary file, fsync, rename); on failure give the
-    /// reserve back and try once more. The temporary file never outlives a failure.
+    /// Write `text` to `path` atomically (temporary file, fsync, rename). The temporary file
+    /// never outlives a failure.
     pub(crate) fn write_file(&self, path: &Path, text: &str) -> Result<()> {
+        Self::write_atomic(path, text)
+    }
+
+    fn write_atomic(path: &Path, text: &str) -> Result<()> {
         let once = || -> Result<()> {
             let tmp = path.with_extension("json.tmp");
             let r = File::create(&tmp)
@@ -102,19 +100,22 @@ impl Events {
             }
             r.with_context(|| format!("writing {}", path.display()))
         };
-        match once() {
-            Ok(()) => Ok(()),
-            Err(_) if self.release_reserve() => once(),
-            Err(e) => Err(e),
-        }
+        once()
     }
 
-    /// Write the summary `launch.json` into `dir`; if even that fails, print it on stderr
-    /// naming the file it belongs in.
-    pub(crate) fn summary(&self, dir: &Path, summary: &serde_json::Value) {
+    /// The end of the record: the summary `launch.json` into `dir`, then the `end` event. The
+    /// reserve is given back first when the disk is full (the ranks have ended: nothing else
+    /// takes the room). If even that fails, the summary goes to stderr naming its file.
+    pub(crate) fn finish(&mut self, dir: &Path, summary: &serde_json::Value, end: serde_json::Value) {
         let path = dir.join("launch.json");
         let text = serde_json::to_string_pretty(summary).unwrap_or_default();
-        if let Err(e) = self.write_file(&path, &text) {
+        let mut r = Self::write_atomic(&path, &text);
+        if r.is_err() && self.release_reserve() {
+            r = Self::write_atomic(&path, &text);
+        }
+        self.release_reserve();
+        self.log(end);
+        if let Err(e) = r {
             eprintln!(
                 "weft launch: {e:#}; the summary that belongs in {} follows:\n{text}",
                 path.display()
@@ -152,7 +153,10 @@ pub(crate) fn driver_lost(dir: &Path, events: &mut Events) -> Option<(serde_json
     let mut last_attempt: Option<serde_json::Value> = None;
     let mut last_time = None;
     let mut ended = true;
-    for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
         last_time = v["time"].as_f64().or(last_time);
         match v["event"].as_str() {
             Some("attempt") => {
@@ -170,7 +174,10 @@ pub(crate) fn driver_lost(dir: &Path, events: &mut Events) -> Option<(serde_json
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
         .max()
         .unwrap_or(0);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     let silent = last_time.map(|t| (now - t).max(0.0));
     tracing::warn!(
         "the previous driver of this run ended without recording its end (its node was lost, or \
@@ -196,21 +203,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_write_that_fails_releases_the_reserve_and_leaves_no_temporary() {
+    fn a_failed_write_names_its_file_and_the_reserve_is_kept_for_the_end() {
         let d = std::env::temp_dir().join(format!("weft-record-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         let ev = Events::open(&d).unwrap();
-        assert_eq!(std::fs::metadata(d.join(".record-reserve")).unwrap().len(), RESERVE);
-        // A target that cannot be written (a directory in the way): both tries fail, the
-        // reserve is spent, the error names the file, and no temporary remains.
+        assert_eq!(
+            std::fs::metadata(d.join(".record-reserve")).unwrap().len(),
+            RESERVE
+        );
+        // A target that cannot be written (a directory in the way): the error names the file
+        // and no temporary remains; the reserve stays for the end of the record.
         std::fs::create_dir_all(d.join("launch.json/x")).unwrap();
         let e = ev.write_file(&d.join("launch.json"), "{}").unwrap_err();
         assert!(format!("{e:#}").contains("launch.json"), "{e:#}");
-        assert!(!d.join(".record-reserve").exists());
         assert!(!d.join("launch.json.tmp").exists());
+        assert!(d.join(".record-reserve").exists());
         std::fs::remove_dir_all(d.join("launch.json")).unwrap();
-        ev.write_file(&d.join("launch.json"), "{}").unwrap();
+        let mut ev = ev;
+        ev.finish(&d, &json!({"outcome": "finished"}), json!({"event": "end"}));
+        assert!(!d.join(".record-reserve").exists());
+        assert!(std::fs::read_to_string(d.join("launch.json"))
+            .unwrap()
+            .contains("finished"));
+        assert!(std::fs::read_to_string(d.join("events.jsonl"))
+            .unwrap()
+            .contains("\"end\""));
         drop(ev);
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -81,7 +81,10 @@ fn describe(h: &Holder) -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
         .saturating_sub(h.started);
-    format!("`{}` (pid {} on host {}, started {since} s ago)", h.command, h.pid, h.host)
+    format!(
+        "`{}` (pid {} on host {}, started {since} s ago)",
+        h.command, h.pid, h.host
+    )
 }
 
 impl RunLock {
@@ -152,7 +155,9 @@ impl RunLock {
         let holder = Holder {
             host: hostname(),
             pid: std::process::id(),
-            started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             command: command.into(),
             ranks_pgid: None,
             released: false,

@@ -12,8 +12,13 @@ impl Mount {
     /// A tmpfs at `dir` with room for one and a half checkpoints of `one` bytes; `None` where
     /// mounting is not permitted (not root).
     pub fn room_for_1_5(dir: &Path, one: u64) -> Option<Mount> {
+        Self::with_size(dir, one * 3 / 2 + 8 * 1024)
+    }
+
+    /// A tmpfs of `bytes` at `dir`; `None` where mounting is not permitted (not root).
+    pub fn with_size(dir: &Path, bytes: u64) -> Option<Mount> {
         std::fs::create_dir_all(dir).unwrap();
-        let size = format!("size={}k", (one * 3 / 2) / 1024 + 8);
+        let size = format!("size={}k", bytes.div_ceil(1024));
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
             .arg(dir)
