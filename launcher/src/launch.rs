@@ -206,14 +206,16 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     let secret = secret();
     let board = Arc::new(Mutex::new(Board::default()));
     let addr = match &alloc {
-        // Ranks on other nodes reach the store at this node's address.
+        // Ranks on other nodes reach the store at this node's address, the only one it
+        // listens on.
         Some(al) => {
+            let host = crate::slurm::store_host();
             let a = store::start(
                 secret.clone(),
                 board.clone(),
-                ("0.0.0.0", crate::slurm::store_port(&al.job)),
+                (&host, crate::slurm::store_port(&al.job)),
             )?;
-            format!("{}:{}", crate::slurm::store_host(), a.port())
+            format!("{host}:{}", a.port())
         }
         None => store::start(secret.clone(), board.clone(), ("127.0.0.1", 0))?.to_string(),
     };
@@ -249,7 +251,6 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             b.attempt = attempt;
             b.ranks.clear();
             b.go = None;
-            b.pids.clear();
         }
         if let Some(al) = alloc.as_mut() {
             if l.allow_shrink && al.healthy() < al.need && al.healthy() > 0 {
@@ -265,6 +266,11 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
                 tracing::error!("{e}");
                 break "failed";
             }
+        };
+        // Where each rank runs, by the launcher's own record (what ranks say is not trusted).
+        board.lock().expect("board").placement = store::Placement {
+            nodes: nodes.clone(),
+            per_node: alloc.as_ref().map_or(world, |al| al.procs),
         };
         cmd.env("WEFT_STORE", &addr)
             .env("WEFT_SECRET", &secret)
