@@ -1,6 +1,8 @@
 //! One attempt of a launched run, watched until it ends: the ranks' exit, hangs, stragglers,
 //! the preflight and the eviction check, from what the store's board shows.
 
+mod proctree;
+
 use crate::launch::End;
 use crate::record::Events;
 use crate::store::{self, Board};
@@ -12,19 +14,20 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Send `sig` to every process of the attempt: its process group (mpirun or srun, which pass
-/// it on) and, on SLURM, its job steps.
-pub(crate) fn kill_attempt(
-    child: &mut Child,
-    alloc: Option<&crate::slurm::Allocation>,
-    sig: &str,
-    board: &Mutex<Board>,
-) {
+/// it on) and, on SLURM, its job steps. Only processes the driver started are signalled: the
+/// attempt's child and, locally, the processes under it — never a pid a rank reported.
+pub(crate) fn kill_attempt(child: &mut Child, alloc: Option<&crate::slurm::Allocation>, sig: &str) {
     if let Some(al) = alloc {
         al.signal_steps(sig);
     } else if sig == "KILL" {
-        // Ranks mpirun started may sit in process groups of their own: end each one.
-        for pid in board.lock().expect("board").pids.clone() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        // Ranks mpirun started may sit in process groups of their own: end each one under it
+        // (found before any of them ends, while the tree is whole).
+        let pids = proctree::descendants(child.id());
+        if !pids.is_empty() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(pids.iter().map(u32::to_string))
+                .status();
         }
     }
     let _ = Command::new("kill")
@@ -72,10 +75,9 @@ type Failure = (&'static str, Option<usize>, String, String, u64);
 fn end_failed(
     child: &mut Child,
     alloc: Option<&crate::slurm::Allocation>,
-    board: &Mutex<Board>,
     (kind, rank, host, detail, step): Failure,
 ) -> Result<End> {
-    kill_attempt(child, alloc, "KILL", board);
+    kill_attempt(child, alloc, "KILL");
     let _ = child.wait();
     Ok(End::Failed {
         kind,
@@ -105,7 +107,7 @@ pub(crate) fn watch(
         if term.load(Ordering::SeqCst) && !forwarded {
             // Preemption: the ranks save at the next step boundary and exit 0. SIGUSR1, because
             // mpirun passes it on where SIGTERM would make it kill the ranks.
-            kill_attempt(&mut child, alloc, "USR1", board);
+            kill_attempt(&mut child, alloc, "USR1");
             events.log(json!({"event": "preempt", "detail": "the ranks were told to save and stop"}));
             forwarded = true;
         }
@@ -141,11 +143,11 @@ pub(crate) fn watch(
                     format!("rank {k} was placed on evicted node {}", r.host),
                 );
                 drop(b);
-                return end_failed(&mut child, alloc, board, ("placement", Some(k), host, detail, 0));
+                return end_failed(&mut child, alloc, ("placement", Some(k), host, detail, 0));
             }
             if let Some((rank, host, kind, detail)) = crate::health::preflight(&b, l) {
                 drop(b);
-                return end_failed(&mut child, alloc, board, (kind, Some(rank), host, detail, 0));
+                return end_failed(&mut child, alloc, (kind, Some(rank), host, detail, 0));
             }
             continue;
         }
@@ -174,7 +176,7 @@ pub(crate) fn watch(
         };
         if let Some((rank, host, kind, detail)) = gpu.or(comm) {
             drop(b);
-            return end_failed(&mut child, alloc, board, (kind, Some(rank), host, detail, step));
+            return end_failed(&mut child, alloc, (kind, Some(rank), host, detail, step));
         }
         if let Some((at, reached, resumed)) = *pending {
             // The first step of a new attempt: the previous failure is recovered.
@@ -221,7 +223,7 @@ pub(crate) fn watch(
             drop(b);
             let how = signal_of(&mut child).map_or(String::new(), |s| format!(": {}", signal_name(s)));
             let detail = format!("rank {rank} ended at step {at} of {steps}{how}");
-            return end_failed(&mut child, alloc, board, ("exit", Some(rank), host, detail, step));
+            return end_failed(&mut child, alloc, ("exit", Some(rank), host, detail, step));
         }
         if let Some(status) = child.try_wait()? {
             drop(b);
@@ -245,7 +247,7 @@ pub(crate) fn watch(
                 tracing::warn!("the ranks exited with {status} after the last step; the run is complete");
                 return Ok(End::Finished);
             }
-            kill_attempt(&mut child, alloc, "KILL", board);
+            kill_attempt(&mut child, alloc, "KILL");
             let b = board.lock().expect("board");
             // The rank that stopped sending first is the likeliest culprit.
             let culprit = b
@@ -302,7 +304,7 @@ pub(crate) fn watch(
                 .and_then(|r| b.ranks.get(&r))
                 .map_or("localhost".into(), |r| r.host.clone());
             drop(b);
-            return end_failed(&mut child, alloc, board, ("hang", rank, host, detail, step));
+            return end_failed(&mut child, alloc, ("hang", rank, host, detail, step));
         }
         // Straggler: compute time well above the other ranks', for a window of steps.
         let w = l.straggler_window.max(1);
@@ -324,7 +326,6 @@ pub(crate) fn watch(
                 return end_failed(
                     &mut child,
                     alloc,
-                    board,
                     ("straggler", Some(k), host, detail, step),
                 );
             }

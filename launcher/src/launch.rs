@@ -202,16 +202,23 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     let secret = secret();
     let board = Arc::new(Mutex::new(Board::default()));
     let addr = match &alloc {
-        // Ranks on other nodes reach the store at this node's address.
+        // Ranks on other nodes reach the store at this node's address, the only one it
+        // listens on.
         Some(al) => {
+            let host = crate::slurm::store_host();
             let a = store::start(
                 secret.clone(),
                 board.clone(),
-                ("0.0.0.0", crate::slurm::store_port(&al.job)),
+                (&host, crate::slurm::store_port(&al.job)),
             )?;
-            format!("{}:{}", crate::slurm::store_host(), a.port())
+            format!("{host}:{}", a.port())
         }
         None => store::start(secret.clone(), board.clone(), ("127.0.0.1", 0))?.to_string(),
+    };
+    // On SLURM, sentinels on the other nodes requeue the job if this node is lost.
+    let mut sentinels = match &alloc {
+        Some(al) => al.start_sentinels(&me, l.orphan_timeout_s)?,
+        None => None,
     };
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -252,7 +259,6 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             b.attempt = attempt;
             b.ranks.clear();
             b.go = None;
-            b.pids.clear();
         }
         if let Some(al) = alloc.as_mut() {
             if l.allow_shrink && al.healthy() < al.need && al.healthy() > 0 {
@@ -268,6 +274,11 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
                 tracing::error!("{e}");
                 break "failed";
             }
+        };
+        // Where each rank runs, by the launcher's own record (what ranks say is not trusted).
+        board.lock().expect("board").placement = store::Placement {
+            nodes: nodes.clone(),
+            per_node: alloc.as_ref().map_or(world, |al| al.procs),
         };
         cmd.env("WEFT_STORE", &addr)
             .env("WEFT_SECRET", &secret)
@@ -375,6 +386,11 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         }
     };
     bar.finish_and_clear();
+    if let Some(mut s) = sentinels.take() {
+        // srun passes SIGTERM on to the sentinels and ends their step.
+        let _ = Command::new("kill").args(["-TERM", &s.id().to_string()]).status();
+        let _ = s.wait();
+    }
     let outcome = match (&alloc, outcome) {
         (Some(al), "preempted") if requeue.load(Ordering::SeqCst) => {
             events.log(json!({"event": "requeue", "job": al.job}));

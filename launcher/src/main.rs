@@ -15,6 +15,7 @@ mod launch;
 mod rankside;
 mod record;
 mod runlock;
+mod sentinel;
 mod slurm;
 mod store;
 mod sweep;
@@ -63,6 +64,9 @@ enum Command {
     /// Run a grid of runs from a sweep file (locally or as a SLURM job array), then fit the
     /// best learning rate per width and scaling laws, and write a report.
     Sweep(sweep::SweepArgs),
+    /// Internal: watch the node of a SLURM job's driver and requeue the job if it is lost.
+    #[command(hide = true)]
+    Sentinel(sentinel::SentinelArgs),
     /// Inspect, verify or export checkpoints.
     Ckpt {
         #[command(subcommand)]
@@ -140,6 +144,7 @@ fn run() -> Result<()> {
         Command::Ckpt { what } => ckpt::run(&what),
         Command::CoordCheck(a) => coord::coord_check(&a),
         Command::Sweep(a) => sweep::sweep(&a),
+        Command::Sentinel(a) => sentinel::sentinel(&a),
         Command::Info => {
             bench::info();
             Ok(())

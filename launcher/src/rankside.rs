@@ -1,12 +1,14 @@
 //! A rank's side of `weft launch`: join the driver's store (`WEFT_STORE`, `WEFT_SECRET`,
-//! `WEFT_ATTEMPT` in the environment), send a heartbeat after every step, and — a test-only
-//! switch — inject the fault `WEFT_FAULT` names.
+//! `WEFT_ATTEMPT` in the environment), send a heartbeat after every step, stop when the driver
+//! is gone ([`orphan`]), and — a test-only switch — inject the fault `WEFT_FAULT` names.
 //!
 //! `WEFT_FAULT = kind:rank:step[:attempt]` (attempt 1 when omitted; several, comma-separated,
 //! for a soak): at `step` of `attempt`, rank `rank` `crash`es (abort), `exit`s with status 3,
 //! `hang`s forever, or from then on is `slow` (sleeps `WEFT_FAULT_SLOW_MS`, default 300 ms, per
 //! step: a straggler); `slowgemm:rank:0` makes that rank's preflight matmul 1000× slower (a slow
-//! node, caught before any step).
+//! node, caught before any step); `latejoin:rank:0` makes that rank join the store 3 s late.
+
+mod orphan;
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -34,6 +36,7 @@ enum Kind {
     Hang,
     Slow,
     SlowGemm,
+    LateJoin,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +58,8 @@ fn parse_fault(s: &str) -> Result<Fault> {
         "hang" => Kind::Hang,
         "slow" => Kind::Slow,
         "slowgemm" => Kind::SlowGemm,
-        k => bail!("WEFT_FAULT: unknown fault `{k}` (crash, exit, hang, slow, slowgemm)"),
+        "latejoin" => Kind::LateJoin,
+        k => bail!("WEFT_FAULT: unknown fault `{k}` (crash, exit, hang, slow, slowgemm, latejoin)"),
     };
     Ok(Fault {
         kind,
@@ -116,8 +120,9 @@ fn gemm_gflops() -> f64 {
 static OUTBOX: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Msg>>> =
     std::sync::OnceLock::new();
 
-/// The store's answers (the preflight's verdict), read by [`comm_check`].
-static INBOX: std::sync::OnceLock<std::sync::Mutex<BufReader<TcpStream>>> = std::sync::OnceLock::new();
+/// The store's verdicts on the preflight, read by [`comm_check`], and how long to wait for one.
+static VERDICTS: std::sync::OnceLock<(std::sync::Mutex<std::sync::mpsc::Receiver<String>>, Duration)> =
+    std::sync::OnceLock::new();
 
 enum Msg {
     /// `(rank, step, wall seconds, compute seconds)` after a step.
@@ -172,12 +177,13 @@ pub fn comm_check(comm: &dyn weft_parallel::Comm<weft_kernels::CpuBackend>) -> R
     ));
     // No step before the driver has judged every rank's preflight.
     let mut answer = String::new();
-    if let Some(inbox) = INBOX.get() {
-        let mut rd = inbox
+    if let Some((verdicts, wait)) = VERDICTS.get() {
+        let rx = verdicts
             .lock()
             .map_err(|_| anyhow::anyhow!("store reader poisoned"))?;
-        rd.read_line(&mut answer)
-            .context("no preflight verdict from the run's driver")?;
+        answer = rx
+            .recv_timeout(*wait)
+            .map_err(|e| anyhow::anyhow!("no preflight verdict from the run's driver ({e})"))?;
     }
     let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
     if v["go"] != true {
@@ -215,6 +221,9 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
         Err(_) => vec![],
     };
     let slow_gemm = faults.iter().any(|f| f.kind == Kind::SlowGemm && f.rank == rank);
+    if faults.iter().any(|f| f.kind == Kind::LateJoin && f.rank == rank) {
+        std::thread::sleep(Duration::from_secs(3));
+    }
     crate::gpu::watch_xid();
     let hello = serde_json::json!({
         "join": {"rank": rank, "host": hostname(), "attempt": attempt, "pid": std::process::id(),
@@ -231,9 +240,13 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
     if !answer.contains("\"ok\"") {
         bail!("the run's store at {addr} refused this rank: {}", answer.trim());
     }
-    // The verdict comes once every rank has checked in.
-    sock.set_read_timeout(Some(Duration::from_secs_f64(cfg.launch.startup_timeout_s)))?;
-    let _ = INBOX.set(std::sync::Mutex::new(inbox));
+    // The verdict comes once every rank has checked in; from now on the driver's silence for
+    // launch.orphan_timeout_s means it is gone.
+    let (verdicts, rx) = std::sync::mpsc::channel();
+    let wait = Duration::from_secs_f64(cfg.launch.startup_timeout_s);
+    let _ = VERDICTS.set((std::sync::Mutex::new(rx), wait));
+    let orphan_timeout = Duration::from_secs_f64(cfg.launch.orphan_timeout_s);
+    orphan::watch(inbox, verdicts, (rank, orphan_timeout, cfg.run_dir()))?;
     let slow = Duration::from_millis(
         std::env::var("WEFT_FAULT_SLOW_MS")
             .ok()

@@ -263,18 +263,54 @@ impl Allocation {
             .is_ok_and(|s| s.success())
     }
 
-    /// Send `sig` to every job step of this allocation but the batch script (the driver).
+    /// Start a sentinel on every node of the allocation but this one (the batch host, where
+    /// the driver runs), as one job step that survives the loss of a node; see
+    /// [`crate::sentinel`]. `None` when the allocation has no other node.
+    pub fn start_sentinels(&self, exe: &str, timeout_s: f64) -> Result<Option<std::process::Child>> {
+        let here = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| crate::runlock::hostname());
+        let others: Vec<&String> = self.nodes.iter().filter(|n| **n != here).collect();
+        if others.is_empty() {
+            return Ok(None);
+        }
+        let others: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
+        let child = Command::new("srun")
+            .args([
+                "--no-kill",
+                "--overlap",
+                &format!("--job-name={}", crate::sentinel::STEP_NAME),
+                &format!("--nodes={}", others.len()),
+                &format!("--ntasks={}", others.len()),
+                "--ntasks-per-node=1",
+                &format!("--nodelist={}", others.join(",")),
+                exe,
+                "sentinel",
+                "--job",
+                &self.job,
+                "--batch-host",
+                &here,
+                "--timeout-s",
+                &timeout_s.to_string(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting the sentinels (srun)")?;
+        Ok(Some(child))
+    }
+
+    /// Send `sig` to every job step of this allocation but the batch script (the driver) and
+    /// the sentinels.
     pub fn signal_steps(&self, sig: &str) {
         let out = Command::new("squeue")
-            .args(["-h", "-s", "-j", &self.job, "-o", "%i"])
+            .args(["-h", "-s", "-j", &self.job, "-o", "%i %j"])
             .output();
         if let Ok(o) = out {
-            for step in String::from_utf8_lossy(&o.stdout).lines().map(str::trim) {
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                let (step, name) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
                 // Job steps proper (`<job>.<n>`), not the batch script or the job itself.
                 let numbered = step
                     .split_once('.')
                     .is_some_and(|(_, n)| n.chars().all(|c| c.is_ascii_digit()));
-                if numbered {
+                if numbered && name.trim() != crate::sentinel::STEP_NAME {
                     let _ = Command::new("scancel")
                         .args([&format!("--signal={sig}"), step])
                         .status();

@@ -45,11 +45,20 @@ impl Cluster {
         sh("[ -s /etc/munge/munge.key ] || { mungekey --create --force; chown munge:munge /etc/munge/munge.key; chmod 600 /etc/munge/munge.key; }; \
             mkdir -p /run/munge; chown munge:munge /run/munge; chmod 755 /run/munge; \
             munge -n >/dev/null 2>&1 || runuser -u munge -- /usr/sbin/munged");
+        // Free ports for slurmctld and each slurmd, asked of the kernel (the usual 6817 and
+        // 17001… may be taken on a shared machine).
+        let ports: Vec<u16> = {
+            let held: Vec<std::net::TcpListener> = (0..=n)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+                .collect::<Result<_, _>>()
+                .unwrap_or_else(|e| panic!("cannot find free ports for the test cluster: {e}"));
+            held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+        };
         let host = sh("hostname").trim().to_string();
         let b = base.display();
         let text = format!(
             "ClusterName=weft-test\nSlurmctldHost={host}(127.0.0.1)\nSlurmUser=root\nSlurmdUser=root\n\
-             SlurmctldPort=6817\nAuthType=auth/munge\nCredType=cred/munge\nStateSaveLocation={b}/state\n\
+             SlurmctldPort={}\nAuthType=auth/munge\nCredType=cred/munge\nStateSaveLocation={b}/state\n\
              SlurmdSpoolDir={b}/spool/%n\nTmpFS={b}/tmp/%n\nSlurmctldPidFile={b}/run/slurmctld.pid\n\
              SlurmdPidFile={b}/run/slurmd-%n.pid\nSlurmctldLogFile={b}/log/slurmctld.log\n\
              SlurmdLogFile={b}/log/slurmd-%n.log\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
@@ -57,10 +66,18 @@ impl Cluster {
              JobCompType=jobcomp/none\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n\
              SchedulerType=sched/backfill\nMpiDefault=none\nReturnToService=2\nSlurmdTimeout=5\n\
              MessageTimeout=3\nSlurmctldTimeout=10\nInactiveLimit=0\nKillWait=5\nMinJobAge=300\nWaittime=0\n\
-             MailProg=/bin/true\nNodeName=n[1-{n}] NodeHostname={host} NodeAddr=127.0.0.1 \
-             Port=[17001-{}] CPUs=2 RealMemory=1000 State=UNKNOWN\n\
+             MailProg=/bin/true\n{nodes}\
              PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n",
-            17000 + n
+            ports[0],
+            nodes = (1..=n)
+                .map(|i| {
+                    format!(
+                        "NodeName=n{i} NodeHostname={host} NodeAddr=127.0.0.1 Port={} CPUs=2 \
+                         RealMemory=1000 State=UNKNOWN\n",
+                        ports[i]
+                    )
+                })
+                .collect::<String>(),
         );
         std::fs::write(&conf, text).unwrap();
         let ok = Command::new("slurmctld").arg("-f").arg(&conf).status().unwrap();
@@ -530,4 +547,51 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
     let (a, b) = (params("shrink"), params("reference"));
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(worst < 2e-2 * 2e-3 * 16.0, "parameters differ by {worst}");
+
+    // The driver's own node lost mid-run (the batch host: its slurmd, the batch script, the
+    // driver and the ranks on it). Every node back first.
+    let n2 = c.start_node(2);
+    let _ = std::mem::replace(&mut c.nodes[1], n2);
+    for node in ["n2", "n3"] {
+        let _ = c
+            .cmd("scontrol")
+            .args(["update", &format!("NodeName={node}"), "State=RESUME"])
+            .output();
+    }
+    c.wait(
+        |s| s.lines().filter(|l| l.ends_with(" idle")).count() == 3,
+        "every node back",
+    );
+    let id = submit_with(
+        &c,
+        &out,
+        "driver",
+        &[("WEFT_FAULT", "slow:0:1"), ("WEFT_FAULT_SLOW_MS", "150")],
+        &["launch.orphan_timeout_s=3"],
+    );
+    let t = Instant::now();
+    while !out.join("driver/checkpoints/latest").exists() {
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let show = c.cmd("scontrol").args(["show", "job", &id]).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout).into_owned();
+    let batch_host = show
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("BatchHost="))
+        .unwrap_or_else(|| panic!("no BatchHost in {show}"))
+        .to_string();
+    let i: usize = batch_host.trim_start_matches('n').parse().unwrap();
+    c.kill_node(i);
+    // No person acts: the sentinels on the other nodes requeue the job, which resumes on the
+    // two nodes left (no spare needed) and finishes with the fault-free bits.
+    c.wait_job(&id);
+    let events = std::fs::read_to_string(out.join("driver/events.jsonl")).unwrap();
+    let log = std::fs::read_to_string(out.join(format!("driver/slurm-{id}.out"))).unwrap_or_default();
+    let s = json(&out.join("driver/launch.json"));
+    assert_eq!(s["outcome"], "finished", "{s}\n{events}\n{log}");
+    assert!(events.contains("\"driver_lost\""), "{events}");
+    assert_eq!(s["failures"][0]["kind"], "driver_lost", "{s}");
+    assert!(s["failures"][0]["time_to_recover_s"].as_f64().is_some(), "{s}");
+    assert_eq!(digest("driver"), want);
 }

@@ -36,6 +36,11 @@ pub struct Launch {
     /// With no spare node left, continue on fewer nodes: `dp_shard` shrinks and
     /// `grad_accum` grows so the global batch stays the same (the checkpoint reshards).
     pub allow_shrink: bool,
+    /// A rank that hears nothing from its driver for this long (the driver pings every
+    /// quarter second; its connection closed or went silent) saves and stops; under SLURM it
+    /// also requeues the job. If it is still running this long again (stuck in a collective),
+    /// it exits at once with status 75. Values under a second risk stopping a busy run.
+    pub orphan_timeout_s: f64,
 }
 
 impl Default for Launch {
@@ -53,6 +58,7 @@ impl Default for Launch {
             min_allreduce_gbps: 0.0,
             max_gpu_temp_c: 87.0,
             allow_shrink: false,
+            orphan_timeout_s: 60.0,
         }
     }
 }
@@ -65,6 +71,7 @@ impl Launch {
             ("launch.startup_timeout_s", self.startup_timeout_s),
             ("launch.straggler_factor", self.straggler_factor),
             ("launch.max_gpu_temp_c", self.max_gpu_temp_c),
+            ("launch.orphan_timeout_s", self.orphan_timeout_s),
         ];
         for (key, v) in positive {
             if !(v > 0.0 && v.is_finite()) {
@@ -92,5 +99,23 @@ impl Launch {
             return Err(Error::config("launch.straggler_window", "must be at least 1"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_orphan_timeout_must_be_positive() {
+        assert!(Launch::default().validate().is_ok());
+        for bad in [0.0, -3.0, f64::NAN, f64::INFINITY] {
+            let l = Launch {
+                orphan_timeout_s: bad,
+                ..Launch::default()
+            };
+            let e = l.validate().unwrap_err().to_string();
+            assert!(e.contains("launch.orphan_timeout_s") && e.contains("positive"), "{e}");
+        }
     }
 }
