@@ -42,7 +42,10 @@ pub struct SentinelArgs {
 /// Whether SLURM reports `node` down or not responding (`scontrol show node`: `State=DOWN…`,
 /// or a state with `+NOT_RESPONDING`). `None` when SLURM itself cannot be asked.
 fn node_lost(node: &str) -> Option<bool> {
-    let o = Command::new("scontrol").args(["show", "node", node]).output().ok()?;
+    let o = Command::new("scontrol")
+        .args(["show", "node", node])
+        .output()
+        .ok()?;
     if !o.status.success() {
         return None;
     }
@@ -53,7 +56,10 @@ fn node_lost(node: &str) -> Option<bool> {
 
 /// This sentinel's place among the job's sentinels (`SLURM_PROCID` of its step).
 fn index() -> u64 {
-    std::env::var("SLURM_PROCID").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+    std::env::var("SLURM_PROCID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Watch the batch host until it is lost long enough, then requeue the job. Runs until SLURM

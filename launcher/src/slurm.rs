@@ -100,7 +100,14 @@ pub fn script(j: &Job<'_>, driver: &[String]) -> Result<String> {
         j.nodes.to_string()
     };
     line("nodes", &nodes)?;
-    line("ntasks-per-node", &j.procs.to_string())?;
+    if j.spare > 0 {
+        // CPUs per node rather than tasks: a job's task count is fixed when it first starts
+        // (nodes × tasks per node), and would keep a requeued job from starting on fewer nodes.
+        // The driver's `srun` steps place the ranks themselves.
+        line("mincpus", &j.procs.to_string())?;
+    } else {
+        line("ntasks-per-node", &j.procs.to_string())?;
+    }
     let log = if j.array.is_some() {
         "slurm-%A_%a.out"
     } else {
@@ -420,7 +427,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            s.contains("#SBATCH --nodes=2-3\n") && s.contains("#SBATCH --gres=gpu:4\n"),
+            s.contains("#SBATCH --nodes=2-3\n#SBATCH --mincpus=4\n") && s.contains("#SBATCH --gres=gpu:4\n"),
             "{s}"
         );
         assert!(s.contains("'it'\\''s' '$(rm -rf /)'"), "{s}");

@@ -1,5 +1,5 @@
 //! `weft launch --slurm` against a real SLURM cluster started on this machine (slurmctld and
-//! three slurmd "nodes", each in its own UTS and PID namespace; see `../shared/slurm-recipe.md`):
+//! three slurmd "nodes", each in its own UTS and PID namespace, on ports the kernel hands out):
 //! a fault-free run submitted with sbatch, a rank crash whose node is drained and replaced by
 //! the spare, a hang, a straggler and a slow node caught by the preflight (each drained and
 //! replaced), a full checkpoint disk (reported, training carries on), a preemption (SIGUSR1

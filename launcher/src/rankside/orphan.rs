@@ -67,7 +67,11 @@ fn wait_for_loss(mut rd: BufReader<TcpStream>, verdicts: Sender<String>, timeout
                     line.clear();
                 }
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => lost = Some(format!("its connection to the run's driver failed ({e})")),
             }
             if line.len() > MAX_LINE {
@@ -87,9 +91,15 @@ fn wait_for_loss(mut rd: BufReader<TcpStream>, verdicts: Sender<String>, timeout
 /// the trainer's stop signal too).
 fn requeue(job: &str, rank: usize) {
     std::thread::sleep(Duration::from_secs(rank as u64));
-    match std::process::Command::new("scontrol").args(["requeue", job]).output() {
+    match std::process::Command::new("scontrol")
+        .args(["requeue", job])
+        .output()
+    {
         Ok(o) if o.status.success() => {
-            tracing::warn!(rank, "requeued SLURM job {job} (scontrol requeue {job}) to continue without the lost driver")
+            tracing::warn!(
+                rank,
+                "requeued SLURM job {job} (scontrol requeue {job}) to continue without the lost driver"
+            )
         }
         Ok(o) => tracing::warn!(
             rank,
