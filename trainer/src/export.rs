@@ -63,11 +63,11 @@ pub fn load(path: &Path, layout_of: impl Fn(&Config) -> Layout) -> Result<(Confi
     match min_params(&cfg.model) {
         Some(n) if n <= values => {}
         n => {
-            let n = n.map_or("more than 2^64".to_string(), |n| n.to_string());
+            let n = n.map_or("more than 2^64".to_string(), |n| format!("at least {n}"));
             return Err(Error::data(
                 path,
                 format!(
-                    "the embedded `weft.config` describes a model of at least {n} parameters \
+                    "the embedded `weft.config` describes a model of {n} parameters \
                      (model.width = {}), but the file's {} bytes hold at most {values} f32 values",
                     cfg.width(),
                     data.len()

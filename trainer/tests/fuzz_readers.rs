@@ -51,11 +51,11 @@ enum Mutation {
 
 fn mutations(fields64: &'static [usize], fields32: &'static [usize]) -> impl Strategy<Value = Vec<Mutation>> {
     let one = prop_oneof![
-        (prop::sample::select(fields64), nasty_u64()).prop_map(|(o, v)| Mutation::Put64(o, v)),
-        (prop::sample::select(fields32), nasty_u64()).prop_map(|(o, v)| Mutation::Put32(o, v as u32)),
-        (any::<usize>(), 1u8..=255).prop_map(|(p, x)| Mutation::Flip(p, x)),
-        any::<usize>().prop_map(Mutation::Truncate),
-        prop::collection::vec(any::<u8>(), 1..16).prop_map(Mutation::Append),
+        2 => (prop::sample::select(fields64), nasty_u64()).prop_map(|(o, v)| Mutation::Put64(o, v)),
+        2 => (prop::sample::select(fields32), nasty_u64()).prop_map(|(o, v)| Mutation::Put32(o, v as u32)),
+        6 => (any::<usize>(), 1u8..=255).prop_map(|(p, x)| Mutation::Flip(p, x)),
+        1 => any::<usize>().prop_map(Mutation::Truncate),
+        1 => prop::collection::vec(any::<u8>(), 1..16).prop_map(Mutation::Append),
     ];
     prop::collection::vec(one, 1..4)
 }
@@ -275,6 +275,53 @@ fn hostile_entry() -> impl Strategy<Value = String> {
         })
 }
 
+/// One tensor of a latent shard that the crate accepts: a dtype, and either the shape the
+/// model wants (for `n` samples) or a nearby one; its bytes follow the previous tensor's.
+#[derive(Clone, Debug)]
+struct NearTensor {
+    dtype: safetensors::Dtype,
+    n: usize,
+    /// `None`: the wanted shape; `Some((axis, size))`: that axis resized.
+    bend: Option<(usize, usize)>,
+}
+
+fn near_tensor() -> impl Strategy<Value = NearTensor> {
+    use safetensors::Dtype::*;
+    (
+        prop::sample::select(vec![F32, F16, BF16, I32, I64, U8, F64]),
+        0usize..6,
+        prop::option::weighted(0.3, (0usize..6, 0usize..5)),
+    )
+        .prop_map(|(dtype, n, bend)| NearTensor { dtype, n, bend })
+}
+
+/// A latent shard of near-valid tensors, with data bytes from `seed` (labels land anywhere).
+fn near_latents(tensors: &[(&str, NearTensor)], seed: u8) -> Vec<u8> {
+    let owned: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let mut shape = match *name {
+                "latents" => vec![t.n, 1, 2, 2, 2],
+                "labels" => vec![t.n],
+                _ => vec![t.n, 3],
+            };
+            if let Some((axis, size)) = t.bend {
+                if axis < shape.len() {
+                    shape[axis] = size;
+                } else {
+                    shape.push(size);
+                }
+            }
+            let len = shape.iter().product::<usize>() * t.dtype.bitsize() / 8;
+            let data = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect();
+            (*name, t.dtype, shape, data)
+        })
+        .collect();
+    safetensors_file(&owned, None)
+}
+
 proptest! {
     #![proptest_config(config(200))]
 
@@ -306,6 +353,25 @@ proptest! {
         let dtype = if wide_labels { safetensors::Dtype::I64 } else { safetensors::Dtype::I32 };
         let mut bytes = good_latents(dtype);
         apply(&mut bytes, &ms);
+        let p = dir.path().join("x.safetensors");
+        std::fs::write(&p, bytes).unwrap();
+        read_latents(&p);
+    }
+
+    #[test]
+    fn latent_shards_with_nearly_valid_tensors_are_refused_or_read(
+        lat in near_tensor(),
+        labels in prop::option::of(near_tensor()),
+        emb in prop::option::of(near_tensor()),
+        seed in prop::sample::select(vec![0u8, 1, 2, 255]),
+        ms in prop::option::weighted(0.3, mutations(&[0], &[0, 4])),
+    ) {
+        let mut tensors = vec![("latents", lat)];
+        tensors.extend(labels.map(|t| ("labels", t)));
+        tensors.extend(emb.map(|t| ("embeddings", t)));
+        let mut bytes = near_latents(&tensors, seed);
+        apply(&mut bytes, &ms.unwrap_or_default());
+        let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.safetensors");
         std::fs::write(&p, bytes).unwrap();
         read_latents(&p);
