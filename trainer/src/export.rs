@@ -76,7 +76,7 @@ pub fn load(path: &Path, layout_of: impl Fn(&Config) -> Layout) -> Result<(Confi
         }
     }
     let layout = layout_of(&cfg);
-    let mut total = 0usize;
+    let (mut total, mut sources) = (0usize, Vec::with_capacity(layout.entries.len()));
     for e in &layout.entries {
         let t = h.tensor(&e.name).ok_or_else(|| {
             Error::data(
@@ -97,6 +97,7 @@ pub fn load(path: &Path, layout_of: impl Fn(&Config) -> Layout) -> Result<(Confi
             .checked_add(t.bytes.len())
             .filter(|&b| b <= data.len())
             .ok_or_else(|| Error::data(path, format!("tensor `{}` reaches past the file's end", e.name)))?;
+        sources.push(t.bytes);
     }
     let n = layout.len();
     if n.checked_mul(4) != Some(total) {
@@ -113,9 +114,8 @@ pub fn load(path: &Path, layout_of: impl Fn(&Config) -> Layout) -> Result<(Confi
         )
     })?;
     flat.resize(n, 0f32);
-    for e in &layout.entries {
-        let t = h.tensor(&e.name).expect("checked above");
-        let (Some(src), Some(dst)) = (data.get(t.bytes.clone()), flat.get_mut(e.range())) else {
+    for (e, bytes) in layout.entries.iter().zip(sources) {
+        let (Some(src), Some(dst)) = (data.get(bytes), flat.get_mut(e.range())) else {
             return Err(Error::data(
                 path,
                 format!("tensor `{}` lies outside the file or layout", e.name),

@@ -140,7 +140,7 @@ fn open_shard(p: PathBuf, cfg: &DitConfig) -> Result<Shard> {
                         "label {k} is outside model.num_classes = {} (sample {i})",
                         cfg.num_classes
                     ),
-                    None => format!("label {i} lies outside the file"),
+                    None => format!("the label of sample {i} lies outside the file"),
                 },
             ));
         }
@@ -232,7 +232,7 @@ impl Latents {
         for s in &self.shards {
             if i < s.n {
                 let outside =
-                    |what: &str| Error::data(&s.path, format!("{what} of sample {i} lie outside the file"));
+                    |what: &str| Error::data(&s.path, format!("sample {i}: {what} outside the file"));
                 let per = self.cfg.latent.iter().product::<usize>();
                 let x = sample_bytes(&s.latents, i, per)
                     .and_then(|r| s.map.get(r))

@@ -166,19 +166,30 @@ impl Header {
         }
         let data_start = 8 + n as usize;
         let data_len = (bytes.len() - data_start) as u64;
-        // Only when the JSON parses here; otherwise the crate below names what is wrong.
+        let inside = |name: &str, s: u64, e: u64| {
+            if s <= e && e <= data_len {
+                Ok(())
+            } else {
+                Err(bad(format!(
+                    "tensor `{name}`: data_offsets [{s}, {e}] lie outside the {data_len} bytes of tensor data"
+                )))
+            }
+        };
+        // Before the crate sums the offsets; only when the JSON parses here (otherwise the
+        // crate names what is wrong).
         let mut json = serde_json::Deserializer::from_slice(&bytes[8..data_start]);
         if let Ok(Found::Ranges(ranges)) = Scan::Top.deserialize(&mut json) {
             for (name, s, e) in ranges {
-                if s > e || e > data_len {
-                    return Err(bad(format!(
-                        "tensor `{name}`: data_offsets [{s}, {e}] lie outside the {data_len} bytes of tensor data"
-                    )));
-                }
+                inside(&name, s, e)?;
             }
         }
         let (_, meta) =
             SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        // And after, whatever the crate accepted: no range of a header reaches past the file.
+        for (name, info) in meta.tensors() {
+            let (s, e) = info.data_offsets;
+            inside(&name, s as u64, e as u64)?;
+        }
         Ok(Header { meta, data_start })
     }
 
