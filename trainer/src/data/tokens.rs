@@ -9,8 +9,9 @@
 //!        32  ids…
 //! ```
 //! [`tokenize`] writes byte-level shards (vocab 257: bytes, and 256 = end of document) from
-//! any text files. [`TokenShard::open`] refuses truncated files, wrong headers or widths, and
-//! ids outside the vocabulary, with the file named.
+//! any text files (creating the output's directory). [`TokenShard::open`] checks every header
+//! field against the file's real size and the id width (checked arithmetic, before anything is
+//! indexed) and every id against the vocabulary, and refuses bad files with the file named.
 
 use super::{sample_rng, Source, Split, Stream};
 use crate::model::TokenBatch;
