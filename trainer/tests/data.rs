@@ -15,7 +15,8 @@ fn tokenize_round_trips_bytes_with_document_ends() {
     let n = tokenize(&[a, b], &out).unwrap();
     let s = TokenShard::open(&out).unwrap();
     assert_eq!((n, s.len, s.vocab), (10, 10, 257)); // é is two bytes
-    let ids: Vec<u32> = (0..s.len).map(|i| s.get(i)).collect();
+    let ids: Vec<u32> = s.ids(0..s.len).unwrap().collect();
+    assert_eq!((s.get(s.len - 1), s.get(s.len)), (Some(EOD), None));
     let mut want: Vec<u32> = "héllo".bytes().map(u32::from).collect();
     want.push(EOD);
     want.extend("ok".bytes().map(u32::from));
@@ -91,6 +92,27 @@ fn token_windows_are_deterministic_and_targets_shift_by_one() {
         v.ids.iter().all(|&t| t as usize >= 900 % 250 || t < 250),
         "held-out tail"
     );
+}
+
+#[test]
+fn tokenize_creates_the_output_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("a.txt");
+    std::fs::write(&text, "abc").unwrap();
+    let out = dir.path().join("runs/data/text.tok");
+    assert_eq!(tokenize(&[text], &out).unwrap(), 4);
+    assert_eq!(TokenShard::open(&out).unwrap().len, 4);
+}
+
+#[test]
+fn with_nothing_held_out_validation_tiles_the_training_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.tok");
+    write_shard(&p, &(0..40).collect::<Vec<_>>(), 257).unwrap();
+    let src = Tokens::new(&p, 4, 257, 0.0, 3).unwrap();
+    let v = src.batch(Split::Val, &[0, 1, 8]).unwrap();
+    assert_eq!(v.ids, [0, 1, 2, 3, 5, 6, 7, 8, 0, 1, 2, 3]);
+    assert_eq!(v.targets[..4], [1, 2, 3, 4]);
 }
 
 fn write_latents(path: &std::path::Path, n: usize, shape: [usize; 4], labels: Option<Vec<i32>>) {

@@ -7,10 +7,12 @@
 //! clip, which window, its noise and timestep) comes from [`sample_rng`] of its index.
 //!
 //! Sources: [`shapes`] (procedural video), [`latents`] (safetensors latent shards), [`tokens`]
-//! (memory-mapped token shards).
+//! (memory-mapped token shards); [`tensorfile`] reads safetensors headers (latent shards,
+//! exported weights) with every size checked against the file.
 
 pub mod latents;
 pub mod shapes;
+pub mod tensorfile;
 pub mod tokens;
 
 use crate::config::DitConfig;
