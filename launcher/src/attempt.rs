@@ -276,7 +276,16 @@ pub(crate) fn watch(
         } else {
             // The stuck rank is the one the others wait for: not blocked in a collective, or
             // with the fewest completed.
-            let stale = |r: &&store::RankState| r.progress.elapsed().as_secs_f64() > l.hang_timeout_s;
+            // Until a rank's first step is done (start-up, preflight, the first collectives on a
+            // loaded machine) it has launch.startup_timeout_s; then launch.hang_timeout_s.
+            let limit = |r: &store::RankState| {
+                if r.step == 0 {
+                    l.startup_timeout_s.max(l.hang_timeout_s)
+                } else {
+                    l.hang_timeout_s
+                }
+            };
+            let stale = |r: &&store::RankState| r.progress.elapsed().as_secs_f64() > limit(r);
             let any = b.ranks.values().any(|r| stale(&r));
             any.then(|| {
                 b.ranks
@@ -290,10 +299,7 @@ pub(crate) fn watch(
                         };
                         (
                             Some(k),
-                            format!(
-                                "no progress past step {} for {:.0} s ({what})",
-                                r.step, l.hang_timeout_s
-                            ),
+                            format!("no progress past step {} for {:.0} s ({what})", r.step, limit(r)),
                         )
                     })
             })
