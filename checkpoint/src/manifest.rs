@@ -76,12 +76,7 @@ impl Extent {
     /// `(start, len)` of each run, in storage order (positions saturate; a verified extent
     /// never reaches them).
     pub fn runs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        (0..self.count).map(move |i| {
-            (
-                self.start.saturating_add(i.saturating_mul(self.stride)),
-                self.len,
-            )
-        })
+        (0..self.count).map(move |i| (self.start.saturating_add(i.saturating_mul(self.stride)), self.len))
     }
     /// One past the last element covered (saturating).
     pub fn end(&self) -> u64 {
@@ -370,5 +365,55 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("format version 99"));
+    }
+
+    #[test]
+    fn sizes_that_overflow_64_bits_are_refused_with_an_error() {
+        let dir = Path::new("/ckpt");
+        let sizes = HashMap::from([("rank_00000.bin".to_string(), 48)]);
+        let err = |m: Manifest| m.verify(dir, Some(&sizes)).unwrap_err().to_string();
+        // Runs whose end wraps around to inside the tensor.
+        let mut wrap = m();
+        wrap.pieces[0].extent = Extent {
+            start: 0,
+            len: 2,
+            count: (1 << 63) + 1,
+            stride: 2,
+        };
+        let e = err(wrap);
+        assert!(e.contains("overflows 64 bits"), "{e}");
+        // `len × count` wraps to a small element count and byte size.
+        let mut numel = m();
+        numel.pieces[0].extent = Extent {
+            start: 0,
+            len: 1 << 32,
+            count: 1 << 32,
+            stride: 1 << 32,
+        };
+        numel.pieces[0].bytes = 0;
+        let e = err(numel);
+        assert!(e.contains("overflows 64 bits"), "{e}");
+        // A shape whose product wraps.
+        let mut shape = m();
+        shape.tensors[0].shape = vec![1 << 32, 1 << 32, 3];
+        let e = err(shape);
+        assert!(e.contains("overflows 64 bits"), "{e}");
+        // A byte range past the end of the address space.
+        let mut offset = m();
+        offset.pieces[1].offset = u64::MAX - 4;
+        let e = err(offset);
+        assert!(e.contains("byte range that overflows"), "{e}");
+        // A huge shape covered by nothing the files hold.
+        let mut huge = m();
+        huge.tensors[0].shape = vec![1 << 40];
+        huge.pieces[1].extent = Extent::run(6, (1 << 40) - 6);
+        huge.pieces[1].bytes = ((1 << 40) - 6) * 4;
+        let e = err(huge);
+        assert!(e.contains("truncated"), "{e}");
+        // Two pieces claiming the same bytes of a file.
+        let mut shared = m();
+        shared.pieces[1].offset = 8;
+        let e = err(shared);
+        assert!(e.contains("pieces share bytes 8..24"), "{e}");
     }
 }

@@ -151,10 +151,7 @@ impl Checkpoint {
                         .ok_or_else(|| {
                             invalid(
                                 &self.dir,
-                                format!(
-                                    "piece of `{key}` in {} is shorter than its extent",
-                                    p.file
-                                ),
+                                format!("piece of `{key}` in {} is shorter than its extent", p.file),
                             )
                         })?;
                     out[dst as usize..(dst + n) as usize].copy_from_slice(from);

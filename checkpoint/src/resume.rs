@@ -43,10 +43,7 @@ pub fn reason(dir: &Path, e: &Error) -> String {
 }
 
 fn shown(dir: &Path, path: &Path) -> String {
-    path.strip_prefix(dir)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(dir).unwrap_or(path).display().to_string()
 }
 
 /// What a checkpoint root offers a run that continues.
@@ -79,7 +76,9 @@ impl Resume {
             .iter()
             .any(|(p, _)| p.file_name().is_some_and(|n| n == latest));
         Some(if refused {
-            format!("`latest` names {latest}, which was refused; {chosen} is the newest checkpoint that verifies")
+            format!(
+                "`latest` names {latest}, which was refused; {chosen} is the newest checkpoint that verifies"
+            )
         } else {
             format!("`latest` names {latest}, but {chosen} is newer and verifies: it wins")
         })
@@ -101,7 +100,11 @@ pub fn choose(root: &Path) -> Result<Resume> {
     };
     let dirs = step_dirs(root)?;
     if let Some(name) = &latest {
-        if !safe_name(name) || !dirs.iter().any(|(_, p)| p.file_name().is_some_and(|n| n == name.as_str())) {
+        if !safe_name(name)
+            || !dirs
+                .iter()
+                .any(|(_, p)| p.file_name().is_some_and(|n| n == name.as_str()))
+        {
             refused.push((
                 root.join("latest"),
                 format!("names {name:?}, which is not a checkpoint directory here"),
@@ -154,7 +157,9 @@ pub fn set_aside(root: &Path, dirs: &[(PathBuf, String)], label: &str) -> Result
         let name = name.trim();
         let stays = safe_name(name)
             && root.join(name).is_dir()
-            && !present.iter().any(|(p, _)| p.file_name().is_some_and(|n| n == name));
+            && !present
+                .iter()
+                .any(|(p, _)| p.file_name().is_some_and(|n| n == name));
         !stays
     });
     if present.is_empty() && !latest_moves {

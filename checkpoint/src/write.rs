@@ -250,7 +250,10 @@ fn is_partial(name: &str) -> bool {
         .or_else(|| kind.strip_prefix("old"))
         .unwrap_or("x");
     step.parse::<u64>().is_ok()
-        && (tail.is_empty() || tail.strip_prefix('.').is_some_and(|a| a.chars().all(|c| c.is_ascii_hexdigit())))
+        && (tail.is_empty()
+            || tail
+                .strip_prefix('.')
+                .is_some_and(|a| a.chars().all(|c| c.is_ascii_hexdigit())))
 }
 
 /// Remove half-written checkpoints (`step_<N>.tmp.<attempt>`, and displaced `step_<N>.old.…`)

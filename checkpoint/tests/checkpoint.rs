@@ -269,7 +269,11 @@ fn a_rank_that_cannot_write_fails_the_commit_at_once_naming_it() {
     let err = r0.wait().unwrap().result.unwrap_err().to_string();
     // Not the timeout: rank 1 left word that it failed.
     assert!(err.contains("rank 1 could not write its pieces"), "{err}");
-    assert_eq!(entries(root.path()), Vec::<String>::new(), "the partial save is removed");
+    assert_eq!(
+        entries(root.path()),
+        Vec::<String>::new(),
+        "the partial save is removed"
+    );
     assert!(latest_valid(root.path()).unwrap().is_none());
 }
 
@@ -351,7 +355,10 @@ fn the_newest_checkpoint_that_verifies_wins_over_latest() {
     assert_eq!(r.chosen.as_ref().unwrap().manifest.step, 3);
     assert!(r.refused.is_empty());
     let line = r.latest_disagrees().unwrap();
-    assert!(line.contains("names step_00000001, but step_00000003 is newer"), "{line}");
+    assert!(
+        line.contains("names step_00000001, but step_00000003 is newer"),
+        "{line}"
+    );
     assert_eq!(latest_valid(root.path()).unwrap().unwrap().manifest.step, 3);
     // `latest` naming a damaged one: the newest good one, saying so.
     damage(root.path(), 3, 0);
@@ -403,7 +410,11 @@ fn checkpoints_set_aside_are_moved_whole_with_their_reasons() {
     damage(root.path(), 3, 0);
     let r = choose(root.path()).unwrap();
     let aside = set_aside(root.path(), &r.refused, "refused").unwrap().unwrap();
-    assert!(aside.file_name().unwrap().to_string_lossy().starts_with("refused_"));
+    assert!(aside
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("refused_"));
     // `latest` named the one moved: it goes with it; the chosen one stays.
     assert_eq!(entries(&aside), ["latest", "step_00000003", "why.txt"]);
     let why = std::fs::read_to_string(aside.join("why.txt")).unwrap();
@@ -440,7 +451,11 @@ fn two_attempts_saving_the_same_step_never_share_a_temporary_directory() {
     let c = latest_valid(root.path()).unwrap().unwrap();
     let mut out = vec![0u8; 8];
     c.read("g", &[(0, 2)], &mut out).unwrap();
-    assert_eq!(floats(&out), [1.0, 1.0], "the commit holds its own attempt's bytes");
+    assert_eq!(
+        floats(&out),
+        [1.0, 1.0],
+        "the commit holds its own attempt's bytes"
+    );
     assert!(tmp_dir(root.path(), 3, b).exists());
     // Temporaries of any attempt (and of the old unnamed form) are stale at the next start.
     std::fs::create_dir(root.path().join("step_00000004.tmp")).unwrap();
@@ -478,6 +493,13 @@ fn a_committing_rank_that_cannot_write_removes_the_whole_temporary_directory() {
     r1.submit(job(1, None)).unwrap();
     assert!(r1.wait().unwrap().result.is_ok());
     let err = r0.wait().unwrap().result.unwrap_err().to_string();
-    assert!(err.contains(".rank_00000.bin.tmp"), "the error names the file: {err}");
-    assert_eq!(entries(root.path()), Vec::<String>::new(), "nothing of the failed save is left");
+    assert!(
+        err.contains(".rank_00000.bin.tmp"),
+        "the error names the file: {err}"
+    );
+    assert_eq!(
+        entries(root.path()),
+        Vec::<String>::new(),
+        "nothing of the failed save is left"
+    );
 }
