@@ -271,20 +271,38 @@ fn load_parts(
     Ok(())
 }
 
-/// The config a checkpoint was saved with.
+/// The config a checkpoint was saved with (checked by [`Config::validate`]).
 pub fn saved_config(c: &ck::Checkpoint) -> Result<Config> {
     let text = c.manifest.state["config"]
         .as_str()
         .ok_or_else(|| Error::Other(format!("checkpoint {} carries no config", c.dir.display())))?;
     let cfg: Config = toml::from_str(text)
         .map_err(|e| Error::Other(format!("checkpoint {}: its config: {e}", c.dir.display())))?;
+    cfg.validate()
+        .map_err(|e| Error::Other(format!("checkpoint {}: its config: {e}", c.dir.display())))?;
     Ok(cfg)
 }
 
 /// The model parameters of a checkpoint, whole (for export), with their layout and config.
+/// Every parameter tensor of the config's layout must be stored with the same shape: the
+/// manifest verified against the files' sizes, so nothing larger than the files is allocated.
 pub fn read_model(c: &ck::Checkpoint) -> Result<(Config, Layout, Vec<f32>)> {
     let cfg = saved_config(c)?;
     let layout = crate::train::layout_of(&cfg);
+    for e in &layout.entries {
+        let key = format!("model.{}", e.name);
+        let want: Vec<u64> = e.shape.iter().map(|&d| d as u64).collect();
+        match c.manifest.tensor(&key) {
+            Some(t) if t.shape == want => {}
+            found => {
+                return Err(Error::Other(format!(
+                    "checkpoint {}: its config has `{key}` of shape {want:?}, the checkpoint {}",
+                    c.dir.display(),
+                    found.map_or("does not store it".into(), |t| format!("stores {:?}", t.shape))
+                )))
+            }
+        }
+    }
     let n = layout.len();
     let mut p = HostVec::from(vec![0f64; n]);
     load_parts(c, &ShardMap::whole(&layout), &layout, vec![("model", &mut p)])?;
@@ -294,19 +312,54 @@ pub fn read_model(c: &ck::Checkpoint) -> Result<(Config, Layout, Vec<f32>)> {
     Ok((cfg, layout, p.iter().map(|&x| x as f32).collect()))
 }
 
-/// The checkpoint `checkpoint.resume` asks for, opened and verified (`None`: start fresh).
-/// `auto` takes the newest one under the run's checkpoint directory that verifies, falling back
-/// past refused ones; a path must verify. A checkpoint of another model config is refused.
+/// The checkpoint `checkpoint.resume` asks for, opened and verified (`None`: start at step 0).
+///
+/// - `auto`: the newest checkpoint under the run's checkpoint directory that verifies (manifest
+///   and every byte), by step whatever `latest` names (a line says so when they disagree).
+///   Checkpoints refused on the way are moved, with their reasons, to `<dir>/refused_<time>/`.
+///   When checkpoints exist (or `latest` does) and none verifies, an error names each and why,
+///   and nothing is changed. With none at all the run starts at step 0.
+/// - `fresh`: start at step 0, saying so; checkpoints already there are moved to
+///   `<dir>/replaced_<time>/` (kept, never deleted), so none of them is resumed or pruned later.
+/// - `""` (not set): start at step 0 the same way, saying so when there were checkpoints.
+/// - a checkpoint directory: that one, which must verify.
+///
+/// A checkpoint of another model config is refused.
 pub fn find_resume(cfg: &Config) -> Result<Option<ck::Checkpoint>> {
+    let root = cfg.checkpoint_dir();
     let c = match cfg.checkpoint.resume.as_str() {
-        "" => return Ok(None),
-        "auto" => match ck::latest_valid(&cfg.checkpoint_dir())? {
-            Some(c) => c,
-            None => {
-                tracing::info!(dir = %cfg.checkpoint_dir().display(), "no checkpoint to resume from: starting fresh");
-                return Ok(None);
+        mode @ ("" | "fresh") => {
+            start_over(&root, mode == "fresh")?;
+            return Ok(None);
+        }
+        "auto" => {
+            let r = ck::choose(&root)?;
+            let disagrees = r.latest_disagrees();
+            let Some(c) = r.chosen else {
+                if r.refused.is_empty() {
+                    tracing::info!(dir = %root.display(), "no checkpoint to resume from: starting at step 0");
+                    return Ok(None);
+                }
+                return Err(refusal(&root, &r.refused));
+            };
+            check_compatible(cfg, &c)?;
+            if let Some(line) = disagrees {
+                tracing::warn!("{line}");
             }
-        },
+            if !r.refused.is_empty() {
+                for (dir, why) in &r.refused {
+                    tracing::warn!("refused checkpoint {}: {why}", dir.display());
+                }
+                if let Some(aside) = ck::set_aside(&root, &r.refused, "refused")? {
+                    tracing::warn!(
+                        "moved the refused checkpoints to {} (kept, not deleted); resuming from {}",
+                        aside.display(),
+                        c.dir.display()
+                    );
+                }
+            }
+            return Ok(Some(c));
+        }
         path => {
             let c = ck::Checkpoint::open(std::path::Path::new(path))?;
             c.verify_data()?;
@@ -315,6 +368,59 @@ pub fn find_resume(cfg: &Config) -> Result<Option<ck::Checkpoint>> {
     };
     check_compatible(cfg, &c)?;
     Ok(Some(c))
+}
+
+/// `--resume auto` with checkpoints of which none verifies: the error naming each.
+fn refusal(root: &std::path::Path, refused: &[(PathBuf, String)]) -> Error {
+    let mut why = format!(
+        "--resume auto: none of the {} checkpoints here verifies, so the run does not start \
+         (nothing was changed or deleted):",
+        refused.len()
+    );
+    for (dir, reason) in refused {
+        let name = dir
+            .file_name()
+            .map_or(dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        why.push_str(&format!("\n  {name}: {reason}"));
+    }
+    why.push_str(
+        "\nrepair or remove them, resume from one checkpoint by path (--resume DIR), or start over \
+         with --resume fresh (which moves them aside)",
+    );
+    Error::Checkpoint(ck::Error::Invalid {
+        path: root.to_path_buf(),
+        why,
+    })
+}
+
+/// A run that starts at step 0 (`fresh`, or no `checkpoint.resume`): move the checkpoints
+/// already under `root` aside, saying so.
+fn start_over(root: &std::path::Path, fresh: bool) -> Result<()> {
+    let key = if fresh {
+        "checkpoint.resume = fresh"
+    } else {
+        "checkpoint.resume is not set"
+    };
+    let old: Vec<(PathBuf, String)> = ck::step_dirs(root)?
+        .into_iter()
+        .map(|(_, p)| (p, format!("set aside by a run started at step 0 ({key})")))
+        .collect();
+    match ck::set_aside(root, &old, "replaced")? {
+        Some(aside) => tracing::warn!(
+            "{key}: starting at step 0; the {} checkpoints in {} were moved to {} (kept, not deleted){}",
+            old.len(),
+            root.display(),
+            aside.display(),
+            if fresh {
+                ""
+            } else {
+                "; --resume auto continues from the newest one instead"
+            }
+        ),
+        None if fresh => tracing::warn!("{key}: starting at step 0"),
+        None => {}
+    }
+    Ok(())
 }
 
 /// Open step `step`'s checkpoint (chosen and fully verified by another rank).
@@ -352,6 +458,8 @@ pub struct Checkpointer {
     map: ShardMap,
     names: Vec<String>,
     root: PathBuf,
+    /// The attempt id of this run's saves, the same on every rank.
+    attempt: u64,
     rank: usize,
     ranks: usize,
     head: Option<ck::Head>,
@@ -377,6 +485,7 @@ impl Checkpointer {
             names: layout.entries.iter().map(|e| e.name.clone()).collect(),
             map,
             root: cfg.checkpoint_dir(),
+            attempt: ck::new_attempt(),
             rank,
             ranks,
             head,
@@ -384,6 +493,18 @@ impl Checkpointer {
             stall: Duration::ZERO,
             saves: 0,
         }
+    }
+
+    /// Save under attempt id `attempt` (one that every rank of the run was given) instead of
+    /// this process's own.
+    pub fn with_attempt(mut self, attempt: u64) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The attempt id this rank's saves use.
+    pub fn attempt(&self) -> u64 {
+        self.attempt
     }
 
     /// The committing rank's fixed part of every manifest.
@@ -440,6 +561,7 @@ impl Checkpointer {
         let job = ck::SaveJob {
             root: self.root.clone(),
             step: state.step,
+            attempt: self.attempt,
             rank: self.rank,
             ranks: self.ranks,
             pieces: staging,
