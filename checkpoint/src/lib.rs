@@ -24,28 +24,43 @@
 //! ## Commit protocol
 //!
 //! Every rank writes `rank_<r>.bin` and its piece list `rank_<r>.json` into
-//! `step_<N>.tmp/` (each file under a temporary name, fsynced, renamed). The committing rank
-//! waits for all ranks' lists, merges them, verifies coverage, writes `manifest.json` the same
-//! way, fsyncs the directory, renames it to `step_<N>`, fsyncs the root, and only then points
+//! `step_<N>.tmp.<attempt>/` (each file under a temporary name, fsynced, renamed). The attempt
+//! id ([`new_attempt`]) is chosen once per run attempt and shared by its ranks, so two writers
+//! never share a temporary directory. The committing rank waits for all ranks' lists, merges
+//! them, verifies coverage against the files written, writes `manifest.json` the same way,
+//! fsyncs the directory, renames it to `step_<N>`, fsyncs the root, and only then points
 //! `latest` at it (temporary file, fsync, rename). A crash at any moment leaves the previous
-//! checkpoint intact; a directory without a manifest, or still named `.tmp`, is never loaded.
-//! Older checkpoints beyond `keep` are deleted only after a newer one is committed.
+//! checkpoint intact; a directory without a manifest, or still named `.tmp…`, is never loaded.
+//! A rank that cannot write its part leaves a `rank_<r>.failed` marker so the commit fails at
+//! once; the committing rank then removes the whole temporary directory. [`clean_partial`]
+//! removes what a crashed attempt left.
+//!
+//! Retention ([`prune`]): after a commit, of the checkpoints whose manifest opens, the newest
+//! `keep` stay and older ones are deleted. A checkpoint that does not open is never deleted.
 //!
 //! ## Loading
 //!
 //! [`Checkpoint::open`] verifies the manifest (version, dtypes, shapes, file names that stay in
-//! the directory, byte ranges inside their files, exact coverage). [`Checkpoint::read`] reads
-//! the elements a rank needs — on any mesh — from whichever pieces hold them, checking each
-//! piece's CRC as it is read. [`latest_valid`] walks back from `latest` to the newest
-//! checkpoint that verifies.
+//! the directory, byte ranges inside their files that no two pieces share, exact coverage), with
+//! checked arithmetic throughout, so that nothing is allocated for data the files do not hold.
+//! [`Checkpoint::read`] reads the elements a rank needs — on any mesh — from whichever pieces
+//! hold them, checking each piece's CRC as it is read. [`choose`] picks the newest checkpoint
+//! that verifies by step number (whatever `latest` says) and returns every checkpoint refused on
+//! the way with its reason; [`set_aside`] moves checkpoints out of the way (a fresh start, or
+//! refused ones a run continues past) without deleting them.
 
 mod manifest;
 mod read;
+mod resume;
 mod write;
 
 pub use manifest::{DType, Extent, Manifest, Piece, TensorMeta, VERSION};
-pub use read::{latest_valid, list, Checkpoint};
-pub use write::{clean_partial, commit, write_rank, Head, RankPiece, SaveJob, SaveReport, Saver};
+pub use read::{list, Checkpoint};
+pub use resume::{choose, latest_valid, reason, set_aside, step_dirs, Resume};
+pub use write::{
+    clean_partial, commit, new_attempt, prune, tmp_dir, write_rank, Head, RankPiece, SaveJob, SaveReport,
+    Saver,
+};
 
 use std::path::PathBuf;
 

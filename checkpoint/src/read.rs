@@ -52,19 +52,28 @@ impl Checkpoint {
         if !files.contains_key(&p.file) {
             files.insert(p.file.clone(), File::open(&path).map_err(io(&path))?);
         }
-        let mut buf = vec![0u8; p.bytes as usize];
-        files[&p.file]
-            .read_exact_at(&mut buf, p.offset)
-            .map_err(io(&path))?;
+        let f = &files[&p.file];
+        // The manifest verified against the file sizes at open; the file may have changed since.
+        let size = f.metadata().map_err(io(&path))?.len();
+        let end = p.offset.checked_add(p.bytes);
+        let len = usize::try_from(p.bytes).ok();
+        let (Some(end), Some(len)) = (end.filter(|&e| e <= size), len) else {
+            return Err(invalid(
+                &self.dir,
+                format!(
+                    "piece of `{}` needs bytes {}..+{} of {}, which has {size}",
+                    p.tensor, p.offset, p.bytes, p.file
+                ),
+            ));
+        };
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, p.offset).map_err(io(&path))?;
         if crc32fast::hash(&buf) != p.crc32 {
             return Err(invalid(
                 &self.dir,
                 format!(
-                    "piece of `{}` in {} (bytes {}..{}) fails its checksum",
-                    p.tensor,
-                    p.file,
-                    p.offset,
-                    p.offset + p.bytes
+                    "piece of `{}` in {} (bytes {}..{end}) fails its checksum",
+                    p.tensor, p.file, p.offset
                 ),
             ));
         }
@@ -74,9 +83,9 @@ impl Checkpoint {
     /// Read every piece and check its checksum.
     pub fn verify_data(&self) -> Result<u64> {
         let mut files = HashMap::new();
-        let mut n = 0;
+        let mut n = 0u64;
         for i in 0..self.manifest.pieces.len() {
-            n += self.piece_bytes(i, &mut files)?.len() as u64;
+            n = n.saturating_add(self.piece_bytes(i, &mut files)?.len() as u64);
         }
         Ok(n)
     }
@@ -90,19 +99,28 @@ impl Checkpoint {
             .tensor(key)
             .ok_or_else(|| invalid(&self.dir, format!("no tensor `{key}`")))?;
         let es = t.dtype.size() as u64;
-        let total: u64 = want.iter().map(|w| w.1).sum();
-        if out.len() as u64 != total * es {
+        let numel = t.numel();
+        let outside = |s: u64, n: u64| {
+            crate::Error::Other(format!(
+                "read `{key}`: elements {s}..+{n} are outside its {numel} elements"
+            ))
+        };
+        // Wanted runs sorted by start, with their offsets in `out`.
+        let mut sorted: Vec<(u64, u64, u64)> = Vec::with_capacity(want.len());
+        let mut total = 0u64;
+        for &(s, n) in want {
+            if s.checked_add(n).is_none_or(|e| e > numel) {
+                return Err(outside(s, n));
+            }
+            sorted.push((s, n, total));
+            // Each run lies inside the tensor, whose byte size fits (verified).
+            total = total.checked_add(n).ok_or_else(|| outside(s, n))?;
+        }
+        if total.checked_mul(es) != Some(out.len() as u64) {
             return Err(crate::Error::Other(format!(
                 "read `{key}`: {} output bytes for {total} elements",
                 out.len()
             )));
-        }
-        // Wanted runs sorted by start, with their offsets in `out`.
-        let mut sorted: Vec<(u64, u64, u64)> = Vec::with_capacity(want.len());
-        let mut at = 0;
-        for &(s, n) in want {
-            sorted.push((s, n, at));
-            at += n;
         }
         sorted.sort_unstable();
         let mut files = HashMap::new();
@@ -114,9 +132,10 @@ impl Checkpoint {
             let mut data: Option<Vec<u8>> = None;
             let mut pos = 0u64; // element offset within the piece
             for (rs, rn) in p.extent.runs() {
+                let re = rs.saturating_add(rn);
                 let first = sorted.partition_point(|w| w.0 + w.1 <= rs);
-                for &(ws, wn, wo) in sorted[first..].iter().take_while(|w| w.0 < rs + rn) {
-                    let (lo, hi) = (ws.max(rs), (ws + wn).min(rs + rn));
+                for &(ws, wn, wo) in sorted[first..].iter().take_while(|w| w.0 < re) {
+                    let (lo, hi) = (ws.max(rs), (ws + wn).min(re));
                     if lo >= hi {
                         continue;
                     }
@@ -126,11 +145,19 @@ impl Checkpoint {
                     let src = (pos + lo - rs) * es;
                     let dst = (wo + lo - ws) * es;
                     let n = (hi - lo) * es;
-                    out[dst as usize..(dst + n) as usize]
-                        .copy_from_slice(&data.as_ref().expect("read")[src as usize..(src + n) as usize]);
+                    let from = data
+                        .as_deref()
+                        .and_then(|d| d.get(src as usize..(src + n) as usize))
+                        .ok_or_else(|| {
+                            invalid(
+                                &self.dir,
+                                format!("piece of `{key}` in {} is shorter than its extent", p.file),
+                            )
+                        })?;
+                    out[dst as usize..(dst + n) as usize].copy_from_slice(from);
                     filled += hi - lo;
                 }
-                pos += rn;
+                pos = pos.saturating_add(rn);
             }
         }
         if filled != total {
@@ -162,29 +189,4 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// The newest checkpoint under `root` that verifies: the one `latest` names, else (if it is
-/// missing or refused) the newest committed one before it. Refusals are logged with their
-/// reason; `None` when there is none.
-pub fn latest_valid(root: &Path) -> Result<Option<Checkpoint>> {
-    let mut candidates: Vec<PathBuf> = vec![];
-    if let Ok(name) = fs::read_to_string(root.join("latest")) {
-        let name = name.trim();
-        if safe_name(name) {
-            candidates.push(root.join(name));
-        }
-    }
-    for (_, p) in list(root)?.into_iter().rev() {
-        if !candidates.contains(&p) {
-            candidates.push(p);
-        }
-    }
-    for dir in candidates {
-        match Checkpoint::open(&dir).and_then(|c| c.verify_data().map(|_| c)) {
-            Ok(c) => return Ok(Some(c)),
-            Err(e) => tracing::warn!("refusing checkpoint: {e}; trying the previous one"),
-        }
-    }
-    Ok(None)
 }

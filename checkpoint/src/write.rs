@@ -34,18 +34,33 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, &dst).map_err(io(&dst))
 }
 
-fn tmp_dir(root: &Path, step: u64) -> PathBuf {
-    root.join(format!("{}.tmp", step_dir_name(step)))
+/// A new attempt id: random, below 2^48 (so it travels exactly in an `f64`), never 0. The ranks
+/// of one save agree on it; two writers with different ids never share a temporary directory.
+pub fn new_attempt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    (h.finish() & ((1 << 48) - 1)).max(1)
+}
+
+/// The temporary directory of step `step`'s save by attempt `attempt`:
+/// `step_<N>.tmp.<attempt, hex>`.
+pub fn tmp_dir(root: &Path, step: u64, attempt: u64) -> PathBuf {
+    root.join(format!("{}.tmp.{attempt:012x}", step_dir_name(step)))
 }
 
 fn rank_name(rank: usize, ext: &str) -> String {
     format!("rank_{rank:05}.{ext}")
 }
 
-/// Write rank `rank`'s pieces of step `step` into `<root>/step_<N>.tmp/`: its data file and its
-/// piece list, each durable (fsynced) before it appears under its final name.
-pub fn write_rank(root: &Path, step: u64, rank: usize, pieces: &[RankPiece]) -> Result<u64> {
-    let dir = tmp_dir(root, step);
+/// Write rank `rank`'s pieces of step `step` into attempt `attempt`'s temporary directory
+/// ([`tmp_dir`]): its data file and its piece list, each durable (fsynced) before it appears
+/// under its final name.
+pub fn write_rank(root: &Path, step: u64, attempt: u64, rank: usize, pieces: &[RankPiece]) -> Result<u64> {
+    let dir = tmp_dir(root, step, attempt);
     fs::create_dir_all(&dir).map_err(io(&dir))?;
     let file = rank_name(rank, "bin");
     let tmp = dir.join(format!(".{file}.tmp"));
@@ -75,8 +90,7 @@ pub fn write_rank(root: &Path, step: u64, rank: usize, pieces: &[RankPiece]) -> 
 }
 
 /// Remove what a failed `write_rank` left (best effort: the disk may be the problem).
-fn remove_rank_files(root: &Path, step: u64, rank: usize) {
-    let dir = tmp_dir(root, step);
+fn remove_rank_files(dir: &Path, rank: usize) {
     for ext in ["bin", "json"] {
         let name = rank_name(rank, ext);
         let _ = fs::remove_file(dir.join(format!(".{name}.tmp")));
@@ -84,13 +98,35 @@ fn remove_rank_files(root: &Path, step: u64, rank: usize) {
     }
 }
 
-/// Leave word for the committing rank that `rank`'s part of `step` failed, so the commit
+/// Leave word for the committing rank that `rank`'s part of the save failed, so the commit
 /// gives up at once rather than waiting out its timeout (best effort: on a full disk an empty
-/// file usually still fits, its message may not).
-fn mark_failed(root: &Path, step: u64, rank: usize, e: &Error) {
-    let dir = tmp_dir(root, step);
+/// file usually still fits, its message may not). The committing rank then removes the whole
+/// temporary directory, this marker with it.
+fn mark_failed(dir: &Path, rank: usize, e: &Error) {
     if let Ok(mut f) = File::create(dir.join(rank_name(rank, "failed"))) {
         let _ = f.write_all(e.to_string().as_bytes());
+    }
+}
+
+/// Remove a failed save's temporary directory once every other rank is done with it (its piece
+/// list or its failure marker is there) or `deadline` has passed, so that no rank still writing
+/// recreates it afterwards. Best effort: a write that comes later still is removed by
+/// [`clean_partial`] at the next start.
+fn discard(dir: &Path, ranks: usize, me: usize, deadline: Instant) {
+    let done = |r: usize| {
+        r == me || dir.join(rank_name(r, "json")).exists() || dir.join(rank_name(r, "failed")).exists()
+    };
+    while dir.exists() && !(0..ranks).all(done) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for _ in 0..3 {
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::debug!("removing {}: {e}", dir.display());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => return,
+        }
     }
 }
 
@@ -107,11 +143,13 @@ pub struct Head {
     pub timeout: Duration,
 }
 
-/// Commit step `step` once all `ranks` ranks have written their pieces (giving up at once if
-/// one reports that it could not, or after `head.timeout`): merge their lists, verify coverage, write the manifest, rename the directory into place, move `latest`, and
-/// delete checkpoints beyond `keep`. Returns the committed directory.
-pub fn commit(root: &Path, step: u64, ranks: usize, head: &Head) -> Result<PathBuf> {
-    let dir = tmp_dir(root, step);
+/// Commit attempt `attempt`'s save of step `step` once all `ranks` ranks have written their
+/// pieces (giving up at once if one reports that it could not, or after `head.timeout`): merge
+/// their lists, verify coverage against the files written, write the manifest, rename the
+/// directory into place, move `latest`, and delete checkpoints beyond `keep` (see [`prune`]).
+/// Returns the committed directory.
+pub fn commit(root: &Path, step: u64, attempt: u64, ranks: usize, head: &Head) -> Result<PathBuf> {
+    let dir = tmp_dir(root, step, attempt);
     let deadline = Instant::now() + head.timeout;
     let mut pieces = vec![];
     for r in 0..ranks {
@@ -137,6 +175,14 @@ pub fn commit(root: &Path, step: u64, ranks: usize, head: &Head) -> Result<PathB
         let list: Vec<Piece> = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, e.to_string()))?;
         pieces.extend(list);
     }
+    let mut sizes = std::collections::HashMap::new();
+    for r in 0..ranks {
+        let name = rank_name(r, "bin");
+        let path = dir.join(&name);
+        if let Ok(m) = fs::metadata(&path) {
+            sizes.insert(name, m.len());
+        }
+    }
     let m = Manifest {
         version: VERSION,
         step,
@@ -147,7 +193,7 @@ pub fn commit(root: &Path, step: u64, ranks: usize, head: &Head) -> Result<PathB
         pieces,
     };
     // Every element stored exactly once, before anything is committed.
-    m.verify(&dir, None)?;
+    m.verify(&dir, Some(&sizes))?;
     let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
     write_atomic(&dir, "manifest.json", &json)?;
     fsync_dir(&dir)?;
@@ -156,7 +202,7 @@ pub fn commit(root: &Path, step: u64, ranks: usize, head: &Head) -> Result<PathB
     let mut displaced = None;
     if dst.exists() {
         // A resumed run saving a step again: keep the old copy until the new one is in place.
-        let old = root.join(format!("{name}.old"));
+        let old = root.join(format!("{name}.old.{attempt:012x}"));
         let _ = fs::remove_dir_all(&old);
         fs::rename(&dst, &old).map_err(io(&old))?;
         displaced = Some(old);
@@ -172,11 +218,17 @@ pub fn commit(root: &Path, step: u64, ranks: usize, head: &Head) -> Result<PathB
     Ok(dst)
 }
 
-/// Delete committed checkpoints beyond the newest `keep` (never `current`).
-fn prune(root: &Path, keep: usize, current: u64) -> Result<()> {
-    let all = crate::read::list(root)?;
-    let n = all.len();
-    for (step, path) in all.into_iter().take(n.saturating_sub(keep.max(1))) {
+/// Retention: of the checkpoints under `root` whose manifest opens and verifies against its
+/// files ([`Checkpoint::open`](crate::Checkpoint::open)), keep the newest `keep` (at least one)
+/// and delete the older ones, never `current`. A checkpoint that does not open (damaged, or
+/// committed without its files) is neither counted nor deleted: it is evidence for a person.
+pub fn prune(root: &Path, keep: usize, current: u64) -> Result<()> {
+    let good: Vec<(u64, PathBuf)> = crate::read::list(root)?
+        .into_iter()
+        .filter(|(_, path)| crate::Checkpoint::open(path).is_ok())
+        .collect();
+    let n = good.len();
+    for (step, path) in good.into_iter().take(n.saturating_sub(keep.max(1))) {
         if step != current {
             fs::remove_dir_all(&path).map_err(io(&path))?;
         }
@@ -184,8 +236,28 @@ fn prune(root: &Path, keep: usize, current: u64) -> Result<()> {
     Ok(())
 }
 
-/// Remove half-written checkpoints (`step_<N>.tmp`) a crashed attempt left behind. Call on
-/// one rank before any rank saves.
+/// Whether `name` is a temporary of a save (`step_<N>.tmp`, `step_<N>.tmp.<attempt>`) or a
+/// checkpoint displaced by a commit of the same step (`step_<N>.old`, `step_<N>.old.<attempt>`).
+fn is_partial(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("step_") else {
+        return false;
+    };
+    let Some((step, kind)) = rest.split_once('.') else {
+        return false;
+    };
+    let tail = kind
+        .strip_prefix("tmp")
+        .or_else(|| kind.strip_prefix("old"))
+        .unwrap_or("x");
+    step.parse::<u64>().is_ok()
+        && (tail.is_empty()
+            || tail
+                .strip_prefix('.')
+                .is_some_and(|a| a.chars().all(|c| c.is_ascii_hexdigit())))
+}
+
+/// Remove half-written checkpoints (`step_<N>.tmp.<attempt>`, and displaced `step_<N>.old.…`)
+/// a crashed attempt left behind. Call on one rank before any rank saves.
 pub fn clean_partial(root: &Path) -> Result<usize> {
     let Ok(entries) = fs::read_dir(root) else {
         return Ok(0);
@@ -193,8 +265,7 @@ pub fn clean_partial(root: &Path) -> Result<usize> {
     let mut n = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("step_") && (name.ends_with(".tmp") || name.ends_with(".old")) && safe_name(&name)
-        {
+        if is_partial(&name) && safe_name(&name) {
             fs::remove_dir_all(e.path()).map_err(io(e.path()))?;
             n += 1;
         }
@@ -206,6 +277,8 @@ pub fn clean_partial(root: &Path) -> Result<usize> {
 pub struct SaveJob {
     pub root: PathBuf,
     pub step: u64,
+    /// The save's attempt id ([`new_attempt`]), the same on every rank of the save.
+    pub attempt: u64,
     pub rank: usize,
     pub ranks: usize,
     pub pieces: Vec<RankPiece>,
@@ -248,23 +321,27 @@ impl Saver {
             .spawn(move || {
                 for job in jobs {
                     let t = Instant::now();
-                    let (result, bytes) = match write_rank(&job.root, job.step, job.rank, &job.pieces) {
-                        Ok(bytes) => match &job.commit {
-                            Some(head) => {
-                                let r = commit(&job.root, job.step, job.ranks, head).map(Some);
-                                if r.is_err() {
-                                    // Give the space back; the last committed checkpoint is untouched.
-                                    let _ = fs::remove_dir_all(tmp_dir(&job.root, job.step));
-                                }
-                                (r, bytes)
+                    let dir = tmp_dir(&job.root, job.step, job.attempt);
+                    let written = write_rank(&job.root, job.step, job.attempt, job.rank, &job.pieces);
+                    let (result, bytes) = match (&job.commit, written) {
+                        (Some(head), Ok(bytes)) => {
+                            let r = commit(&job.root, job.step, job.attempt, job.ranks, head);
+                            if r.is_err() {
+                                // Give the space back; the last committed checkpoint is untouched.
+                                discard(&dir, job.ranks, job.rank, t + head.timeout);
                             }
-                            None => (Ok(None), bytes),
-                        },
-                        Err(e) => {
-                            remove_rank_files(&job.root, job.step, job.rank);
-                            if job.commit.is_none() {
-                                mark_failed(&job.root, job.step, job.rank, &e);
-                            }
+                            (r.map(Some), bytes)
+                        }
+                        (Some(head), Err(e)) => {
+                            discard(&dir, job.ranks, job.rank, t + head.timeout);
+                            (Err(e), 0)
+                        }
+                        (None, Ok(bytes)) => (Ok(None), bytes),
+                        (None, Err(e)) => {
+                            // The committing rank sees the marker, fails the commit and removes
+                            // the directory.
+                            remove_rank_files(&dir, job.rank);
+                            mark_failed(&dir, job.rank, &e);
                             (Err(e), 0)
                         }
                     };

@@ -43,6 +43,7 @@ fn save(root: &Path, step: u64, scale: f32, keep: usize) -> std::path::PathBuf {
             shape: vec![5],
         },
     ];
+    let attempt = new_attempt();
     for rank in 0..2 {
         let cols: Vec<f32> = (0..6)
             .flat_map(|r| w[r * 4 + 2 * rank..r * 4 + 2 * rank + 2].to_vec())
@@ -64,9 +65,39 @@ fn save(root: &Path, step: u64, scale: f32, keep: usize) -> std::path::PathBuf {
                 data: bytes(&g),
             });
         }
-        write_rank(root, step, rank, &pieces).unwrap();
+        write_rank(root, step, attempt, rank, &pieces).unwrap();
     }
-    commit(root, step, 2, &head(keep, tensors)).unwrap()
+    commit(root, step, attempt, 2, &head(keep, tensors)).unwrap()
+}
+
+/// The names under `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Damage step `step`'s checkpoint under `root` in one of three ways: a flipped data byte
+/// (the manifest still opens), a truncated data file, or an unreadable manifest.
+fn damage(root: &Path, step: u64, how: usize) {
+    let dir = root.join(format!("step_{step:08}"));
+    match how % 3 {
+        0 => {
+            let p = dir.join("rank_00000.bin");
+            let mut b = std::fs::read(&p).unwrap();
+            b[1] ^= 0x40;
+            std::fs::write(&p, b).unwrap();
+        }
+        1 => {
+            let p = dir.join("rank_00001.bin");
+            let b = std::fs::read(&p).unwrap();
+            std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+        }
+        _ => std::fs::write(dir.join("manifest.json"), "{\"version\": 1, \"step\":").unwrap(),
+    }
 }
 
 #[test]
@@ -154,7 +185,7 @@ fn half_written_checkpoints_are_ignored_and_old_ones_pruned_after_commit() {
     let steps: Vec<u64> = list(root.path()).unwrap().into_iter().map(|s| s.0).collect();
     assert_eq!(steps, vec![3, 4]);
     // A save that died before its commit: rank files but no manifest, still `.tmp`.
-    write_rank(root.path(), 5, 0, &[]).unwrap();
+    write_rank(root.path(), 5, new_attempt(), 0, &[]).unwrap();
     assert_eq!(latest_valid(root.path()).unwrap().unwrap().manifest.step, 4);
     assert_eq!(clean_partial(root.path()).unwrap(), 1);
     // Saving a step that exists again (a resumed run) replaces it whole.
@@ -172,6 +203,7 @@ fn the_background_saver_reports_when_a_save_is_durable_or_failed() {
     let job = |root: &Path, step| SaveJob {
         root: root.to_path_buf(),
         step,
+        attempt: 7,
         rank: 0,
         ranks: 1,
         pieces: vec![RankPiece {
@@ -218,6 +250,7 @@ fn a_rank_that_cannot_write_fails_the_commit_at_once_naming_it() {
     let job = |rank: usize, commit: Option<Head>| SaveJob {
         root: root.path().to_path_buf(),
         step: 5,
+        attempt: 9,
         rank,
         ranks: 2,
         pieces: vec![RankPiece {
@@ -228,7 +261,7 @@ fn a_rank_that_cannot_write_fails_the_commit_at_once_naming_it() {
         commit,
     };
     // Rank 1's data file cannot be created (a directory holds its name).
-    std::fs::create_dir_all(root.path().join("step_00000005.tmp/.rank_00001.bin.tmp")).unwrap();
+    std::fs::create_dir_all(tmp_dir(root.path(), 5, 9).join(".rank_00001.bin.tmp")).unwrap();
     let (mut r0, mut r1) = (Saver::new(), Saver::new());
     r1.submit(job(1, None)).unwrap();
     assert!(r1.wait().unwrap().result.is_err());
@@ -236,8 +269,9 @@ fn a_rank_that_cannot_write_fails_the_commit_at_once_naming_it() {
     let err = r0.wait().unwrap().result.unwrap_err().to_string();
     // Not the timeout: rank 1 left word that it failed.
     assert!(err.contains("rank 1 could not write its pieces"), "{err}");
-    assert!(
-        !root.path().join("step_00000005.tmp").exists(),
+    assert_eq!(
+        entries(root.path()),
+        Vec::<String>::new(),
         "the partial save is removed"
     );
     assert!(latest_valid(root.path()).unwrap().is_none());
@@ -288,5 +322,184 @@ fn writer_killed_at_random_points_never_damages_the_last_commit() {
     assert!(
         list(root.path()).unwrap().last().unwrap().0 > 0,
         "the child never committed"
+    );
+}
+
+#[test]
+fn retention_never_deletes_a_checkpoint_that_does_not_open() {
+    let root = tempfile::tempdir().unwrap();
+    for step in 1..=3 {
+        save(root.path(), step, 1.0, 5);
+    }
+    damage(root.path(), 1, 1); // truncated data file
+    damage(root.path(), 2, 2); // unreadable manifest
+    for step in 4..=6 {
+        save(root.path(), step, 1.0, 1);
+    }
+    // Keep 1 of those that open (6); 3 and 4, 5 went; the damaged 1 and 2 stay as evidence.
+    assert_eq!(
+        entries(root.path()),
+        vec!["latest", "step_00000001", "step_00000002", "step_00000006"]
+    );
+}
+
+#[test]
+fn the_newest_checkpoint_that_verifies_wins_over_latest() {
+    let root = tempfile::tempdir().unwrap();
+    for step in 1..=3 {
+        save(root.path(), step, step as f32, 5);
+    }
+    // A commit that died between its rename and `latest`, or a `latest` moved back by hand.
+    std::fs::write(root.path().join("latest"), "step_00000001").unwrap();
+    let r = choose(root.path()).unwrap();
+    assert_eq!(r.chosen.as_ref().unwrap().manifest.step, 3);
+    assert!(r.refused.is_empty());
+    let line = r.latest_disagrees().unwrap();
+    assert!(
+        line.contains("names step_00000001, but step_00000003 is newer"),
+        "{line}"
+    );
+    assert_eq!(latest_valid(root.path()).unwrap().unwrap().manifest.step, 3);
+    // `latest` naming a damaged one: the newest good one, saying so.
+    damage(root.path(), 3, 0);
+    std::fs::write(root.path().join("latest"), "step_00000003").unwrap();
+    let r = choose(root.path()).unwrap();
+    assert_eq!(r.chosen.as_ref().unwrap().manifest.step, 2);
+    assert_eq!(r.refused.len(), 1);
+    assert!(r.refused[0].1.contains("fails its checksum"), "{:?}", r.refused);
+    assert!(r.latest_disagrees().unwrap().contains("which was refused"));
+}
+
+#[test]
+fn when_none_verifies_every_checkpoint_comes_back_with_its_reason() {
+    let root = tempfile::tempdir().unwrap();
+    for step in 1..=3 {
+        save(root.path(), step, 1.0, 5);
+        damage(root.path(), step, step as usize);
+    }
+    let before = entries(root.path());
+    let r = choose(root.path()).unwrap();
+    assert!(r.chosen.is_none() && r.found_any());
+    let names: Vec<String> = r
+        .refused
+        .iter()
+        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["step_00000003", "step_00000002", "step_00000001"]);
+    assert!(r.refused[0].1.contains("fails its checksum"), "{:?}", r.refused);
+    assert!(r.refused[1].1.contains("unreadable manifest"), "{:?}", r.refused);
+    assert!(r.refused[2].1.contains("truncated"), "{:?}", r.refused);
+    assert!(latest_valid(root.path()).unwrap().is_none());
+    assert_eq!(entries(root.path()), before, "choosing changes nothing");
+    // A `latest` naming nothing is a refused commit too; an empty root holds nothing.
+    let only = tempfile::tempdir().unwrap();
+    std::fs::write(only.path().join("latest"), "step_00000009").unwrap();
+    let r = choose(only.path()).unwrap();
+    assert!(r.chosen.is_none() && r.refused.len() == 1 && r.refused[0].1.contains("not a checkpoint"));
+    let empty = tempfile::tempdir().unwrap();
+    assert!(!choose(empty.path()).unwrap().found_any());
+    assert!(!choose(&empty.path().join("absent")).unwrap().found_any());
+}
+
+#[test]
+fn checkpoints_set_aside_are_moved_whole_with_their_reasons() {
+    let root = tempfile::tempdir().unwrap();
+    for step in 1..=3 {
+        save(root.path(), step, 1.0, 5);
+    }
+    damage(root.path(), 3, 0);
+    let r = choose(root.path()).unwrap();
+    let aside = set_aside(root.path(), &r.refused, "refused").unwrap().unwrap();
+    assert!(aside
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("refused_"));
+    // `latest` named the one moved: it goes with it; the chosen one stays.
+    assert_eq!(entries(&aside), ["latest", "step_00000003", "why.txt"]);
+    let why = std::fs::read_to_string(aside.join("why.txt")).unwrap();
+    assert!(why.starts_with("step_00000003: piece of"), "{why}");
+    assert_eq!(latest_valid(root.path()).unwrap().unwrap().manifest.step, 2);
+    // Moved checkpoints are no longer this root's: neither listed nor pruned.
+    let steps: Vec<u64> = step_dirs(root.path()).unwrap().into_iter().map(|s| s.0).collect();
+    assert_eq!(steps, [1, 2]);
+    save(root.path(), 4, 1.0, 1);
+    assert!(aside.join("step_00000003/manifest.json").exists());
+    assert!(set_aside(root.path(), &[], "x").unwrap().is_none());
+}
+
+#[test]
+fn two_attempts_saving_the_same_step_never_share_a_temporary_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let meta = vec![TensorMeta {
+        key: "g".into(),
+        dtype: DType::F32,
+        shape: vec![2],
+    }];
+    let (a, b) = (new_attempt(), new_attempt());
+    assert_ne!(a, b);
+    assert_ne!(tmp_dir(root.path(), 3, a), tmp_dir(root.path(), 3, b));
+    let piece = |v: f32| RankPiece {
+        tensor: "g".into(),
+        extent: Extent::run(0, 2),
+        data: bytes(&[v, v]),
+    };
+    write_rank(root.path(), 3, a, 0, &[piece(1.0)]).unwrap();
+    // Another writer of step 3 (an older attempt still running) writes beside it.
+    write_rank(root.path(), 3, b, 0, &[piece(2.0)]).unwrap();
+    commit(root.path(), 3, a, 1, &head(2, meta)).unwrap();
+    let c = latest_valid(root.path()).unwrap().unwrap();
+    let mut out = vec![0u8; 8];
+    c.read("g", &[(0, 2)], &mut out).unwrap();
+    assert_eq!(
+        floats(&out),
+        [1.0, 1.0],
+        "the commit holds its own attempt's bytes"
+    );
+    assert!(tmp_dir(root.path(), 3, b).exists());
+    // Temporaries of any attempt (and of the old unnamed form) are stale at the next start.
+    std::fs::create_dir(root.path().join("step_00000004.tmp")).unwrap();
+    std::fs::create_dir(root.path().join("step_00000003.old.00000000abcd")).unwrap();
+    assert_eq!(clean_partial(root.path()).unwrap(), 3);
+    assert_eq!(entries(root.path()), ["latest", "step_00000003"]);
+}
+
+#[test]
+fn a_committing_rank_that_cannot_write_removes_the_whole_temporary_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let meta = vec![TensorMeta {
+        key: "g".into(),
+        dtype: DType::F32,
+        shape: vec![4],
+    }];
+    let job = |rank: usize, commit: Option<Head>| SaveJob {
+        root: root.path().to_path_buf(),
+        step: 2,
+        attempt: 5,
+        rank,
+        ranks: 2,
+        pieces: vec![RankPiece {
+            tensor: "g".into(),
+            extent: Extent::run(2 * rank as u64, 2),
+            data: bytes(&[1.0, 2.0]),
+        }],
+        commit,
+    };
+    // Rank 0's data file cannot be created; rank 1 writes its part.
+    std::fs::create_dir_all(tmp_dir(root.path(), 2, 5).join(".rank_00000.bin.tmp")).unwrap();
+    let (mut r0, mut r1) = (Saver::new(), Saver::new());
+    r0.submit(job(0, Some(head(2, meta)))).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    r1.submit(job(1, None)).unwrap();
+    assert!(r1.wait().unwrap().result.is_ok());
+    let err = r0.wait().unwrap().result.unwrap_err().to_string();
+    assert!(
+        err.contains(".rank_00000.bin.tmp"),
+        "the error names the file: {err}"
+    );
+    assert_eq!(
+        entries(root.path()),
+        Vec::<String>::new(),
+        "nothing of the failed save is left"
     );
 }

@@ -16,9 +16,11 @@ pub struct TrainArgs {
     /// Plain log lines instead of a progress bar.
     #[arg(long)]
     pub no_progress: bool,
-    /// Continue from a checkpoint: `auto` (the newest one that verifies, or start fresh) or a
-    /// checkpoint directory. Same as `--set checkpoint.resume=…`.
-    #[arg(long, value_name = "auto|PATH")]
+    /// Continue from a checkpoint: `auto` (the newest one that verifies; refuses to start if
+    /// there are checkpoints and none verifies; starts at step 0 if there are none), `fresh`
+    /// (start at step 0, moving existing checkpoints aside) or a checkpoint directory. Same as
+    /// `--set checkpoint.resume=…`.
+    #[arg(long, value_name = "auto|fresh|PATH")]
     pub resume: Option<String>,
 }
 

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use weft_checkpoint as ck;
 use weft_kernels::{DType, HostVec};
 
+mod resume;
+pub use resume::{find_resume, open_step};
+
 /// Set (by the launcher's SIGTERM/SIGUSR1 handler) to ask the training loop to save and stop
 /// at the next step boundary — how SLURM preemption ends a job without losing steps.
 pub fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
@@ -271,20 +274,38 @@ fn load_parts(
     Ok(())
 }
 
-/// The config a checkpoint was saved with.
+/// The config a checkpoint was saved with (checked by [`Config::validate`]).
 pub fn saved_config(c: &ck::Checkpoint) -> Result<Config> {
     let text = c.manifest.state["config"]
         .as_str()
         .ok_or_else(|| Error::Other(format!("checkpoint {} carries no config", c.dir.display())))?;
     let cfg: Config = toml::from_str(text)
         .map_err(|e| Error::Other(format!("checkpoint {}: its config: {e}", c.dir.display())))?;
+    cfg.validate()
+        .map_err(|e| Error::Other(format!("checkpoint {}: its config: {e}", c.dir.display())))?;
     Ok(cfg)
 }
 
 /// The model parameters of a checkpoint, whole (for export), with their layout and config.
+/// Every parameter tensor of the config's layout must be stored with the same shape: the
+/// manifest verified against the files' sizes, so nothing larger than the files is allocated.
 pub fn read_model(c: &ck::Checkpoint) -> Result<(Config, Layout, Vec<f32>)> {
     let cfg = saved_config(c)?;
     let layout = crate::train::layout_of(&cfg);
+    for e in &layout.entries {
+        let key = format!("model.{}", e.name);
+        let want: Vec<u64> = e.shape.iter().map(|&d| d as u64).collect();
+        match c.manifest.tensor(&key) {
+            Some(t) if t.shape == want => {}
+            found => {
+                return Err(Error::Other(format!(
+                    "checkpoint {}: its config has `{key}` of shape {want:?}, the checkpoint {}",
+                    c.dir.display(),
+                    found.map_or("does not store it".into(), |t| format!("stores {:?}", t.shape))
+                )))
+            }
+        }
+    }
     let n = layout.len();
     let mut p = HostVec::from(vec![0f64; n]);
     load_parts(c, &ShardMap::whole(&layout), &layout, vec![("model", &mut p)])?;
@@ -292,55 +313,6 @@ pub fn read_model(c: &ck::Checkpoint) -> Result<(Config, Layout, Vec<f32>)> {
         unreachable!("allocated as f64")
     };
     Ok((cfg, layout, p.iter().map(|&x| x as f32).collect()))
-}
-
-/// The checkpoint `checkpoint.resume` asks for, opened and verified (`None`: start fresh).
-/// `auto` takes the newest one under the run's checkpoint directory that verifies, falling back
-/// past refused ones; a path must verify. A checkpoint of another model config is refused.
-pub fn find_resume(cfg: &Config) -> Result<Option<ck::Checkpoint>> {
-    let c = match cfg.checkpoint.resume.as_str() {
-        "" => return Ok(None),
-        "auto" => match ck::latest_valid(&cfg.checkpoint_dir())? {
-            Some(c) => c,
-            None => {
-                tracing::info!(dir = %cfg.checkpoint_dir().display(), "no checkpoint to resume from: starting fresh");
-                return Ok(None);
-            }
-        },
-        path => {
-            let c = ck::Checkpoint::open(std::path::Path::new(path))?;
-            c.verify_data()?;
-            c
-        }
-    };
-    check_compatible(cfg, &c)?;
-    Ok(Some(c))
-}
-
-/// Open step `step`'s checkpoint (chosen and fully verified by another rank).
-pub fn open_step(cfg: &Config, step: u64) -> Result<ck::Checkpoint> {
-    let dir = match cfg.checkpoint.resume.as_str() {
-        "auto" => cfg.checkpoint_dir().join(ck::step_dir_name(step)),
-        path => PathBuf::from(path),
-    };
-    let c = ck::Checkpoint::open(&dir)?;
-    check_compatible(cfg, &c)?;
-    Ok(c)
-}
-
-fn check_compatible(cfg: &Config, c: &ck::Checkpoint) -> Result<()> {
-    let want = config_hash(cfg);
-    if c.manifest.config_hash != want {
-        return Err(Error::config(
-            "checkpoint.resume",
-            format!(
-                "names {}, saved by a different model or dtype (config hash {}, this run {want})",
-                c.dir.display(),
-                c.manifest.config_hash
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Saves a rank's state every `checkpoint.interval` steps through the background writer, and
@@ -352,6 +324,8 @@ pub struct Checkpointer {
     map: ShardMap,
     names: Vec<String>,
     root: PathBuf,
+    /// The attempt id of this run's saves, the same on every rank.
+    attempt: u64,
     rank: usize,
     ranks: usize,
     head: Option<ck::Head>,
@@ -377,6 +351,7 @@ impl Checkpointer {
             names: layout.entries.iter().map(|e| e.name.clone()).collect(),
             map,
             root: cfg.checkpoint_dir(),
+            attempt: ck::new_attempt(),
             rank,
             ranks,
             head,
@@ -384,6 +359,18 @@ impl Checkpointer {
             stall: Duration::ZERO,
             saves: 0,
         }
+    }
+
+    /// Save under attempt id `attempt` (one that every rank of the run was given) instead of
+    /// this process's own.
+    pub fn with_attempt(mut self, attempt: u64) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The attempt id this rank's saves use.
+    pub fn attempt(&self) -> u64 {
+        self.attempt
     }
 
     /// The committing rank's fixed part of every manifest.
@@ -440,6 +427,7 @@ impl Checkpointer {
         let job = ck::SaveJob {
             root: self.root.clone(),
             step: state.step,
+            attempt: self.attempt,
             rank: self.rank,
             ranks: self.ranks,
             pieces: staging,

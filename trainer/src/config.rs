@@ -279,8 +279,10 @@ pub struct Checkpoint {
     /// Where checkpoints go; empty = `<run dir>/checkpoints`.
     #[serde(default)]
     pub dir: String,
-    /// Continue from a checkpoint: `""` (start fresh), `"auto"` (the newest one that verifies
-    /// under `dir`, or fresh if there is none) or a checkpoint directory.
+    /// Continue from a checkpoint: `""` (start at step 0), `"auto"` (the newest one under `dir`
+    /// that verifies; an error if checkpoints exist and none verifies; step 0 if there are
+    /// none), `"fresh"` (start at step 0 and say so) or a checkpoint directory. Starting at
+    /// step 0 moves the checkpoints already in `dir` aside (see `weft_trainer::ckpt::find_resume`).
     #[serde(default)]
     pub resume: String,
     /// How long the committing rank waits for the other ranks' pieces of a save, in seconds.

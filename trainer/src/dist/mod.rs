@@ -442,13 +442,15 @@ fn checkpoints(
     let (tp, tp_rank) = (mesh.size(Dim::Tp), mesh.coord(rank, Dim::Tp));
     let writer = mesh.coord(rank, Dim::Replicate) == 0 && mesh.coord(rank, Dim::Cp) == 0;
     let map = ckpt::ShardMap::sharded(layout, &store.pieces(layout), tp, tp_rank, writer);
-    // Rank 0 chooses (and clears half-written saves of a crashed attempt); the all-reduce
-    // tells the others, and keeps them from saving before the clean-up.
-    let mut chosen = vec![0f64];
+    // Rank 0 chooses (and clears half-written saves of a crashed attempt) and names this
+    // attempt's saves; the all-reduce tells the others, and keeps them from saving before the
+    // clean-up.
+    let mut chosen = vec![0f64; 2];
     let mine = if rank == 0 {
         weft_checkpoint::clean_partial(&cfg.checkpoint_dir())?;
         let c = ckpt::find_resume(cfg)?;
         chosen[0] = c.as_ref().map_or(0.0, |c| (c.manifest.step + 1) as f64);
+        chosen[1] = weft_checkpoint::new_attempt() as f64;
         c
     } else {
         None
@@ -474,7 +476,8 @@ fn checkpoints(
         let sizes = vec![p.dp_replicate, p.dp_shard, p.cp, p.tp];
         ckpt::Checkpointer::head(cfg, &global_layout(cfg), sizes)
     });
-    let saver = ckpt::Checkpointer::new(cfg, layout, map, rank, world.size(), head);
+    let saver =
+        ckpt::Checkpointer::new(cfg, layout, map, rank, world.size(), head).with_attempt(chosen[1] as u64);
     Ok((start, saver))
 }
 
