@@ -28,6 +28,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         sets.push(format!("checkpoint.resume={}", toml_string(r)));
     }
     let cfg = Config::load(&a.config, &sets)?;
+    // Refuse a run that cannot fit this machine before anything is allocated.
+    weft_trainer::memory::check(&cfg, weft_trainer::memory::ranks_here(&cfg, crate::dist::under_mpi()))?;
     // Started by `weft launch`: join its store and send heartbeats.
     crate::rankside::attach(&cfg)?;
     // SIGTERM / SIGUSR1 (SLURM preemption, scancel): save at the next step boundary and exit 0.
@@ -54,12 +56,11 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{}: {} steps, final train loss {:.4}, val loss {:.4} (constant predictor {:.4}), weights {}",
+        "{}: {} steps, final train loss {:.4}, {}, weights {}",
         cfg.job.name,
         s.steps,
         s.losses.last().copied().unwrap_or(f64::NAN),
-        s.val_loss,
-        s.val_baseline,
+        weft_trainer::train::versus_baseline(s.val_loss, s.val_baseline),
         s.weights.display()
     );
     Ok(())
@@ -132,6 +133,10 @@ pub struct ConfigArgs {
 
 pub fn config(a: &ConfigArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
+    // As a local launch would run it: every rank of the mesh on this machine.
+    let est = weft_trainer::memory::estimate(&cfg, cfg.parallel.world());
+    let host = weft_trainer::memory::host_memory();
+    weft_trainer::memory::fits(&est, host.as_ref()).with_context(|| format!("{}", a.config.display()))?;
     let l = layout_of(&cfg);
     println!("{}: valid", a.config.display());
     println!("parameters: {} ({:.3} B)", l.len(), l.len() as f64 / 1e9);
@@ -139,6 +144,11 @@ pub fn config(a: &ConfigArgs) -> Result<()> {
         println!("  {role:?}: {}", l.count(role));
     }
     println!("blocks: {}", l.blocks.len());
+    println!("{est}");
+    match host {
+        Some(h) => println!("{h}: fits"),
+        None => println!("this machine's memory could not be read: not checked"),
+    }
     Ok(())
 }
 

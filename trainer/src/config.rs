@@ -136,17 +136,28 @@ pub enum DataConfig {
     Shapes,
     /// Latent shards on disk: safetensors files with `latents [N,T,H,W,C]`, optional
     /// `labels [N]` and `embeddings [N,E]`. The last `val_fraction` of samples are held out.
-    Latents {
-        path: String,
-        #[serde(default = "val_fraction")]
-        val_fraction: f64,
-    },
+    Latents(DataFiles),
     /// A token shard (`weft data tokenize`); the last `val_fraction` of tokens are held out.
-    Tokens {
-        path: String,
-        #[serde(default = "val_fraction")]
-        val_fraction: f64,
-    },
+    Tokens(DataFiles),
+}
+
+/// Where a file-backed data source reads from, and how much of it is held out.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataFiles {
+    pub path: String,
+    #[serde(default = "val_fraction")]
+    pub val_fraction: f64,
+}
+
+impl DataConfig {
+    /// The data source in words, for messages (`data.path = "…"`).
+    pub fn describe(&self) -> String {
+        match self {
+            DataConfig::Shapes => "the built-in shapes dataset".into(),
+            DataConfig::Latents(f) | DataConfig::Tokens(f) => format!("data.path = {:?}", f.path),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -177,6 +188,9 @@ pub struct Training {
     /// Peak FLOP/s of the device for MFU; measured at start when absent.
     #[serde(default)]
     pub peak_flops: Option<f64>,
+    /// Start even when the memory estimate says the run does not fit this machine.
+    #[serde(default)]
+    pub skip_memory_check: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -382,12 +396,26 @@ impl Config {
     }
 
     fn from_table(table: toml::Table) -> Result<Config> {
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            let msg = e.inner().to_string();
-            let msg = msg.lines().next().unwrap_or_default().to_string();
-            Error::config(if key == "." { "(top level)".into() } else { key }, msg)
-        })?;
+        // `[model]` and `[data]` are chosen by their `kind`, and serde reads such a section
+        // through a buffer that loses the key path: parse their bodies on their own first,
+        // so that a value of the wrong type is named by its key (`model.width`).
+        let body = |section: &str| {
+            let t = table.get(section)?.as_table()?.clone();
+            let kind = t.get("kind")?.as_str()?.to_string();
+            Some((kind, t))
+        };
+        match body("model") {
+            Some((k, t)) if k == "dit" => typed::<DitConfig>("model", t)?,
+            Some((k, t)) if k == "gpt" => typed::<GptConfig>("model", t)?,
+            _ => {}
+        }
+        if let Some((k, t)) = body("data") {
+            if k == "latents" || k == "tokens" {
+                typed::<DataFiles>("data", t)?;
+            }
+        }
+        let cfg: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| key_error(None, e))?;
         let mut cfg = cfg;
         cfg.validate()?;
         if cfg.mup.enabled {
@@ -438,6 +466,19 @@ impl Config {
         }
         match &self.model {
             ModelConfig::Dit(m) => {
+                for (k, v) in [
+                    ("model.width", m.width),
+                    ("model.depth", m.depth),
+                    ("model.heads", m.heads),
+                    ("model.num_classes", m.num_classes),
+                    ("model.text_dim", m.text_dim),
+                ]
+                .into_iter()
+                .chain((0..4).map(|i| ("model.latent", m.latent[i])))
+                .chain((0..3).map(|i| ("model.patch", m.patch[i])))
+                {
+                    at_most(k, v, MAX_SIZE)?;
+                }
                 pos("model.width", m.width)?;
                 pos("model.depth", m.depth)?;
                 pos("model.heads", m.heads)?;
@@ -468,7 +509,7 @@ impl Config {
                 unit("model.class_dropout", m.class_dropout, 0.0, 1.0)?;
                 unit("model.t_std", m.t_std, 0.0, 10.0)?;
                 unit("model.sigma_data", m.sigma_data, 1e-6, 1e6)?;
-                if matches!(self.data, DataConfig::Tokens { .. }) {
+                if matches!(self.data, DataConfig::Tokens(_)) {
                     return Err(Error::config(
                         "data.kind",
                         "`tokens` feeds a GPT; a DiT reads `shapes` or `latents`",
@@ -476,6 +517,17 @@ impl Config {
                 }
             }
             ModelConfig::Gpt(m) => {
+                for (k, v) in [
+                    ("model.width", m.width),
+                    ("model.depth", m.depth),
+                    ("model.heads", m.heads),
+                    ("model.kv_heads", m.kv_heads.unwrap_or(0)),
+                    ("model.vocab_size", m.vocab_size),
+                    ("model.seq_len", m.seq_len),
+                    ("model.mlp_hidden", m.mlp_hidden.unwrap_or(0)),
+                ] {
+                    at_most(k, v, MAX_SIZE)?;
+                }
                 pos("model.width", m.width)?;
                 pos("model.depth", m.depth)?;
                 pos("model.heads", m.heads)?;
@@ -495,7 +547,7 @@ impl Config {
                     pos("model.mlp_hidden", h)?;
                 }
                 unit("model.z_loss", m.z_loss, 0.0, 1.0)?;
-                if !matches!(self.data, DataConfig::Tokens { .. }) {
+                if !matches!(self.data, DataConfig::Tokens(_)) {
                     return Err(Error::config("data.kind", "a GPT reads `tokens`"));
                 }
             }
@@ -520,11 +572,18 @@ impl Config {
                     }
                 }
             }
-            DataConfig::Latents { val_fraction, .. } | DataConfig::Tokens { val_fraction, .. } => {
-                unit("data.val_fraction", *val_fraction, 0.0, 0.5)?
+            DataConfig::Latents(f) | DataConfig::Tokens(f) => {
+                unit("data.val_fraction", f.val_fraction, 0.0, 0.5)?
             }
         }
         let t = &self.training;
+        for (k, v) in [
+            ("training.micro_batch", t.micro_batch),
+            ("training.grad_accum", t.grad_accum),
+            ("training.val_batches", t.val_batches),
+        ] {
+            at_most(k, v, MAX_SIZE)?;
+        }
         pos("training.steps", t.steps as usize)?;
         pos("training.micro_batch", t.micro_batch)?;
         pos("training.grad_accum", t.grad_accum)?;
@@ -601,6 +660,17 @@ impl Config {
             ("parallel.ulysses", p.ulysses),
         ] {
             pos(k, v)?;
+            at_most(k, v, MAX_RANKS)?;
+        }
+        let ranks = [p.dp_shard, p.cp, p.tp]
+            .iter()
+            .try_fold(p.dp_replicate, |a, &b| a.checked_mul(b))
+            .filter(|&n| n <= MAX_RANKS);
+        if ranks.is_none() {
+            return Err(Error::config(
+                "parallel",
+                format!("dp_replicate × dp_shard × cp × tp must be at most {MAX_RANKS} ranks"),
+            ));
         }
         let heads = match &self.model {
             ModelConfig::Dit(m) => (m.heads, m.heads),
@@ -609,7 +679,18 @@ impl Config {
         divides("parallel.tp", p.tp, "model.heads", heads.0)?;
         divides("parallel.tp", p.tp, "model.kv_heads", heads.1)?;
         let tokens = match &self.model {
-            ModelConfig::Dit(m) => (0..3).map(|i| m.latent[i] / m.patch[i]).product(),
+            ModelConfig::Dit(m) => {
+                let n = (0..3).try_fold(1usize, |a, i| a.checked_mul(m.latent[i] / m.patch[i]));
+                match n.filter(|&n| n <= MAX_SIZE) {
+                    Some(n) => n,
+                    None => {
+                        return Err(Error::config(
+                            "model.latent",
+                            format!("gives more than {MAX_SIZE} tokens per clip (T/pt · H/ph · W/pw)"),
+                        ))
+                    }
+                }
+            }
             ModelConfig::Gpt(m) => m.seq_len,
         };
         divides(
@@ -646,6 +727,41 @@ impl Config {
     pub fn run_dir(&self) -> std::path::PathBuf {
         Path::new(&self.job.out_dir).join(&self.job.name)
     }
+}
+
+/// A typed-parse error as a config error naming the full key (`section.key`).
+fn key_error(section: Option<&str>, e: serde_path_to_error::Error<toml::de::Error>) -> Error {
+    let path = e.path().to_string();
+    let key = match (section, path.as_str()) {
+        (None, ".") => "(top level)".to_string(),
+        (Some(s), ".") => s.to_string(),
+        (Some(s), p) => format!("{s}.{p}"),
+        (None, p) => p.to_string(),
+    };
+    let msg = e.inner().to_string();
+    Error::config(key, msg.lines().next().unwrap_or_default())
+}
+
+/// Parse the body of the tagged section `section` (its `kind` removed) as `T`.
+fn typed<T: serde::de::DeserializeOwned>(section: &str, mut body: toml::Table) -> Result<()> {
+    body.remove("kind");
+    serde_path_to_error::deserialize::<_, T>(toml::Value::Table(body))
+        .map(drop)
+        .map_err(|e| key_error(Some(section), e))
+}
+
+/// The largest value a size key may take (a width, a depth, a vocabulary, tokens per
+/// sample, a micro-batch): far beyond any machine, small enough that shape arithmetic
+/// cannot overflow.
+pub const MAX_SIZE: usize = 1 << 31;
+/// The most ranks a mesh may have.
+pub const MAX_RANKS: usize = 1 << 24;
+
+fn at_most(key: &str, v: usize, max: usize) -> Result<()> {
+    if v > max {
+        return Err(Error::config(key, format!("must be at most {max}, got {v}")));
+    }
+    Ok(())
 }
 
 fn divides(key: &str, d: usize, of_key: &str, of: usize) -> Result<()> {
