@@ -129,14 +129,14 @@ pub struct ConfigArgs {
     pub config: PathBuf,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Ranks sharing this machine's memory for the memory check (default: every rank of the
+    /// mesh, as a local launch runs them).
+    #[arg(long, value_name = "N")]
+    pub ranks_here: Option<usize>,
 }
 
 pub fn config(a: &ConfigArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
-    // As a local launch would run it: every rank of the mesh on this machine.
-    let est = weft_trainer::memory::estimate(&cfg, cfg.parallel.world());
-    let host = weft_trainer::memory::host_memory();
-    weft_trainer::memory::fits(&est, host.as_ref()).with_context(|| format!("{}", a.config.display()))?;
     let l = layout_of(&cfg);
     println!("{}: valid", a.config.display());
     println!("parameters: {} ({:.3} B)", l.len(), l.len() as f64 / 1e9);
@@ -144,7 +144,16 @@ pub fn config(a: &ConfigArgs) -> Result<()> {
         println!("  {role:?}: {}", l.count(role));
     }
     println!("blocks: {}", l.blocks.len());
+    let est = weft_trainer::memory::estimate(&cfg, a.ranks_here.unwrap_or(cfg.parallel.world()));
     println!("{est}");
+    let host = weft_trainer::memory::host_memory();
+    if let Err(why) = weft_trainer::memory::fits(&est, host.as_ref()) {
+        anyhow::bail!(
+            "{}: does not fit: {why}\n{}",
+            a.config.display(),
+            weft_trainer::memory::ADVICE
+        );
+    }
     match host {
         Some(h) => println!("{h}: fits"),
         None => println!("this machine's memory could not be read: not checked"),

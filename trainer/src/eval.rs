@@ -9,13 +9,15 @@ use crate::train::{dtype_of, layout_of, with_model, ModelJob};
 use crate::{memory, Config, Error, Result};
 use weft_kernels::{Backend, CpuBackend, DType, Ops};
 
-/// The held-out batches of every validation: `n` batches of `b` samples from the start of
-/// the validation split (the same samples whatever the mesh).
-pub(crate) fn val_batches<S: Source>(src: &S, n: usize, b: usize) -> Result<Vec<S::Batch>> {
+/// The held-out batches of every validation: `n` batches of `b · dp` samples from the start
+/// of the validation split, data-parallel rank `dp_rank` of `dp` taking the `dp_rank`-th
+/// slice of `b` samples of each (as with training micro-batches), so that a mesh evaluates
+/// the samples one process with micro-batch `b · dp` does.
+pub(crate) fn val_batches<S: Source>(src: &S, n: usize, b: usize, (dp_rank, dp): (usize, usize)) -> Result<Vec<S::Batch>> {
     (0..n as u64)
         .map(|k| {
-            let b = b as u64;
-            src.batch(Split::Val, &(k * b..(k + 1) * b).collect::<Vec<_>>())
+            let start = (k * dp as u64 + dp_rank as u64) * b as u64;
+            src.batch(Split::Val, &(start..start + b as u64).collect::<Vec<_>>())
         })
         .collect()
 }
@@ -33,7 +35,7 @@ pub(crate) fn val_line(step: u64, loss: f64, baseline: f64) -> serde_json::Value
 
 /// Mean loss over the held-out batches, with the parameters `wt` hands out (one flat
 /// buffer, or a rank's FSDP shards: then every rank of the shard group calls this together,
-/// and the result is this rank's share of each batch's loss).
+/// and the result is this rank's share of the loss).
 pub(crate) fn validate<M: Model<B>, B: Ops>(
     be: &B,
     model: &mut M,
@@ -132,7 +134,7 @@ pub fn evaluate(cfg: &Config, params: &[f32], samples: usize) -> Result<Eval> {
             S: Source<Batch = M::Batch>,
         {
             let (b, _) = model.batch_shape();
-            let val = val_batches(src, self.1.div_ceil(b), b)?;
+            let val = val_batches(src, self.1.div_ceil(b), b, (0, 1))?;
             let mut p = memory::alloc(be, "the parameters", self.2, self.0.len())?;
             crate::model::upload_f32(be, self.0, CpuBackend::view_mut(&mut p))?;
             let layout = model.layout().clone();
@@ -159,4 +161,30 @@ pub fn evaluate(cfg: &Config, params: &[f32], samples: usize) -> Result<Eval> {
         None,
         Job(params, samples.max(1), dtype_of(&c)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::versus_baseline;
+
+    #[test]
+    fn the_comparison_never_prints_inf_or_nan() {
+        assert_eq!(
+            versus_baseline(0.25, 1.0),
+            "val loss 0.2500 vs constant predictor 1.0000 (75% below)"
+        );
+        assert_eq!(
+            versus_baseline(1.5, 1.0),
+            "val loss 1.5000 vs constant predictor 1.0000 (50% above)"
+        );
+        // One held-out sample: the constant predictor is exact.
+        let one = versus_baseline(0.0123, 0.0);
+        assert!(one.contains("constant predictor 0.0000 (n/a: the constant predictor's loss is 0"), "{one}");
+        let none = versus_baseline(f64::NAN, 0.5);
+        assert!(none.starts_with("val loss n/a vs constant predictor 0.5000 (n/a: no validation loss)"), "{none}");
+        for (l, b) in [(0.1, 0.0), (f64::NAN, 0.0), (f64::INFINITY, 1.0), (0.1, f64::NAN), (0.0, -0.0)] {
+            let s = versus_baseline(l, b);
+            assert!(!s.contains("inf") && !s.contains("NaN"), "{s}");
+        }
+    }
 }

@@ -364,33 +364,38 @@ impl fmt::Display for Estimate {
 }
 
 /// What to change when a run does not fit.
-const ADVICE: &str = "lower training.micro_batch, set training.recompute = true, shard over more \
-                      machines (parallel.dp_shard, parallel.tp), or set \
-                      training.skip_memory_check = true to start anyway";
+pub const ADVICE: &str = "lower training.micro_batch, set training.recompute = true, shard over more \
+                          machines (parallel.dp_shard, parallel.tp), or set \
+                          training.skip_memory_check = true to start anyway";
 
-/// Whether `est` fits in `host`: `Err` with the numbers when it does not.
-pub fn fits(est: &Estimate, host: Option<&HostMemory>) -> Result<()> {
-    let refuse = |why: String| Err(Error::DoesNotFit(format!("{est}\n{why}\n{ADVICE}")));
+/// Whether `est` fits in `host` (`None`: unknown, taken as fitting); `Err` says by how much
+/// it does not.
+pub fn fits(est: &Estimate, host: Option<&HostMemory>) -> std::result::Result<(), String> {
     if !est.total.is_finite() || est.total >= u64::MAX as f64 {
-        return refuse("more bytes than any machine can address".into());
+        return Err(format!(
+            "needs {}, more than any machine can address",
+            human(est.total)
+        ));
     }
     match host {
-        Some(h) if est.total > h.available as f64 => refuse(format!(
-            "{h}: {} short",
+        Some(h) if est.total > h.available as f64 => Err(format!(
+            "needs {}; {h}: {} short",
+            human(est.total),
             human(est.total - h.available as f64)
         )),
         _ => Ok(()),
     }
 }
 
-/// Estimate `cfg` for `ranks_here` ranks on this machine and refuse it when it cannot fit
-/// (unless `training.skip_memory_check`).
+/// Estimate `cfg` for `ranks_here` ranks on this machine and refuse it, with the breakdown,
+/// when it cannot fit (unless `training.skip_memory_check`).
 pub fn check(cfg: &Config, ranks_here: usize) -> Result<Estimate> {
     let est = estimate(cfg, ranks_here);
     if cfg.training.skip_memory_check {
         return Ok(est);
     }
-    fits(&est, host_memory().as_ref())?;
+    fits(&est, host_memory().as_ref())
+        .map_err(|why| Error::DoesNotFit(format!("{est}\n{why}\n{ADVICE}")))?;
     Ok(est)
 }
 

@@ -237,7 +237,7 @@ where
         cfg.job.name, t.steps, b * t.grad_accum, tokens, flops_step / 1e9, peak / 1e9
     );
     metrics.write(rate.start_event(layout.len(), peak, peak_src, &be.name()))?;
-    let val = eval::val_batches(src, t.val_batches, b)?;
+    let val = eval::val_batches(src, t.val_batches, b, (0, 1))?;
     let val_baseline = baseline(&val);
     let bar = opts.progress && std::io::stderr().is_terminal();
     let pb = bar.then(|| {

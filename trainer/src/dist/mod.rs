@@ -298,11 +298,12 @@ where
     let (b, tokens) = model.batch_shape();
     let (start, mut saver) = checkpoints(cfg, (&mesh, world), &layout, &mut store, &mut adam)?;
     let mut losses = Vec::with_capacity(t.steps as usize);
-    // Every rank evaluates the single-process run's held-out batches (each its share of
-    // them); rank 0 reports.
-    let val = crate::eval::val_batches(src, t.val_batches, b)?;
+    // Each rank evaluates its share of the held-out batches one process with the global
+    // micro-batch evaluates; rank 0 reports, against the constant predictor of all of them.
+    let val = crate::eval::val_batches(src, t.val_batches, b, (dp_rank, dp))?;
     let mut report = if rank == 0 {
-        Some(Report::start(cfg, be, &val, baseline, (b, tokens), start > 0)?)
+        let all = crate::eval::val_batches(src, t.val_batches, b * dp, (0, 1))?;
+        Some(Report::start(cfg, be, baseline(&all), (b, tokens), start > 0)?)
     } else {
         None
     };
@@ -415,8 +416,8 @@ where
             // Free the gathered input and output layers: the next step must gather the
             // updated parameters.
             store.finish_micro_batch(be)?;
-            // The cp·tp shares of a replica add up to its loss; every replica saw the same
-            // batches.
+            // The cp·tp shares of a replica add up to its loss on its slice of the batches;
+            // the mean over the replicas is the loss on all of them.
             let mut v = vec![mine / dp as f64];
             world.all_reduce(be, (&mut v).into()).map_err(comm_err)?;
             if let Some(r) = report.as_mut() {
@@ -607,11 +608,10 @@ struct Report {
 impl Report {
     /// Open the metrics (continued when `resumed`) and write the `start` event; `(b, tokens)`:
     /// a rank's micro-batch shape.
-    fn start<T>(
+    fn start(
         cfg: &Config,
         be: &CpuBackend,
-        val: &[T],
-        baseline: fn(&[T]) -> f64,
+        val_baseline: f64,
         (b, tokens): (usize, usize),
         resumed: bool,
     ) -> Result<Self> {
@@ -631,7 +631,7 @@ impl Report {
             metrics,
             rate,
             val_loss: f64::NAN,
-            val_baseline: baseline(val),
+            val_baseline,
         })
     }
 

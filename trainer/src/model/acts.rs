@@ -94,7 +94,7 @@ pub(crate) fn act_elems(s: &BlockSpec) -> f64 {
         + 4.0 * ns // mean1, rstd1, mean2, rstd2
         + 3.0 * ns * c // h1, x_mid, h2
         + on(tp, 2.0 * n * c) // h1g, h2g
-        + 3.0 * nq + 4.0 * nk // q, qr, att; k, v, kr
+        + 3.0 * nq + 3.0 * nk // q, qr, att; k, v, kr
         + on(s.qk_norm, nq + nk) // qn, kn
         + 2.0 * n * f(s.nh) + n * f(s.nkv) // q_rstd, lse; k_rstd
         + 2.0 * n * c // y1, y2
