@@ -29,7 +29,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     }
     let cfg = Config::load(&a.config, &sets)?;
     // Refuse a run that cannot fit this machine before anything is allocated.
-    weft_trainer::memory::check(&cfg, weft_trainer::memory::ranks_here(&cfg, crate::dist::under_mpi()))?;
+    weft_trainer::memory::check(
+        &cfg,
+        weft_trainer::memory::ranks_here(&cfg, crate::dist::under_mpi()),
+    )?;
     // Started by `weft launch`: join its store and send heartbeats.
     crate::rankside::attach(&cfg)?;
     // SIGTERM / SIGUSR1 (SLURM preemption, scancel): save at the next step boundary and exit 0.
@@ -144,6 +147,7 @@ pub fn config(a: &ConfigArgs) -> Result<()> {
         println!("  {role:?}: {}", l.count(role));
     }
     println!("blocks: {}", l.blocks.len());
+    weft_trainer::dist::check_mesh(&cfg, cfg.parallel.world())?;
     let est = weft_trainer::memory::estimate(&cfg, a.ranks_here.unwrap_or(cfg.parallel.world()));
     println!("{est}");
     let host = weft_trainer::memory::host_memory();

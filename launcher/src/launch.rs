@@ -117,7 +117,14 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
     let world = cfg.parallel.world();
     weft_trainer::dist::check_mesh(&cfg, world)?;
-    weft_trainer::memory::check(&cfg, if a.slurm { a.procs_per_node.unwrap_or(world / a.nodes.max(1)) } else { world })?;
+    weft_trainer::memory::check(
+        &cfg,
+        if a.slurm {
+            a.procs_per_node.unwrap_or(world / a.nodes.max(1))
+        } else {
+            world
+        },
+    )?;
     let procs = a.procs_per_node.unwrap_or(world / a.nodes.max(1));
     if a.slurm {
         if procs * a.nodes != world {

@@ -13,7 +13,12 @@ use weft_kernels::{Backend, CpuBackend, DType, Ops};
 /// of the validation split, data-parallel rank `dp_rank` of `dp` taking the `dp_rank`-th
 /// slice of `b` samples of each (as with training micro-batches), so that a mesh evaluates
 /// the samples one process with micro-batch `b · dp` does.
-pub(crate) fn val_batches<S: Source>(src: &S, n: usize, b: usize, (dp_rank, dp): (usize, usize)) -> Result<Vec<S::Batch>> {
+pub(crate) fn val_batches<S: Source>(
+    src: &S,
+    n: usize,
+    b: usize,
+    (dp_rank, dp): (usize, usize),
+) -> Result<Vec<S::Batch>> {
     (0..n as u64)
         .map(|k| {
             let start = (k * dp as u64 + dp_rank as u64) * b as u64;
@@ -54,7 +59,13 @@ pub(crate) fn validate<M: Model<B>, B: Ops>(
 /// meaning (no validation ran; a constant predictor of loss 0, as on one held-out sample)
 /// it says `n/a` and why, never `inf` or `NaN`.
 pub fn versus_baseline(loss: f64, baseline: f64) -> String {
-    let num = |v: f64| if v.is_finite() { format!("{v:.4}") } else { "n/a".into() };
+    let num = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.4}")
+        } else {
+            "n/a".into()
+        }
+    };
     let pct = if !loss.is_finite() {
         "n/a: no validation loss".to_string()
     } else if !baseline.is_finite() {
@@ -71,7 +82,11 @@ pub fn versus_baseline(loss: f64, baseline: f64) -> String {
             format!("{:.0}% above", -p)
         }
     };
-    format!("val loss {} vs constant predictor {} ({pct})", num(loss), num(baseline))
+    format!(
+        "val loss {} vs constant predictor {} ({pct})",
+        num(loss),
+        num(baseline)
+    )
 }
 
 pub(crate) fn flow_baseline(batches: &[crate::model::DitBatch]) -> f64 {
@@ -179,10 +194,22 @@ mod tests {
         );
         // One held-out sample: the constant predictor is exact.
         let one = versus_baseline(0.0123, 0.0);
-        assert!(one.contains("constant predictor 0.0000 (n/a: the constant predictor's loss is 0"), "{one}");
+        assert!(
+            one.contains("constant predictor 0.0000 (n/a: the constant predictor's loss is 0"),
+            "{one}"
+        );
         let none = versus_baseline(f64::NAN, 0.5);
-        assert!(none.starts_with("val loss n/a vs constant predictor 0.5000 (n/a: no validation loss)"), "{none}");
-        for (l, b) in [(0.1, 0.0), (f64::NAN, 0.0), (f64::INFINITY, 1.0), (0.1, f64::NAN), (0.0, -0.0)] {
+        assert!(
+            none.starts_with("val loss n/a vs constant predictor 0.5000 (n/a: no validation loss)"),
+            "{none}"
+        );
+        for (l, b) in [
+            (0.1, 0.0),
+            (f64::NAN, 0.0),
+            (f64::INFINITY, 1.0),
+            (0.1, f64::NAN),
+            (0.0, -0.0),
+        ] {
             let s = versus_baseline(l, b);
             assert!(!s.contains("inf") && !s.contains("NaN"), "{s}");
         }

@@ -220,8 +220,10 @@ impl Layout {
                 Init::Normal(std) => {
                     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
                     rng.set_stream(i as u64 + 1);
-                    let mut global: Vec<f32> =
-                        crate::memory::host_zeros(&format!("the initial draw of `{}`", e.name), e.global_numel(tp))?;
+                    let mut global: Vec<f32> = crate::memory::host_zeros(
+                        &format!("the initial draw of `{}`", e.name),
+                        e.global_numel(tp),
+                    )?;
                     global
                         .iter_mut()
                         .for_each(|v| *v = (crate::data::normal(&mut rng) * std) as f32);

@@ -154,7 +154,7 @@ pub fn seq_split(cfg: &Config) -> SeqSplit {
     let p = &cfg.parallel;
     SeqSplit {
         t: dims.tokens.1,
-        ring: p.cp / p.ulysses.max(1),
+        ring: (p.cp / p.ulysses.max(1)).max(1),
         ulysses: p.ulysses,
         tp: p.tp,
         causal: dims.causal,
@@ -176,7 +176,11 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
     let (tp, ds) = (p.tp, p.dp_shard);
     let sharded = p.world() > 1;
     let global = layout_tp(cfg, 1);
-    let local = if tp > 1 { layout_tp(cfg, tp) } else { global.clone() };
+    let local = if tp > 1 {
+        layout_tp(cfg, tp)
+    } else {
+        global.clone()
+    };
     let parameters: f64 = global.entries.iter().map(numel).sum();
     let local_n: f64 = local.entries.iter().map(numel).sum();
     // Each unit's shard (`ceil(len / dp_shard)`), as the FSDP store cuts them.
@@ -190,7 +194,11 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
             .collect()
     };
     let shard = if sharded { units.iter().sum() } else { local_n };
-    let moments = if cfg.optimizer.kind == "ademamix" { 3.0 } else { 2.0 };
+    let moments = if cfg.optimizer.kind == "ademamix" {
+        3.0
+    } else {
+        2.0
+    };
     let matrix = ["muon", "scion"].contains(&cfg.optimizer.kind.as_str());
     // The largest tensor an optimizer step assembles whole (Muon: hidden matrices; Scion:
     // every tensor): the whole target, the iterate and its update (r × k each), the Gram
@@ -199,9 +207,14 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
         let largest = global
             .entries
             .iter()
-            .filter(|e| cfg.optimizer.kind == "scion" || (e.role == crate::Role::Hidden && e.shape.len() == 2))
+            .filter(|e| {
+                cfg.optimizer.kind == "scion" || (e.role == crate::Role::Hidden && e.shape.len() == 2)
+            })
             .map(|e| {
-                let (a, b) = (e.shape[0] as f64, e.shape[1..].iter().map(|&d| d as f64).product::<f64>());
+                let (a, b) = (
+                    e.shape[0] as f64,
+                    e.shape[1..].iter().map(|&d| d as f64).product::<f64>(),
+                );
                 let (r, k) = (a.min(b), a.max(b));
                 6.0 * r * k + 2.0 * r * r
             })
@@ -264,7 +277,10 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
         optimizer: match cfg.optimizer.kind.as_str() {
             "adamw" => "AdamW: 2 moments per parameter".into(),
             "ademamix" => "AdEMAMix: 3 moments per parameter".into(),
-            k => format!("{}: momentum and AdamW's second moment", if k == "muon" { "Muon" } else { "Scion" }),
+            k => format!(
+                "{}: momentum and AdamW's second moment",
+                if k == "muon" { "Muon" } else { "Scion" }
+            ),
         },
         activations: format!(
             "micro-batch {b} × {tokens} tokens{}{}",
@@ -336,7 +352,11 @@ impl fmt::Display for Estimate {
                 self.at_start,
                 "initial weights drawn in f32, freed before the optimizer state",
             ),
-            ("+ at the end", self.at_end, "assembling and exporting the weights"),
+            (
+                "+ at the end",
+                self.at_end,
+                "assembling and exporting the weights",
+            ),
         ];
         for (what, bytes, note) in rows {
             if bytes > 0.0 {
@@ -387,15 +407,16 @@ pub fn fits(est: &Estimate, host: Option<&HostMemory>) -> std::result::Result<()
     }
 }
 
-/// Estimate `cfg` for `ranks_here` ranks on this machine and refuse it, with the breakdown,
-/// when it cannot fit (unless `training.skip_memory_check`).
+/// Check the mesh against the model ([`crate::dist::check_mesh`]), estimate `cfg` for
+/// `ranks_here` ranks on this machine and refuse it, with the breakdown, when it cannot fit
+/// (unless `training.skip_memory_check`).
 pub fn check(cfg: &Config, ranks_here: usize) -> Result<Estimate> {
+    crate::dist::check_mesh(cfg, cfg.parallel.world())?;
     let est = estimate(cfg, ranks_here);
     if cfg.training.skip_memory_check {
         return Ok(est);
     }
-    fits(&est, host_memory().as_ref())
-        .map_err(|why| Error::DoesNotFit(format!("{est}\n{why}\n{ADVICE}")))?;
+    fits(&est, host_memory().as_ref()).map_err(|why| Error::DoesNotFit(format!("{est}\n{why}\n{ADVICE}")))?;
     Ok(est)
 }
 
@@ -473,6 +494,9 @@ mod tests {
         // Fits in the address space's arithmetic but not in any machine (1 EiB).
         let e = alloc(&be, "gradients (shard)", DType::F32, 1 << 58).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("gradients (shard)") && msg.contains("1152921504606846976 bytes"), "{msg}");
+        assert!(
+            msg.contains("gradients (shard)") && msg.contains("1152921504606846976 bytes"),
+            "{msg}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use crate::{Error, Result};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use weft_kernels::Backend;
 
 /// The open metrics file of a run.
 pub(crate) struct Metrics {
@@ -87,4 +88,58 @@ pub(crate) fn diverged(step: u64, loss: f64, e: &Error) -> serde_json::Value {
     };
     json!({"event": "diverged", "step": step + 1, "loss": loss.to_string(), "cause": cause,
            "message": e.to_string()})
+}
+
+/// What rank 0 of a mesh writes to `<run>/metrics.jsonl`, with the single-process trainer's fields.
+pub(crate) struct MeshReport {
+    pub metrics: Metrics,
+    /// The global batch: every data-parallel replica's samples, the whole model's FLOPs, and
+    /// the peak of all the mesh's devices.
+    pub rate: Rate,
+    pub val_loss: f64,
+    pub val_baseline: f64,
+}
+
+impl MeshReport {
+    /// Open the metrics (continued when `resumed`) and write the `start` event; `(b, tokens)`:
+    /// a rank's micro-batch shape.
+    pub fn start(
+        cfg: &crate::Config,
+        be: &weft_kernels::CpuBackend,
+        val_baseline: f64,
+        (b, tokens): (usize, usize),
+        resumed: bool,
+    ) -> Result<Self> {
+        let t = &cfg.training;
+        let mut metrics = Metrics::open(&cfg.run_dir(), resumed)?;
+        let (peak, source) = crate::metrics::device_peak(cfg, be)?;
+        let samples = (b * t.grad_accum * cfg.parallel.dp()) as f64;
+        let rate = Rate {
+            samples,
+            tokens: samples * tokens as f64,
+            flops: crate::train::model_flops(cfg, b) * (t.grad_accum * cfg.parallel.dp()) as f64,
+            peak: peak * cfg.parallel.world() as f64,
+        };
+        let params = crate::dist::global_layout(cfg).len();
+        metrics.write(rate.start_event(params, peak, source, &be.name()))?;
+        Ok(MeshReport {
+            metrics,
+            rate,
+            val_loss: f64::NAN,
+            val_baseline,
+        })
+    }
+
+    /// Record the validation loss after `step`.
+    pub fn validated(&mut self, step: u64, loss: f64) -> Result<()> {
+        self.val_loss = loss;
+        self.metrics
+            .write(crate::eval::val_line(step, loss, self.val_baseline))?;
+        tracing::info!(
+            step,
+            "val {loss:.4} (constant predictor {:.4})",
+            self.val_baseline
+        );
+        Ok(())
+    }
 }

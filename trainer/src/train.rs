@@ -144,8 +144,6 @@ pub fn with_model<J: ModelJob>(
     }
 }
 
-
-
 pub use crate::eval::{evaluate, versus_baseline, Eval};
 
 /// Best of a few f32 GEMMs (1024³) on this backend, in FLOP/s.
@@ -167,7 +165,6 @@ pub fn measure_peak(be: &CpuBackend) -> Result<f64> {
     }
     Ok(best)
 }
-
 
 fn run<M, S>(
     cfg: &Config,
@@ -400,9 +397,6 @@ pub fn model_flops(cfg: &Config, b: usize) -> f64 {
     }
 }
 
-
-
-
 /// The error for a non-finite `loss` at 0-based `step` on `batch` (the training samples
 /// `idx`): the data's fault when the batch's inputs hold NaN or infinity, divergence
 /// otherwise.
@@ -424,5 +418,3 @@ pub(crate) fn non_finite_loss<M: Model<B>, B: Ops>(
         samples: bad.iter().filter_map(|&i| idx.get(i).copied()).collect(),
     }
 }
-
-

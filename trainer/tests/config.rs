@@ -140,7 +140,10 @@ fn wrong_types_and_absurd_sizes_name_the_key() {
         ),
         (
             "dit-tiny.toml",
-            &["model.latent=[2000000000, 2000000000, 2000000000, 3]", "model.patch=[1, 1, 1]"],
+            &[
+                "model.latent=[2000000000, 2000000000, 2000000000, 3]",
+                "model.patch=[1, 1, 1]",
+            ],
             "`model.latent` gives more than 2147483648 tokens per clip",
         ),
         (

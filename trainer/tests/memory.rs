@@ -41,7 +41,10 @@ fn activation_bytes_from_the_config_equal_the_built_models() {
                 let want = m.activation_bytes() as f64;
                 let split = par(t, ring, uly, tp, false).split;
                 let got = Dit::<CpuBackend>::activation_bytes_of(&d, 3, dt.size(), recompute, split);
-                assert_eq!(got, want, "DiT ring {ring} ulysses {uly} tp {tp} recompute {recompute}");
+                assert_eq!(
+                    got, want,
+                    "DiT ring {ring} ulysses {uly} tp {tp} recompute {recompute}"
+                );
 
                 let mut g = tiny_gpt();
                 g.seq_len = 8;
@@ -49,7 +52,11 @@ fn activation_bytes_from_the_config_equal_the_built_models() {
                 let m = Gpt::new_par(&be, &g, 2, dt, recompute, par(8, ring, uly, tp, true)).unwrap();
                 let split = par(8, ring, uly, tp, true).split;
                 let got = Gpt::<CpuBackend>::activation_bytes_of(&g, 2, dt.size(), recompute, split);
-                assert_eq!(got, m.activation_bytes() as f64, "GPT ring {ring} ulysses {uly} tp {tp}");
+                assert_eq!(
+                    got,
+                    m.activation_bytes() as f64,
+                    "GPT ring {ring} ulysses {uly} tp {tp}"
+                );
             }
         }
     }
@@ -128,7 +135,10 @@ fn a_model_beyond_any_machine_is_refused_with_its_numbers() {
         cgroup_limit: None,
     };
     let why = fits(&est, Some(&host)).unwrap_err();
-    assert!(why.contains("available of 512.00 TiB total") && why.contains("short"), "{why}");
+    assert!(
+        why.contains("available of 512.00 TiB total") && why.contains("short"),
+        "{why}"
+    );
     let text = est.to_string();
     for want in [
         "42.9 T parameters",
@@ -141,13 +151,19 @@ fn a_model_beyond_any_machine_is_refused_with_its_numbers() {
         assert!(text.contains(want), "no `{want}` in:\n{text}");
     }
     let e = weft_trainer::memory::check(&c, 1).unwrap_err().to_string();
-    assert!(e.contains("does not fit in memory") && e.contains("this machine:"), "{e}");
+    assert!(
+        e.contains("does not fit in memory") && e.contains("this machine:"),
+        "{e}"
+    );
     // The bypass key starts it anyway: then the first buffer fails with its name and size,
     // not an abort.
     let c = huge(dir.path(), &["training.skip_memory_check=true"]);
     assert!(weft_trainer::memory::check(&c, 1).is_ok());
     let e = train(&c, TrainOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("cannot allocate the parameters") && e.contains("bytes"), "{e}");
+    assert!(
+        e.contains("cannot allocate the parameters") && e.contains("bytes"),
+        "{e}"
+    );
 }
 
 #[test]

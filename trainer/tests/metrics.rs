@@ -27,11 +27,21 @@ fn a_two_rank_run_writes_validation_throughput_and_mfu() {
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // In f64, where the mesh changes the parameters by rounding only; one process with the
     // global micro-batch.
-    let sets = ["training.val_every=2", "training.steps=4", "training.dtype=\"f64\""];
+    let sets = [
+        "training.val_every=2",
+        "training.steps=4",
+        "training.dtype=\"f64\"",
+    ];
     let single = dit(one.path(), &[&sets[..], &["training.micro_batch=8"]].concat());
     train(&single, TrainOptions::default()).unwrap();
-    let c = dit(two.path(), &[&sets[..], &["parallel.dp_shard=2", "training.micro_batch=4"]].concat());
-    local::run(2, |_, comm: HostComm| train_rank(&c, &comm as &dyn Comm<CpuBackend>, true)).unwrap();
+    let c = dit(
+        two.path(),
+        &[&sets[..], &["parallel.dp_shard=2", "training.micro_batch=4"]].concat(),
+    );
+    local::run(2, |_, comm: HostComm| {
+        train_rank(&c, &comm as &dyn Comm<CpuBackend>, true)
+    })
+    .unwrap();
     let (want, got) = (lines(&single.run_dir()), lines(&c.run_dir()));
     for key in ["tokens_per_s", "samples_per_s", "flops_per_s", "mfu"] {
         let v = field(&got, key);
@@ -56,7 +66,13 @@ fn a_two_rank_run_writes_validation_throughput_and_mfu() {
 fn write_latents_with_nan(path: &std::path::Path, n: usize, shape: [usize; 4]) {
     let per: usize = shape.iter().product();
     let data: Vec<u8> = (0..n * per)
-        .map(|i| if i % per == 5 { f32::NAN } else { (i % 7) as f32 * 0.1 })
+        .map(|i| {
+            if i % per == 5 {
+                f32::NAN
+            } else {
+                (i % 7) as f32 * 0.1
+            }
+        })
         .flat_map(f32::to_le_bytes)
         .collect();
     let full = vec![n, shape[0], shape[1], shape[2], shape[3]];
@@ -100,7 +116,9 @@ fn nan_in_the_data_is_blamed_on_the_data_not_the_learning_rate() {
             "parallel.dp_shard=2",
         ],
     );
-    let outs = local::run(2, |_, comm: HostComm| train_rank(&c, &comm as &dyn Comm<CpuBackend>, true));
+    let outs = local::run(2, |_, comm: HostComm| {
+        train_rank(&c, &comm as &dyn Comm<CpuBackend>, true)
+    });
     let e = outs.unwrap_err().to_string();
     assert!(e.contains("non-finite values in the input data"), "{e}");
 }

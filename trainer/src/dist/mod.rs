@@ -19,9 +19,9 @@ pub use fsdp::{CommTime, Fsdp, Memory};
 
 use crate::config::ModelConfig;
 use crate::data::{sample_indices, Source, Split};
+use crate::metrics::{diverged, MeshReport};
 use crate::model::{gpt::mlp_hidden, Dit, Gpt, Model, Par};
 use crate::optim::{lr_at, AdamWState};
-use crate::metrics::{diverged, Metrics, Rate};
 use crate::train::{dtype_of, non_finite_loss, with_model, ModelJob};
 use crate::{Config, Error, Result};
 use std::ops::Range;
@@ -246,7 +246,13 @@ where
     let t = &cfg.training;
     let layout = cfg.parametrize(model.layout().clone());
     // The f32 draw of the initial weights lives only until the shard is taken from it.
-    let mut store = Fsdp::new(be, shard, &layout, &layout.init_tp(cfg.job.seed, tp, tp_rank)?, dt)?;
+    let mut store = Fsdp::new(
+        be,
+        shard,
+        &layout,
+        &layout.init_tp(cfg.job.seed, tp, tp_rank)?,
+        dt,
+    )?;
     store.set_prefetch(prefetch);
     let n = store.shard_len();
     let segs = store.segments(&layout);
@@ -303,7 +309,13 @@ where
     let val = crate::eval::val_batches(src, t.val_batches, b, (dp_rank, dp))?;
     let mut report = if rank == 0 {
         let all = crate::eval::val_batches(src, t.val_batches, b * dp, (0, 1))?;
-        Some(Report::start(cfg, be, baseline(&all), (b, tokens), start > 0)?)
+        Some(MeshReport::start(
+            cfg,
+            be,
+            baseline(&all),
+            (b, tokens),
+            start > 0,
+        )?)
     } else {
         None
     };
@@ -398,7 +410,9 @@ where
         )?;
         if let Some(r) = report.as_mut() {
             let secs = t_step.elapsed().as_secs_f64();
-            let mut line = r.rate.step_line(step + 1, l[0], norm, lr, secs, started.elapsed().as_secs_f64());
+            let mut line = r
+                .rate
+                .step_line(step + 1, l[0], norm, lr, secs, started.elapsed().as_secs_f64());
             line["step_s"] = secs.into();
             line["comm_s"] = comm.as_secs_f64().into();
             r.metrics.write(line)?;
@@ -593,57 +607,4 @@ fn assemble(
         }
     }
     Ok(out)
-}
-
-/// What rank 0 writes to `<run>/metrics.jsonl`, with the single-process trainer's fields.
-struct Report {
-    metrics: Metrics,
-    /// The global batch: every data-parallel replica's samples, the whole model's FLOPs, and
-    /// the peak of all the mesh's devices.
-    rate: Rate,
-    val_loss: f64,
-    val_baseline: f64,
-}
-
-impl Report {
-    /// Open the metrics (continued when `resumed`) and write the `start` event; `(b, tokens)`:
-    /// a rank's micro-batch shape.
-    fn start(
-        cfg: &Config,
-        be: &CpuBackend,
-        val_baseline: f64,
-        (b, tokens): (usize, usize),
-        resumed: bool,
-    ) -> Result<Self> {
-        let t = &cfg.training;
-        let mut metrics = Metrics::open(&cfg.run_dir(), resumed)?;
-        let (peak, source) = crate::metrics::device_peak(cfg, be)?;
-        let samples = (b * t.grad_accum * cfg.parallel.dp()) as f64;
-        let rate = Rate {
-            samples,
-            tokens: samples * tokens as f64,
-            flops: crate::train::model_flops(cfg, b) * (t.grad_accum * cfg.parallel.dp()) as f64,
-            peak: peak * cfg.parallel.world() as f64,
-        };
-        let params = global_layout(cfg).len();
-        metrics.write(rate.start_event(params, peak, source, &be.name()))?;
-        Ok(Report {
-            metrics,
-            rate,
-            val_loss: f64::NAN,
-            val_baseline,
-        })
-    }
-
-    fn validated(&mut self, step: u64, loss: f64) -> Result<()> {
-        self.val_loss = loss;
-        self.metrics
-            .write(crate::eval::val_line(step, loss, self.val_baseline))?;
-        tracing::info!(
-            step,
-            "val {loss:.4} (constant predictor {:.4})",
-            self.val_baseline
-        );
-        Ok(())
-    }
 }

@@ -144,14 +144,24 @@ impl<B: Ops> Dit<B> {
     /// The bytes of activations [`Dit::new_par`] allocates (what [`Model::activation_bytes`]
     /// then reports) for micro-batches of `b` clips in a dtype of `dtype_size` bytes under
     /// `split`, computed from the config alone.
-    pub fn activation_bytes_of(cfg: &DitConfig, b: usize, dtype_size: usize, recompute: bool, split: SeqSplit) -> f64 {
+    pub fn activation_bytes_of(
+        cfg: &DitConfig,
+        b: usize,
+        dtype_size: usize,
+        recompute: bool,
+        split: SeqSplit,
+    ) -> f64 {
         let cp = split.ring * split.ulysses;
         let (spec, pd) = Self::spec(cfg, b, split.tp, cp);
         let f = |x: usize| x as f64;
         let (b, c, n, pdim) = (f(b), f(cfg.width), f(split.local_len()), f(pd.token_dim()));
         let clip: f64 = f(pd.b) * [pd.t, pd.h, pd.w, pd.c].iter().map(|&x| f(x)).product::<f64>();
         let sharded = if split.local_len() != split.t { 1.0 } else { 0.0 };
-        let text = if cfg.text_dim > 0 { b * f(cfg.text_dim) + b * c } else { 0.0 };
+        let text = if cfg.text_dim > 0 {
+            b * f(cfg.text_dim) + b * c
+        } else {
+            0.0
+        };
         // x, tokens, pred, target, dpred; local, target_tokens (sharded); t, tf; the (B, C)
         // conditioning buffers (t1, t2, temb, yemb, c, silu_c, fmod ×2; dfmod ×2, dsilu_c,
         // dc, dtmp, dt2, dt1); lnf, hf, dhf, dlnf, dres; meanf, rstdf; out, dout; loss, dloss.
@@ -180,7 +190,11 @@ impl<B: Ops> Dit<B> {
     fn io_flops(cfg: &DitConfig, b: usize, n: usize, pdim: usize) -> f64 {
         use super::linear_flops as lf;
         let c = cfg.width;
-        lf(b * n, pdim, c) + lf(b * n, c, pdim) + lf(b, FREQ_DIM, c) + lf(b, c, c) * 3.0 + lf(b, cfg.text_dim, c)
+        lf(b * n, pdim, c)
+            + lf(b * n, c, pdim)
+            + lf(b, FREQ_DIM, c)
+            + lf(b, c, c) * 3.0
+            + lf(b, cfg.text_dim, c)
     }
 
     /// `tp`: tensor-parallel size; `cp`: context-parallel size (tokens are split `cp` ways).

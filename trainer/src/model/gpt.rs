@@ -80,7 +80,13 @@ impl<B: Ops> Gpt<B> {
     /// The bytes of activations [`Gpt::new_par`] allocates (what [`Model::activation_bytes`]
     /// then reports) for micro-batches of `b` in a dtype of `dtype_size` bytes under `split`,
     /// computed from the config alone.
-    pub fn activation_bytes_of(cfg: &GptConfig, b: usize, dtype_size: usize, recompute: bool, split: SeqSplit) -> f64 {
+    pub fn activation_bytes_of(
+        cfg: &GptConfig,
+        b: usize,
+        dtype_size: usize,
+        recompute: bool,
+        split: SeqSplit,
+    ) -> f64 {
         let spec = Self::spec(cfg, b, split.tp, split.cp_len());
         let (n, c, v) = (
             b as f64 * split.local_len() as f64,

@@ -111,7 +111,8 @@ impl<'a, B: Backend> Alloc<'a, B> {
         }
     }
     pub fn buf(&self, n: usize) -> Result<B::Buffer> {
-        self.bytes.set(self.bytes.get().saturating_add(n.saturating_mul(self.dt.size())));
+        self.bytes
+            .set(self.bytes.get().saturating_add(n.saturating_mul(self.dt.size())));
         crate::memory::alloc(self.be, "the activations", self.dt, n)
     }
     pub fn opt(&self, on: bool, n: usize) -> Result<Option<B::Buffer>> {
