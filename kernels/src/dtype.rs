@@ -145,6 +145,11 @@ macro_rules! host_views {
             pub fn zeros(dtype: DType, len: usize) -> Self {
                 match dtype { $(DType::$variant => HostVec::$variant(vec![<$ty>::default(); len])),* }
             }
+            /// [`HostVec::zeros`], or `None` when the memory cannot be had (instead of
+            /// aborting the process).
+            pub fn try_zeros(dtype: DType, len: usize) -> Option<Self> {
+                match dtype { $(DType::$variant => Some(HostVec::$variant(try_zeroed::<$ty>(len)?))),* }
+            }
             pub fn dtype(&self) -> DType { self.view().dtype() }
             pub fn len(&self) -> usize { self.view().len() }
             pub fn is_empty(&self) -> bool { self.len() == 0 }
@@ -163,6 +168,24 @@ macro_rules! host_views {
 }
 
 host_views!(F64 => f64, F32 => f32, BF16 => bf16, F16 => f16, I32 => i32, U16 => u16);
+
+/// A vector of `len` zeros from the allocator's zeroed memory (untouched pages stay
+/// uncommitted, as with `vec![0; len]`), or `None` when it cannot be had.
+fn try_zeroed<T: Copy>(len: usize) -> Option<Vec<T>> {
+    let layout = std::alloc::Layout::array::<T>(len).ok()?;
+    if layout.size() == 0 {
+        return Some(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size; the element types above are plain old data for
+    // which all-zero bytes are a valid value (0, +0.0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with exactly this layout, holds
+    // `len` initialized elements, and is owned by nothing else.
+    Some(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
 
 fn bytes_of<T: Copy>(s: &[T]) -> &[u8] {
     // SAFETY: every element type above is plain old data without padding; u8 has alignment 1.

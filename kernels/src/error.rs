@@ -37,6 +37,9 @@ pub enum Error {
         pos: usize,
         bound: usize,
     },
+    /// A buffer could not be allocated (`bytes`: what it needed).
+    #[error("out of memory: cannot allocate {len} × {dtype} ({bytes} bytes)")]
+    Alloc { dtype: DType, len: usize, bytes: u128 },
     /// weft was compiled without the `cuda` feature.
     #[error("this weft was built without CUDA support; rebuild with `--features cuda`")]
     CudaNotCompiled,

@@ -37,7 +37,7 @@ fn weft_steps<M: Model<CpuBackend>>(
     let be = CpuBackend::new();
     let layout = model.layout().clone();
     let mut params = weft_kernels::HostVec::zeros(DType::F32, layout.len());
-    upload_f32(&be, &layout.init(0), params.view_mut())?;
+    upload_f32(&be, &layout.init(0)?, params.view_mut())?;
     let mut grads = weft_kernels::HostVec::zeros(DType::F32, layout.len());
     let mut adam = AdamWState::new(&be, DType::F32, layout.len())?;
     let mut times = vec![];

@@ -37,6 +37,11 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     } else {
         Some(crate::runlock::RunLock::acquire(&cfg.run_dir(), "weft train")?)
     };
+    // Refuse a run that cannot fit this machine before anything is allocated.
+    weft_trainer::memory::check(
+        &cfg,
+        weft_trainer::memory::ranks_here(&cfg, crate::dist::under_mpi()),
+    )?;
     // Started by `weft launch`: join its store and send heartbeats.
     crate::rankside::attach(&cfg)?;
     // SIGTERM / SIGUSR1 (SLURM preemption, scancel): save at the next step boundary and exit 0.
@@ -63,12 +68,11 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{}: {} steps, final train loss {:.4}, val loss {:.4} (constant predictor {:.4}), weights {}",
+        "{}: {} steps, final train loss {:.4}, {}, weights {}",
         cfg.job.name,
         s.steps,
         s.losses.last().copied().unwrap_or(f64::NAN),
-        s.val_loss,
-        s.val_baseline,
+        weft_trainer::train::versus_baseline(s.val_loss, s.val_baseline),
         s.weights.display()
     );
     Ok(())
@@ -137,6 +141,10 @@ pub struct ConfigArgs {
     pub config: PathBuf,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Ranks sharing this machine's memory for the memory check (default: every rank of the
+    /// mesh, as a local launch runs them).
+    #[arg(long, value_name = "N")]
+    pub ranks_here: Option<usize>,
 }
 
 pub fn config(a: &ConfigArgs) -> Result<()> {
@@ -148,6 +156,21 @@ pub fn config(a: &ConfigArgs) -> Result<()> {
         println!("  {role:?}: {}", l.count(role));
     }
     println!("blocks: {}", l.blocks.len());
+    weft_trainer::dist::check_mesh(&cfg, cfg.parallel.world())?;
+    let est = weft_trainer::memory::estimate(&cfg, a.ranks_here.unwrap_or(cfg.parallel.world()));
+    println!("{est}");
+    let host = weft_trainer::memory::host_memory();
+    if let Err(why) = weft_trainer::memory::fits(&est, host.as_ref()) {
+        anyhow::bail!(
+            "{}: does not fit: {why}\n{}",
+            a.config.display(),
+            weft_trainer::memory::ADVICE
+        );
+    }
+    match host {
+        Some(h) => println!("{h}: fits"),
+        None => println!("this machine's memory could not be read: not checked"),
+    }
     Ok(())
 }
 

@@ -75,9 +75,113 @@ fn a_bad_config_is_refused_before_training_naming_the_key() {
         err.contains("`model.heads` (3) must divide model.width (128)"),
         "{err}"
     );
-    let ok = weft(&["config", &format!("{ROOT}/configs/llama-8b.toml")]);
-    assert!(ok.status.success());
+    let ok = weft(&[
+        "config",
+        &format!("{ROOT}/configs/llama-8b.toml"),
+        "--set",
+        "training.skip_memory_check=true",
+    ]);
     assert!(String::from_utf8_lossy(&ok.stdout).contains("parameters: 8030261248"));
+}
+
+/// `weft config` prints the memory estimate and refuses a model no machine can hold, with
+/// the numbers; a value of the wrong type is named by its key.
+#[test]
+fn config_refuses_what_cannot_fit_with_the_numbers() {
+    let cfg = format!("{ROOT}/configs/gpt-tiny.toml");
+    let ok = weft(&["config", &cfg]);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        text.contains("peak per rank") && text.contains(": fits"),
+        "{text}"
+    );
+    let big = [
+        "config",
+        &cfg,
+        "--set",
+        "model.width=131072",
+        "--set",
+        "model.depth=577",
+        "--set",
+        "model.heads=1024",
+        "--set",
+        "model.kv_heads=1024",
+        "--set",
+        "model.mlp_hidden=14336",
+    ];
+    let out = weft(&big);
+    assert!(!out.status.success());
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        text.contains("42.9 T parameters") && text.contains("optimizer state"),
+        "{text}"
+    );
+    assert!(
+        err.contains("does not fit: needs") && err.contains("short"),
+        "{err}"
+    );
+    let out = weft(&["config", &cfg, "--set", "model.width=big"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`model.width` invalid type: string \"big\", expected usize"),
+        "{err}"
+    );
+}
+
+/// A dry run checks the mesh against the model (and the memory) before anything starts.
+#[test]
+fn a_dry_run_refuses_a_mesh_the_model_cannot_divide() {
+    let cfg = format!("{ROOT}/configs/dit-tiny.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = format!("job.out_dir=\"{}\"", dir.path().display());
+    let out = weft(&[
+        "launch",
+        &cfg,
+        "--dry-run",
+        "--set",
+        &out_dir,
+        "--set",
+        "parallel.dp_shard=100000",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`parallel.dp_shard` (100000) must not exceed"),
+        "{err}"
+    );
+    let ok = weft(&[
+        "launch",
+        &cfg,
+        "--dry-run",
+        "--set",
+        &out_dir,
+        "--set",
+        "parallel.dp_shard=2",
+    ]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // A shard group the model divides, but more ranks than this machine holds.
+    let out = weft(&[
+        "launch",
+        &cfg,
+        "--dry-run",
+        "--set",
+        &out_dir,
+        "--set",
+        "parallel.dp_shard=4096",
+        "--set",
+        "training.micro_batch=64",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not fit in memory") && err.contains("4096 ranks on this machine"),
+        "{err}"
+    );
 }
 
 #[test]

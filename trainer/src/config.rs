@@ -31,9 +31,11 @@ pub struct Config {
 }
 
 mod launch;
+mod load;
 mod matrix;
 mod mup;
 pub use launch::Launch;
+pub use load::apply_override;
 pub use matrix::{Muon, Scion};
 pub use mup::{attn_scale, Mup};
 
@@ -136,17 +138,28 @@ pub enum DataConfig {
     Shapes,
     /// Latent shards on disk: safetensors files with `latents [N,T,H,W,C]`, optional
     /// `labels [N]` and `embeddings [N,E]`. The last `val_fraction` of samples are held out.
-    Latents {
-        path: String,
-        #[serde(default = "val_fraction")]
-        val_fraction: f64,
-    },
+    Latents(DataFiles),
     /// A token shard (`weft data tokenize`); the last `val_fraction` of tokens are held out.
-    Tokens {
-        path: String,
-        #[serde(default = "val_fraction")]
-        val_fraction: f64,
-    },
+    Tokens(DataFiles),
+}
+
+/// Where a file-backed data source reads from, and how much of it is held out.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataFiles {
+    pub path: String,
+    #[serde(default = "val_fraction")]
+    pub val_fraction: f64,
+}
+
+impl DataConfig {
+    /// The data source in words, for messages (`data.path = "…"`).
+    pub fn describe(&self) -> String {
+        match self {
+            DataConfig::Shapes => "the built-in shapes dataset".into(),
+            DataConfig::Latents(f) | DataConfig::Tokens(f) => format!("data.path = {:?}", f.path),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -177,6 +190,9 @@ pub struct Training {
     /// Peak FLOP/s of the device for MFU; measured at start when absent.
     #[serde(default)]
     pub peak_flops: Option<f64>,
+    /// Start even when the memory estimate says the run does not fit this machine.
+    #[serde(default)]
+    pub skip_memory_check: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -365,43 +381,6 @@ fn decay_fraction() -> f64 {
 }
 
 impl Config {
-    /// Read `path`, apply `overrides` (`a.b=v`), parse and validate.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let mut table: toml::Table = toml::from_str(&text)
-            .map_err(|e| Error::Other(format!("{}: not valid TOML: {e}", path.display())))?;
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        Self::from_table(table)
-    }
-
-    /// Parse a TOML string (no overrides) and validate.
-    pub fn from_toml(text: &str) -> Result<Config> {
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| Error::Other(format!("not valid TOML: {e}")))?;
-        Self::from_table(table)
-    }
-
-    fn from_table(table: toml::Table) -> Result<Config> {
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            let msg = e.inner().to_string();
-            let msg = msg.lines().next().unwrap_or_default().to_string();
-            Error::config(if key == "." { "(top level)".into() } else { key }, msg)
-        })?;
-        let mut cfg = cfg;
-        cfg.validate()?;
-        if cfg.mup.enabled {
-            let mup = cfg.mup.clone();
-            match &mut cfg.model {
-                ModelConfig::Dit(m) => m.attn_base_hd = Some(mup.base_hd(m.heads)),
-                ModelConfig::Gpt(m) => m.attn_base_hd = Some(mup.base_hd(m.heads)),
-            }
-        }
-        Ok(cfg)
-    }
-
     /// Where this run's checkpoints live.
     pub fn checkpoint_dir(&self) -> std::path::PathBuf {
         if self.checkpoint.dir.is_empty() {
@@ -440,6 +419,19 @@ impl Config {
         }
         match &self.model {
             ModelConfig::Dit(m) => {
+                for (k, v) in [
+                    ("model.width", m.width),
+                    ("model.depth", m.depth),
+                    ("model.heads", m.heads),
+                    ("model.num_classes", m.num_classes),
+                    ("model.text_dim", m.text_dim),
+                ]
+                .into_iter()
+                .chain((0..4).map(|i| ("model.latent", m.latent[i])))
+                .chain((0..3).map(|i| ("model.patch", m.patch[i])))
+                {
+                    at_most(k, v, MAX_SIZE)?;
+                }
                 pos("model.width", m.width)?;
                 pos("model.depth", m.depth)?;
                 pos("model.heads", m.heads)?;
@@ -470,7 +462,7 @@ impl Config {
                 unit("model.class_dropout", m.class_dropout, 0.0, 1.0)?;
                 unit("model.t_std", m.t_std, 0.0, 10.0)?;
                 unit("model.sigma_data", m.sigma_data, 1e-6, 1e6)?;
-                if matches!(self.data, DataConfig::Tokens { .. }) {
+                if matches!(self.data, DataConfig::Tokens(_)) {
                     return Err(Error::config(
                         "data.kind",
                         "`tokens` feeds a GPT; a DiT reads `shapes` or `latents`",
@@ -478,6 +470,17 @@ impl Config {
                 }
             }
             ModelConfig::Gpt(m) => {
+                for (k, v) in [
+                    ("model.width", m.width),
+                    ("model.depth", m.depth),
+                    ("model.heads", m.heads),
+                    ("model.kv_heads", m.kv_heads.unwrap_or(0)),
+                    ("model.vocab_size", m.vocab_size),
+                    ("model.seq_len", m.seq_len),
+                    ("model.mlp_hidden", m.mlp_hidden.unwrap_or(0)),
+                ] {
+                    at_most(k, v, MAX_SIZE)?;
+                }
                 pos("model.width", m.width)?;
                 pos("model.depth", m.depth)?;
                 pos("model.heads", m.heads)?;
@@ -497,7 +500,7 @@ impl Config {
                     pos("model.mlp_hidden", h)?;
                 }
                 unit("model.z_loss", m.z_loss, 0.0, 1.0)?;
-                if !matches!(self.data, DataConfig::Tokens { .. }) {
+                if !matches!(self.data, DataConfig::Tokens(_)) {
                     return Err(Error::config("data.kind", "a GPT reads `tokens`"));
                 }
             }
@@ -522,11 +525,18 @@ impl Config {
                     }
                 }
             }
-            DataConfig::Latents { val_fraction, .. } | DataConfig::Tokens { val_fraction, .. } => {
-                unit("data.val_fraction", *val_fraction, 0.0, 0.5)?
+            DataConfig::Latents(f) | DataConfig::Tokens(f) => {
+                unit("data.val_fraction", f.val_fraction, 0.0, 0.5)?
             }
         }
         let t = &self.training;
+        for (k, v) in [
+            ("training.micro_batch", t.micro_batch),
+            ("training.grad_accum", t.grad_accum),
+            ("training.val_batches", t.val_batches),
+        ] {
+            at_most(k, v, MAX_SIZE)?;
+        }
         pos("training.steps", t.steps as usize)?;
         pos("training.micro_batch", t.micro_batch)?;
         pos("training.grad_accum", t.grad_accum)?;
@@ -603,6 +613,17 @@ impl Config {
             ("parallel.ulysses", p.ulysses),
         ] {
             pos(k, v)?;
+            at_most(k, v, MAX_RANKS)?;
+        }
+        let ranks = [p.dp_shard, p.cp, p.tp]
+            .iter()
+            .try_fold(p.dp_replicate, |a, &b| a.checked_mul(b))
+            .filter(|&n| n <= MAX_RANKS);
+        if ranks.is_none() {
+            return Err(Error::config(
+                "parallel",
+                format!("dp_replicate × dp_shard × cp × tp must be at most {MAX_RANKS} ranks"),
+            ));
         }
         let heads = match &self.model {
             ModelConfig::Dit(m) => (m.heads, m.heads),
@@ -611,7 +632,18 @@ impl Config {
         divides("parallel.tp", p.tp, "model.heads", heads.0)?;
         divides("parallel.tp", p.tp, "model.kv_heads", heads.1)?;
         let tokens = match &self.model {
-            ModelConfig::Dit(m) => (0..3).map(|i| m.latent[i] / m.patch[i]).product(),
+            ModelConfig::Dit(m) => {
+                let n = (0..3).try_fold(1usize, |a, i| a.checked_mul(m.latent[i] / m.patch[i]));
+                match n.filter(|&n| n <= MAX_SIZE) {
+                    Some(n) => n,
+                    None => {
+                        return Err(Error::config(
+                            "model.latent",
+                            format!("gives more than {MAX_SIZE} tokens per clip (T/pt · H/ph · W/pw)"),
+                        ))
+                    }
+                }
+            }
             ModelConfig::Gpt(m) => m.seq_len,
         };
         divides(
@@ -650,6 +682,20 @@ impl Config {
     }
 }
 
+/// The largest value a size key may take (a width, a depth, a vocabulary, tokens per
+/// sample, a micro-batch): far beyond any machine, small enough that shape arithmetic
+/// cannot overflow.
+pub const MAX_SIZE: usize = 1 << 31;
+/// The most ranks a mesh may have.
+pub const MAX_RANKS: usize = 1 << 24;
+
+fn at_most(key: &str, v: usize, max: usize) -> Result<()> {
+    if v > max {
+        return Err(Error::config(key, format!("must be at most {max}, got {v}")));
+    }
+    Ok(())
+}
+
 fn divides(key: &str, d: usize, of_key: &str, of: usize) -> Result<()> {
     if d == 0 || !of.is_multiple_of(d) {
         let fits: Vec<String> = (1..=of.min(4096))
@@ -665,31 +711,5 @@ fn divides(key: &str, d: usize, of_key: &str, of: usize) -> Result<()> {
             ),
         ));
     }
-    Ok(())
-}
-
-/// Apply one `a.b.c=value` override; `value` is read as a TOML value (number, bool, array,
-/// quoted string) and otherwise taken as a bare string.
-pub fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
-    let Some((key, raw)) = o.split_once('=') else {
-        return Err(Error::config(o, "override must look like `section.key=value`"));
-    };
-    let key = key.trim().trim_start_matches("--");
-    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").expect("parsed key"),
-        Err(_) => toml::Value::String(raw.trim().to_string()),
-    };
-    let parts: Vec<&str> = key.split('.').collect();
-    let (last, path) = parts.split_last().expect("split yields one part");
-    let mut cur = table;
-    for p in path {
-        let entry = cur
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-        cur = entry
-            .as_table_mut()
-            .ok_or_else(|| Error::config(key, format!("`{p}` is not a section")))?;
-    }
-    cur.insert(last.to_string(), value);
     Ok(())
 }

@@ -22,6 +22,20 @@ pub enum Error {
     /// The loss stopped being a number.
     #[error("non-finite loss {loss} at step {step}: training stopped (lower optimizer.lr or raise optimizer.warmup_steps)")]
     NonFinite { step: u64, loss: f64 },
+    /// The loss stopped being a number because the batch itself holds NaN or infinity.
+    #[error("non-finite loss at step {step}: non-finite values in the input data ({source_desc}: training samples {samples:?} in data order); the data is at fault, not the learning rate")]
+    NonFiniteInput {
+        step: u64,
+        /// The data source (`data.path = …` or the built-in dataset).
+        source_desc: String,
+        samples: Vec<u64>,
+    },
+    /// A buffer could not be allocated.
+    #[error("cannot allocate {what}: {} ({bytes} bytes): {why}", crate::memory::human(*bytes as f64))]
+    Alloc { what: String, bytes: u128, why: String },
+    /// The run needs more memory than the machine has (the estimate's breakdown).
+    #[error("does not fit in memory:\n{0}")]
+    DoesNotFit(String),
     #[error(transparent)]
     Kernel(#[from] weft_kernels::Error),
     #[error(transparent)]

@@ -5,6 +5,7 @@
 //! [`Role`] — the role is what weight decay, muP and Scion read to treat a tensor correctly —
 //! and records which contiguous range each transformer block owns (what FSDP shards).
 
+use crate::Result;
 use std::ops::Range;
 
 /// What a parameter is for. Initialization, weight decay and (later) per-role learning rates
@@ -73,11 +74,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Elements (saturating at `usize::MAX` for shapes no machine could hold, which the
+    /// memory check then refuses).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
     pub fn range(&self) -> Range<usize> {
-        self.offset..self.offset + self.numel()
+        self.offset..self.offset.saturating_add(self.numel())
     }
     /// `(local offset, global offset, length)` of every contiguous run of this rank's piece
     /// inside the global tensor (offsets relative to the tensor), for tp rank `rank` of `tp`.
@@ -107,7 +113,7 @@ impl Entry {
     pub fn global_numel(&self, tp: usize) -> usize {
         match self.tp {
             TpSplit::Replicated => self.numel(),
-            _ => self.numel() * tp,
+            _ => self.numel().saturating_mul(tp),
         }
     }
 }
@@ -122,9 +128,14 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Total number of parameters.
+    /// Total number of parameters (`usize::MAX` when they do not fit in a `usize`; see
+    /// [`Layout::overflows`]).
     pub fn len(&self) -> usize {
         self.len
+    }
+    /// Whether the parameter count saturated (a model far beyond any machine).
+    pub fn overflows(&self) -> bool {
+        self.len == usize::MAX
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -151,7 +162,7 @@ impl Layout {
             tp,
             lr_scale: 1.0,
         };
-        self.len += e.numel();
+        self.len = self.len.saturating_add(e.numel());
         let r = e.range();
         self.entries.push(e);
         r
@@ -192,15 +203,15 @@ impl Layout {
     /// Fill a host buffer with the documented per-role initialization, from a seeded RNG.
     /// Each tensor draws from its own stream (seed, tensor index), so adding a tensor does not
     /// change the others' values.
-    pub fn init(&self, seed: u64) -> Vec<f32> {
+    pub fn init(&self, seed: u64) -> Result<Vec<f32>> {
         self.init_tp(seed, 1, 0)
     }
 
     /// This tp rank's piece of the initialization of the global model: every tensor is drawn
     /// whole (as one process would) and sliced, so any `tp` starts from the same weights.
-    pub fn init_tp(&self, seed: u64, tp: usize, rank: usize) -> Vec<f32> {
+    pub fn init_tp(&self, seed: u64, tp: usize, rank: usize) -> Result<Vec<f32>> {
         use rand::SeedableRng;
-        let mut out = vec![0f32; self.len];
+        let mut out: Vec<f32> = crate::memory::host_zeros("the initial weights (f32)", self.len)?;
         for (i, e) in self.entries.iter().enumerate() {
             let dst = &mut out[e.range()];
             match e.init {
@@ -209,16 +220,20 @@ impl Layout {
                 Init::Normal(std) => {
                     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
                     rng.set_stream(i as u64 + 1);
-                    let global: Vec<f32> = (0..e.global_numel(tp))
-                        .map(|_| (crate::data::normal(&mut rng) * std) as f32)
-                        .collect();
+                    let mut global: Vec<f32> = crate::memory::host_zeros(
+                        &format!("the initial draw of `{}`", e.name),
+                        e.global_numel(tp),
+                    )?;
+                    global
+                        .iter_mut()
+                        .for_each(|v| *v = (crate::data::normal(&mut rng) * std) as f32);
                     for (lo, go, n) in e.tp_pieces(tp, rank) {
                         dst[lo..lo + n].copy_from_slice(&global[go..go + n]);
                     }
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Place tp rank `rank`'s local parameter vector `local` (this layout) into `global`
@@ -267,10 +282,10 @@ mod tests {
         assert_eq!(b, 10..14);
         assert_eq!(l.blocks, vec![6..14]);
         assert_eq!(l.len(), 14);
-        let p = l.init(7);
+        let p = l.init(7).unwrap();
         assert_eq!(&p[6..14], &[0., 0., 0., 0., 1., 1., 1., 1.]);
-        assert_eq!(p, l.init(7));
-        assert_ne!(p, l.init(8));
+        assert_eq!(p, l.init(7).unwrap());
+        assert_ne!(p, l.init(8).unwrap());
         let mean: f32 = p[..6].iter().sum::<f32>() / 6.0;
         assert!(mean.abs() < 1.5);
     }
@@ -294,15 +309,15 @@ mod tests {
             l
         };
         let global = build(1);
-        let want = global.init(5);
+        let want = global.init(5).unwrap();
         let local = build(2);
         let mut got = vec![f32::NAN; global.len()];
         for rank in 0..2 {
-            local.place_tp(&global, &local.init_tp(5, 2, rank), 2, rank, &mut got);
+            local.place_tp(&global, &local.init_tp(5, 2, rank).unwrap(), 2, rank, &mut got);
         }
         assert_eq!(got, want);
         // Rank 1 holds q rows 2..4 and k row 1 of the global fused weight.
-        let r1 = local.init_tp(5, 2, 1);
+        let r1 = local.init_tp(5, 2, 1).unwrap();
         assert_eq!(&r1[..6], &want[6..12]);
         assert_eq!(&r1[6..9], &want[15..18]);
         assert_eq!(local.replicated_ranges(), vec![15..18]);
@@ -312,7 +327,7 @@ mod tests {
     fn normal_init_has_the_documented_scale() {
         let mut l = Layout::default();
         l.add("w", &[200, 200], Role::Hidden, Init::Normal(0.5));
-        let p = l.init(1);
+        let p = l.init(1).unwrap();
         let n = p.len() as f64;
         let mean = p.iter().map(|&v| v as f64).sum::<f64>() / n;
         let var = p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;

@@ -6,7 +6,10 @@ pub mod config;
 pub mod data;
 pub mod dist;
 mod error;
+pub mod eval;
 pub mod layout;
+pub mod memory;
+mod metrics;
 pub mod model;
 pub mod observe;
 

@@ -10,11 +10,13 @@
 
 use crate::config::{DataConfig, ModelConfig};
 use crate::data::{latents::Latents, sample_indices, shapes::Shapes, tokens::Tokens, Source, Split};
-use crate::model::{download_f64, Dit, Gpt, Model, Par};
+use crate::eval::{flow_baseline, unigram_baseline};
+use crate::metrics::{self, diverged, Metrics, Rate};
+use crate::model::{Dit, Flat, Gpt, Model, Par};
 use crate::optim::{lr_at, AdamWState};
-use crate::{ckpt, export, Config, Error, Layout, Result};
+use crate::{ckpt, eval, export, memory, Config, Error, Layout, Result};
 use serde_json::json;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use weft_kernels::{Backend, CpuBackend, DType, ElementwiseOps, HostVec, MatmulDims, MatmulOps, Ops};
@@ -126,12 +128,12 @@ pub fn with_model<J: ModelJob>(
             let src = Shapes { cfg: m.clone(), seed };
             job.run(be, dit(m, par)?, &src, flow_baseline)
         }
-        (ModelConfig::Dit(m), DataConfig::Latents { path, val_fraction }) => {
-            let src = Latents::new(Path::new(path), m, *val_fraction, seed)?;
+        (ModelConfig::Dit(m), DataConfig::Latents(f)) => {
+            let src = Latents::new(Path::new(&f.path), m, f.val_fraction, seed)?;
             job.run(be, dit(m, par)?, &src, flow_baseline)
         }
-        (ModelConfig::Gpt(m), DataConfig::Tokens { path, val_fraction }) => {
-            let src = Tokens::new(Path::new(path), m.seq_len, m.vocab_size, *val_fraction, seed)?;
+        (ModelConfig::Gpt(m), DataConfig::Tokens(f)) => {
+            let src = Tokens::new(Path::new(&f.path), m.seq_len, m.vocab_size, f.val_fraction, seed)?;
             let model = match par {
                 Some(p) => Gpt::new_par(be, m, mb, dt, rc, p)?,
                 None => Gpt::new(be, m, mb, dt, rc)?,
@@ -142,38 +144,7 @@ pub fn with_model<J: ModelJob>(
     }
 }
 
-fn flow_baseline(batches: &[crate::model::DitBatch]) -> f64 {
-    let n = batches[0].target.len() / batches[0].t.len();
-    let all: Vec<&[f32]> = batches.iter().flat_map(|b| b.target.chunks(n)).collect();
-    let mean: Vec<f64> = (0..n)
-        .map(|j| all.iter().map(|s| s[j] as f64).sum::<f64>() / all.len() as f64)
-        .collect();
-    let sq: f64 = all
-        .iter()
-        .map(|s| {
-            s.iter()
-                .zip(&mean)
-                .map(|(&v, m)| (v as f64 - m).powi(2))
-                .sum::<f64>()
-        })
-        .sum();
-    sq / (all.len() * n) as f64
-}
-
-/// Language modelling: the cross-entropy of the held-out unigram distribution.
-fn unigram_baseline(batches: &[crate::model::TokenBatch]) -> f64 {
-    let mut counts = std::collections::HashMap::new();
-    let mut total = 0usize;
-    for t in batches.iter().flat_map(|b| &b.targets).filter(|&&t| t >= 0) {
-        *counts.entry(*t).or_insert(0usize) += 1;
-        total += 1;
-    }
-    counts
-        .values()
-        .map(|&c| c as f64 / total as f64)
-        .map(|p| -p * p.ln())
-        .sum()
-}
+pub use crate::eval::{evaluate, versus_baseline, Eval};
 
 /// Best of a few f32 GEMMs (1024³) on this backend, in FLOP/s.
 pub fn measure_peak(be: &CpuBackend) -> Result<f64> {
@@ -195,17 +166,6 @@ pub fn measure_peak(be: &CpuBackend) -> Result<f64> {
     Ok(best)
 }
 
-struct Metrics {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl Metrics {
-    fn write(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}").map_err(Error::io(&self.path))
-    }
-}
-
 fn run<M, S>(
     cfg: &Config,
     be: &CpuBackend,
@@ -223,25 +183,14 @@ where
     std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
     std::fs::write(dir.join("config.toml"), cfg.to_toml()).map_err(Error::io(dir.join("config.toml")))?;
     let resume = ckpt::find_resume(cfg)?;
-    let mpath = dir.join("metrics.jsonl");
-    let mut metrics = Metrics {
-        // A resumed run appends to its metrics.
-        file: std::fs::OpenOptions::new()
-            .create(true)
-            .append(resume.is_some())
-            .write(true)
-            .truncate(resume.is_none())
-            .open(&mpath)
-            .map_err(Error::io(&mpath))?,
-        path: mpath,
-    };
+    let mut metrics = Metrics::open(&dir, resume.is_some())?;
     let layout = cfg.parametrize(model.layout().clone());
     let dt = dtype_of(cfg);
-    // Parameters from the documented per-role initialization, gradients, AdamW state.
-    let init = layout.init(cfg.job.seed);
-    let mut params = be.alloc(dt, layout.len())?;
-    crate::model::upload_f32(be, &init, CpuBackend::view_mut(&mut params))?;
-    let mut grads = be.alloc(dt, layout.len())?;
+    // Parameters from the documented per-role initialization (its f32 draw freed before the
+    // gradients and optimizer state exist), gradients, optimizer state.
+    let mut params = memory::alloc(be, "the parameters", dt, layout.len())?;
+    crate::model::upload_f32(be, &layout.init(cfg.job.seed)?, CpuBackend::view_mut(&mut params))?;
+    let mut grads = memory::alloc(be, "the gradients", dt, layout.len())?;
     let mut adam = AdamWState::for_config(be, dt, layout.len(), cfg)?;
     let map = ckpt::ShardMap::whole(&layout);
     if ["muon", "scion"].contains(&cfg.optimizer.kind.as_str()) {
@@ -267,12 +216,16 @@ where
     weft_checkpoint::clean_partial(&cfg.checkpoint_dir())?;
     let head = ckpt::Checkpointer::head(cfg, &layout, vec![1, 1, 1, 1]);
     let mut saver = ckpt::Checkpointer::new(cfg, &layout, map, 0, 1, Some(head));
-    let (peak, peak_src) = match t.peak_flops {
-        Some(p) => (p, "configured (training.peak_flops)"),
-        None => (measure_peak(be)?, "measured: best f32 GEMM 1024³ on this CPU"),
-    };
+    let (peak, peak_src) = metrics::device_peak(cfg, be)?;
     let (b, tokens) = model.batch_shape();
     let flops_step = model.flops_per_micro_batch() * t.grad_accum as f64;
+    let samples = (b * t.grad_accum) as f64;
+    let rate = Rate {
+        samples,
+        tokens: samples * tokens as f64,
+        flops: flops_step,
+        peak,
+    };
     tracing::info!(
         run = %dir.display(),
         params = layout.len(),
@@ -280,18 +233,8 @@ where
         "training {} for {} steps; global batch {} × {} tokens; {:.3} GFLOP/step; peak {:.1} GFLOP/s ({peak_src})",
         cfg.job.name, t.steps, b * t.grad_accum, tokens, flops_step / 1e9, peak / 1e9
     );
-    metrics.write(
-        json!({"event": "start", "params": layout.len(), "peak_flops": peak, "peak_source": peak_src,
-        "flops_per_step": flops_step, "device": be.name()}),
-    )?;
-    let val: Vec<M::Batch> = (0..t.val_batches)
-        .map(|k| {
-            src.batch(
-                Split::Val,
-                &(0..b as u64).map(|i| (k * b) as u64 + i).collect::<Vec<_>>(),
-            )
-        })
-        .collect::<Result<_>>()?;
+    metrics.write(rate.start_event(layout.len(), peak, peak_src, &be.name()))?;
+    let val = eval::val_batches(src, t.val_batches, b, (0, 1))?;
     let val_baseline = baseline(&val);
     let bar = opts.progress && std::io::stderr().is_terminal();
     let pb = bar.then(|| {
@@ -316,12 +259,14 @@ where
         be.fill(CpuBackend::view_mut(&mut grads), 0.0, layout.len())?;
         let mut loss = 0.0;
         for micro in 0..t.grad_accum {
-            let batch = src.batch(Split::Train, &sample_indices(step, micro, t.grad_accum, 0, 1, b))?;
+            let idx = sample_indices(step, micro, t.grad_accum, 0, 1, b);
+            let batch = src.batch(Split::Train, &idx)?;
             let p = CpuBackend::view(&params);
             let l = model.forward(be, p, &batch)?;
             if !l.is_finite() {
-                metrics.write(json!({"event": "diverged", "step": step + 1, "loss": l.to_string()}))?;
-                return Err(Error::NonFinite { step, loss: l });
+                let e = non_finite_loss(cfg, &model, step, l, &batch, &idx);
+                metrics.write(diverged(step, l, &e))?;
+                return Err(e);
             }
             loss += l / t.grad_accum as f64;
             model.backward(be, p, CpuBackend::view_mut(&mut grads), 1.0 / t.grad_accum as f64)?;
@@ -361,18 +306,14 @@ where
             break;
         }
         let dt_s = t0.elapsed().as_secs_f64();
-        let samples = (b * t.grad_accum) as f64;
-        let fps = flops_step / dt_s;
         losses.push(loss);
-        metrics.write(
-            json!({"step": step + 1, "loss": loss, "grad_norm": gnorm, "lr": lr,
-            "samples_per_s": samples / dt_s, "tokens_per_s": samples * tokens as f64 / dt_s,
-            "flops_per_s": fps, "mfu": fps / peak, "elapsed_s": started.elapsed().as_secs_f64()}),
-        )?;
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics.write(rate.step_line(step + 1, loss, gnorm, lr, dt_s, elapsed))?;
         let last = step + 1 == t.steps;
-        if last || (t.val_every > 0 && (step + 1) % t.val_every == 0) {
-            val_loss = validate(be, &mut model, &params, &val)?;
-            metrics.write(json!({"step": step + 1, "val_loss": val_loss, "val_baseline": val_baseline}))?;
+        if eval::due(t, step + 1) {
+            let mut wt = Flat::new(&layout, CpuBackend::view(&params), None);
+            val_loss = eval::validate(be, &mut model, &mut wt, &val)?;
+            metrics.write(eval::val_line(step + 1, val_loss, val_baseline))?;
             let msg = format!("val {val_loss:.4} (constant predictor {val_baseline:.4})");
             match &pb {
                 Some(pb) => pb.println(format!("step {}: {msg}", step + 1)),
@@ -384,7 +325,7 @@ where
                 pb.set_message(format!(
                     "loss {loss:.4} | {:.0} samples/s | MFU {:.1}%",
                     samples / dt_s,
-                    100.0 * fps / peak
+                    100.0 * rate.mfu(dt_s)
                 ));
                 pb.inc(1);
             }
@@ -394,7 +335,7 @@ where
                 grad_norm = format!("{gnorm:.3}"),
                 lr = format!("{lr:.2e}"),
                 samples_per_s = format!("{:.1}", samples / dt_s),
-                mfu = format!("{:.1}%", 100.0 * fps / peak),
+                mfu = format!("{:.1}%", 100.0 * rate.mfu(dt_s)),
                 "train"
             ),
             None => {}
@@ -404,15 +345,15 @@ where
         pb.finish_and_clear();
     }
     saver.finish();
-    let host = download_f64(be, CpuBackend::view(&params))?;
-    let flat: Vec<f32> = host.iter().map(|&v| v as f32).collect();
+    let mut flat = memory::host_zeros::<f32>("the exported weights (f32)", layout.len())?;
+    be.cast((&mut flat).into(), CpuBackend::view(&params), layout.len())?;
     let weights = dir.join("model.safetensors");
     let done = start + losses.len() as u64;
     export::save(&weights, &layout, &flat, cfg, done)?;
     tracing::info!(
-        "done in {:.1}s: val loss {val_loss:.4} vs constant predictor {val_baseline:.4} ({:.0}% below); weights {}",
+        "done in {:.1}s: {}; weights {}",
         started.elapsed().as_secs_f64(),
-        100.0 * (1.0 - val_loss / val_baseline),
+        eval::versus_baseline(val_loss, val_baseline),
         weights.display()
     );
     Ok(Summary {
@@ -437,94 +378,43 @@ pub struct StepCost {
     pub flops: f64,
 }
 
-/// The cost of one step of `cfg`, from a one-sample instance of its model (cheap to build).
+/// The cost of one step of `cfg`, from the config alone.
 pub fn step_cost(cfg: &Config) -> Result<StepCost> {
-    let be = CpuBackend::new();
-    let (params, flops, tokens) = match &cfg.model {
-        ModelConfig::Dit(m) => {
-            let d = Dit::new(&be, m, 1, DType::F32, false)?;
-            (d.layout().len(), d.flops_per_micro_batch(), d.batch_shape().1)
-        }
-        ModelConfig::Gpt(m) => {
-            let g = Gpt::new(&be, m, 1, DType::F32, false)?;
-            (g.layout().len(), g.flops_per_micro_batch(), g.batch_shape().1)
-        }
-    };
     let (t, p) = (&cfg.training, &cfg.parallel);
     let samples = t.micro_batch * t.grad_accum * p.dp_replicate * p.dp_shard;
     Ok(StepCost {
-        params,
-        tokens: samples * tokens,
-        flops: flops * samples as f64,
+        params: layout_of(cfg).len(),
+        tokens: samples * crate::memory::seq_split(cfg).t,
+        flops: model_flops(cfg, 1) * samples as f64,
     })
 }
 
-/// A model's loss on held-out data and the best constant predictor's on the same samples.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct Eval {
-    pub loss: f64,
-    pub baseline: f64,
+/// Model FLOPs of one forward+backward over `b` samples of the whole model (what MFU counts).
+pub fn model_flops(cfg: &Config, b: usize) -> f64 {
+    match &cfg.model {
+        ModelConfig::Dit(m) => Dit::<CpuBackend>::flops_of(m, b),
+        ModelConfig::Gpt(m) => Gpt::<CpuBackend>::flops_of(m, b),
+    }
 }
 
-/// The loss of the weights `params` (f32, in the layout of `cfg`, as exported) on the first
-/// `samples` held-out samples (rounded up to batches of 16), in one process on the CPU. The
-/// samples do not depend on the run's batch size, so runs of a sweep are compared on the same
-/// data.
-pub fn evaluate(cfg: &Config, params: &[f32], samples: usize) -> Result<Eval> {
-    struct Job<'a>(&'a [f32], usize, DType);
-    impl ModelJob for Job<'_> {
-        type Out = Eval;
-        fn run<M, S>(
-            self,
-            be: &CpuBackend,
-            mut model: M,
-            src: &S,
-            baseline: fn(&[M::Batch]) -> f64,
-        ) -> Result<Eval>
-        where
-            M: Model<CpuBackend>,
-            S: Source<Batch = M::Batch>,
-        {
-            let (b, _) = model.batch_shape();
-            let val: Vec<M::Batch> = (0..self.1.div_ceil(b) as u64)
-                .map(|k| {
-                    src.batch(
-                        Split::Val,
-                        &(k * b as u64..(k + 1) * b as u64).collect::<Vec<_>>(),
-                    )
-                })
-                .collect::<Result<_>>()?;
-            let mut p = be.alloc(self.2, self.0.len())?;
-            crate::model::upload_f32(be, self.0, CpuBackend::view_mut(&mut p))?;
-            Ok(Eval {
-                loss: validate(be, &mut model, &p, &val)?,
-                baseline: baseline(&val),
-            })
-        }
+/// The error for a non-finite `loss` at 0-based `step` on `batch` (the training samples
+/// `idx`): the data's fault when the batch's inputs hold NaN or infinity, divergence
+/// otherwise.
+pub(crate) fn non_finite_loss<M: Model<B>, B: Ops>(
+    cfg: &Config,
+    model: &M,
+    step: u64,
+    loss: f64,
+    batch: &M::Batch,
+    idx: &[u64],
+) -> Error {
+    let bad = model.non_finite_samples(batch);
+    if bad.is_empty() {
+        return Error::NonFinite { step, loss };
     }
-    let mut c = cfg.clone();
-    c.training.micro_batch = 16;
-    c.training.recompute = false;
-    let n = layout_of(&c).len();
-    if params.len() != n {
-        return Err(Error::Other(format!(
-            "evaluate: {} parameters given, the config's model has {n}",
-            params.len()
-        )));
+    Error::NonFiniteInput {
+        step,
+        source_desc: cfg.data.describe(),
+        samples: bad.iter().filter_map(|&i| idx.get(i).copied()).collect(),
     }
-    with_model(
-        &c,
-        &CpuBackend::new(),
-        None,
-        Job(params, samples.max(1), dtype_of(&c)),
-    )
-}
-
-/// Mean loss over the held-out batches.
-fn validate<M: Model<B>, B: Ops>(be: &B, model: &mut M, params: &B::Buffer, val: &[M::Batch]) -> Result<f64> {
-    let mut sum = 0.0;
-    for b in val {
-        sum += model.forward(be, B::view(params), b)?;
-    }
-    Ok(sum / val.len() as f64)
 }

@@ -107,6 +107,65 @@ fn mistakes_name_the_key_and_the_rule() {
     }
 }
 
+/// A value of the wrong type is named by its full key and the type expected, also inside
+/// the sections chosen by `kind`; sizes beyond any machine are refused before any shape
+/// arithmetic.
+#[test]
+fn wrong_types_and_absurd_sizes_name_the_key() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "dit-tiny.toml",
+            &["model.width=big"],
+            "`model.width` invalid type: string \"big\", expected usize",
+        ),
+        (
+            "gpt-tiny.toml",
+            &["model.tie_embeddings=3"],
+            "`model.tie_embeddings` invalid type: integer `3`, expected a boolean",
+        ),
+        (
+            "gpt-tiny.toml",
+            &["data.val_fraction=\"most\""],
+            "`data.val_fraction` invalid type: string \"most\", expected f64",
+        ),
+        (
+            "dit-tiny.toml",
+            &["model.latent=[8, 8, \"x\", 3]"],
+            "`model.latent[2]` invalid type",
+        ),
+        (
+            "dit-tiny.toml",
+            &["model.width=1099511627776"],
+            "`model.width` must be at most 2147483648",
+        ),
+        (
+            "dit-tiny.toml",
+            &[
+                "model.latent=[2000000000, 2000000000, 2000000000, 3]",
+                "model.patch=[1, 1, 1]",
+            ],
+            "`model.latent` gives more than 2147483648 tokens per clip",
+        ),
+        (
+            "dit-tiny.toml",
+            &["parallel.dp_shard=65536", "parallel.dp_replicate=65536"],
+            "`parallel` dp_replicate × dp_shard × cp × tp must be at most 16777216 ranks",
+        ),
+    ];
+    for (base, sets, want) in cases {
+        let got = err(base, sets);
+        assert!(got.contains(want), "{sets:?}: got `{got}`, want `{want}`");
+    }
+    let e = Config::from_toml(
+        &std::fs::read_to_string(configs_dir().join("dit-tiny.toml"))
+            .unwrap()
+            .replace("width = 128", "width = \"big\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`model.width` invalid type"), "{e}");
+}
+
 #[test]
 fn a_missing_required_field_is_named() {
     let e = Config::from_toml("[job]\nname='x'\n[model]\nkind='gpt'\nwidth=8\n")

@@ -5,6 +5,8 @@ mod common;
 mod config;
 mod data;
 mod matrix;
+mod memory;
+mod metrics;
 mod models;
 mod optim;
 mod parallel;

@@ -66,7 +66,11 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
     fn alloc(&self, dtype: DType, len: usize) -> Result<HostVec> {
-        Ok(HostVec::zeros(dtype, len))
+        HostVec::try_zeros(dtype, len).ok_or(crate::Error::Alloc {
+            dtype,
+            len,
+            bytes: len as u128 * dtype.size() as u128,
+        })
     }
     fn view(buf: &HostVec) -> HostRef<'_> {
         buf.view()

@@ -67,13 +67,13 @@ impl<'c, B: Ops> Fsdp<'c, B> {
             .scan(0, |acc, &n| Some(std::mem::replace(acc, *acc + n)))
             .collect();
         let total: usize = m.iter().sum();
-        let mut host = vec![0f32; total];
+        let mut host: Vec<f32> = crate::memory::host_zeros("the parameter shard (f32 staging)", total)?;
         for (u, r) in units.iter().enumerate() {
             let lo = (r.start + s * m[u]).min(r.end);
             let hi = (r.start + (s + 1) * m[u]).min(r.end);
             host[off[u]..off[u] + hi - lo].copy_from_slice(&full[lo..hi]);
         }
-        let mut params = be.alloc(dtype, total)?;
+        let mut params = crate::memory::alloc(be, "the parameter shard", dtype, total)?;
         crate::model::upload_f32(be, &host, B::view_mut(&mut params))?;
         let n = units.len();
         Ok(Fsdp {
@@ -82,7 +82,7 @@ impl<'c, B: Ops> Fsdp<'c, B> {
             m,
             off,
             params,
-            grads: be.alloc(dtype, total)?,
+            grads: crate::memory::alloc(be, "the gradient shard", dtype, total)?,
             gathered: (0..n).map(|_| None).collect(),
             gathering: (0..n).map(|_| None).collect(),
             full_grads: (0..n).map(|_| None).collect(),

@@ -19,9 +19,10 @@ pub use fsdp::{CommTime, Fsdp, Memory};
 
 use crate::config::ModelConfig;
 use crate::data::{sample_indices, Source, Split};
+use crate::metrics::{diverged, MeshReport};
 use crate::model::{gpt::mlp_hidden, Dit, Gpt, Model, Par};
 use crate::optim::{lr_at, AdamWState};
-use crate::train::{dtype_of, with_model, ModelJob};
+use crate::train::{dtype_of, non_finite_loss, with_model, ModelJob};
 use crate::{Config, Error, Result};
 use std::ops::Range;
 use std::sync::Arc;
@@ -82,11 +83,37 @@ pub fn model_dims(cfg: &Config) -> ModelDims {
     }
 }
 
-/// Refuse a mesh that does not fit `world` ranks or the model, before any rank starts.
+/// Refuse a mesh that does not fit `world` ranks or the model, before any rank starts: the
+/// sizes the tp and cp groups split must divide, and every FSDP shard rank must hold part of
+/// every unit (a `dp_shard` beyond the smallest unit's parameters leaves ranks holding only
+/// padding).
 pub fn check_mesh(cfg: &Config, world: usize) -> Result<Mesh> {
     let mesh = mesh_of(cfg);
     mesh.validate(world, &model_dims(cfg))
         .map_err(|e| Error::from_mesh(&e.0))?;
+    let ds = cfg.parallel.dp_shard;
+    let layout = crate::memory::layout_tp(cfg, cfg.parallel.tp);
+    if ds > 1 && !layout.overflows() {
+        let units = layout.units();
+        let last = units.len() - 1;
+        if let Some((i, u)) = units.iter().enumerate().min_by_key(|(_, u)| u.len()) {
+            if u.len() < ds {
+                let name = match i {
+                    0 => "the input layers".to_string(),
+                    i if i == last => "the output layers".to_string(),
+                    i => format!("block {}", i - 1),
+                };
+                return Err(Error::config(
+                    "parallel.dp_shard",
+                    format!(
+                        "({ds}) must not exceed the parameters of the smallest FSDP unit ({name}: {} \
+                         per tp rank): each shard rank must hold part of every unit, not only padding",
+                        u.len()
+                    ),
+                ));
+            }
+        }
+    }
     Ok(mesh)
 }
 
@@ -179,14 +206,20 @@ struct Rank<'a> {
 
 impl ModelJob for Rank<'_> {
     type Out = RankOutcome;
-    fn run<M, S>(self, be: &CpuBackend, model: M, src: &S, _: fn(&[M::Batch]) -> f64) -> Result<RankOutcome>
+    fn run<M, S>(
+        self,
+        be: &CpuBackend,
+        model: M,
+        src: &S,
+        baseline: fn(&[M::Batch]) -> f64,
+    ) -> Result<RankOutcome>
     where
         M: Model<CpuBackend>,
         S: Source<Batch = M::Batch>,
     {
         let dt = dtype_of(self.cfg);
         let ctx = (self.mesh, self.world, &self.groups);
-        run(self.cfg, be, ctx, model, src, dt, self.prefetch)
+        run(self.cfg, be, ctx, model, (src, baseline), dt, self.prefetch)
     }
 }
 
@@ -199,7 +232,7 @@ fn run<M, S>(
     be: &CpuBackend,
     (mesh, world, groups): (Mesh, &dyn Comm<CpuBackend>, &Groups),
     mut model: M,
-    src: &S,
+    (src, baseline): (&S, fn(&[M::Batch]) -> f64),
     dt: DType,
     prefetch: bool,
 ) -> Result<RankOutcome>
@@ -212,8 +245,14 @@ where
     let (tp, tp_rank) = (mesh.size(Dim::Tp), mesh.coord(rank, Dim::Tp));
     let t = &cfg.training;
     let layout = cfg.parametrize(model.layout().clone());
-    let init = layout.init_tp(cfg.job.seed, tp, tp_rank);
-    let mut store = Fsdp::new(be, shard, &layout, &init, dt)?;
+    // The f32 draw of the initial weights lives only until the shard is taken from it.
+    let mut store = Fsdp::new(
+        be,
+        shard,
+        &layout,
+        &layout.init_tp(cfg.job.seed, tp, tp_rank)?,
+        dt,
+    )?;
     store.set_prefetch(prefetch);
     let n = store.shard_len();
     let segs = store.segments(&layout);
@@ -262,26 +301,25 @@ where
         comm_peak: store.peak,
     };
     let (dp, dp_rank) = (mesh.dp(), mesh.dp_rank(rank));
-    let (b, _) = model.batch_shape();
+    let (b, tokens) = model.batch_shape();
     let (start, mut saver) = checkpoints(cfg, (&mesh, world), &layout, &mut store, &mut adam)?;
     let mut losses = Vec::with_capacity(t.steps as usize);
-    let started = Instant::now();
-    // Rank 0 appends one JSON line per step to `<run>/metrics.jsonl` (a resumed run continues it).
-    let mut metrics = if rank == 0 {
-        let dir = cfg.run_dir();
-        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
-        let path = dir.join("metrics.jsonl");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(start > 0)
-            .write(true)
-            .truncate(start == 0)
-            .open(&path)
-            .map_err(Error::io(&path))?;
-        Some((file, path))
+    // Each rank evaluates its share of the held-out batches one process with the global
+    // micro-batch evaluates; rank 0 reports, against the constant predictor of all of them.
+    let val = crate::eval::val_batches(src, t.val_batches, b, (dp_rank, dp))?;
+    let mut report = if rank == 0 {
+        let all = crate::eval::val_batches(src, t.val_batches, b * dp, (0, 1))?;
+        Some(MeshReport::start(
+            cfg,
+            be,
+            baseline(&all),
+            (b, tokens),
+            start > 0,
+        )?)
     } else {
         None
     };
+    let started = Instant::now();
     let log_every = (t.steps / 20).max(1);
     for step in start..t.steps {
         let t_step = Instant::now();
@@ -297,13 +335,11 @@ where
             let batch = src.batch(Split::Train, &idx)?;
             let l = model.forward_with(be, &mut store, &batch)?;
             if !l.is_finite() {
-                if let Some((file, path)) = metrics.as_mut() {
-                    use std::io::Write;
-                    let line =
-                        serde_json::json!({"event": "diverged", "step": step + 1, "loss": l.to_string()});
-                    writeln!(file, "{line}").map_err(Error::io(path.clone()))?;
+                let e = non_finite_loss(cfg, &model, step, l, &batch, &idx);
+                if let Some(r) = report.as_mut() {
+                    r.metrics.write(diverged(step, l, &e))?;
                 }
-                return Err(Error::NonFinite { step, loss: l });
+                return Err(e);
             }
             loss += l / t.grad_accum as f64;
             model.backward_with(be, &mut store, 1.0 / (t.grad_accum * dp) as f64)?;
@@ -372,12 +408,14 @@ where
             &crate::ckpt::named(cfg, &store.params, adam.buffers()),
             exit,
         )?;
-        if let Some((file, path)) = metrics.as_mut() {
-            use std::io::Write;
-            let line = serde_json::json!({"step": step + 1, "loss": l[0], "grad_norm": norm, "lr": lr,
-                "step_s": t_step.elapsed().as_secs_f64(), "comm_s": comm.as_secs_f64(),
-                "elapsed_s": started.elapsed().as_secs_f64()});
-            writeln!(file, "{line}").map_err(Error::io(path.clone()))?;
+        if let Some(r) = report.as_mut() {
+            let secs = t_step.elapsed().as_secs_f64();
+            let mut line = r
+                .rate
+                .step_line(step + 1, l[0], norm, lr, secs, started.elapsed().as_secs_f64());
+            line["step_s"] = secs.into();
+            line["comm_s"] = comm.as_secs_f64().into();
+            r.metrics.write(line)?;
             if (step + 1) % log_every == 0 || step + 1 == t.steps {
                 tracing::info!(
                     step = step + 1,
@@ -385,6 +423,19 @@ where
                     grad_norm = format!("{norm:.4}"),
                     "train"
                 );
+            }
+        }
+        if crate::eval::due(t, step + 1) && !exit {
+            let mine = crate::eval::validate(be, &mut model, &mut store, &val)?;
+            // Free the gathered input and output layers: the next step must gather the
+            // updated parameters.
+            store.finish_micro_batch(be)?;
+            // The cp·tp shares of a replica add up to its loss on its slice of the batches;
+            // the mean over the replicas is the loss on all of them.
+            let mut v = vec![mine / dp as f64];
+            world.all_reduce(be, (&mut v).into()).map_err(comm_err)?;
+            if let Some(r) = report.as_mut() {
+                r.validated(step + 1, v[0])?;
             }
         }
         if exit {
@@ -398,16 +449,20 @@ where
         }
     }
     saver.finish();
+    if let Some(r) = &report {
+        tracing::info!("{}", crate::eval::versus_baseline(r.val_loss, r.val_baseline));
+    }
     let step_time = started.elapsed();
     let local = assemble(be, &store, &layout, shard)?;
     let params = if tp > 1 {
-        let mut all = vec![0f32; local.len() * tp];
+        let mut all: Vec<f32> =
+            crate::memory::host_zeros("the tp ranks' weights (f32)", local.len().saturating_mul(tp))?;
         groups
             .tp
             .all_gather(be, (&local).into(), (&mut all).into())
             .map_err(comm_err)?;
         let global = global_layout(cfg);
-        let mut out = vec![0f32; global.len()];
+        let mut out: Vec<f32> = crate::memory::host_zeros("the whole model's weights (f32)", global.len())?;
         for (r, piece) in all.chunks(local.len()).enumerate() {
             layout.place_tp(&global, piece, tp, r, &mut out);
         }
@@ -536,13 +591,14 @@ fn assemble(
     shard: &dyn Comm<CpuBackend>,
 ) -> Result<Vec<f32>> {
     let n = store.shard_len();
-    let mut mine = vec![0f32; n];
+    let mut mine: Vec<f32> = crate::memory::host_zeros("this rank's weights (f32)", n)?;
     be.cast((&mut mine).into(), CpuBackend::view(&store.params), n)?;
-    let mut all = vec![0f32; n * shard.size()];
+    let mut all: Vec<f32> =
+        crate::memory::host_zeros("the gathered weights (f32)", n.saturating_mul(shard.size()))?;
     shard
         .all_gather(be, (&mine).into(), (&mut all).into())
         .map_err(comm_err)?;
-    let mut out = vec![0f32; layout.len()];
+    let mut out: Vec<f32> = crate::memory::host_zeros("the assembled weights (f32)", layout.len())?;
     for s in 0..shard.size() {
         // Rank s's pieces, in the order `pieces` lists them for rank s.
         let mut at = s * n;

@@ -82,6 +82,41 @@ impl<B: Backend> BlockActs<B> {
     }
 }
 
+/// Elements [`BlockActs::new`] allocates for `s` (counted without allocating; the tests hold
+/// the two equal).
+pub(crate) fn act_elems(s: &BlockSpec) -> f64 {
+    let f = |x: usize| x as f64;
+    let (n, c, ns, b) = (f(s.rows()), f(s.c), f(s.sp_rows()), f(s.b));
+    let (nq, nk) = (n * f(s.nh) * f(s.hd), n * f(s.nkv) * f(s.hd));
+    let on = |yes: bool, x: f64| if yes { x } else { 0.0 };
+    let tp = s.tp > 1;
+    on(s.adaln, ns * c) * 2.0 // ln1, ln2
+        + 4.0 * ns // mean1, rstd1, mean2, rstd2
+        + 3.0 * ns * c // h1, x_mid, h2
+        + on(tp, 2.0 * n * c) // h1g, h2g
+        + 3.0 * nq + 3.0 * nk // q, qr, att; k, v, kr
+        + on(s.qk_norm, nq + nk) // qn, kn
+        + 2.0 * n * f(s.nh) + n * f(s.nkv) // q_rstd, lse; k_rstd
+        + 2.0 * n * c // y1, y2
+        + on(tp, 2.0 * ns * c) // y1s, y2s
+        + n * f(s.fc1_out()) + n * f(s.hidden) // f, a
+        + on(s.adaln, 6.0 * b * c) // modv
+}
+
+/// Elements [`BlockGrads::new`] allocates for `s`.
+pub(crate) fn grad_elems(s: &BlockSpec) -> f64 {
+    let f = |x: usize| x as f64;
+    let (n, c, ns, b) = (f(s.rows()), f(s.c), f(s.sp_rows()), f(s.b));
+    let (nq, nk) = (n * f(s.nh) * f(s.hd), n * f(s.nkv) * f(s.hd));
+    let tp = if s.tp > 1 { 1.0 } else { 0.0 };
+    2.0 * n * c // d_h, d_tmp
+        + tp * (ns * c + 2.0 * n * c) // d_hs; d_yg, stage
+        + 3.0 * ns * c // d_x, d_ln, d_y
+        + 3.0 * nq + 3.0 * nk // dq, dqr, d_att; dk, dv, dkr
+        + n * f(s.fc1_out()) + n * f(s.hidden) // d_f, d_a
+        + 7.0 * b * c // dmod, d_c
+}
+
 /// Gradient scratch shared by all blocks (backward runs one block at a time).
 pub struct BlockGrads<B: Backend> {
     pub(super) d_h: B::Buffer,           // (B, T, C)

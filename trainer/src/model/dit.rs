@@ -25,6 +25,7 @@ use weft_kernels::{
     Backend, DType, EmbeddingDims, MatmulDims, ModDims, NormDims, Ops, PatchDims, RopeTable, Slice,
     TimestepDims,
 };
+use weft_parallel::SeqSplit;
 
 /// Width of the sinusoidal timestep features.
 pub const FREQ_DIM: usize = 256;
@@ -133,6 +134,67 @@ impl<B: Ops> Dit<B> {
     /// The parameter layout of `cfg` (no allocation).
     pub fn layout_of(cfg: &DitConfig) -> Layout {
         Self::plan(cfg, 1, 1, 1).0
+    }
+
+    /// This tp rank's parameter layout under tensor parallelism of `tp` (no allocation).
+    pub fn layout_tp(cfg: &DitConfig, tp: usize) -> Layout {
+        Self::plan(cfg, 1, tp, 1).0
+    }
+
+    /// The bytes of activations [`Dit::new_par`] allocates (what [`Model::activation_bytes`]
+    /// then reports) for micro-batches of `b` clips in a dtype of `dtype_size` bytes under
+    /// `split`, computed from the config alone.
+    pub fn activation_bytes_of(
+        cfg: &DitConfig,
+        b: usize,
+        dtype_size: usize,
+        recompute: bool,
+        split: SeqSplit,
+    ) -> f64 {
+        let cp = split.ring * split.ulysses;
+        let (spec, pd) = Self::spec(cfg, b, split.tp, cp);
+        let f = |x: usize| x as f64;
+        let (b, c, n, pdim) = (f(b), f(cfg.width), f(split.local_len()), f(pd.token_dim()));
+        let clip: f64 = f(pd.b) * [pd.t, pd.h, pd.w, pd.c].iter().map(|&x| f(x)).product::<f64>();
+        let sharded = if split.local_len() != split.t { 1.0 } else { 0.0 };
+        let text = if cfg.text_dim > 0 {
+            b * f(cfg.text_dim) + b * c
+        } else {
+            0.0
+        };
+        // x, tokens, pred, target, dpred; local, target_tokens (sharded); t, tf; the (B, C)
+        // conditioning buffers (t1, t2, temb, yemb, c, silu_c, fmod ×2; dfmod ×2, dsilu_c,
+        // dc, dtmp, dt2, dt1); lnf, hf, dhf, dlnf, dres; meanf, rstdf; out, dout; loss, dloss.
+        let own = 5.0 * clip
+            + sharded * (b * n * pdim + clip)
+            + b
+            + b * f(FREQ_DIM)
+            + 15.0 * b * c
+            + text
+            + 5.0 * b * n * c
+            + 2.0 * b * n
+            + 2.0 * b * n * pdim
+            + 2.0;
+        (Trunk::<B>::elems(&spec, cfg.depth, recompute) + own) * dtype_size as f64
+    }
+
+    /// Model FLOPs of one forward+backward over `b` clips of the whole model (what
+    /// [`Model::flops_per_micro_batch`] reports in one process), from the config alone.
+    pub fn flops_of(cfg: &DitConfig, b: usize) -> f64 {
+        let (spec, pd) = Self::spec(cfg, b, 1, 1);
+        cfg.depth as f64 * spec.flops() + Self::io_flops(cfg, b, pd.tokens(), pd.token_dim())
+    }
+
+    /// FLOPs outside the blocks: patch embedding and read-out of `n` tokens per clip, and the
+    /// conditioning MLPs.
+    fn io_flops(cfg: &DitConfig, b: usize, n: usize, pdim: usize) -> f64 {
+        use super::linear_flops as lf;
+        let c = cfg.width;
+        lf(b * n, pdim, c)
+            + lf(b * n, c, pdim)
+            + lf(b, FREQ_DIM, c)
+            + lf(b, c, c) * 3.0
+            + lf(b, cfg.text_dim, c)
     }
 
     /// `tp`: tensor-parallel size; `cp`: context-parallel size (tokens are split `cp` ways).
@@ -636,18 +698,29 @@ impl<B: Ops> Model<B> for Dit<B> {
     }
 
     fn flops_per_micro_batch(&self) -> f64 {
-        let (b, c, n, pdim) = (self.b, self.cfg.width, self.positions.len(), self.pd.token_dim());
-        use super::linear_flops as lf;
-        self.trunk.flops()
-            + lf(b * n, pdim, c)
-            + lf(b * n, c, pdim)
-            + lf(b, FREQ_DIM, c)
-            + lf(b, c, c) * 3.0
-            + lf(b, self.cfg.text_dim, c)
+        let (n, pdim) = (self.positions.len(), self.pd.token_dim());
+        self.trunk.flops() + Self::io_flops(&self.cfg, self.b, n, pdim)
     }
 
     fn activation_bytes(&self) -> usize {
         self.act_bytes
+    }
+
+    fn non_finite_samples(&self, batch: &DitBatch) -> Vec<usize> {
+        let b = batch.t.len();
+        let bad = |v: &[f32], i: usize| {
+            let per = v.len() / b.max(1);
+            v.get(i * per..(i + 1) * per)
+                .is_some_and(|s| s.iter().any(|x| !x.is_finite()))
+        };
+        (0..b)
+            .filter(|&i| {
+                !batch.t[i].is_finite()
+                    || bad(&batch.x, i)
+                    || bad(&batch.target, i)
+                    || batch.text.as_deref().is_some_and(|e| bad(e, i))
+            })
+            .collect()
     }
 
     fn batch_shape(&self) -> (usize, usize) {

@@ -19,6 +19,7 @@ use crate::layout::{Init, Layout, Role};
 use crate::Result;
 use std::ops::Range;
 use weft_kernels::{Backend, CrossEntropyDims, DType, EmbeddingDims, MatmulDims, NormDims, Ops, RopeTable};
+use weft_parallel::SeqSplit;
 
 /// One micro-batch of token sequences: `ids (B, T)` and next-token `targets (B, T)`
 /// (negative = ignored).
@@ -71,10 +72,46 @@ impl<B: Ops> Gpt<B> {
         Self::plan(cfg, 1, 1, cfg.seq_len).0
     }
 
-    /// `tp`: tensor-parallel size; `t`: tokens per sample in the parallel regions.
-    fn plan(cfg: &GptConfig, b: usize, tp: usize, t: usize) -> (Layout, GptParams, Vec<Block>) {
+    /// This tp rank's parameter layout under tensor parallelism of `tp` (no allocation).
+    pub fn layout_tp(cfg: &GptConfig, tp: usize) -> Layout {
+        Self::plan(cfg, 1, tp, cfg.seq_len).0
+    }
+
+    /// The bytes of activations [`Gpt::new_par`] allocates (what [`Model::activation_bytes`]
+    /// then reports) for micro-batches of `b` in a dtype of `dtype_size` bytes under `split`,
+    /// computed from the config alone.
+    pub fn activation_bytes_of(
+        cfg: &GptConfig,
+        b: usize,
+        dtype_size: usize,
+        recompute: bool,
+        split: SeqSplit,
+    ) -> f64 {
+        let spec = Self::spec(cfg, b, split.tp, split.cp_len());
+        let (n, c, v) = (
+            b as f64 * split.local_len() as f64,
+            cfg.width as f64,
+            cfg.vocab_size as f64,
+        );
+        // hf, dhf, dres; rstdf, losses, lse, dlosses; logits, dlogits.
+        let own = 3.0 * n * c + 4.0 * n + 2.0 * n * v;
+        (Trunk::<B>::elems(&spec, cfg.depth, recompute) + own) * dtype_size as f64
+    }
+
+    /// Model FLOPs of one forward+backward over `b` sequences of the whole model (what
+    /// [`Model::flops_per_micro_batch`] reports in one process), from the config alone.
+    pub fn flops_of(cfg: &GptConfig, b: usize) -> f64 {
+        let spec = Self::spec(cfg, b, 1, cfg.seq_len);
+        cfg.depth as f64 * spec.flops() + Self::head_flops(b * cfg.seq_len, cfg)
+    }
+
+    fn head_flops(rows: usize, cfg: &GptConfig) -> f64 {
+        super::linear_flops(rows, cfg.width, cfg.vocab_size)
+    }
+
+    fn spec(cfg: &GptConfig, b: usize, tp: usize, t: usize) -> BlockSpec {
         let c = cfg.width;
-        let spec = BlockSpec {
+        BlockSpec {
             b,
             t,
             c,
@@ -90,7 +127,13 @@ impl<B: Ops> Gpt<B> {
             bias: false,
             eps: 1e-5,
             attn_scale: crate::config::attn_scale(cfg.attn_base_hd, c / cfg.heads),
-        };
+        }
+    }
+
+    /// `tp`: tensor-parallel size; `t`: tokens per sample in the parallel regions.
+    fn plan(cfg: &GptConfig, b: usize, tp: usize, t: usize) -> (Layout, GptParams, Vec<Block>) {
+        let c = cfg.width;
+        let spec = Self::spec(cfg, b, tp, t);
         let mut l = Layout::default();
         let table = l.add(
             "tok_embed.table",
@@ -330,11 +373,16 @@ impl<B: Ops> Model<B> for Gpt<B> {
     }
 
     fn flops_per_micro_batch(&self) -> f64 {
-        self.trunk.flops() + super::linear_flops(self.rows(), self.cfg.width, self.cfg.vocab_size)
+        self.trunk.flops() + Self::head_flops(self.rows(), &self.cfg)
     }
 
     fn activation_bytes(&self) -> usize {
         self.act_bytes
+    }
+
+    fn non_finite_samples(&self, _: &TokenBatch) -> Vec<usize> {
+        // Token ids are integers, checked against the vocabulary when read.
+        Vec::new()
     }
 
     fn batch_shape(&self) -> (usize, usize) {

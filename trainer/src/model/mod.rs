@@ -51,6 +51,9 @@ pub trait Model<B: Ops> {
     fn batch_shape(&self) -> (usize, usize);
     /// Bytes of the activations, saved for backward and scratch, this model allocated.
     fn activation_bytes(&self) -> usize;
+    /// Positions in `batch` of the samples whose inputs hold NaN or infinity: a non-finite
+    /// loss on such a batch is the data's fault, on finite inputs it is divergence.
+    fn non_finite_samples(&self, batch: &Self::Batch) -> Vec<usize>;
 }
 
 /// Upload f32 host data into a device buffer of any float dtype.
@@ -108,8 +111,9 @@ impl<'a, B: Backend> Alloc<'a, B> {
         }
     }
     pub fn buf(&self, n: usize) -> Result<B::Buffer> {
-        self.bytes.set(self.bytes.get() + n * self.dt.size());
-        Ok(self.be.alloc(self.dt, n)?)
+        self.bytes
+            .set(self.bytes.get().saturating_add(n.saturating_mul(self.dt.size())));
+        crate::memory::alloc(self.be, "the activations", self.dt, n)
     }
     pub fn opt(&self, on: bool, n: usize) -> Result<Option<B::Buffer>> {
         Ok(if on { Some(self.buf(n)?) } else { None })

@@ -1,0 +1,145 @@
+//! `<run>/metrics.jsonl`, written by the single-process trainer and by rank 0 of a mesh with
+//! the same fields: a `start` event (parameters, peak FLOP/s and where it came from, FLOPs per
+//! step), one line per optimizer step (`loss`, `grad_norm`, `lr`, `samples_per_s`,
+//! `tokens_per_s`, `flops_per_s`, `mfu`, `elapsed_s`), validation lines (`val_loss`,
+//! `val_baseline`) and a `diverged` event when the loss stops being a number.
+
+use crate::{Error, Result};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use weft_kernels::Backend;
+
+/// The open metrics file of a run.
+pub(crate) struct Metrics {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Metrics {
+    /// Open `<dir>/metrics.jsonl`: continued when the run resumes, started afresh otherwise.
+    pub fn open(dir: &Path, resumed: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let path = dir.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(resumed)
+            .write(true)
+            .truncate(!resumed)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        Ok(Metrics { file, path })
+    }
+
+    pub fn write(&mut self, v: Value) -> Result<()> {
+        writeln!(self.file, "{v}").map_err(Error::io(&self.path))
+    }
+}
+
+/// What one optimizer step processes: the global batch's samples, tokens and model FLOPs
+/// (matmuls and attention of the whole model, as MFU is quoted), and the peak FLOP/s of all
+/// the devices running it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rate {
+    pub samples: f64,
+    pub tokens: f64,
+    pub flops: f64,
+    pub peak: f64,
+}
+
+impl Rate {
+    /// Model FLOPs utilization of a step that took `secs`.
+    pub fn mfu(&self, secs: f64) -> f64 {
+        self.flops / secs / self.peak
+    }
+
+    /// The metrics line of a step that took `secs`.
+    pub fn step_line(&self, step: u64, loss: f64, grad_norm: f64, lr: f64, secs: f64, elapsed: f64) -> Value {
+        json!({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr,
+            "samples_per_s": self.samples / secs, "tokens_per_s": self.tokens / secs,
+            "flops_per_s": self.flops / secs, "mfu": self.mfu(secs), "elapsed_s": elapsed})
+    }
+
+    /// The `start` event of a run of `params` parameters whose devices each peak at
+    /// `device_peak` FLOP/s (`peak_source`: where that figure came from).
+    pub fn start_event(&self, params: usize, device_peak: f64, peak_source: &str, device: &str) -> Value {
+        json!({"event": "start", "params": params, "peak_flops": device_peak,
+            "peak_source": peak_source, "flops_per_step": self.flops, "device": device})
+    }
+}
+
+/// The peak FLOP/s of one device for MFU: `training.peak_flops`, or the f32 GEMM rate
+/// measured on this machine; and which of the two it is.
+pub(crate) fn device_peak(cfg: &crate::Config, be: &weft_kernels::CpuBackend) -> Result<(f64, &'static str)> {
+    Ok(match cfg.training.peak_flops {
+        Some(p) => (p, "configured (training.peak_flops)"),
+        None => (
+            crate::train::measure_peak(be)?,
+            "measured: best f32 GEMM 1024³ on this CPU",
+        ),
+    })
+}
+
+/// The metrics line of a run stopped by a non-finite loss, with its cause.
+pub(crate) fn diverged(step: u64, loss: f64, e: &Error) -> serde_json::Value {
+    let cause = match e {
+        Error::NonFiniteInput { .. } => "non-finite input data",
+        _ => "divergence",
+    };
+    json!({"event": "diverged", "step": step + 1, "loss": loss.to_string(), "cause": cause,
+           "message": e.to_string()})
+}
+
+/// What rank 0 of a mesh writes to `<run>/metrics.jsonl`, with the single-process trainer's fields.
+pub(crate) struct MeshReport {
+    pub metrics: Metrics,
+    /// The global batch: every data-parallel replica's samples, the whole model's FLOPs, and
+    /// the peak of all the mesh's devices.
+    pub rate: Rate,
+    pub val_loss: f64,
+    pub val_baseline: f64,
+}
+
+impl MeshReport {
+    /// Open the metrics (continued when `resumed`) and write the `start` event; `(b, tokens)`:
+    /// a rank's micro-batch shape.
+    pub fn start(
+        cfg: &crate::Config,
+        be: &weft_kernels::CpuBackend,
+        val_baseline: f64,
+        (b, tokens): (usize, usize),
+        resumed: bool,
+    ) -> Result<Self> {
+        let t = &cfg.training;
+        let mut metrics = Metrics::open(&cfg.run_dir(), resumed)?;
+        let (peak, source) = crate::metrics::device_peak(cfg, be)?;
+        let samples = (b * t.grad_accum * cfg.parallel.dp()) as f64;
+        let rate = Rate {
+            samples,
+            tokens: samples * tokens as f64,
+            flops: crate::train::model_flops(cfg, b) * (t.grad_accum * cfg.parallel.dp()) as f64,
+            peak: peak * cfg.parallel.world() as f64,
+        };
+        let params = crate::dist::global_layout(cfg).len();
+        metrics.write(rate.start_event(params, peak, source, &be.name()))?;
+        Ok(MeshReport {
+            metrics,
+            rate,
+            val_loss: f64::NAN,
+            val_baseline,
+        })
+    }
+
+    /// Record the validation loss after `step`.
+    pub fn validated(&mut self, step: u64, loss: f64) -> Result<()> {
+        self.val_loss = loss;
+        self.metrics
+            .write(crate::eval::val_line(step, loss, self.val_baseline))?;
+        tracing::info!(
+            step,
+            "val {loss:.4} (constant predictor {:.4})",
+            self.val_baseline
+        );
+        Ok(())
+    }
+}
