@@ -37,10 +37,18 @@ pub fn save(path: &Path, layout: &Layout, params: &[f32], cfg: &Config, step: u6
     let data =
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(format!("safetensors: {e}")))?;
     let tmp = path.with_extension("safetensors.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-    f.write_all(&data).map_err(Error::io(&tmp))?;
-    f.sync_all().map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&data)?;
+            f.sync_all()
+        })
+        .map_err(Error::io(&tmp))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(Error::io(path)));
+    if written.is_err() {
+        // A full disk leaves nothing half-written behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Read a file written by [`save`]: its config, and the flat parameters for `layout_of(cfg)`.
