@@ -67,6 +67,7 @@ pub struct Estimate {
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Notes {
     dtype: String,
+    state: &'static str,
     optimizer: String,
     activations: String,
     mesh: String,
@@ -274,6 +275,11 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
     let (b, tokens) = (t.micro_batch, split.t);
     let notes = Notes {
         dtype: t.dtype.clone(),
+        state: if sharded {
+            "this rank's shard"
+        } else {
+            "the whole model"
+        },
         optimizer: match cfg.optimizer.kind.as_str() {
             "adamw" => "AdamW: 2 moments per parameter".into(),
             "ademamix" => "AdEMAMix: 3 moments per parameter".into(),
@@ -333,8 +339,8 @@ impl fmt::Display for Estimate {
             self.notes.mesh
         )?;
         let rows = [
-            ("parameters", self.params, "this rank's shard"),
-            ("gradients", self.grads, "this rank's shard"),
+            ("parameters", self.params, self.notes.state),
+            ("gradients", self.grads, self.notes.state),
             ("optimizer state", self.optimizer, self.notes.optimizer.as_str()),
             (
                 "optimizer scratch",

@@ -223,6 +223,9 @@ impl ModelJob for Rank<'_> {
     }
 }
 
+/// The constant predictor's loss on held-out batches.
+type Baseline<T> = fn(&[T]) -> f64;
+
 fn comm_err(e: weft_parallel::Error) -> Error {
     Error::Other(e.to_string())
 }
@@ -232,7 +235,7 @@ fn run<M, S>(
     be: &CpuBackend,
     (mesh, world, groups): (Mesh, &dyn Comm<CpuBackend>, &Groups),
     mut model: M,
-    (src, baseline): (&S, fn(&[M::Batch]) -> f64),
+    (src, baseline): (&S, Baseline<M::Batch>),
     dt: DType,
     prefetch: bool,
 ) -> Result<RankOutcome>
