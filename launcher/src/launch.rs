@@ -111,14 +111,11 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
     let world = cfg.parallel.world();
     weft_trainer::dist::check_mesh(&cfg, world)?;
-    weft_trainer::memory::check(
-        &cfg,
-        if a.slurm {
-            a.procs_per_node.unwrap_or(world / a.nodes.max(1))
-        } else {
-            world
-        },
-    )?;
+    // Every rank of a local run shares this machine's memory. On SLURM this may be a login
+    // node: there each rank checks its own node when it starts.
+    if !a.slurm {
+        weft_trainer::memory::check(&cfg, world)?;
+    }
     // One MPI process per rank where this binary has MPI and `mpirun` is here (always on
     // SLURM); otherwise the ranks run as threads of one process.
     let procs = a.procs_per_node.unwrap_or(if a.slurm || mpi_here() {
