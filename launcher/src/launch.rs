@@ -158,33 +158,47 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         train_args.extend(["--set".to_string(), s.clone()]);
     }
     // Every attempt continues the run from its newest good checkpoint, if there is one (a new
-    // `weft launch` of a preempted run too), unless the config names one.
-    let resume = if cfg.checkpoint.resume.is_empty() {
+    // `weft launch` of a preempted run too), unless the config names one. `fresh` applies to
+    // the first attempt of this launch only: a restart, or a requeued SLURM job, continues
+    // what that attempt saved instead of starting over again.
+    let requeued = std::env::var("SLURM_RESTART_COUNT").is_ok_and(|n| n.trim() != "0");
+    let resume_first = match cfg.checkpoint.resume.as_str() {
+        "" => "auto",
+        "fresh" if requeued => "auto",
+        r => r,
+    };
+    let resume_later = if resume_first == "fresh" {
         "auto"
     } else {
-        &cfg.checkpoint.resume
+        resume_first
     };
-    train_args.extend(["--resume".to_string(), resume.to_string()]);
-    let rank_cmd = |alloc: &Option<crate::slurm::Allocation>| -> Result<(Command, Vec<String>)> {
-        Ok(match alloc {
-            Some(al) => {
-                let nodes = al.placement()?;
-                let mut args = train_args.clone();
-                args.extend(shrink_sets(&cfg, a.nodes, al.need)?);
-                (al.srun(&nodes, &args), nodes)
-            }
-            None if procs > 1 => {
-                let mut c = mpirun(procs);
-                c.args(&train_args);
-                (c, vec!["localhost".into()])
-            }
-            None => {
-                let mut c = Command::new(&train_args[0]);
-                c.args(&train_args[1..]);
-                (c, vec!["localhost".into()])
-            }
-        })
+    let resume_args = |attempt: u64| {
+        let r = if attempt <= 1 { resume_first } else { resume_later };
+        ["--resume".to_string(), r.to_string()]
     };
+    let rank_cmd =
+        |alloc: &Option<crate::slurm::Allocation>, attempt: u64| -> Result<(Command, Vec<String>)> {
+            let mut train_args = train_args.clone();
+            train_args.extend(resume_args(attempt));
+            Ok(match alloc {
+                Some(al) => {
+                    let nodes = al.placement()?;
+                    let mut args = train_args.clone();
+                    args.extend(shrink_sets(&cfg, a.nodes, al.need)?);
+                    (al.srun(&nodes, &args), nodes)
+                }
+                None if procs > 1 => {
+                    let mut c = mpirun(procs);
+                    c.args(&train_args);
+                    (c, vec!["localhost".into()])
+                }
+                None => {
+                    let mut c = Command::new(&train_args[0]);
+                    c.args(&train_args[1..]);
+                    (c, vec!["localhost".into()])
+                }
+            })
+        };
     if a.dry_run {
         println!(
             "run {} — {} ranks ({})",
@@ -192,7 +206,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             world,
             if procs > 1 { "MPI processes" } else { "threads" }
         );
-        println!("every attempt runs: {:?}", rank_cmd(&alloc)?.0);
+        println!("the first attempt runs: {:?}", rank_cmd(&alloc, 1)?.0);
         println!(
             "hang after {} s without progress; straggler at {}× the median over {} steps; at most {} restarts",
             l.hang_timeout_s, l.straggler_factor, l.straggler_window, l.max_restarts
@@ -272,7 +286,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
                 al.need = al.healthy();
             }
         }
-        let (mut cmd, nodes) = match rank_cmd(&alloc) {
+        let (mut cmd, nodes) = match rank_cmd(&alloc, attempt) {
             Ok(c) => c,
             Err(e) => {
                 events.log(json!({"event": "give_up", "reason": e.to_string()}));

@@ -550,8 +550,8 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
 
     // The driver's own node lost mid-run (the batch host: its slurmd, the batch script, the
     // driver and the ranks on it). Every node back first.
-    let n2 = c.start_node(2);
-    let _ = std::mem::replace(&mut c.nodes[1], n2);
+    // (The old n2 was killed and reaped by `kill_node`.)
+    c.nodes[1] = c.start_node(2);
     for node in ["n2", "n3"] {
         let _ = c
             .cmd("scontrol")
