@@ -287,11 +287,7 @@ pub(crate) fn watch(
                     ),
                 );
                 drop(b);
-                return end_failed(
-                    &mut child,
-                    alloc,
-                    ("straggler", Some(k), host, detail, step),
-                );
+                return end_failed(&mut child, alloc, ("straggler", Some(k), host, detail, step));
             }
         }
     }

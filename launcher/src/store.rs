@@ -513,16 +513,29 @@ mod tests {
         rd.read_line(&mut ping).unwrap();
         assert_eq!(ping.trim(), "{\"ping\":true}");
         // A save failure is reported on the placed node too.
-        writeln!(s, "{}", serde_json::json!({"save": {"rank": 3, "step": 4, "error": "x"}})).unwrap();
+        writeln!(
+            s,
+            "{}",
+            serde_json::json!({"save": {"rank": 3, "step": 4, "error": "x"}})
+        )
+        .unwrap();
         // A second join for a rank of this attempt is refused, and so is a rank outside it.
         let (_, _, again) = client(addr, &join(3, "n2", 2));
         assert!(again.contains("rank 3 already joined this attempt"), "{again}");
         let (_, _, outside) = client(addr, &join(4, "n1", 3));
-        assert!(outside.contains("rank 4 is not part of this attempt"), "{outside}");
+        assert!(
+            outside.contains("rank 4 is not part of this attempt"),
+            "{outside}"
+        );
         // So is a beat or check for a rank outside the placement on a joined connection.
         let (mut t, mut trd, ok) = client(addr, &join(0, "n1", 4));
         assert!(ok.contains("\"ok\""), "{ok}");
-        writeln!(t, "{}", serde_json::json!({"comm": {"rank": 9, "ok": true, "busbw_gbps": 1.0}})).unwrap();
+        writeln!(
+            t,
+            "{}",
+            serde_json::json!({"comm": {"rank": 9, "ok": true, "busbw_gbps": 1.0}})
+        )
+        .unwrap();
         let mut answer = String::new();
         while trd.read_line(&mut answer).unwrap() > 0 && answer.contains("ping") {
             answer.clear();
@@ -553,7 +566,10 @@ mod tests {
             per_node: 4,
         };
         let hosts: Vec<_> = (0..13).map(|r| p.host(r)).collect();
-        assert_eq!(&hosts[..5], [Some("a"), Some("a"), Some("a"), Some("a"), Some("b")]);
+        assert_eq!(
+            &hosts[..5],
+            [Some("a"), Some("a"), Some("a"), Some("a"), Some("b")]
+        );
         assert_eq!((hosts[11], hosts[12]), (Some("c"), None));
         assert_eq!(Placement::default().host(0), None);
     }

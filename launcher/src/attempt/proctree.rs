@@ -79,7 +79,10 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new("kill").arg("-KILL").args(found.iter().map(u32::to_string)).status();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(found.iter().map(u32::to_string))
+            .status();
         let _ = tree.kill();
         let _ = tree.wait();
         let alive = other.try_wait().unwrap().is_none();

@@ -54,7 +54,7 @@ fn wait_for_loss(mut rd: BufReader<TcpStream>, verdicts: Sender<String>, timeout
             std::thread::sleep(TICK);
         } else {
             match rd.read_line(&mut line) {
-                Ok(0) => lost = Some("its connection to the run's driver closed".into()),
+                Ok(0) => lost = Some("its connection closed".into()),
                 Ok(_) if line.ends_with('\n') => {
                     last = Instant::now();
                     if line.contains("\"go\"") || line.contains("\"stop\"") {
@@ -67,15 +67,19 @@ fn wait_for_loss(mut rd: BufReader<TcpStream>, verdicts: Sender<String>, timeout
                     line.clear();
                 }
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(e) => lost = Some(format!("its connection to the run's driver failed ({e})")),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => lost = Some(format!("its connection failed: {e}")),
             }
             if line.len() > MAX_LINE {
-                lost = Some("the run's driver sent a line longer than 64 KiB".into());
+                lost = Some("it sent a line longer than 64 KiB".into());
             }
         }
         if last.elapsed() >= timeout {
-            return lost.unwrap_or_else(|| "the run's driver went silent".into());
+            return lost.unwrap_or_else(|| "it went silent".into());
         }
     }
 }
@@ -87,9 +91,15 @@ fn wait_for_loss(mut rd: BufReader<TcpStream>, verdicts: Sender<String>, timeout
 /// the trainer's stop signal too).
 fn requeue(job: &str, rank: usize) {
     std::thread::sleep(Duration::from_secs(rank as u64));
-    match std::process::Command::new("scontrol").args(["requeue", job]).output() {
+    match std::process::Command::new("scontrol")
+        .args(["requeue", job])
+        .output()
+    {
         Ok(o) if o.status.success() => {
-            tracing::warn!(rank, "requeued SLURM job {job} (scontrol requeue {job}) to continue without the lost driver")
+            tracing::warn!(
+                rank,
+                "requeued SLURM job {job} (scontrol requeue {job}) to continue without the lost driver"
+            )
         }
         Ok(o) => tracing::warn!(
             rank,
@@ -106,14 +116,14 @@ fn requeue(job: &str, rank: usize) {
 fn orphaned(rank: usize, why: &str, timeout: Duration, run_dir: &std::path::Path) -> ! {
     let t = Instant::now();
     let secs = timeout.as_secs_f64();
-    tracing::error!(
-        rank,
-        "{why}, and nothing came from it for {secs} s (launch.orphan_timeout_s): saving and stopping"
+    let detail = format!(
+        "lost the run's driver ({why}; nothing from it for {secs} s, launch.orphan_timeout_s): \
+         saving and stopping"
     );
+    tracing::error!(rank, "{detail}");
     record(
         run_dir,
-        serde_json::json!({"event": "orphaned", "rank": rank, "detail": format!(
-            "{why}; no message for {secs} s: saving and stopping")}),
+        serde_json::json!({"event": "orphaned", "rank": rank, "detail": detail}),
     );
     weft_trainer::ckpt::stop_flag().store(true, std::sync::atomic::Ordering::SeqCst);
     if let Ok(job) = std::env::var("SLURM_JOB_ID") {

@@ -121,7 +121,9 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         // A flood from one peer: its first rejection is logged, the next 9,999 are counted.
-        let logged = (0..10_000).filter(|i| r.note(a, "wrong secret", at(i % 50))).count();
+        let logged = (0..10_000)
+            .filter(|i| r.note(a, "wrong secret", at(i % 50)))
+            .count();
         assert_eq!(logged, 1);
         // Another peer gets its own line.
         assert!(r.note(b, "malformed join", at(1)));

@@ -115,7 +115,10 @@ mod tests {
                 ..Launch::default()
             };
             let e = l.validate().unwrap_err().to_string();
-            assert!(e.contains("launch.orphan_timeout_s") && e.contains("positive"), "{e}");
+            assert!(
+                e.contains("launch.orphan_timeout_s") && e.contains("positive"),
+                "{e}"
+            );
         }
     }
 }
