@@ -240,7 +240,15 @@ pub(crate) fn watch(
         } else {
             // The stuck rank is the one the others wait for: not blocked in a collective, or
             // with the fewest completed.
-            let stale = |r: &&store::RankState| r.progress.elapsed().as_secs_f64() > l.hang_timeout_s;
+            // Before its first step a rank has launch.startup_timeout_s from the attempt's start
+            // (it waits in the preflight for the ranks of a node that starts later).
+            let stale = |r: &&store::RankState| {
+                if r.step == 0 {
+                    start.elapsed().as_secs_f64() > l.startup_timeout_s
+                } else {
+                    r.progress.elapsed().as_secs_f64() > l.hang_timeout_s
+                }
+            };
             let any = b.ranks.values().any(|r| stale(&r));
             any.then(|| {
                 b.ranks
@@ -252,13 +260,18 @@ pub(crate) fn watch(
                         } else {
                             "not in a collective"
                         };
-                        (
-                            Some(k),
+                        let detail = if r.step == 0 {
+                            format!(
+                                "no first step in launch.startup_timeout_s = {} s ({what})",
+                                l.startup_timeout_s
+                            )
+                        } else {
                             format!(
                                 "no progress past step {} for {:.0} s ({what})",
                                 r.step, l.hang_timeout_s
-                            ),
-                        )
+                            )
+                        };
+                        (Some(k), detail)
                     })
             })
             .flatten()

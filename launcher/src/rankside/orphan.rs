@@ -4,7 +4,8 @@
 //! the trainer to save and stop (the flag SIGTERM sets: the ranks agree on it at the next
 //! step and exit 0), under SLURM asks for the job to be requeued, and if it is still running
 //! `launch.orphan_timeout_s` later (stuck in a collective with a rank that died with the
-//! driver), exits at once with [`ORPHAN_EXIT`].
+//! driver), exits at once with [`ORPHAN_EXIT`]. A rank whose attempt the driver ended (it
+//! says so) exits at once.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -61,6 +62,8 @@ fn wait_for_loss(mut rd: BufReader<TcpStream>, verdicts: Sender<String>, timeout
                         if let Some(v) = &verdicts {
                             let _ = v.send(std::mem::take(&mut line));
                         }
+                    } else if line.contains("\"ended\"") {
+                        abandoned(line.trim());
                     } else if line.contains("\"error\"") {
                         tracing::warn!("the run's store: {}", line.trim());
                     }
@@ -145,6 +148,14 @@ fn orphaned(rank: usize, why: &str, timeout: Duration, run_dir: &std::path::Path
     );
     let _ = std::io::stderr().flush();
     // At once: no exit handlers, which could wait on the collective that is stuck.
+    signal_hook::low_level::exit(ORPHAN_EXIT)
+}
+
+/// The driver ended this rank's attempt (`line` says so) and goes on without it: exit at
+/// once, saving nothing (the next attempt owns the checkpoints) and requeueing nothing.
+fn abandoned(line: &str) -> ! {
+    tracing::error!("the run's driver ended this rank's attempt ({line}): exiting with status {ORPHAN_EXIT}");
+    let _ = std::io::stderr().flush();
     signal_hook::low_level::exit(ORPHAN_EXIT)
 }
 
