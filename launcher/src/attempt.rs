@@ -276,16 +276,15 @@ pub(crate) fn watch(
         } else {
             // The stuck rank is the one the others wait for: not blocked in a collective, or
             // with the fewest completed.
-            // Until a rank's first step is done (start-up, preflight, the first collectives on a
-            // loaded machine) it has launch.startup_timeout_s; then launch.hang_timeout_s.
-            let limit = |r: &store::RankState| {
+            // Before its first step a rank has launch.startup_timeout_s from the attempt's start
+            // (it waits in the preflight for the ranks of a node that starts later).
+            let stale = |r: &&store::RankState| {
                 if r.step == 0 {
-                    l.startup_timeout_s.max(l.hang_timeout_s)
+                    start.elapsed().as_secs_f64() > l.startup_timeout_s
                 } else {
-                    l.hang_timeout_s
+                    r.progress.elapsed().as_secs_f64() > l.hang_timeout_s
                 }
             };
-            let stale = |r: &&store::RankState| r.progress.elapsed().as_secs_f64() > limit(r);
             let any = b.ranks.values().any(|r| stale(&r));
             any.then(|| {
                 b.ranks
@@ -297,10 +296,18 @@ pub(crate) fn watch(
                         } else {
                             "not in a collective"
                         };
-                        (
-                            Some(k),
-                            format!("no progress past step {} for {:.0} s ({what})", r.step, limit(r)),
-                        )
+                        let detail = if r.step == 0 {
+                            format!(
+                                "no first step in launch.startup_timeout_s = {} s ({what})",
+                                l.startup_timeout_s
+                            )
+                        } else {
+                            format!(
+                                "no progress past step {} for {:.0} s ({what})",
+                                r.step, l.hang_timeout_s
+                            )
+                        };
+                        (Some(k), detail)
                     })
             })
             .flatten()

@@ -10,7 +10,8 @@
 //! clients are logged at most once per peer address a minute, with a count of the others.
 //!
 //! After the driver's `{"ok": true}`, the driver sends `{"ping": true}` every quarter second
-//! (a rank that hears nothing for `launch.orphan_timeout_s` knows its driver is gone), and the
+//! (a rank that hears nothing for `launch.orphan_timeout_s` knows its driver is gone) and
+//! `{"ended": why}` when the attempt is over (a rank still running then exits), and the
 //! rank sends
 //! `{"beat": {"rank": R, "step": N, "seconds": T, "compute": C}}` after every step, a `status`
 //! (collectives completed, blocked in one) every quarter second, its all-reduce check
@@ -317,13 +318,15 @@ async fn serve(
     let (out, mut answers) = tokio::sync::mpsc::unbounded_channel::<Answer>();
     let (attempt, b2) = (hello.join.attempt, board.clone());
     tokio::spawn(async move {
-        // Pings tell the rank its driver is alive; they stop (and the connection closes) when
-        // the attempt is over.
+        // Pings tell the rank its driver is alive. When the attempt is over, the rank is told
+        // so (a rank the driver could not end exits, rather than saving beside the next
+        // attempt) and the connection closes.
         let mut ping = tokio::time::interval(PING);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(Duration::from_millis(10));
         // Verdicts owed (one per rank of this connection that sent its check).
         let mut owed = 0usize;
+        let current = || b2.lock().expect("board").attempt == attempt;
         loop {
             let line = tokio::select! {
                 a = answers.recv() => match a {
@@ -338,7 +341,7 @@ async fn serve(
                     let go = {
                         let b = b2.lock().expect("board");
                         if b.attempt != attempt {
-                            return;
+                            break;
                         }
                         b.go.clone()
                     };
@@ -350,8 +353,8 @@ async fn serve(
                     line.repeat(std::mem::take(&mut owed))
                 }
                 _ = ping.tick() => {
-                    if b2.lock().expect("board").attempt != attempt {
-                        return;
+                    if !current() {
+                        break;
                     }
                     "{\"ping\":true}\n".to_string()
                 }
@@ -360,6 +363,8 @@ async fn serve(
                 return;
             }
         }
+        let ended = serde_json::json!({ "ended": format!("the driver ended attempt {attempt}") });
+        let _ = wr.write_all(format!("{ended}\n").as_bytes()).await;
     });
     loop {
         line.clear();
@@ -557,6 +562,21 @@ mod tests {
             assert!(Instant::now() < deadline, "the closed connection was not noticed");
             std::thread::sleep(Duration::from_millis(10));
         }
+        // When the attempt is over, a rank still connected is told so, and the connection
+        // closes.
+        let (_u, mut urd, ok) = client(addr, &join(1, "n1", 5));
+        assert!(ok.contains("\"ok\""), "{ok}");
+        board.lock().unwrap().attempt = 2;
+        let mut lines = vec![];
+        let mut l = String::new();
+        while urd.read_line(&mut l).unwrap() > 0 {
+            lines.push(std::mem::take(&mut l));
+        }
+        let last = lines.last().unwrap();
+        assert!(
+            last.contains("\"ended\"") && last.contains("attempt 1"),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! straggler, preemption, a full checkpoint disk) where each failure is detected, the right
 //! rank named, the run resumed from its checkpoint (or, for the disk, carried on) and finished
 //! with the fault-free run's bits; a preflight that refuses unhealthy nodes and a slow
-//! all-reduce; and a store that turns away clients without the run's secret.
+//! all-reduce; a store that turns away clients without the run's secret, trusts nothing a
+//! client says about itself and logs floods briefly; and ranks that save and stop when their
+//! driver is killed.
 
 mod common;
 
@@ -270,4 +272,224 @@ fn soak_a_longer_run_with_a_fault_in_every_attempt_finishes_and_reports_ettr() {
     assert!(ettr > 0.0 && ettr < 1.0, "{ettr}");
     println!("soak: 4 faults in 48 steps, ETTR {:.1}%\n{text}", 100.0 * ettr);
     assert_eq!(digest(&dir.path().join("soak")), want);
+}
+
+/// Processes (not zombies) whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) && pid != std::process::id() {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+/// The environment of the first child of `parent` that has `key` in it (polled: the child
+/// may not have started yet).
+fn child_env(parent: u32, key: &str) -> std::collections::HashMap<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(1);
+            if ppid != Some(&parent.to_string()) {
+                continue;
+            }
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            let env: std::collections::HashMap<String, String> = String::from_utf8_lossy(&env)
+                .split('\0')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if env.contains_key(key) {
+                return env;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no child of {parent} with {key}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Send `first` to the store at `addr`; its answer.
+fn ask(addr: &str, first: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("the driver's store");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    writeln!(s, "{first}").unwrap();
+    let mut a = String::new();
+    let _ = std::io::BufReader::new(s).read_line(&mut a);
+    a
+}
+
+#[test]
+fn a_forged_join_with_the_secret_kills_and_drains_nothing_and_floods_are_logged_briefly() {
+    let dir = tempfile::tempdir().unwrap();
+    // An unrelated process a forged join claims as its own.
+    let mut victim = Command::new("sleep").arg("1000").spawn().unwrap();
+    // Rank 3 joins 3 s late in the first attempt; the second attempt has slow steps.
+    let mut child = launch(dir.path(), "forged")
+        .env("WEFT_FAULT", "latejoin:3:0,slow:0:1:2")
+        .env("WEFT_FAULT_SLOW_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || std::io::read_to_string(err).unwrap());
+    // The secret and the store's address, as the ranks get them (mpirun's environment).
+    let env = child_env(child.id(), "WEFT_SECRET");
+    let (addr, secret) = (env["WEFT_STORE"].clone(), env["WEFT_SECRET"].clone());
+    let pid = victim.id();
+    let join = |rank: usize, attempt: u64| {
+        serde_json::json!({"join": {"rank": rank, "host": "victim-node", "attempt": attempt,
+                                    "pid": pid}, "secret": secret})
+        .to_string()
+    };
+    // Rank 3's place, taken before it joins, claiming the victim's pid and another host; then
+    // the connection closes, as a rank's does when its process ends.
+    let ok = ask(&addr, &join(3, 1));
+    assert!(ok.contains("\"ok\""), "{ok}");
+    // Mid-run in the next attempt: a second join for a connected rank is refused.
+    while !dir.path().join("forged/checkpoints/latest").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = ask(&addr, &join(0, 2));
+    assert!(again.contains("rank 0 already joined this attempt"), "{again}");
+    // A flood of clients without the secret.
+    let flood = 2000;
+    for _ in 0..flood {
+        let a = ask(
+            &addr,
+            "{\"join\":{\"rank\":0,\"host\":\"x\",\"attempt\":2},\"secret\":\"guess\"}",
+        );
+        assert!(a.contains("wrong secret"), "{a}");
+    }
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "{log}");
+    let s = json(&dir.path().join("forged/launch.json"));
+    assert_eq!(
+        (s["outcome"].as_str(), s["attempts"].as_u64()),
+        (Some("finished"), Some(2)),
+        "{s}"
+    );
+    // The forged rank's end was a failure of rank 3 on the node the launcher placed it on
+    // (this machine), not the host it claimed; and the process it claimed lives.
+    let f = &s["failures"][0];
+    assert_eq!(
+        (f["kind"].as_str(), f["rank"].as_u64()),
+        (Some("exit"), Some(3)),
+        "{f}"
+    );
+    assert_eq!(f["host"], "localhost", "{f}");
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "the process a forged join claimed was killed"
+    );
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let events = std::fs::read_to_string(dir.path().join("forged/events.jsonl")).unwrap();
+    assert!(!events.contains("victim-node"), "{events}");
+    // Every turned-away client from one address in a minute: one log line.
+    let lines = log.lines().filter(|l| l.contains("store: turned")).count();
+    assert!(lines <= 3, "{lines} lines for {flood} rejected clients:\n{log}");
+}
+
+#[test]
+fn ranks_whose_driver_is_killed_save_and_stop_and_a_relaunch_finishes_with_the_fault_free_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = ["--set", "training.steps=48", "--set", "launch.orphan_timeout_s=3"];
+    let out = launch(dir.path(), "clean").args(long).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = digest(&dir.path().join("clean"));
+    // Ranks that can save (`orphaned`), and ranks stuck in a collective with one that hangs,
+    // which end themselves `launch.orphan_timeout_s` after that (`orphan_exit`).
+    for (name, fault, event) in [
+        ("orphan", "slow:0:1", "\"orphaned\""),
+        ("stuck", "slow:0:1,hang:1:8", "\"orphan_exit\""),
+    ] {
+        let run = dir.path().join(name);
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let mut driver = launch(dir.path(), name)
+            .args(long)
+            .env("WEFT_FAULT", fault)
+            .env("WEFT_FAULT_SLOW_MS", "300")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let ckpts = run.join("checkpoints");
+        while !ckpts.join("latest").exists() {
+            assert!(
+                driver.try_wait().unwrap().is_none(),
+                "{name}: the run ended early"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        driver.kill().unwrap();
+        driver.wait().unwrap();
+        let killed = std::time::Instant::now();
+        // Every rank (and mpirun) of this run ends by itself.
+        let needle = format!(
+            "job.out_dir=\"{}\" --set job.name=\"{name}\"",
+            dir.path().display()
+        );
+        let mut left = processes_with(&needle);
+        while !left.is_empty() && killed.elapsed() < Duration::from_secs(90) {
+            std::thread::sleep(Duration::from_millis(200));
+            left = processes_with(&needle);
+        }
+        let text = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
+        assert!(
+            left.is_empty(),
+            "{name}: still running {:?} after the driver died:\n{text}",
+            left
+        );
+        println!(
+            "{name}: ranks gone {:.1} s after the driver",
+            killed.elapsed().as_secs_f64()
+        );
+        let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+        assert!(events.contains(event), "{name}: {events}\n{text}");
+        let step = |d: &Path| {
+            std::fs::read_to_string(d.join("latest")).unwrap().trim()["step_".len()..]
+                .parse::<u64>()
+                .unwrap()
+        };
+        if name == "orphan" {
+            // The ranks saved where they stopped, well before the end.
+            let at = step(&ckpts);
+            assert!(
+                at > 4 && at < 48,
+                "{name}: latest checkpoint at step {at}\n{text}"
+            );
+        }
+        let out = launch(dir.path(), name).args(long).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(json(&run.join("launch.json"))["outcome"], "finished");
+        assert_eq!(
+            digest(&run),
+            want,
+            "{name}: final parameters differ from the fault-free run"
+        );
+    }
 }

@@ -2,9 +2,10 @@
 //! (see `crate::store`); a rank that hears nothing from it for `launch.orphan_timeout_s` —
 //! its connection closed (the driver died) or went silent (the driver's node died) — asks
 //! the trainer to save and stop (the flag SIGTERM sets: the ranks agree on it at the next
-//! step and exit 0), under SLURM asks for the job to be requeued, and if it is still running
+//! step and exit 0), and if it is still running
 //! `launch.orphan_timeout_s` later (stuck in a collective with a rank that died with the
-//! driver), exits at once with [`ORPHAN_EXIT`].
+//! driver), exits at once with [`ORPHAN_EXIT`]. A rank whose attempt the driver ended (it
+//! says so) exits at once.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -54,13 +55,15 @@ fn wait_for_loss(mut rd: BufReader<TcpStream>, verdicts: Sender<String>, timeout
             std::thread::sleep(TICK);
         } else {
             match rd.read_line(&mut line) {
-                Ok(0) => lost = Some("its connection to the run's driver closed".into()),
+                Ok(0) => lost = Some("its connection closed".into()),
                 Ok(_) if line.ends_with('\n') => {
                     last = Instant::now();
                     if line.contains("\"go\"") || line.contains("\"stop\"") {
                         if let Some(v) = &verdicts {
                             let _ = v.send(std::mem::take(&mut line));
                         }
+                    } else if line.contains("\"ended\"") {
+                        abandoned(line.trim());
                     } else if line.contains("\"error\"") {
                         tracing::warn!("the run's store: {}", line.trim());
                     }
@@ -72,67 +75,35 @@ fn wait_for_loss(mut rd: BufReader<TcpStream>, verdicts: Sender<String>, timeout
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) => {}
-                Err(e) => lost = Some(format!("its connection to the run's driver failed ({e})")),
+                Err(e) => lost = Some(format!("its connection failed: {e}")),
             }
             if line.len() > MAX_LINE {
-                lost = Some("the run's driver sent a line longer than 64 KiB".into());
+                lost = Some("it sent a line longer than 64 KiB".into());
             }
         }
         if last.elapsed() >= timeout {
-            return lost.unwrap_or_else(|| "the run's driver went silent".into());
+            return lost.unwrap_or_else(|| "it went silent".into());
         }
     }
 }
 
-/// Ask SLURM to requeue job `job`, so that it starts again without the driver that was lost
-/// and resumes from its checkpoint: `scontrol requeue <job>`, logged. Every orphaned rank of
-/// the job calls this, rank `r` after `r` seconds, so that the lowest surviving rank goes
-/// first (the requeue then ends the others, after they saved if they can: SLURM's SIGTERM is
-/// the trainer's stop signal too).
-fn requeue(job: &str, rank: usize) {
-    std::thread::sleep(Duration::from_secs(rank as u64));
-    match std::process::Command::new("scontrol")
-        .args(["requeue", job])
-        .output()
-    {
-        Ok(o) if o.status.success() => {
-            tracing::warn!(
-                rank,
-                "requeued SLURM job {job} (scontrol requeue {job}) to continue without the lost driver"
-            )
-        }
-        Ok(o) => tracing::warn!(
-            rank,
-            "scontrol requeue {job} failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => tracing::warn!(rank, "cannot run scontrol requeue {job}: {e}"),
-    }
-}
-
-/// The rank lost its driver (`why`): save and stop, requeue under SLURM, and exit at once if
-/// still running `timeout` later.
+/// The rank lost its driver (`why`): save and stop, and exit at once if still running
+/// `timeout` later. (Under SLURM the job is requeued by the sentinels, which ask SLURM whether
+/// the driver's node is really lost — see `crate::sentinel` — not by a rank that may only have
+/// lost its connection.)
 fn orphaned(rank: usize, why: &str, timeout: Duration, run_dir: &std::path::Path) -> ! {
     let t = Instant::now();
     let secs = timeout.as_secs_f64();
-    tracing::error!(
-        rank,
-        "{why}, and nothing came from it for {secs} s (launch.orphan_timeout_s): saving and stopping"
+    let detail = format!(
+        "lost the run's driver ({why}; nothing from it for {secs} s, launch.orphan_timeout_s): \
+         saving and stopping"
     );
+    tracing::error!(rank, "{detail}");
     record(
         run_dir,
-        serde_json::json!({"event": "orphaned", "rank": rank, "detail": format!(
-            "{why}; no message for {secs} s: saving and stopping")}),
+        serde_json::json!({"event": "orphaned", "rank": rank, "detail": detail}),
     );
     weft_trainer::ckpt::stop_flag().store(true, std::sync::atomic::Ordering::SeqCst);
-    if let Ok(job) = std::env::var("SLURM_JOB_ID") {
-        record(
-            run_dir,
-            serde_json::json!({"event": "orphan_requeue", "rank": rank, "job": job}),
-        );
-        requeue(&job, rank);
-    }
     std::thread::sleep(timeout.saturating_sub(t.elapsed()));
     tracing::error!(
         rank,
@@ -145,6 +116,14 @@ fn orphaned(rank: usize, why: &str, timeout: Duration, run_dir: &std::path::Path
     );
     let _ = std::io::stderr().flush();
     // At once: no exit handlers, which could wait on the collective that is stuck.
+    signal_hook::low_level::exit(ORPHAN_EXIT)
+}
+
+/// The driver ended this rank's attempt (`line` says so) and goes on without it: exit at
+/// once, saving nothing (the next attempt owns the checkpoints) and requeueing nothing.
+fn abandoned(line: &str) -> ! {
+    tracing::error!("the run's driver ended this rank's attempt ({line}): exiting with status {ORPHAN_EXIT}");
+    let _ = std::io::stderr().flush();
     signal_hook::low_level::exit(ORPHAN_EXIT)
 }
 

@@ -20,7 +20,7 @@ pub struct Rejections {
     overflow: Window,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Window {
     /// When this peer's line was logged (the window's start).
     since: Option<Instant>,
@@ -28,16 +28,6 @@ struct Window {
     suppressed: u64,
     /// The last of them.
     why: String,
-}
-
-impl Default for Window {
-    fn default() -> Self {
-        Window {
-            since: None,
-            suppressed: 0,
-            why: String::new(),
-        }
-    }
 }
 
 impl Rejections {
