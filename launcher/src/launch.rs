@@ -236,7 +236,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     };
     // On SLURM, sentinels on the other nodes requeue the job if this node is lost.
     let mut sentinels = match &alloc {
-        Some(al) => al.start_sentinels(&me, l.orphan_timeout_s)?,
+        Some(al) => al.start_sentinels(&me, l.orphan_timeout_s, &dir.join("events.jsonl"))?,
         None => None,
     };
     let term = Arc::new(AtomicBool::new(false));

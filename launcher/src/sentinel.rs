@@ -37,6 +37,9 @@ pub struct SentinelArgs {
     /// Seconds the batch host must stay down before the job is requeued.
     #[arg(long)]
     pub timeout_s: f64,
+    /// The run's `events.jsonl`, where the requeue is recorded.
+    #[arg(long)]
+    pub events: std::path::PathBuf,
 }
 
 /// Whether SLURM reports `node` down or not responding (`scontrol show node`: `State=DOWN…`,
@@ -97,6 +100,19 @@ pub fn sentinel(a: &SentinelArgs) -> Result<()> {
     if !st.success() {
         // Another sentinel was first (the job is already pending), or SLURM refused.
         tracing::warn!(job = a.job, "scontrol requeue {} ended with {st}", a.job);
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let line = serde_json::json!({"event": "sentinel_requeue", "job": a.job,
+            "lost_node": a.batch_host, "lost_for_s": wait.as_secs_f64(), "time": now});
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&a.events)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+        if let Err(e) = appended {
+            tracing::warn!("cannot record the requeue in {}: {e}", a.events.display());
+        }
     }
     // SLURM ends this step with the job.
     loop {

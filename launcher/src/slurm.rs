@@ -273,7 +273,12 @@ impl Allocation {
     /// Start a sentinel on every node of the allocation but this one (the batch host, where
     /// the driver runs), as one job step that survives the loss of a node; see
     /// [`crate::sentinel`]. `None` when the allocation has no other node.
-    pub fn start_sentinels(&self, exe: &str, timeout_s: f64) -> Result<Option<std::process::Child>> {
+    pub fn start_sentinels(
+        &self,
+        exe: &str,
+        timeout_s: f64,
+        events: &Path,
+    ) -> Result<Option<std::process::Child>> {
         let here = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| crate::runlock::hostname());
         let others: Vec<&String> = self.nodes.iter().filter(|n| **n != here).collect();
         if others.is_empty() {
@@ -297,6 +302,8 @@ impl Allocation {
                 &here,
                 "--timeout-s",
                 &timeout_s.to_string(),
+                "--events",
+                &events.display().to_string(),
             ])
             .stdin(std::process::Stdio::null())
             .spawn()

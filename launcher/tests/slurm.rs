@@ -591,6 +591,10 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
     let s = json(&out.join("driver/launch.json"));
     assert_eq!(s["outcome"], "finished", "{s}\n{events}\n{log}");
     assert!(events.contains("\"driver_lost\""), "{events}");
+    assert!(
+        events.contains(&format!("\"lost_node\":\"{batch_host}\"")),
+        "the sentinels did not requeue: {events}"
+    );
     assert_eq!(s["failures"][0]["kind"], "driver_lost", "{s}");
     assert!(s["failures"][0]["time_to_recover_s"].as_f64().is_some(), "{s}");
     assert_eq!(digest("driver"), want);
