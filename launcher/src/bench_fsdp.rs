@@ -6,10 +6,6 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use weft_kernels::CpuBackend;
-use weft_parallel::Comm;
-use weft_trainer::dist::train_rank;
-use weft_trainer::Config;
 
 #[derive(Args)]
 pub struct FsdpBenchArgs {
@@ -26,6 +22,9 @@ pub struct FsdpBenchArgs {
 }
 
 pub fn fsdp(a: &FsdpBenchArgs) -> Result<()> {
+    if !cfg!(feature = "mpi") {
+        bail!("`weft bench fsdp` measures MPI ranks: rebuild with `--features mpi`");
+    }
     if !crate::dist::under_mpi() {
         // Re-run this command as `ranks` MPI processes.
         let me = crate::weft_exe()?;
@@ -41,6 +40,21 @@ pub fn fsdp(a: &FsdpBenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    measure(a)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn measure(_: &FsdpBenchArgs) -> Result<()> {
+    unreachable!("refused above without the `mpi` feature")
+}
+
+/// This process's part of the benchmark, as one MPI rank.
+#[cfg(feature = "mpi")]
+fn measure(a: &FsdpBenchArgs) -> Result<()> {
+    use weft_kernels::CpuBackend;
+    use weft_parallel::Comm;
+    use weft_trainer::dist::train_rank;
+    use weft_trainer::Config;
     let mpi = weft_parallel::comm::mpi::MpiWorld::init()?;
     let n = mpi.size();
     let out = std::env::temp_dir().join(format!("weft-bench-fsdp-{}", std::process::id()));
