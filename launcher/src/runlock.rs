@@ -58,7 +58,8 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Processes on this host in process group `pgid` (field 5 of `/proc/<pid>/stat`).
+/// Live processes on this host in process group `pgid` (field 5 of `/proc/<pid>/stat`);
+/// zombies, which hold nothing, do not count.
 fn group_members(pgid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return vec![];
@@ -68,9 +69,13 @@ fn group_members(pgid: u32) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
                 // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
-                s.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok())
-                    == Some(pgid)
+                let Some((_, rest)) = s.rsplit_once(')') else {
+                    return false;
+                };
+                let mut f = rest.split_whitespace();
+                let state = f.next().unwrap_or("Z");
+                let group = f.nth(1).and_then(|g| g.parse::<u32>().ok());
+                group == Some(pgid) && state != "Z" && state != "X"
             })
         })
         .collect()
@@ -129,7 +134,15 @@ impl RunLock {
             let here = h.host == hostname();
             if here {
                 if let Some(pg) = h.ranks_pgid {
-                    let left = group_members(pg);
+                    // Ranks that just lost their driver may be finishing their last save.
+                    let mut left = group_members(pg);
+                    for _ in 0..100 {
+                        if left.is_empty() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        left = group_members(pg);
+                    }
                     if !left.is_empty() {
                         bail!(
                             "{}: the ranks of a previous {} are still running (process group {pg}: \
