@@ -341,3 +341,24 @@ pub(crate) fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_rank_killed_by_a_signal_is_named_with_it() {
+        // The rank process itself killed (threads mode): its own signal.
+        let killed = std::process::ExitStatus::from_raw(9);
+        assert_eq!(exit_signal(killed), Some(9));
+        assert!(signal_name(9).contains("likely out of memory"));
+        // mpirun/srun report a rank's signal N as exit status 128 + N.
+        let via_mpirun = std::process::ExitStatus::from_raw(137 << 8);
+        assert_eq!(exit_signal(via_mpirun), Some(9));
+        let aborted = std::process::ExitStatus::from_raw(134 << 8);
+        assert!(signal_name(exit_signal(aborted).unwrap()).contains("SIGABRT"));
+        // A plain failure carries no signal.
+        assert_eq!(exit_signal(std::process::ExitStatus::from_raw(1 << 8)), None);
+    }
+}
