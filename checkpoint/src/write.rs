@@ -158,9 +158,14 @@ pub fn commit(root: &Path, step: u64, attempt: u64, ranks: usize, head: &Head) -
         while !path.exists() {
             if failed.exists() {
                 let why = fs::read_to_string(&failed).unwrap_or_default();
+                let why = match why.trim() {
+                    // Its marker exists but its reason could not be written into it.
+                    "" => "(it could not record why either: is the disk full?)",
+                    w => w,
+                };
                 return Err(invalid(
                     &dir,
-                    format!("rank {r} could not write its pieces: {}", why.trim()),
+                    format!("rank {r} could not write its pieces: {why}"),
                 ));
             }
             if Instant::now() > deadline {

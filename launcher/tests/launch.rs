@@ -45,7 +45,8 @@ fn rank_faults_are_detected_named_and_recovered_with_the_fault_free_bits() {
         ("slow:0:3", "straggler", 0),
     ] {
         let name = fault.replace(':', "_");
-        let factor = if kind == "straggler" { "3" } else { "1000" };
+        // A slowed rank is ~20× slower; 8 leaves room for the noise of a loaded machine.
+        let factor = if kind == "straggler" { "8" } else { "1000" };
         let out = launch(dir.path(), &name)
             .args(["--set", &format!("launch.straggler_factor={factor}")])
             .env("WEFT_FAULT", fault)
@@ -116,7 +117,14 @@ fn rank_faults_are_detected_named_and_recovered_with_the_fault_free_bits() {
             .all(|f| f["host"].as_str().is_some_and(|h| !h.is_empty())),
         "{s}"
     );
-    assert!(failed[0]["error"].as_str().unwrap().contains("space"), "{s}");
+    // The rank that ran out of space says so (which rank, and whether rank 0's commit report
+    // comes first, depends on which write hit the limit).
+    assert!(
+        failed
+            .iter()
+            .any(|f| f["error"].as_str().unwrap().contains("No space left")),
+        "{s}"
+    );
     assert_eq!(verified, Some(4), "the first checkpoint stays the good one");
     assert_eq!(digest(&dir.path().join("full")), want);
 }
