@@ -46,17 +46,22 @@ fn exit_signal(status: std::process::ExitStatus) -> Option<i32> {
 
 /// After a rank's connection closed: the signal that ended the attempt's process, if it ends
 /// within a second (a rank killed by the kernel takes its launcher down with it).
-fn signal_of(child: &mut Child) -> Option<i32> {
+fn signal_of(child: &Child) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
     for _ in 0..20 {
-        if let Ok(Some(status)) = child.try_wait() {
-            return exit_signal(status);
+        // Read without reaping (`/proc/<pid>/stat` of a zombie: state `Z`, and field 52 is its
+        // wait status), so the attempt is still ended as a whole afterwards.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        if rest.first() == Some(&"Z") {
+            let raw: i32 = rest.get(49)?.parse().ok()?;
+            return exit_signal(std::process::ExitStatus::from_raw(raw));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     None
 }
 
-/// A signal as users read it, with what it usually means for a training rank.
 pub(crate) fn signal_name(sig: i32) -> String {
     match sig {
         9 => "killed by SIGKILL (signal 9) — likely out of memory (the kernel's OOM killer)".into(),
@@ -221,7 +226,16 @@ pub(crate) fn watch(
             let r = &b.ranks[&culprit];
             let (rank, host, at) = (culprit, r.host.clone(), r.step);
             drop(b);
-            let how = signal_of(&mut child).map_or(String::new(), |s| format!(": {}", signal_name(s)));
+            // The attempt's processes, while the tree is whole (once the child ends, its
+            // children are re-parented and no longer found under it).
+            let tree = proctree::descendants(child.id());
+            let how = signal_of(&child).map_or(String::new(), |s| format!(": {}", signal_name(s)));
+            if alloc.is_none() && !tree.is_empty() {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .args(tree.iter().map(u32::to_string))
+                    .status();
+            }
             let detail = format!("rank {rank} ended at step {at} of {steps}{how}");
             return end_failed(&mut child, alloc, ("exit", Some(rank), host, detail, step));
         }
@@ -358,6 +372,11 @@ mod tests {
         assert_eq!(exit_signal(via_mpirun), Some(9));
         let aborted = std::process::ExitStatus::from_raw(134 << 8);
         assert!(signal_name(exit_signal(aborted).unwrap()).contains("SIGABRT"));
+        // Read from a process that ended, without reaping it.
+        let child = Command::new("sh").args(["-c", "kill -9 $$"]).spawn().unwrap();
+        assert_eq!(signal_of(&child), Some(9));
+        let mut child = child;
+        assert_eq!(exit_signal(child.wait().unwrap()), Some(9));
         // A plain failure carries no signal.
         assert_eq!(exit_signal(std::process::ExitStatus::from_raw(1 << 8)), None);
     }

@@ -32,7 +32,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &sets)?;
     // One owner per run directory: this process, unless a `weft launch` driver holds it for
     // its ranks; under a bare `mpirun`, rank 0 holds it for the run.
-    let _lock = if crate::runlock::under_launch() || crate::rankside::env_rank() != 0 {
+    let mpi_rank = cfg!(feature = "mpi") && crate::dist::under_mpi();
+    let _lock = if crate::runlock::under_launch() || (mpi_rank && crate::rankside::env_rank() != 0) {
         None
     } else {
         Some(crate::runlock::RunLock::acquire(&cfg.run_dir(), "weft train")?)

@@ -123,6 +123,22 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     } else {
         1
     });
+    if (a.slurm || procs > 1) && !cfg!(feature = "mpi") {
+        bail!(
+            "{} needs MPI ranks, and this weft was built without the `mpi` feature; rebuild with \
+             `--features mpi`{}",
+            if a.slurm {
+                "--slurm"
+            } else {
+                "--procs-per-node > 1"
+            },
+            if a.slurm {
+                ""
+            } else {
+                ", or run the ranks as threads (--procs-per-node 1)"
+            }
+        );
+    }
     if a.slurm {
         if procs * a.nodes != world {
             bail!(
@@ -162,9 +178,11 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     // the first attempt of this launch only: a restart, or a requeued SLURM job, continues
     // what that attempt saved instead of starting over again.
     let requeued = std::env::var("SLURM_RESTART_COUNT").is_ok_and(|n| n.trim() != "0");
+    let lost_before = crate::record::unended_attempt(&cfg.run_dir()).is_some();
     let resume_first = match cfg.checkpoint.resume.as_str() {
         "" => "auto",
-        "fresh" if requeued => "auto",
+        // (Nor after a lost driver: its attempt already started over.)
+        "fresh" if requeued || lost_before => "auto",
         r => r,
     };
     let resume_later = if resume_first == "fresh" {
@@ -308,9 +326,18 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
             // This attempt resumes from the newest committed checkpoint.
             p.2 = latest_step(&cfg.checkpoint_dir());
         }
-        let child = cmd.spawn().context("starting the ranks")?;
+        let child = match cmd.spawn().context("starting the ranks") {
+            Ok(c) => c,
+            Err(e) => {
+                events.log(json!({"event": "give_up", "reason": format!("{e:#}")}));
+                tracing::error!("{e:#}");
+                break "failed";
+            }
+        };
         // A relaunch after this driver is killed refuses while these ranks still run.
-        lock.set_ranks(Some(child.id()))?;
+        if let Err(e) = lock.set_ranks(Some(child.id())) {
+            tracing::warn!("{e:#}");
+        }
         events.log(
             json!({"event": "attempt", "attempt": attempt, "ranks": world, "nodes": nodes,
             "host": crate::runlock::hostname(), "pid": child.id()}),

@@ -67,7 +67,12 @@ impl Events {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         v["time"] = json!(now.as_secs_f64());
         v["elapsed_s"] = json!(self.t0.elapsed().as_secs_f64());
-        let line = format!("{v}\n");
+        // After a failed write (part of a line may have landed), start on a fresh line.
+        let line = if self.failed_writes > 0 {
+            format!("\n{v}\n")
+        } else {
+            format!("{v}\n")
+        };
         if let Err(e) = self.file.write_all(line.as_bytes()) {
             self.failed_writes += 1;
             if self.failed_writes == 1 {
@@ -149,25 +154,7 @@ pub(crate) fn failure_line(f: &serde_json::Value) -> String {
 /// `launch.json` — the step its ranks had reached (the last step in `metrics.jsonl`) and the
 /// time since its last event. The caller fills in the recovery when the run resumes.
 pub(crate) fn driver_lost(dir: &Path, events: &mut Events) -> Option<(serde_json::Value, u64)> {
-    let text = std::fs::read_to_string(dir.join("events.jsonl")).ok()?;
-    let mut last_attempt: Option<serde_json::Value> = None;
-    let mut last_time = None;
-    let mut ended = true;
-    for v in text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-    {
-        last_time = v["time"].as_f64().or(last_time);
-        match v["event"].as_str() {
-            Some("attempt") => {
-                ended = false;
-                last_attempt = Some(v);
-            }
-            Some("end") => ended = true,
-            _ => {}
-        }
-    }
-    let a = last_attempt.filter(|_| !ended)?;
+    let (a, last_time) = unended_attempt(dir)?;
     let reached = std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -190,6 +177,30 @@ pub(crate) fn driver_lost(dir: &Path, events: &mut Events) -> Option<(serde_json
         "detail": "the previous driver ended without writing its end event"});
     events.log(ev.clone());
     Some((ev, reached))
+}
+
+/// The last `attempt` event of `dir/events.jsonl` when no `end` event follows it (a driver
+/// that did not finish its record), and the time of the file's last event.
+pub(crate) fn unended_attempt(dir: &Path) -> Option<(serde_json::Value, Option<f64>)> {
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).ok()?;
+    let mut last_attempt: Option<serde_json::Value> = None;
+    let mut last_time = None;
+    let mut ended = true;
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        last_time = v["time"].as_f64().or(last_time);
+        match v["event"].as_str() {
+            Some("attempt") => {
+                ended = false;
+                last_attempt = Some(v);
+            }
+            Some("end") => ended = true,
+            _ => {}
+        }
+    }
+    Some((last_attempt.filter(|_| !ended)?, last_time))
 }
 
 impl Drop for Events {

@@ -5,9 +5,9 @@
 //! node dies, the driver dies with it; SLURM keeps a `--no-kill` job running on the other nodes
 //! with nothing to drive it until the time limit. So the driver starts one sentinel on every
 //! other node of the allocation (a job step of its own, `--no-kill --overlap`, named
-//! [`STEP_NAME`], which the driver never signals). A sentinel asks SLURM — not the driver, not
-//! the ranks — about the batch host once a second. When SLURM reports it down or not
-//! responding for `launch.orphan_timeout_s`, the sentinel requeues the job (`scontrol requeue`):
+//! [`STEP_NAME`], which the driver never signals; the first three of them watch). A sentinel asks SLURM — not the driver, not
+//! the ranks — about the batch host once a second. When SLURM reports it down for
+//! `launch.orphan_timeout_s`, the sentinel requeues the job (`scontrol requeue`):
 //! SLURM ends every step, and the job starts again on healthy nodes (its node count is a range:
 //! it needs no spare to start), where the new driver records the lost driver and resumes from
 //! the newest checkpoint. A lost driver node therefore costs the steps since the last
@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 /// ranks' steps).
 pub const STEP_NAME: &str = "weft-sentinel";
 
+/// How many of the sentinels watch (the first ones of the step); the others end at once.
+const WATCHERS: u64 = 3;
+
 #[derive(Args)]
 pub struct SentinelArgs {
     /// The job to requeue.
@@ -42,8 +45,8 @@ pub struct SentinelArgs {
     pub events: std::path::PathBuf,
 }
 
-/// Whether SLURM reports `node` down or not responding (`scontrol show node`: `State=DOWN…`,
-/// or a state with `+NOT_RESPONDING`). `None` when SLURM itself cannot be asked.
+/// Whether SLURM reports `node` down (`scontrol show node`: `State=DOWN…`). `None` when SLURM
+/// itself cannot be asked.
 fn node_lost(node: &str) -> Option<bool> {
     let o = Command::new("scontrol")
         .args(["show", "node", node])
@@ -54,7 +57,9 @@ fn node_lost(node: &str) -> Option<bool> {
     }
     let text = String::from_utf8_lossy(&o.stdout);
     let state = text.split_whitespace().find_map(|w| w.strip_prefix("State="))?;
-    Some(state.starts_with("DOWN") || state.contains("NOT_RESPONDING"))
+    // DOWN only: a node merely not responding for a while (a stalled slurmd) may still run
+    // a healthy driver.
+    Some(state.starts_with("DOWN"))
 }
 
 /// This sentinel's place among the job's sentinels (`SLURM_PROCID` of its step).
@@ -70,6 +75,10 @@ fn index() -> u64 {
 pub fn sentinel(a: &SentinelArgs) -> Result<()> {
     if a.timeout_s.is_nan() || a.timeout_s <= 0.0 {
         bail!("--timeout-s {}: must be > 0", a.timeout_s);
+    }
+    // A few sentinels are enough, and spare slurmctld the questions of hundreds.
+    if index() >= WATCHERS {
+        return Ok(());
     }
     let wait = Duration::from_secs_f64(a.timeout_s) + Duration::from_secs(2 * index());
     let mut lost_since: Option<Instant> = None;
