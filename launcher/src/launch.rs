@@ -177,7 +177,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     // `weft launch` of a preempted run too), unless the config names one. `fresh` applies to
     // the first attempt of this launch only: a restart, or a requeued SLURM job, continues
     // what that attempt saved instead of starting over again.
-    let requeued = std::env::var("SLURM_RESTART_COUNT").is_ok_and(|n| n.trim() != "0");
+    let requeued = crate::runlock::restarted_job();
     let lost_before = crate::record::unended_attempt(&cfg.run_dir()).is_some();
     let resume_first = match cfg.checkpoint.resume.as_str() {
         "" => "auto",
@@ -435,6 +435,14 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     if let Some(mut s) = sentinels.take() {
         // srun passes SIGTERM on to the sentinels and ends their step.
         let _ = Command::new("kill").args(["-TERM", &s.id().to_string()]).status();
+        // Not forever: the record's end comes next.
+        for _ in 0..50 {
+            if s.try_wait().is_ok_and(|st| st.is_some()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = s.kill();
         let _ = s.wait();
     }
     let outcome = match (&alloc, outcome) {

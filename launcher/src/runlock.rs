@@ -40,6 +40,9 @@ pub struct Holder {
     pub released: bool,
 }
 
+/// How long a start waits for a lock held by a process on another node (see `acquire`).
+const REMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A held run-directory lock; released (and its record marked so) when dropped.
 pub struct RunLock {
     file: File,
@@ -51,6 +54,11 @@ pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether this is a requeued SLURM job's later start.
+pub(crate) fn restarted_job() -> bool {
+    std::env::var("SLURM_RESTART_COUNT").is_ok_and(|n| n.trim() != "0")
 }
 
 /// Whether process `pid` exists on this host.
@@ -104,32 +112,35 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        let mut text = String::new();
-        // A record too large to be ours is treated as unreadable.
-        let _ = (&file).take(64 * 1024).read_to_string(&mut text);
-        let previous: Option<Holder> = serde_json::from_str(&text).ok();
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let who = previous.as_ref().map_or("another process".into(), describe);
-                let orphans = previous
-                    .as_ref()
-                    .filter(|h| h.host == hostname() && !alive(h.pid))
-                    .map_or(String::new(), |_| {
-                        " — that process is gone, but processes it started still hold the lock \
-                         (ranks end within launch.orphan_timeout_s of losing their driver)"
-                            .into()
-                    });
-                bail!(
-                    "{} is in use by {who}{orphans}; two runs must not share a run directory \
-                     (stop that one, or pick another job.name)",
-                    dir.display()
-                );
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()))
+        let read_record = || -> Option<Holder> {
+            let mut text = String::new();
+            // A record too large to be ours is treated as unreadable.
+            let _ = (&file).rewind();
+            let _ = (&file).take(64 * 1024).read_to_string(&mut text);
+            serde_json::from_str(&text).ok()
+        };
+        let waited = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                // A holder on a node that is gone keeps a lock on a network file system until
+                // the server notices (an NFSv4 lease, typically 90 s): a requeued SLURM job,
+                // restarted on other nodes, waits that long for it before refusing.
+                Err(std::fs::TryLockError::WouldBlock)
+                    if restarted_job()
+                        && read_record().is_some_and(|h| h.host != hostname())
+                        && waited.elapsed() < REMOTE_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    Self::refused(dir, &path, e, read_record())?;
+                    // A file system without locks: say so and go on unlocked.
+                    break;
+                }
             }
         }
+        let previous = read_record();
         if let Some(h) = previous.filter(|h| !h.released) {
             let here = h.host == hostname();
             if here {
@@ -178,6 +189,42 @@ impl RunLock {
         let mut lock = RunLock { file, path, holder };
         lock.write()?;
         Ok(lock)
+    }
+
+    /// The lock was not taken (`e`): refuse, naming the holder; or, where the file system
+    /// does not support locks, warn and return `Ok` (the run goes on unlocked).
+    fn refused(dir: &Path, path: &Path, e: std::fs::TryLockError, previous: Option<Holder>) -> Result<()> {
+        match e {
+            std::fs::TryLockError::WouldBlock => {
+                let who = previous.as_ref().map_or("another process".into(), describe);
+                let orphans = previous
+                    .as_ref()
+                    .filter(|h| h.host == hostname() && !alive(h.pid))
+                    .map_or(String::new(), |_| {
+                        " — that process is gone, but processes it started still hold the lock \
+                         (ranks end within launch.orphan_timeout_s of losing their driver)"
+                            .into()
+                    });
+                bail!(
+                    "{} is in use by {who}{orphans}; two runs must not share a run directory \
+                     (stop that one, or pick another job.name)",
+                    dir.display()
+                );
+            }
+            // ENOLCK, ENOSYS, EOPNOTSUPP: e.g. Lustre mounted without `flock`.
+            std::fs::TryLockError::Error(e)
+                if e.kind() == std::io::ErrorKind::Unsupported
+                    || matches!(e.raw_os_error(), Some(37 | 38 | 95)) =>
+            {
+                tracing::warn!(
+                    "{}: this file system does not support locks ({e}); the run directory is not \
+                     protected against a second run",
+                    path.display()
+                );
+                Ok(())
+            }
+            std::fs::TryLockError::Error(e) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
     }
 
     /// Record the process group of the ranks this holder started (a launch driver's attempt).
