@@ -178,7 +178,8 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     // the first attempt of this launch only: a restart, or a requeued SLURM job, continues
     // what that attempt saved instead of starting over again.
     let requeued = crate::runlock::restarted_job();
-    let lost_before = crate::record::unended_attempt(&cfg.run_dir()).is_some();
+    let unended = crate::record::unended_attempt(&cfg.run_dir());
+    let lost_before = unended.is_some();
     let resume_first = match cfg.checkpoint.resume.as_str() {
         "" => "auto",
         // (Nor after a lost driver: its attempt already started over.)
@@ -235,7 +236,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     // One owner per run directory, before anything in it is written.
     let mut lock = crate::runlock::RunLock::acquire(&dir, "weft launch")?;
     let mut events = Events::open(&dir)?;
-    let lost = crate::record::driver_lost(&dir, &mut events);
+    let lost = crate::record::driver_lost(&dir, unended, &mut events);
     let secret = secret();
     let board = Arc::new(Mutex::new(Board::default()));
     let addr = match &alloc {
@@ -340,7 +341,7 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         }
         events.log(
             json!({"event": "attempt", "attempt": attempt, "ranks": world, "nodes": nodes,
-            "host": crate::runlock::hostname(), "pid": child.id()}),
+            "host": crate::rankside::hostname(), "pid": child.id()}),
         );
         bar.set_message(format!("attempt {attempt}, {world} ranks"));
         let steps = cfg.training.steps;
@@ -384,7 +385,8 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
                 events.log(ev.clone());
                 failures.push(ev);
                 let suspects = failures.iter().map(|f| format!("{f}\n")).collect::<String>();
-                if let Err(e) = events.write_file(&dir.join("suspects.jsonl"), &suspects) {
+                if let Err(e) = crate::record::write_atomic(&dir.join("suspects.jsonl"), suspects.as_bytes())
+                {
                     tracing::warn!("{e:#}");
                 }
                 // Steps lost: the furthest any rank got, less the checkpoint the next attempt

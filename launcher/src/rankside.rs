@@ -23,7 +23,8 @@ pub(crate) fn env_rank() -> usize {
         .unwrap_or(0)
 }
 
-fn hostname() -> String {
+/// This node's host name.
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())

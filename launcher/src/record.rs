@@ -85,38 +85,15 @@ impl Events {
         }
     }
 
-    /// Write `text` to `path` atomically (temporary file, fsync, rename). The temporary file
-    /// never outlives a failure.
-    pub(crate) fn write_file(&self, path: &Path, text: &str) -> Result<()> {
-        Self::write_atomic(path, text)
-    }
-
-    fn write_atomic(path: &Path, text: &str) -> Result<()> {
-        let once = || -> Result<()> {
-            let tmp = path.with_extension("json.tmp");
-            let r = File::create(&tmp)
-                .and_then(|mut f| {
-                    f.write_all(text.as_bytes())?;
-                    f.sync_all()
-                })
-                .and_then(|_| std::fs::rename(&tmp, path));
-            if r.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            r.with_context(|| format!("writing {}", path.display()))
-        };
-        once()
-    }
-
     /// The end of the record: the summary `launch.json` into `dir`, then the `end` event. The
     /// reserve is given back first when the disk is full (the ranks have ended: nothing else
     /// takes the room). If even that fails, the summary goes to stderr naming its file.
     pub(crate) fn finish(&mut self, dir: &Path, summary: &serde_json::Value, end: serde_json::Value) {
         let path = dir.join("launch.json");
         let text = serde_json::to_string_pretty(summary).unwrap_or_default();
-        let mut r = Self::write_atomic(&path, &text);
+        let mut r = write_atomic(&path, text.as_bytes());
         if r.is_err() && self.release_reserve() {
-            r = Self::write_atomic(&path, &text);
+            r = write_atomic(&path, text.as_bytes());
         }
         self.release_reserve();
         self.log(end);
@@ -127,6 +104,31 @@ impl Events {
             );
         }
     }
+}
+
+/// Write `path` whole or not at all: a temporary file beside it, fsync, rename, fsync the
+/// directory. Errors name the file; the temporary file never outlives a failure.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let r = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|_| std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display())));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return r;
+    }
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(d)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", d.display()))?;
+    }
+    Ok(())
 }
 
 /// One failure of `launch.json` as a line for people: what, where, how fast it was detected,
@@ -152,9 +154,14 @@ pub(crate) fn failure_line(f: &serde_json::Value) -> String {
 /// A previous driver of this run that ended without writing its `end` event (its node died,
 /// or it was killed): recorded as a `driver_lost` event and returned as a failure for
 /// `launch.json` — the step its ranks had reached (the last step in `metrics.jsonl`) and the
-/// time since its last event. The caller fills in the recovery when the run resumes.
-pub(crate) fn driver_lost(dir: &Path, events: &mut Events) -> Option<(serde_json::Value, u64)> {
-    let (a, last_time) = unended_attempt(dir)?;
+/// time since its last event. `unended` is what [`unended_attempt`] found. The caller fills in
+/// the recovery when the run resumes.
+pub(crate) fn driver_lost(
+    dir: &Path,
+    unended: Option<(serde_json::Value, Option<f64>)>,
+    events: &mut Events,
+) -> Option<(serde_json::Value, u64)> {
+    let (a, last_time) = unended?;
     let reached = std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -226,7 +233,7 @@ mod tests {
         // A target that cannot be written (a directory in the way): the error names the file
         // and no temporary remains; the reserve stays for the end of the record.
         std::fs::create_dir_all(d.join("launch.json/x")).unwrap();
-        let e = ev.write_file(&d.join("launch.json"), "{}").unwrap_err();
+        let e = write_atomic(&d.join("launch.json"), b"{}").unwrap_err();
         assert!(format!("{e:#}").contains("launch.json"), "{e:#}");
         assert!(!d.join("launch.json.tmp").exists());
         assert!(d.join(".record-reserve").exists());

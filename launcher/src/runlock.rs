@@ -23,6 +23,8 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::rankside::hostname;
+
 /// Who holds (or last held) a run directory.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Holder {
@@ -48,12 +50,6 @@ pub struct RunLock {
     file: File,
     path: PathBuf,
     holder: Holder,
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Whether this is a requeued SLURM job's later start.

@@ -279,7 +279,7 @@ impl Allocation {
         timeout_s: f64,
         events: &Path,
     ) -> Result<Option<std::process::Child>> {
-        let here = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| crate::runlock::hostname());
+        let here = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| crate::rankside::hostname());
         let others: Vec<&String> = self.nodes.iter().filter(|n| **n != here).collect();
         if others.is_empty() {
             return Ok(None);

@@ -254,7 +254,7 @@ fn submit(s: &Sweep, a: &SweepArgs) -> Result<()> {
         .as_millis();
     let list = arrays.join(format!("{stamp}.json"));
     let names: Vec<&str> = todo.iter().map(|r| r.name.as_str()).collect();
-    results::write_atomic(&list, serde_json::to_string_pretty(&names)?.as_bytes())?;
+    crate::record::write_atomic(&list, serde_json::to_string_pretty(&names)?.as_bytes())?;
     let me = crate::weft_exe()?.display().to_string();
     let file = s.file.display().to_string();
     let mut task = vec![me.clone(), "sweep".into(), file.clone(), "--array-task".into()];

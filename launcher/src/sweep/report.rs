@@ -215,7 +215,7 @@ pub fn write(s: &Sweep) -> Result<()> {
         lr_transfer: &lr,
         scaling: &sc,
     };
-    super::results::write_atomic(
+    crate::record::write_atomic(
         &s.dir.join("fits.json"),
         serde_json::to_string_pretty(&fits)?.as_bytes(),
     )?;
@@ -226,7 +226,7 @@ pub fn write(s: &Sweep) -> Result<()> {
         plot::draw(&s.dir.join("scaling"), &scaling_panels(&sc))?;
     }
     let md = markdown(s, &fits);
-    super::results::write_atomic(&s.dir.join("report.md"), md.as_bytes())?;
+    crate::record::write_atomic(&s.dir.join("report.md"), md.as_bytes())?;
     for f in &lr {
         if let Some(x) = f.shift {
             println!(

@@ -7,7 +7,6 @@ use super::spec::{Run, Sweep};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 /// One run's outcome, as `result.json` and one row of `results.csv`.
@@ -142,30 +141,17 @@ pub fn finish(sweep: &Sweep, run: &Run) -> Result<Option<RunResult>> {
         train_loss,
         diverged_at: m.diverged,
     };
-    write_atomic(
+    crate::record::write_atomic(
         &dir.join("result.json"),
         serde_json::to_string_pretty(&r)?.as_bytes(),
     )?;
     Ok(Some(r))
 }
 
-/// Write `path` whole or not at all: a temporary file, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    if let Some(d) = path.parent() {
-        std::fs::File::open(d)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Every finished run's result, in sweep order, as `results.json` and `results.csv`.
 pub fn collect(sweep: &Sweep) -> Result<Vec<RunResult>> {
     let rows: Vec<RunResult> = sweep.runs.iter().filter_map(|r| read(sweep, r)).collect();
-    write_atomic(
+    crate::record::write_atomic(
         &sweep.dir.join("results.json"),
         serde_json::to_string_pretty(&rows)?.as_bytes(),
     )?;
@@ -195,6 +181,6 @@ pub fn collect(sweep: &Sweep) -> Result<Vec<RunResult>> {
             r.diverged_at.map(|s| s.to_string()).unwrap_or_default()
         ));
     }
-    write_atomic(&sweep.dir.join("results.csv"), csv.as_bytes())?;
+    crate::record::write_atomic(&sweep.dir.join("results.csv"), csv.as_bytes())?;
     Ok(rows)
 }
