@@ -9,7 +9,7 @@ use weft_kernels::Ops;
 use weft_parallel::SeqSplit;
 
 impl<B: Ops> Dit<B> {
-    /// The bytes of activations [`Dit::new_par`] allocates (what [`Model::activation_bytes`]
+    /// The bytes of activations [`Dit::new_par`] allocates (what [`Model::activation_bytes`](crate::model::Model::activation_bytes)
     /// then reports) for micro-batches of `b` clips in a dtype of `dtype_size` bytes under
     /// `split`, computed from the config alone.
     pub fn activation_bytes_of(
@@ -47,7 +47,7 @@ impl<B: Ops> Dit<B> {
     }
 
     /// Model FLOPs of one forward+backward over `b` clips of the whole model (what
-    /// [`Model::flops_per_micro_batch`] reports in one process), from the config alone.
+    /// [`Model::flops_per_micro_batch`](crate::model::Model::flops_per_micro_batch) reports in one process), from the config alone.
     pub fn flops_of(cfg: &DitConfig, b: usize) -> f64 {
         let (spec, pd) = Self::spec(cfg, b, 1, 1);
         cfg.depth as f64 * spec.flops() + Self::io_flops(cfg, b, pd.tokens(), pd.token_dim())
