@@ -39,7 +39,7 @@ pub fn ckpt(a: &CkptBenchArgs) -> Result<()> {
         "checkpoint.keep=1".to_string(),
     ];
     let cfg = Config::load(&a.config, &sets)?;
-    let layout = weft_trainer::train::layout_of(&cfg);
+    let layout = weft_trainer::job::layout_of(&cfg);
     let n = layout.len();
     let bufs: Vec<HostVec> = (0..3)
         .map(|k| {

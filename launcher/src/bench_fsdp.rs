@@ -53,7 +53,7 @@ fn measure(_: &FsdpBenchArgs) -> Result<()> {
 fn measure(a: &FsdpBenchArgs) -> Result<()> {
     use weft_kernels::CpuBackend;
     use weft_parallel::Comm;
-    use weft_trainer::dist::train_rank;
+    use weft_trainer::train::train_rank;
     use weft_trainer::Config;
     let mpi = weft_parallel::comm::mpi::MpiWorld::init()?;
     let n = mpi.size();

@@ -1,14 +1,18 @@
 //! `weft bench step`: one training step (forward, backward, clipped AdamW) of the tiny DiT and
-//! GPT in weft and in PyTorch on this CPU, in the same run; prints steps/s and the ratio.
+//! GPT in weft (the trainer's own step, on a mesh of one) and in PyTorch on this CPU, in the
+//! same run; prints steps/s and the ratio.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
-use weft_kernels::{Backend, CpuBackend, DType, ElementwiseOps};
+use weft_kernels::{Backend, CpuBackend};
+use weft_parallel::comm::local;
 use weft_trainer::config::ModelConfig;
 use weft_trainer::data::{shapes::Shapes, Source, Split};
-use weft_trainer::model::{upload_f32, Dit, Gpt, Model, TokenBatch};
-use weft_trainer::optim::AdamWState;
+use weft_trainer::job::Precision;
+use weft_trainer::mesh::{check_mesh, Groups};
+use weft_trainer::model::{Dit, Gpt, Model, TokenBatch};
+use weft_trainer::step::Step;
 use weft_trainer::Config;
 
 #[derive(clap::Args)]
@@ -27,40 +31,55 @@ pub struct StepBenchArgs {
     pub python: String,
 }
 
-/// Median seconds of `steps` weft training steps (after 2 warm-up steps).
-fn weft_steps<M: Model<CpuBackend>>(
-    cfg: &Config,
-    mut model: M,
-    mut batch: impl FnMut(u64) -> M::Batch,
-    steps: usize,
-) -> Result<f64> {
-    let be = CpuBackend::new();
-    let layout = model.layout().clone();
-    let mut params = weft_kernels::HostVec::zeros(DType::F32, layout.len());
-    upload_f32(&be, &layout.init(0)?, params.view_mut())?;
-    let mut grads = weft_kernels::HostVec::zeros(DType::F32, layout.len());
-    let mut adam = AdamWState::new(&be, DType::F32, layout.len())?;
-    let mut times = vec![];
-    for i in 0..steps + 2 {
-        let b = batch(i as u64);
-        let t0 = Instant::now();
-        be.fill(grads.view_mut(), 0.0, layout.len())?;
-        model.forward(&be, params.view(), &b)?;
-        model.backward(&be, params.view(), grads.view_mut(), 1.0)?;
-        adam.step(
-            &be,
-            &cfg.optimizer,
-            &layout,
-            params.view_mut(),
-            grads.view(),
-            1e-4,
-        )?;
-        if i >= 2 {
-            times.push(t0.elapsed().as_secs_f64());
+/// Median seconds of `steps` weft training steps (after 2 warm-up steps): the trainer's own
+/// [`Step`] on a mesh of one, with the model `make` builds and batches from `src`.
+fn weft_steps<M, S>(cfg: &Config, make: impl Fn() -> Result<M> + Sync, src: &S, steps: usize) -> Result<f64>
+where
+    M: Model<CpuBackend>,
+    S: Source<Batch = M::Batch> + Sync,
+{
+    let mut times = local::run(1, |_, comm| {
+        let be = CpuBackend::new();
+        let mesh = check_mesh(cfg, 1)?;
+        let (groups, _) = Groups::split(&mesh, &comm, &comm)?;
+        let mut model = make()?;
+        let layout = cfg.parametrize(model.layout().clone());
+        let mut st = Step::new(cfg, &be, &groups, (mesh, 0), &layout, true)?;
+        let mut times = vec![];
+        for i in 0..steps + 2 {
+            let t0 = Instant::now();
+            st.run(cfg, &be, &mut model, src, i as u64)?;
+            if i >= 2 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
         }
-    }
+        anyhow::Ok(times)
+    })?
+    .remove(0);
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+/// Tokens that need no file: a fixed pattern per sample index.
+struct SyntheticTokens {
+    seq_len: usize,
+    vocab: u64,
+}
+
+impl Source for SyntheticTokens {
+    type Batch = TokenBatch;
+    fn batch(&self, _: Split, indices: &[u64]) -> weft_trainer::Result<TokenBatch> {
+        let n = indices.len() * self.seq_len;
+        let i = indices.first().copied().unwrap_or(0);
+        Ok(TokenBatch {
+            ids: (0..n as u64)
+                .map(|j| ((j * 31 + i * 7) % self.vocab) as i32)
+                .collect(),
+            targets: (0..n as u64)
+                .map(|j| ((j * 17 + i * 3) % self.vocab) as i32)
+                .collect(),
+        })
+    }
 }
 
 pub fn step(a: &StepBenchArgs) -> Result<()> {
@@ -75,33 +94,16 @@ pub fn step(a: &StepBenchArgs) -> Result<()> {
         cfg: dm.clone(),
         seed: 0,
     };
-    let dit_s = weft_steps(
-        &dc,
-        Dit::new(&be, dm, db, DType::F32, false)?,
-        |i| {
-            shapes
-                .batch(
-                    Split::Train,
-                    &(i * db as u64..(i + 1) * db as u64).collect::<Vec<_>>(),
-                )
-                .expect("procedural data")
-        },
-        a.steps,
-    )?;
+    let prec = |c: &Config| Precision::of(c).param;
+    let dit = || Ok(Dit::new(&be, dm, db, prec(&dc), false)?);
+    let dit_s = weft_steps(&dc, dit, &shapes, a.steps)?;
     let n = gb * gm.seq_len;
-    let gpt_s = weft_steps(
-        &gc,
-        Gpt::new(&be, gm, gb, DType::F32, false)?,
-        |i| TokenBatch {
-            ids: (0..n)
-                .map(|j| ((j as u64 * 31 + i * 7) % gm.vocab_size as u64) as i32)
-                .collect(),
-            targets: (0..n)
-                .map(|j| ((j as u64 * 17 + i * 3) % gm.vocab_size as u64) as i32)
-                .collect(),
-        },
-        a.steps,
-    )?;
+    let tokens = SyntheticTokens {
+        seq_len: gm.seq_len,
+        vocab: gm.vocab_size as u64,
+    };
+    let gpt = || Ok(Gpt::new(&be, gm, gb, prec(&gc), false)?);
+    let gpt_s = weft_steps(&gc, gpt, &tokens, a.steps)?;
     println!(
         "weft    {}: DiT {:.1} ms/step ({:.0} clips/s), GPT {:.1} ms/step ({:.0} tokens/s)",
         be.name(),

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use weft_trainer::train::{layout_of, TrainOptions};
+use weft_trainer::job::layout_of;
+use weft_trainer::train::TrainOptions;
 use weft_trainer::{Config, Role};
 
 #[derive(Args)]
@@ -56,6 +57,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         &cfg,
         TrainOptions {
             progress: !a.no_progress,
+            ..TrainOptions::default()
         },
     )?;
     if s.steps < cfg.training.steps {
@@ -73,7 +75,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         cfg.job.name,
         s.steps,
         s.losses.last().copied().unwrap_or(f64::NAN),
-        weft_trainer::train::versus_baseline(s.val_loss, s.val_baseline),
+        weft_trainer::eval::versus_baseline(s.val_loss, s.val_baseline),
         s.weights.display()
     );
     Ok(())
@@ -157,7 +159,7 @@ pub fn config(a: &ConfigArgs) -> Result<()> {
         println!("  {role:?}: {}", l.count(role));
     }
     println!("blocks: {}", l.blocks.len());
-    weft_trainer::dist::check_mesh(&cfg, cfg.parallel.world())?;
+    weft_trainer::mesh::check_mesh(&cfg, cfg.parallel.world())?;
     let est = weft_trainer::memory::estimate(&cfg, a.ranks_here.unwrap_or(cfg.parallel.world()));
     println!("{est}");
     let host = weft_trainer::memory::host_memory();

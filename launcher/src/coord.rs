@@ -72,7 +72,7 @@ pub fn coord_check(a: &CoordArgs) -> Result<()> {
             ]);
             let cfg = weft_trainer::Config::load(&a.config, &sets)?;
             weft_trainer::observe::coord::enable(true);
-            let run = weft_trainer::train::train(&cfg, weft_trainer::train::TrainOptions { progress: false });
+            let run = weft_trainer::train::train(&cfg, weft_trainer::train::TrainOptions::default());
             let steps = weft_trainer::observe::coord::take();
             weft_trainer::observe::coord::enable(false);
             run?;

@@ -6,8 +6,9 @@ use serde_json::json;
 use weft_kernels::CpuBackend;
 use weft_parallel::comm::local;
 use weft_parallel::comm::watch::{Activity, Watched};
-use weft_trainer::dist::{check_mesh, train_rank, RankOutcome};
-use weft_trainer::{export, Config};
+use weft_trainer::mesh::check_mesh;
+use weft_trainer::train::{train_rank, RankOutcome};
+use weft_trainer::Config;
 
 /// `comm`, reporting its collective activity to a supervisor (`weft launch`).
 fn watched(rank: usize, comm: weft_parallel::HostComm) -> Watched<CpuBackend> {
@@ -31,7 +32,7 @@ pub fn train(cfg: &Config) -> Result<()> {
     check_mesh(cfg, world)?;
     tracing::info!(
         "{world} ranks as threads of this process (mesh {:?})",
-        weft_trainer::dist::mesh_of(cfg).sizes
+        weft_trainer::mesh::mesh_of(cfg).sizes
     );
     let outs = local::run(world, |rank, comm| {
         let comm = watched(rank, comm);
@@ -96,16 +97,13 @@ fn digest(v: &[f32]) -> String {
     format!("{h:016x}")
 }
 
-/// Rank 0: write the weights and a summary, print the result.
+/// Rank 0 (which wrote the weights): write a summary, print the result.
 fn finish(cfg: &Config, o: &RankOutcome, transport: &str) -> Result<()> {
     let dir = cfg.run_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let weights = dir.join("model.safetensors");
-    let layout = weft_trainer::train::layout_of(cfg);
-    export::save(&weights, &layout, &o.params, cfg, cfg.training.steps)?;
+    let weights = &o.weights;
     let summary = json!({
         "transport": transport,
-        "mesh": weft_trainer::dist::mesh_of(cfg).sizes,
+        "mesh": weft_trainer::mesh::mesh_of(cfg).sizes,
         "losses": o.losses,
         "params_digest": digest(&o.params),
         "memory_rank0": o.memory,

@@ -110,7 +110,7 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
 pub fn launch(a: &LaunchArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
     let world = cfg.parallel.world();
-    weft_trainer::dist::check_mesh(&cfg, world)?;
+    weft_trainer::mesh::check_mesh(&cfg, world)?;
     // Every rank of a local run shares this machine's memory. On SLURM this may be a login
     // node: there each rank checks its own node when it starts.
     if !a.slurm {

@@ -44,7 +44,7 @@ fn ok(out: Output) -> String {
 }
 
 fn params(run: &Path) -> Vec<f32> {
-    weft_trainer::export::load(&run.join("model.safetensors"), weft_trainer::train::layout_of)
+    weft_trainer::export::load(&run.join("model.safetensors"), weft_trainer::job::layout_of)
         .unwrap()
         .1
 }
@@ -114,7 +114,7 @@ fn sigterm_saves_and_exits_0_and_resume_matches_an_uninterrupted_run() {
         .arg(&file)
         .output()
         .unwrap());
-    let (_, exported) = weft_trainer::export::load(&file, weft_trainer::train::layout_of).unwrap();
+    let (_, exported) = weft_trainer::export::load(&file, weft_trainer::job::layout_of).unwrap();
     assert_eq!(exported.len(), params(&dir.path().join("straight")).len());
     let py = Command::new("python3")
         .args([

@@ -542,7 +542,7 @@ fn launches_on_a_slurm_cluster_and_survives_a_crash_and_a_node_loss() {
     assert!(events.contains("\"shrink\""), "{events}");
     let params = |run: &str| {
         let file = out.join(run).join("model.safetensors");
-        weft_trainer::export::load(&file, weft_trainer::train::layout_of)
+        weft_trainer::export::load(&file, weft_trainer::job::layout_of)
             .unwrap()
             .1
     };

@@ -291,7 +291,7 @@ pub fn saved_config(c: &ck::Checkpoint) -> Result<Config> {
 /// manifest verified against the files' sizes, so nothing larger than the files is allocated.
 pub fn read_model(c: &ck::Checkpoint) -> Result<(Config, Layout, Vec<f32>)> {
     let cfg = saved_config(c)?;
-    let layout = crate::train::layout_of(&cfg);
+    let layout = crate::job::layout_of(&cfg);
     for e in &layout.entries {
         let key = format!("model.{}", e.name);
         let want: Vec<u64> = e.shape.iter().map(|&d| d as u64).collect();
@@ -380,20 +380,24 @@ impl Checkpointer {
             mesh,
             // The run's config travels with its checkpoints (export, inspection).
             state: serde_json::json!({ "config": cfg.to_toml() }),
-            tensors: tensor_metas(global, crate::train::dtype_of(cfg), &parts(cfg)),
+            tensors: tensor_metas(global, crate::job::dtype_of(cfg), &parts(cfg)),
             keep: cfg.checkpoint.keep,
             timeout: Duration::from_secs_f64(cfg.checkpoint.commit_timeout_s),
         }
     }
 
+    /// Whether a save is due after `step` completed steps (every `checkpoint.interval`).
+    pub fn due(&self, step: u64) -> bool {
+        self.interval > 0 && step.is_multiple_of(self.interval)
+    }
+
     /// After step `state.step` (completed steps): stage and hand off a save if it is due (or
-    /// `force`d, before an exit).
+    /// `force`d, before an exit). `bufs` are read only then.
     pub fn after_step(&mut self, state: State, bufs: &[(&str, &HostVec)], force: bool) -> Result<()> {
         if let Some(r) = self.saver.poll() {
             self.report(r);
         }
-        let due = self.interval > 0 && state.step.is_multiple_of(self.interval);
-        if !due && !force {
+        if !self.due(state.step) && !force {
             return Ok(());
         }
         let t = Instant::now();

@@ -185,9 +185,18 @@ pub struct Training {
     /// Recompute each block's activations in backward instead of keeping them.
     #[serde(default)]
     pub recompute: bool,
-    /// Compute and master dtype: `f32`, or `f64` for reference runs.
+    /// Master dtype (weights, accumulated gradients, optimizer state): `f32`, or `f64` for
+    /// reference runs.
     #[serde(default = "f32_name")]
     pub dtype: String,
+    /// The dtype parameters are gathered and computed in (activations too): `bf16` for mixed
+    /// precision over f32 masters, or the master dtype (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param_dtype: Option<String>,
+    /// The dtype gradients are reduce-scattered and all-reduced in: the master dtype (the
+    /// default) or `bf16` (half the bytes, rounded once per reduction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce_dtype: Option<String>,
     /// Peak FLOP/s of the device for MFU; measured at start when absent.
     #[serde(default)]
     pub peak_flops: Option<f64>,

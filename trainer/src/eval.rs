@@ -4,9 +4,9 @@
 //! compared in words.
 
 use crate::data::{Source, Split};
+use crate::job::{dtype_of, layout_of, with_model, Baseline, ModelJob};
 use crate::model::{Flat, Model, Weights};
-use crate::train::{dtype_of, layout_of, with_model, ModelJob};
-use crate::{memory, Config, Error, Result};
+use crate::{Config, Error, Result};
 use weft_kernels::{Backend, CpuBackend, DType, Ops};
 
 /// The held-out batches of every validation: `n` batches of `b · dp` samples from the start
@@ -89,39 +89,6 @@ pub fn versus_baseline(loss: f64, baseline: f64) -> String {
     )
 }
 
-pub(crate) fn flow_baseline(batches: &[crate::model::DitBatch]) -> f64 {
-    let n = batches[0].target.len() / batches[0].t.len();
-    let all: Vec<&[f32]> = batches.iter().flat_map(|b| b.target.chunks(n)).collect();
-    let mean: Vec<f64> = (0..n)
-        .map(|j| all.iter().map(|s| s[j] as f64).sum::<f64>() / all.len() as f64)
-        .collect();
-    let sq: f64 = all
-        .iter()
-        .map(|s| {
-            s.iter()
-                .zip(&mean)
-                .map(|(&v, m)| (v as f64 - m).powi(2))
-                .sum::<f64>()
-        })
-        .sum();
-    sq / (all.len() * n) as f64
-}
-
-/// Language modelling: the cross-entropy of the held-out unigram distribution.
-pub(crate) fn unigram_baseline(batches: &[crate::model::TokenBatch]) -> f64 {
-    let mut counts = std::collections::HashMap::new();
-    let mut total = 0usize;
-    for t in batches.iter().flat_map(|b| &b.targets).filter(|&&t| t >= 0) {
-        *counts.entry(*t).or_insert(0usize) += 1;
-        total += 1;
-    }
-    counts
-        .values()
-        .map(|&c| c as f64 / total as f64)
-        .map(|p| -p * p.ln())
-        .sum()
-}
-
 /// A model's loss on held-out data and the best constant predictor's on the same samples.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Eval {
@@ -135,14 +102,14 @@ pub struct Eval {
 /// data.
 pub fn evaluate(cfg: &Config, params: &[f32], samples: usize) -> Result<Eval> {
     struct Job<'a>(&'a [f32], usize, DType);
-    impl ModelJob for Job<'_> {
+    impl ModelJob<CpuBackend> for Job<'_> {
         type Out = Eval;
         fn run<M, S>(
             self,
             be: &CpuBackend,
             mut model: M,
             src: &S,
-            baseline: fn(&[M::Batch]) -> f64,
+            baseline: Baseline<M::Batch>,
         ) -> Result<Eval>
         where
             M: Model<CpuBackend>,
@@ -150,7 +117,7 @@ pub fn evaluate(cfg: &Config, params: &[f32], samples: usize) -> Result<Eval> {
         {
             let (b, _) = model.batch_shape();
             let val = val_batches(src, self.1.div_ceil(b), b, (0, 1))?;
-            let mut p = memory::alloc(be, "the parameters", self.2, self.0.len())?;
+            let mut p = crate::alloc::alloc(be, "the parameters", self.2, self.0.len())?;
             crate::model::upload_f32(be, self.0, CpuBackend::view_mut(&mut p))?;
             let layout = model.layout().clone();
             let mut wt = Flat::new(&layout, CpuBackend::view(&p), None);

@@ -211,7 +211,7 @@ impl Layout {
     /// whole (as one process would) and sliced, so any `tp` starts from the same weights.
     pub fn init_tp(&self, seed: u64, tp: usize, rank: usize) -> Result<Vec<f32>> {
         use rand::SeedableRng;
-        let mut out: Vec<f32> = crate::memory::host_zeros("the initial weights (f32)", self.len)?;
+        let mut out: Vec<f32> = crate::alloc::host_zeros("the initial weights (f32)", self.len)?;
         for (i, e) in self.entries.iter().enumerate() {
             let dst = &mut out[e.range()];
             match e.init {
@@ -220,7 +220,7 @@ impl Layout {
                 Init::Normal(std) => {
                     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
                     rng.set_stream(i as u64 + 1);
-                    let mut global: Vec<f32> = crate::memory::host_zeros(
+                    let mut global: Vec<f32> = crate::alloc::host_zeros(
                         &format!("the initial draw of `{}`", e.name),
                         e.global_numel(tp),
                     )?;

@@ -1,14 +1,16 @@
 //! # weft-trainer
 //!
 //! Models, optimizers, data and the training loop of weft.
+pub mod alloc;
 pub mod ckpt;
 pub mod config;
 pub mod data;
-pub mod dist;
 mod error;
 pub mod eval;
+pub mod job;
 pub mod layout;
 pub mod memory;
+pub mod mesh;
 mod metrics;
 pub mod model;
 pub mod observe;
@@ -21,4 +23,5 @@ pub mod fit;
 pub mod optim;
 mod render;
 pub mod sample;
+pub mod step;
 pub mod train;

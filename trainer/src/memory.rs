@@ -4,17 +4,18 @@
 //!
 //! Per rank (`parallel.dp_shard` ranks share the parameters, gradients and optimizer state
 //! under FSDP; `tp` splits them further):
-//! - parameters, gradients: the rank's shard (the whole model in one process), in
-//!   `training.dtype`;
+//! - parameters, gradients: the rank's shard (the whole model in one process), in the master
+//!   dtype `training.dtype`;
 //! - optimizer state: AdamW keeps 2 values per parameter (first and second moment), AdEMAMix
 //!   3 (plus the slow EMA), Muon and Scion 2 (momentum, and AdamW's second moment for the
 //!   tensors AdamW updates) plus, while stepping, two shard-sized directions and the largest
 //!   matrix's Newton–Schulz work;
 //! - activations of one micro-batch: exactly what the model allocates
 //!   ([`Gpt::activation_bytes_of`], [`Dit::activation_bytes_of`]);
-//! - under FSDP, the gathered units and the full gradients in flight at their peak (the
-//!   input and output layers stay gathered for a micro-batch; every unit's gradient waits in
-//!   its reduce-scatter until the micro-batch ends);
+//! - the gathered units (in `training.param_dtype`) and the full gradients (in
+//!   `training.reduce_dtype`) in flight at their peak (the input and output layers stay
+//!   gathered for a micro-batch; every unit's gradient waits in its reduce-scatter until the
+//!   micro-batch ends); one process is a mesh of one and gathers too;
 //! - transients: the initial weights drawn in f32 at start (before the optimizer state
 //!   exists), and assembling or exporting the weights at the end.
 //!
@@ -25,11 +26,11 @@
 //! machine is refused with its numbers, never overflowed.
 
 use crate::config::ModelConfig;
+use crate::mesh::{layout_tp, seq_split};
 use crate::model::{Dit, Gpt};
-use crate::{Config, Error, Layout, Result};
+use crate::{Config, Error, Result};
 use std::fmt;
-use weft_kernels::{Backend, CpuBackend, DType};
-use weft_parallel::SeqSplit;
+use weft_kernels::CpuBackend;
 
 /// The margin over the counted bytes, as a fraction of them.
 pub const MARGIN_FRACTION: f64 = 0.10;
@@ -141,27 +142,6 @@ pub fn ranks_here(cfg: &Config, under_mpi: bool) -> usize {
     .unwrap_or(1)
 }
 
-/// This tp rank's parameter layout of `cfg` (tp = 1: the whole model's).
-pub fn layout_tp(cfg: &Config, tp: usize) -> Layout {
-    match &cfg.model {
-        ModelConfig::Dit(m) => Dit::<CpuBackend>::layout_tp(m, tp),
-        ModelConfig::Gpt(m) => Gpt::<CpuBackend>::layout_tp(m, tp),
-    }
-}
-
-/// The split of each sequence a rank of `cfg`'s mesh holds.
-pub fn seq_split(cfg: &Config) -> SeqSplit {
-    let dims = crate::dist::model_dims(cfg);
-    let p = &cfg.parallel;
-    SeqSplit {
-        t: dims.tokens.1,
-        ring: (p.cp / p.ulysses.max(1)).max(1),
-        ulysses: p.ulysses,
-        tp: p.tp,
-        causal: dims.causal,
-    }
-}
-
 /// Elements of `e` as `f64` (exact below 2⁵³, never overflowing).
 fn numel(e: &crate::Entry) -> f64 {
     e.shape.iter().map(|&d| d as f64).product()
@@ -172,8 +152,9 @@ fn numel(e: &crate::Entry) -> f64 {
 pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
     let p = &cfg.parallel;
     let t = &cfg.training;
-    let dtype = crate::train::dtype_of(cfg);
-    let dt = dtype.size() as f64;
+    let prec = crate::job::Precision::of(cfg);
+    let dt = prec.master.size() as f64;
+    let (pd, rd) = (prec.param.size() as f64, prec.reduce.size() as f64);
     let (tp, ds) = (p.tp, p.dp_shard);
     let sharded = p.world() > 1;
     let global = layout_tp(cfg, 1);
@@ -194,7 +175,7 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
             .map(|u| u.len().div_ceil(ds) as f64)
             .collect()
     };
-    let shard = if sharded { units.iter().sum() } else { local_n };
+    let shard: f64 = units.iter().sum();
     let moments = if cfg.optimizer.kind == "ademamix" {
         3.0
     } else {
@@ -227,44 +208,41 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
     let split = seq_split(cfg);
     let activations = match &cfg.model {
         ModelConfig::Dit(m) => {
-            Dit::<CpuBackend>::activation_bytes_of(m, t.micro_batch, dtype.size(), t.recompute, split)
+            Dit::<CpuBackend>::activation_bytes_of(m, t.micro_batch, prec.param, t.recompute, split)
         }
         ModelConfig::Gpt(m) => {
-            Gpt::<CpuBackend>::activation_bytes_of(m, t.micro_batch, dtype.size(), t.recompute, split)
+            Gpt::<CpuBackend>::activation_bytes_of(m, t.micro_batch, prec.param, t.recompute, split)
         }
     };
-    // Gathered units and gradients in flight: every unit's full gradient and its received
-    // shard wait until the micro-batch ends; the input and output layers stay gathered; the
-    // current block and the next one being fetched.
-    let in_flight = if sharded {
+    // Gathered units (in the compute dtype) and gradients in flight: every unit's full
+    // gradient and its received shard wait in the reduce dtype until the micro-batch ends
+    // (the unit being finished also in the master dtype); the input and output layers stay
+    // gathered; the current block and the next one being fetched. One process is a mesh of
+    // one and holds the same buffers.
+    let in_flight = {
         let d = ds as f64;
         let all: f64 = units.iter().map(|m| m * (d + 1.0)).sum();
+        let largest = units.iter().copied().fold(0.0, f64::max);
         let outer = units.first().copied().unwrap_or(0.0) + units.last().copied().unwrap_or(0.0);
         let block = if units.len() > 2 {
             units[1..units.len() - 1].iter().copied().fold(0.0, f64::max)
         } else {
             0.0
         };
-        (all + d * outer + 2.0 * (d + 1.0) * block) * dt
-    } else {
-        0.0
+        all * rd + d * largest * (dt - rd).max(0.0) + (d * outer + 2.0 * (d + 1.0) * block) * pd
     };
     let largest_draw = global.entries.iter().map(numel).fold(0.0, f64::max);
     // Start: the initial weights drawn in f32 (this rank's tp piece, and the tensor being
     // drawn whole), plus the host copy of the shard under FSDP.
-    let at_start = 4.0 * (local_n + largest_draw + if sharded { shard } else { 0.0 });
+    let at_start = 4.0 * (local_n + largest_draw + shard);
     // End: several ranks all-gather the f32 weights (and over tp); one process copies them
     // to f32 and writes the export (its bytes, and the serialized file).
-    let at_end = if sharded {
-        4.0 * (shard * (ds as f64 + 1.0) + local_n)
-            + if tp > 1 {
-                4.0 * (local_n * tp as f64 + parameters)
-            } else {
-                0.0
-            }
-    } else {
-        12.0 * local_n
-    };
+    let at_end = 4.0 * (shard * (ds as f64 + 1.0) + local_n)
+        + if tp > 1 {
+            4.0 * (local_n * tp as f64 + parameters)
+        } else {
+            0.0
+        };
     let (params, grads, optimizer) = (shard * dt, shard * dt, moments * shard * dt);
     let held = params + grads + activations;
     let per_rank = (held + at_start)
@@ -274,7 +252,11 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
     let margin = MARGIN_FRACTION * counted + MARGIN_FIXED;
     let (b, tokens) = (t.micro_batch, split.t);
     let notes = Notes {
-        dtype: t.dtype.clone(),
+        dtype: if prec.param == prec.master {
+            t.dtype.clone()
+        } else {
+            format!("{} (computing in {})", prec.master, prec.param)
+        },
         state: if sharded {
             "this rank's shard"
         } else {
@@ -413,11 +395,11 @@ pub fn fits(est: &Estimate, host: Option<&HostMemory>) -> std::result::Result<()
     }
 }
 
-/// Check the mesh against the model ([`crate::dist::check_mesh`]), estimate `cfg` for
+/// Check the mesh against the model ([`crate::mesh::check_mesh`]), estimate `cfg` for
 /// `ranks_here` ranks on this machine and refuse it, with the breakdown, when it cannot fit
 /// (unless `training.skip_memory_check`).
 pub fn check(cfg: &Config, ranks_here: usize) -> Result<Estimate> {
-    crate::dist::check_mesh(cfg, cfg.parallel.world())?;
+    crate::mesh::check_mesh(cfg, cfg.parallel.world())?;
     let est = estimate(cfg, ranks_here);
     if cfg.training.skip_memory_check {
         return Ok(est);
@@ -457,28 +439,6 @@ fn count(n: f64) -> String {
     }
 }
 
-/// `be.alloc(dt, n)`, failing with an error that names `what` and its size.
-pub fn alloc<B: Backend>(be: &B, what: &str, dt: DType, n: usize) -> Result<B::Buffer> {
-    be.alloc(dt, n).map_err(|e| Error::Alloc {
-        what: what.into(),
-        bytes: n as u128 * dt.size() as u128,
-        why: e.to_string(),
-    })
-}
-
-/// A host vector of `n` default values, failing with an error that names `what` and its size
-/// instead of aborting.
-pub fn host_zeros<T: Clone + Default>(what: &str, n: usize) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|e| Error::Alloc {
-        what: what.into(),
-        bytes: n as u128 * std::mem::size_of::<T>() as u128,
-        why: e.to_string(),
-    })?;
-    v.resize(n, T::default());
-    Ok(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,20 +449,5 @@ mod tests {
         assert_eq!(human(1.5 * 1024.0 * 1024.0 * 1024.0), "1.50 GiB");
         assert_eq!(human(3.0 * 1024f64.powi(4)), "3.00 TiB");
         assert!(human(1e30).ends_with(" B"), "{}", human(1e30));
-    }
-
-    #[test]
-    fn impossible_allocations_are_errors_naming_the_buffer() {
-        let e = host_zeros::<f32>("the test buffer", usize::MAX / 2).unwrap_err();
-        let msg = e.to_string();
-        assert!(msg.contains("the test buffer") && msg.contains("bytes"), "{msg}");
-        let be = CpuBackend::new();
-        // Fits in the address space's arithmetic but not in any machine (1 EiB).
-        let e = alloc(&be, "gradients (shard)", DType::F32, 1 << 58).unwrap_err();
-        let msg = e.to_string();
-        assert!(
-            msg.contains("gradients (shard)") && msg.contains("1152921504606846976 bytes"),
-            "{msg}"
-        );
     }
 }

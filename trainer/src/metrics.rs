@@ -8,7 +8,8 @@ use crate::{Error, Result};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use weft_kernels::Backend;
+use std::time::Instant;
+use weft_kernels::{DType, MatmulDims, Ops};
 
 /// The open metrics file of a run.
 pub(crate) struct Metrics {
@@ -69,15 +70,29 @@ impl Rate {
 }
 
 /// The peak FLOP/s of one device for MFU: `training.peak_flops`, or the f32 GEMM rate
-/// measured on this machine; and which of the two it is.
-pub(crate) fn device_peak(cfg: &crate::Config, be: &weft_kernels::CpuBackend) -> Result<(f64, &'static str)> {
+/// measured on this device; and which of the two it is.
+pub(crate) fn device_peak<B: Ops>(cfg: &crate::Config, be: &B) -> Result<(f64, &'static str)> {
     Ok(match cfg.training.peak_flops {
         Some(p) => (p, "configured (training.peak_flops)"),
-        None => (
-            crate::train::measure_peak(be)?,
-            "measured: best f32 GEMM 1024³ on this CPU",
-        ),
+        None => (measure_peak(be)?, "measured: best f32 GEMM 1024³ on this device"),
     })
+}
+
+/// Best of a few f32 GEMMs (1024³) on `be`, in FLOP/s.
+pub fn measure_peak<B: Ops>(be: &B) -> Result<f64> {
+    let n = 1024;
+    let mut a = be.alloc(DType::F32, n * n)?;
+    be.fill(B::view_mut(&mut a), 0.5, n * n)?;
+    let mut c = be.alloc(DType::F32, n * n)?;
+    let mut best = 0f64;
+    for _ in 0..4 {
+        let t = Instant::now();
+        let (x, d) = (B::view(&a), MatmulDims::linear(n, n, n));
+        be.matmul_forward(B::view_mut(&mut c), x, x, None, d)?;
+        be.synchronize()?;
+        best = best.max(2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }
 
 /// The metrics line of a run stopped by a non-finite loss, with its cause.
@@ -103,9 +118,9 @@ pub(crate) struct MeshReport {
 impl MeshReport {
     /// Open the metrics (continued when `resumed`) and write the `start` event; `(b, tokens)`:
     /// a rank's micro-batch shape.
-    pub fn start(
+    pub fn start<B: Ops>(
         cfg: &crate::Config,
-        be: &weft_kernels::CpuBackend,
+        be: &B,
         val_baseline: f64,
         (b, tokens): (usize, usize),
         resumed: bool,
@@ -117,10 +132,10 @@ impl MeshReport {
         let rate = Rate {
             samples,
             tokens: samples * tokens as f64,
-            flops: crate::train::model_flops(cfg, b) * (t.grad_accum * cfg.parallel.dp()) as f64,
+            flops: crate::job::model_flops(cfg, b) * (t.grad_accum * cfg.parallel.dp()) as f64,
             peak: peak * cfg.parallel.world() as f64,
         };
-        let params = crate::dist::global_layout(cfg).len();
+        let params = crate::job::global_layout(cfg).len();
         metrics.write(rate.start_event(params, peak, source, &be.name()))?;
         Ok(MeshReport {
             metrics,
@@ -130,16 +145,14 @@ impl MeshReport {
         })
     }
 
-    /// Record the validation loss after `step`.
-    pub fn validated(&mut self, step: u64, loss: f64) -> Result<()> {
+    /// Record the validation loss after `step`; returns it in words for the log.
+    pub fn validated(&mut self, step: u64, loss: f64) -> Result<String> {
         self.val_loss = loss;
         self.metrics
             .write(crate::eval::val_line(step, loss, self.val_baseline))?;
-        tracing::info!(
-            step,
+        Ok(format!(
             "val {loss:.4} (constant predictor {:.4})",
             self.val_baseline
-        );
-        Ok(())
+        ))
     }
 }

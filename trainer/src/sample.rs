@@ -8,8 +8,8 @@
 
 use crate::config::{DitConfig, GptConfig, ModelConfig};
 use crate::data::{normal, sample_rng, shapes, DataConfigExt, Stream};
+use crate::job::layout_of;
 use crate::model::{dit::precondition, Dit, DitBatch, Gpt};
-use crate::train::layout_of;
 use crate::{export, render, Error, Result};
 use rand::Rng;
 use std::path::Path;

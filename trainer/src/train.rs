@@ -1,34 +1,72 @@
-//! The training loop: build → train (micro-batches, accumulate, clip, step, log, validate)
-//! → export.
+//! The training loop of one rank: build → resume → steps ([`crate::step::Step`]), with
+//! checkpoints, metrics, validation and a progress bar → the final weights.
 //!
-//! Every step appends one JSON line to `<run>/metrics.jsonl` (loss, grad norm, lr,
-//! samples/s, tokens/s, FLOP/s, MFU); validations append `{"val_loss", "val_baseline"}` lines,
-//! where the baseline is the best constant predictor on the same held-out samples (per-value
-//! mean for flow matching, the unigram distribution for language modelling). The peak used for
-//! MFU is `training.peak_flops`, or the f32 GEMM rate measured on this machine at start; the
-//! log says which.
+//! One process is a mesh of one ([`train`]); every rank of a mesh runs the same loop
+//! ([`train_rank`], or [`train_rank_on`] for any backend). Rank 0 appends one JSON line per
+//! step to `<run>/metrics.jsonl` (loss, grad norm, lr, samples/s, tokens/s, FLOP/s, MFU,
+//! time in collectives), validation lines (`val_loss` against the best constant predictor on
+//! the same held-out samples) and a `diverged` event when the loss stops being a number; it
+//! writes the final weights to `<run>/model.safetensors`. The peak used for MFU is
+//! `training.peak_flops`, or the f32 GEMM rate measured on this machine at start; the log says
+//! which.
 
-use crate::config::{DataConfig, ModelConfig};
-use crate::data::{latents::Latents, sample_indices, shapes::Shapes, tokens::Tokens, Source, Split};
-use crate::eval::{flow_baseline, unigram_baseline};
-use crate::metrics::{self, diverged, Metrics, Rate};
-use crate::model::{Dit, Flat, Gpt, Model, Par};
-use crate::optim::{lr_at, AdamWState};
-use crate::{ckpt, eval, export, memory, Config, Error, Layout, Result};
-use serde_json::json;
+use crate::ckpt::{self, Checkpointer};
+use crate::data::Source;
+use crate::job::{global_layout, with_model, Baseline, ModelJob};
+use crate::mesh::{assemble, check_mesh, comm_err, par_of, Groups, Memory};
+use crate::metrics::{diverged, MeshReport};
+use crate::model::Model;
+use crate::step::Step;
+use crate::{eval, export, Config, Error, Layout, Result};
+use std::borrow::Cow;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
-use weft_kernels::{Backend, CpuBackend, DType, ElementwiseOps, HostVec, MatmulDims, MatmulOps, Ops};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use weft_kernels::{Backend, CpuBackend, HostVec, Ops, Slice};
+use weft_parallel::{Comm, Dim, Mesh};
 
 /// How the loop reports.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct TrainOptions {
-    /// Draw a progress bar (otherwise plain log lines).
+    /// Draw a progress bar on rank 0 when stderr is a terminal (otherwise plain log lines).
     pub progress: bool,
+    /// Start the next FSDP unit's gather while the current one computes.
+    pub prefetch: bool,
 }
 
-/// What a finished run reports.
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            progress: false,
+            prefetch: true,
+        }
+    }
+}
+
+/// What one rank reports at the end of a run.
+#[derive(Clone, Debug)]
+pub struct RankOutcome {
+    pub rank: usize,
+    /// Steps completed (the resumed ones included).
+    pub steps: u64,
+    /// Mean training loss of every step of this attempt (identical on all ranks).
+    pub losses: Vec<f64>,
+    /// The last validation loss (NaN when none ran) and the constant predictor's.
+    pub val_loss: f64,
+    pub val_baseline: f64,
+    /// The full parameter vector after the last step (assembled from the shards).
+    pub params: Vec<f32>,
+    /// Where rank 0 wrote them.
+    pub weights: PathBuf,
+    pub memory: Memory,
+    /// Time blocked waiting for parameter gathers, and how many there were.
+    pub gather_wait: Duration,
+    pub gathers: usize,
+    /// Wall time of the training steps.
+    pub step_time: Duration,
+}
+
+/// What a finished single-process run reports.
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub dir: PathBuf,
@@ -40,15 +78,7 @@ pub struct Summary {
     pub weights: PathBuf,
 }
 
-/// The parameter layout a config describes.
-pub fn layout_of(cfg: &Config) -> Layout {
-    match &cfg.model {
-        ModelConfig::Dit(m) => Dit::<CpuBackend>::layout_of(m),
-        ModelConfig::Gpt(m) => Gpt::<CpuBackend>::layout_of(m),
-    }
-}
-
-/// Train `cfg` in this process on the CPU and export the final weights.
+/// Train `cfg` in this process (a mesh of one) and export the final weights.
 pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
     if cfg.parallel.world() != 1 {
         return Err(Error::config(
@@ -59,185 +89,114 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
             ),
         ));
     }
-    with_model(cfg, &CpuBackend::new(), None, Single { cfg, opts })
+    let mut outs =
+        weft_parallel::comm::local::run(1, |_, comm| train_rank_on(cfg, &CpuBackend, &comm, &comm, opts))?;
+    let o = outs.pop().expect("one rank");
+    Ok(Summary {
+        dir: cfg.run_dir(),
+        steps: o.steps,
+        losses: o.losses,
+        val_loss: o.val_loss,
+        val_baseline: o.val_baseline,
+        weights: o.weights,
+    })
 }
 
-struct Single<'a> {
+/// Train on this rank of `world` on the CPU. Every rank of the mesh calls this with the same
+/// config.
+pub fn train_rank(cfg: &Config, world: &dyn Comm<CpuBackend>, prefetch: bool) -> Result<RankOutcome> {
+    let opts = TrainOptions {
+        progress: false,
+        prefetch,
+    };
+    train_rank_on(cfg, &CpuBackend, world, world, opts)
+}
+
+/// Train on this rank with backend `be`: `control` carries host scalars and decisions, `data`
+/// (a communicator over the same ranks, on `be`'s buffers) parameters and gradients.
+pub fn train_rank_on<B: Ops>(
+    cfg: &Config,
+    be: &B,
+    control: &dyn Comm<CpuBackend>,
+    data: &dyn Comm<B>,
+    opts: TrainOptions,
+) -> Result<RankOutcome> {
+    let mesh = check_mesh(cfg, control.size())?;
+    let rank = control.rank();
+    tracing::debug!(rank, transport = data.kind(), "rank starting");
+    let (groups, cp) = Groups::split(&mesh, control, data)?;
+    let par = par_of(cfg, &mesh, rank, &groups, cp)?;
+    let job = Loop {
+        cfg,
+        mesh,
+        groups: &groups,
+        opts,
+    };
+    with_model(cfg, be, Some(par), job)
+}
+
+struct Loop<'a, B: Ops> {
     cfg: &'a Config,
+    mesh: Mesh,
+    groups: &'a Groups<B>,
     opts: TrainOptions,
 }
 
-impl ModelJob for Single<'_> {
-    type Out = Summary;
-    fn run<M, S>(
-        self,
-        be: &CpuBackend,
-        model: M,
-        src: &S,
-        baseline: fn(&[M::Batch]) -> f64,
-    ) -> Result<Summary>
+impl<B: Ops> ModelJob<B> for Loop<'_, B> {
+    type Out = RankOutcome;
+    fn run<M, S>(self, be: &B, model: M, src: &S, baseline: Baseline<M::Batch>) -> Result<RankOutcome>
     where
-        M: Model<CpuBackend>,
+        M: Model<B>,
         S: Source<Batch = M::Batch>,
     {
-        run(self.cfg, be, model, src, self.opts, baseline)
+        run(self, be, model, src, baseline)
     }
 }
 
-/// The compute dtype `training.dtype` names.
-pub fn dtype_of(cfg: &Config) -> DType {
-    if cfg.training.dtype == "f64" {
-        DType::F64
-    } else {
-        DType::F32
-    }
-}
-
-/// Something to do with the model and data source a config describes, for [`with_model`].
-pub trait ModelJob {
-    type Out;
-    /// `baseline` is the loss of the best constant predictor on held-out batches.
-    fn run<M, S>(
-        self,
-        be: &CpuBackend,
-        model: M,
-        src: &S,
-        baseline: fn(&[M::Batch]) -> f64,
-    ) -> Result<Self::Out>
-    where
-        M: Model<CpuBackend>,
-        S: Source<Batch = M::Batch>;
-}
-
-/// Build the model (for `training.micro_batch`; this rank's part of it under `par`, else
-/// the whole model) and the data source of `cfg`, and run `job`.
-pub fn with_model<J: ModelJob>(
-    cfg: &Config,
-    be: &CpuBackend,
-    par: Option<Par<CpuBackend>>,
-    job: J,
-) -> Result<J::Out> {
-    let dt = dtype_of(cfg);
-    let (mb, rc, seed) = (cfg.training.micro_batch, cfg.training.recompute, cfg.job.seed);
-    let dit = |m, par| match par {
-        Some(p) => Dit::new_par(be, m, mb, dt, rc, p),
-        None => Dit::new(be, m, mb, dt, rc),
-    };
-    match (&cfg.model, &cfg.data) {
-        (ModelConfig::Dit(m), DataConfig::Shapes) => {
-            let src = Shapes { cfg: m.clone(), seed };
-            job.run(be, dit(m, par)?, &src, flow_baseline)
-        }
-        (ModelConfig::Dit(m), DataConfig::Latents(f)) => {
-            let src = Latents::new(Path::new(&f.path), m, f.val_fraction, seed)?;
-            job.run(be, dit(m, par)?, &src, flow_baseline)
-        }
-        (ModelConfig::Gpt(m), DataConfig::Tokens(f)) => {
-            let src = Tokens::new(Path::new(&f.path), m.seq_len, m.vocab_size, f.val_fraction, seed)?;
-            let model = match par {
-                Some(p) => Gpt::new_par(be, m, mb, dt, rc, p)?,
-                None => Gpt::new(be, m, mb, dt, rc)?,
-            };
-            job.run(be, model, &src, unigram_baseline)
-        }
-        _ => Err(Error::config("data.kind", "does not match model.kind")),
-    }
-}
-
-pub use crate::eval::{evaluate, versus_baseline, Eval};
-
-/// Best of a few f32 GEMMs (1024³) on this backend, in FLOP/s.
-pub fn measure_peak(be: &CpuBackend) -> Result<f64> {
-    let n = 1024;
-    let a = HostVec::from(vec![0.5f32; n * n]);
-    let mut c = be.alloc(DType::F32, n * n)?;
-    let mut best = 0f64;
-    for _ in 0..4 {
-        let t = Instant::now();
-        be.matmul_forward(
-            CpuBackend::view_mut(&mut c),
-            a.view(),
-            a.view(),
-            None,
-            MatmulDims::linear(n, n, n),
-        )?;
-        best = best.max(2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64());
-    }
-    Ok(best)
-}
-
-fn run<M, S>(
-    cfg: &Config,
-    be: &CpuBackend,
+fn run<B, M, S>(
+    Loop {
+        cfg,
+        mesh,
+        groups,
+        opts,
+    }: Loop<'_, B>,
+    be: &B,
     mut model: M,
     src: &S,
-    opts: TrainOptions,
-    baseline: fn(&[M::Batch]) -> f64,
-) -> Result<Summary>
+    baseline: Baseline<M::Batch>,
+) -> Result<RankOutcome>
 where
-    M: Model<CpuBackend>,
+    B: Ops,
+    M: Model<B>,
     S: Source<Batch = M::Batch>,
 {
+    let rank = groups.world.rank();
     let t = &cfg.training;
-    let dir = cfg.run_dir();
-    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
-    std::fs::write(dir.join("config.toml"), cfg.to_toml()).map_err(Error::io(dir.join("config.toml")))?;
-    let resume = ckpt::find_resume(cfg)?;
-    let mut metrics = Metrics::open(&dir, resume.is_some())?;
     let layout = cfg.parametrize(model.layout().clone());
-    let dt = dtype_of(cfg);
-    // Parameters from the documented per-role initialization (its f32 draw freed before the
-    // gradients and optimizer state exist), gradients, optimizer state.
-    let mut params = memory::alloc(be, "the parameters", dt, layout.len())?;
-    crate::model::upload_f32(be, &layout.init(cfg.job.seed)?, CpuBackend::view_mut(&mut params))?;
-    let mut grads = memory::alloc(be, "the gradients", dt, layout.len())?;
-    let mut adam = AdamWState::for_config(be, dt, layout.len(), cfg)?;
-    let map = ckpt::ShardMap::whole(&layout);
-    if ["muon", "scion"].contains(&cfg.optimizer.kind.as_str()) {
-        let runs = vec![map.runs.clone()];
-        adam.set_matrix(crate::optim::matrix::MatrixOpt::new(
-            &layout,
-            &cfg.optimizer,
-            runs,
-            0,
-        ));
-    }
-    let mut start = 0;
-    if let Some(c) = &resume {
-        let s = ckpt::load(
-            c,
-            &map,
-            &layout,
-            ckpt::named(cfg, &mut params, adam.buffers_mut()),
-        )?;
-        (start, adam.step) = (s.step, s.adam_step);
-        tracing::info!(step = start, from = %c.dir.display(), "resumed");
-    }
-    weft_checkpoint::clean_partial(&cfg.checkpoint_dir())?;
-    let head = ckpt::Checkpointer::head(cfg, &layout, vec![1, 1, 1, 1]);
-    let mut saver = ckpt::Checkpointer::new(cfg, &layout, map, 0, 1, Some(head));
-    let (peak, peak_src) = metrics::device_peak(cfg, be)?;
+    let mut st = Step::new(cfg, be, groups, (mesh, rank), &layout, opts.prefetch)?;
+    let (start, mut saver) = checkpoints(cfg, be, (&mesh, groups), &layout, &mut st)?;
+    let (dp, dp_rank) = (mesh.dp(), mesh.dp_rank(rank));
     let (b, tokens) = model.batch_shape();
-    let flops_step = model.flops_per_micro_batch() * t.grad_accum as f64;
-    let samples = (b * t.grad_accum) as f64;
-    let rate = Rate {
-        samples,
-        tokens: samples * tokens as f64,
-        flops: flops_step,
-        peak,
+    // Each rank evaluates its share of the held-out batches one process with the global
+    // micro-batch evaluates; rank 0 reports, against the constant predictor of all of them.
+    let val = eval::val_batches(src, t.val_batches, b, (dp_rank, dp))?;
+    let mut report = if rank == 0 {
+        let dir = cfg.run_dir();
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let path = dir.join("config.toml");
+        std::fs::write(&path, cfg.to_toml()).map_err(Error::io(&path))?;
+        let all = eval::val_batches(src, t.val_batches, b * dp, (0, 1))?;
+        Some(MeshReport::start(
+            cfg,
+            be,
+            baseline(&all),
+            (b, tokens),
+            start > 0,
+        )?)
+    } else {
+        None
     };
-    tracing::info!(
-        run = %dir.display(),
-        params = layout.len(),
-        device = be.name(),
-        "training {} for {} steps; global batch {} × {} tokens; {:.3} GFLOP/step; peak {:.1} GFLOP/s ({peak_src})",
-        cfg.job.name, t.steps, b * t.grad_accum, tokens, flops_step / 1e9, peak / 1e9
-    );
-    metrics.write(rate.start_event(layout.len(), peak, peak_src, &be.name()))?;
-    let val = eval::val_batches(src, t.val_batches, b, (0, 1))?;
-    let val_baseline = baseline(&val);
-    let bar = opts.progress && std::io::stderr().is_terminal();
-    let pb = bar.then(|| {
+    let bar = (report.is_some() && opts.progress && std::io::stderr().is_terminal()).then(|| {
         let pb = indicatif::ProgressBar::new(t.steps);
         pb.set_style(
             indicatif::ProgressStyle::with_template(
@@ -245,176 +204,270 @@ where
             )
             .expect("valid template"),
         );
+        pb.set_position(start);
         pb
     });
-    let log_every = (t.steps / 20).max(1);
     let started = Instant::now();
+    let log_every = (t.steps / 20).max(1);
     let mut losses = Vec::with_capacity(t.steps as usize);
-    let mut val_loss = f64::NAN;
-    if let Some(pb) = &pb {
-        pb.set_position(start);
-    }
     for step in start..t.steps {
-        let t0 = Instant::now();
-        be.fill(CpuBackend::view_mut(&mut grads), 0.0, layout.len())?;
-        let mut loss = 0.0;
-        for micro in 0..t.grad_accum {
-            let idx = sample_indices(step, micro, t.grad_accum, 0, 1, b);
-            let batch = src.batch(Split::Train, &idx)?;
-            let p = CpuBackend::view(&params);
-            let l = model.forward(be, p, &batch)?;
-            if !l.is_finite() {
-                let e = non_finite_loss(cfg, &model, step, l, &batch, &idx);
-                metrics.write(diverged(step, l, &e))?;
+        let t_step = Instant::now();
+        let s = match st.run(cfg, be, &mut model, src, step) {
+            Ok(s) => s,
+            Err(e) => {
+                let loss = match e {
+                    Error::NonFinite { loss, .. } => Some(loss),
+                    Error::NonFiniteInput { .. } => Some(f64::NAN),
+                    _ => None,
+                };
+                if let (Some(r), Some(loss)) = (report.as_mut(), loss) {
+                    r.metrics.write(diverged(step, loss, &e))?;
+                }
                 return Err(e);
             }
-            loss += l / t.grad_accum as f64;
-            model.backward(be, p, CpuBackend::view_mut(&mut grads), 1.0 / t.grad_accum as f64)?;
-        }
-        let lr = lr_at(&cfg.optimizer, t.steps, step);
-        let gnorm = if adam.is_matrix() {
-            adam.step_matrix(None, &cfg.optimizer, &mut params, &grads, lr, None)?
-        } else {
-            adam.step(
-                be,
-                &cfg.optimizer,
-                &layout,
-                CpuBackend::view_mut(&mut params),
-                CpuBackend::view(&grads),
-                lr,
-            )?
         };
-        if !gnorm.is_finite() {
-            metrics.write(json!({"event": "diverged", "step": step + 1, "grad_norm": gnorm.to_string()}))?;
-            return Err(Error::NonFinite { step, loss: gnorm });
-        }
+        losses.push(s.loss);
         let state = ckpt::State {
             step: step + 1,
-            adam_step: adam.step,
-            samples_seen: (step + 1) * (b * t.grad_accum) as u64,
+            adam_step: st.adam.step,
+            samples_seen: (step + 1) * (b * t.grad_accum * dp) as u64,
         };
-        crate::observe::step_done(0, step + 1, t0.elapsed().as_secs_f64(), 0.0);
-        let exit = step + 1 < t.steps
-            && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || ckpt::stop_requested());
-        saver.after_step(state, &ckpt::named(cfg, &params, adam.buffers()), exit)?;
+        crate::observe::step_done(
+            rank,
+            step + 1,
+            t_step.elapsed().as_secs_f64(),
+            s.comm.as_secs_f64(),
+        );
+        let exit = step + 1 < t.steps && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || s.stop);
+        let host = if saver.due(step + 1) || exit {
+            on_host(be, st.adam.buffers().into_iter().chain([&st.store.params]))?
+        } else {
+            vec![]
+        };
+        let bufs: Vec<_> = match host.split_last() {
+            Some((params, optim)) => {
+                ckpt::named(cfg, params.as_ref(), optim.iter().map(|c| c.as_ref()).collect())
+            }
+            None => vec![],
+        };
+        saver.after_step(state, &bufs, exit)?;
+        if let Some(r) = report.as_mut() {
+            let secs = t_step.elapsed().as_secs_f64();
+            let elapsed = started.elapsed().as_secs_f64();
+            let mut line = r
+                .rate
+                .step_line(step + 1, s.loss, s.grad_norm, s.lr, secs, elapsed);
+            line["step_s"] = secs.into();
+            line["comm_s"] = s.comm.as_secs_f64().into();
+            r.metrics.write(line)?;
+            let mfu = 100.0 * r.rate.mfu(secs);
+            match &bar {
+                Some(pb) => {
+                    let per_s = r.rate.samples / secs;
+                    pb.set_message(format!(
+                        "loss {:.4} | {per_s:.0} samples/s | MFU {mfu:.1}%",
+                        s.loss
+                    ));
+                    pb.inc(1);
+                }
+                None if (step + 1) % log_every == 0 || step + 1 == t.steps => tracing::info!(
+                    step = step + 1,
+                    loss = format!("{:.4}", s.loss),
+                    grad_norm = format!("{:.3}", s.grad_norm),
+                    lr = format!("{:.2e}", s.lr),
+                    samples_per_s = format!("{:.1}", r.rate.samples / secs),
+                    mfu = format!("{mfu:.1}%"),
+                    "train"
+                ),
+                None => {}
+            }
+        }
+        if eval::due(t, step + 1) && !exit {
+            let mine = eval::validate(be, &mut model, &mut st.store, &val)?;
+            // Free the gathered input and output layers: the next step must gather the
+            // updated parameters.
+            st.store.finish_micro_batch(be)?;
+            // The cp·tp shares of a replica add up to its loss on its slice of the batches;
+            // the mean over the replicas is the loss on all of them.
+            let mut v = vec![mine / dp as f64];
+            groups
+                .world
+                .all_reduce(&CpuBackend, (&mut v).into())
+                .map_err(comm_err)?;
+            if let Some(r) = report.as_mut() {
+                let msg = r.validated(step + 1, v[0])?;
+                match &bar {
+                    Some(pb) => pb.println(format!("step {}: {msg}", step + 1)),
+                    None => tracing::info!(step = step + 1, "{msg}"),
+                }
+            }
+        }
         if exit {
-            tracing::info!(
-                step = step + 1,
-                "stopping early (training.exit_after or a stop signal)"
-            );
-            losses.push(loss);
+            if rank == 0 {
+                tracing::info!(
+                    step = step + 1,
+                    "stopping early (training.exit_after or a stop signal)"
+                );
+            }
             break;
         }
-        let dt_s = t0.elapsed().as_secs_f64();
-        losses.push(loss);
-        let elapsed = started.elapsed().as_secs_f64();
-        metrics.write(rate.step_line(step + 1, loss, gnorm, lr, dt_s, elapsed))?;
-        let last = step + 1 == t.steps;
-        if eval::due(t, step + 1) {
-            let mut wt = Flat::new(&layout, CpuBackend::view(&params), None);
-            val_loss = eval::validate(be, &mut model, &mut wt, &val)?;
-            metrics.write(eval::val_line(step + 1, val_loss, val_baseline))?;
-            let msg = format!("val {val_loss:.4} (constant predictor {val_baseline:.4})");
-            match &pb {
-                Some(pb) => pb.println(format!("step {}: {msg}", step + 1)),
-                None => tracing::info!(step = step + 1, "{msg}"),
-            }
-        }
-        match &pb {
-            Some(pb) => {
-                pb.set_message(format!(
-                    "loss {loss:.4} | {:.0} samples/s | MFU {:.1}%",
-                    samples / dt_s,
-                    100.0 * rate.mfu(dt_s)
-                ));
-                pb.inc(1);
-            }
-            None if (step + 1) % log_every == 0 || last => tracing::info!(
-                step = step + 1,
-                loss = format!("{loss:.4}"),
-                grad_norm = format!("{gnorm:.3}"),
-                lr = format!("{lr:.2e}"),
-                samples_per_s = format!("{:.1}", samples / dt_s),
-                mfu = format!("{:.1}%", 100.0 * rate.mfu(dt_s)),
-                "train"
-            ),
-            None => {}
-        }
     }
-    if let Some(pb) = pb {
+    if let Some(pb) = bar {
         pb.finish_and_clear();
     }
     saver.finish();
-    let mut flat = memory::host_zeros::<f32>("the exported weights (f32)", layout.len())?;
-    be.cast((&mut flat).into(), CpuBackend::view(&params), layout.len())?;
-    let weights = dir.join("model.safetensors");
+    let step_time = started.elapsed();
     let done = start + losses.len() as u64;
-    export::save(&weights, &layout, &flat, cfg, done)?;
-    tracing::info!(
-        "done in {:.1}s: {}; weights {}",
-        started.elapsed().as_secs_f64(),
-        eval::versus_baseline(val_loss, val_baseline),
-        weights.display()
-    );
-    Ok(Summary {
-        dir,
+    let params = whole_weights(cfg, be, &st, &layout, (&mesh, groups))?;
+    let weights = cfg.run_dir().join("model.safetensors");
+    let (mut val_loss, mut val_baseline) = (f64::NAN, f64::NAN);
+    if let Some(r) = &report {
+        export::save(&weights, &global_layout(cfg), &params, cfg, done)?;
+        (val_loss, val_baseline) = (r.val_loss, r.val_baseline);
+        tracing::info!(
+            "done in {:.1}s: {}; weights {}",
+            step_time.as_secs_f64(),
+            eval::versus_baseline(val_loss, val_baseline),
+            weights.display()
+        );
+    }
+    let n = st.store.shard_len();
+    let dt = st.store.master_dtype();
+    let memory = Memory {
+        params: n * dt.size(),
+        grads: n * dt.size(),
+        optimizer: st.adam.buffers().len() * n * dt.size(),
+        activations: model.activation_bytes(),
+        comm_peak: st.store.peak,
+        gathered_peak: st.store.gathered_peak,
+    };
+    Ok(RankOutcome {
+        rank,
         steps: done,
         losses,
         val_loss,
         val_baseline,
+        params,
         weights,
+        memory,
+        gather_wait: st.store.time.gather_wait,
+        gathers: st.store.time.gathers,
+        step_time,
     })
 }
 
-/// What one optimizer step of a config costs.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct StepCost {
-    /// Parameters of the whole model.
-    pub params: usize,
-    /// Tokens in the global batch (micro-batch × accumulation × data-parallel ranks).
-    pub tokens: usize,
-    /// Forward + backward FLOPs of the global batch (matmuls and attention, as the training
-    /// log's MFU counts them).
-    pub flops: f64,
+/// The state buffers as host vectors for the checkpointer: the buffers themselves on the CPU,
+/// copies downloaded from a device.
+fn on_host<'a, B: Backend>(
+    be: &B,
+    bufs: impl IntoIterator<Item = &'a B::Buffer>,
+) -> Result<Vec<Cow<'a, HostVec>>> {
+    bufs.into_iter()
+        .map(|b| match (b as &dyn std::any::Any).downcast_ref::<HostVec>() {
+            Some(h) => Ok(Cow::Borrowed(h)),
+            None => {
+                let v = B::view(b);
+                let mut h = HostVec::zeros(v.dtype(), v.len());
+                be.download(v, h.view_mut())?;
+                Ok(Cow::Owned(h))
+            }
+        })
+        .collect()
 }
 
-/// The cost of one step of `cfg`, from the config alone.
-pub fn step_cost(cfg: &Config) -> Result<StepCost> {
-    let (t, p) = (&cfg.training, &cfg.parallel);
-    let samples = t.micro_batch * t.grad_accum * p.dp_replicate * p.dp_shard;
-    Ok(StepCost {
-        params: layout_of(cfg).len(),
-        tokens: samples * crate::memory::seq_split(cfg).t,
-        flops: model_flops(cfg, 1) * samples as f64,
-    })
-}
-
-/// Model FLOPs of one forward+backward over `b` samples of the whole model (what MFU counts).
-pub fn model_flops(cfg: &Config, b: usize) -> f64 {
-    match &cfg.model {
-        ModelConfig::Dit(m) => Dit::<CpuBackend>::flops_of(m, b),
-        ModelConfig::Gpt(m) => Gpt::<CpuBackend>::flops_of(m, b),
-    }
-}
-
-/// The error for a non-finite `loss` at 0-based `step` on `batch` (the training samples
-/// `idx`): the data's fault when the batch's inputs hold NaN or infinity, divergence
-/// otherwise.
-pub(crate) fn non_finite_loss<M: Model<B>, B: Ops>(
+/// The whole model's weights (f32) on every rank: the shards all-gathered over the shard
+/// group, then the tp ranks' shares over the tp group.
+fn whole_weights<B: Ops>(
     cfg: &Config,
-    model: &M,
-    step: u64,
-    loss: f64,
-    batch: &M::Batch,
-    idx: &[u64],
-) -> Error {
-    let bad = model.non_finite_samples(batch);
-    if bad.is_empty() {
-        return Error::NonFinite { step, loss };
+    be: &B,
+    st: &Step<'_, B>,
+    layout: &Layout,
+    (mesh, groups): (&Mesh, &Groups<B>),
+) -> Result<Vec<f32>> {
+    let local = assemble(be, &st.store, layout, groups.host_shard.as_ref())?;
+    let tp = mesh.size(Dim::Tp);
+    if tp == 1 {
+        return Ok(local);
     }
-    Error::NonFiniteInput {
-        step,
-        source_desc: cfg.data.describe(),
-        samples: bad.iter().filter_map(|&i| idx.get(i).copied()).collect(),
+    let mut all: Vec<f32> =
+        crate::alloc::host_zeros("the tp ranks' weights (f32)", local.len().saturating_mul(tp))?;
+    groups
+        .host_tp
+        .all_gather(&CpuBackend, (&local).into(), (&mut all).into())
+        .map_err(comm_err)?;
+    let global = global_layout(cfg);
+    let mut out: Vec<f32> = crate::alloc::host_zeros("the whole model's weights (f32)", global.len())?;
+    for (r, piece) in all.chunks(local.len()).enumerate() {
+        layout.place_tp(&global, piece, tp, r, &mut out);
     }
+    Ok(out)
+}
+
+/// Resume this rank's shard (master parameters and optimizer state) if `checkpoint.resume`
+/// asks for it, and set up its saves. Rank 0 picks the checkpoint (verifying every byte,
+/// falling back past damaged ones) and the others open the one it picked; any mesh can load
+/// any checkpoint. Returns the first step to run.
+fn checkpoints<B: Ops>(
+    cfg: &Config,
+    be: &B,
+    (mesh, groups): (&Mesh, &Groups<B>),
+    layout: &Layout,
+    st: &mut Step<'_, B>,
+) -> Result<(u64, Checkpointer)> {
+    let world = groups.world.as_ref();
+    let rank = world.rank();
+    let (tp, tp_rank) = (mesh.size(Dim::Tp), mesh.coord(rank, Dim::Tp));
+    let writer = mesh.coord(rank, Dim::Replicate) == 0 && mesh.coord(rank, Dim::Cp) == 0;
+    let map = ckpt::ShardMap::sharded(layout, &st.store.pieces(layout), tp, tp_rank, writer);
+    // Rank 0 chooses (and clears half-written saves of a crashed attempt) and names this
+    // attempt's saves; the all-reduce tells the others, and keeps them from saving before the
+    // clean-up.
+    let mut chosen = vec![0f64; 2];
+    let mine = if rank == 0 {
+        weft_checkpoint::clean_partial(&cfg.checkpoint_dir())?;
+        let c = ckpt::find_resume(cfg)?;
+        chosen[0] = c.as_ref().map_or(0.0, |c| (c.manifest.step + 1) as f64);
+        chosen[1] = weft_checkpoint::new_attempt() as f64;
+        c
+    } else {
+        None
+    };
+    world
+        .all_reduce(&CpuBackend, (&mut chosen).into())
+        .map_err(comm_err)?;
+    let mut start = 0;
+    if chosen[0] > 0.0 {
+        let c = match mine {
+            Some(c) => c,
+            None => ckpt::open_step(cfg, chosen[0] as u64 - 1)?,
+        };
+        // Loaded on the host, then uploaded (on the CPU: in place).
+        let mut host: Vec<HostVec> = on_host(be, st.adam.buffers().into_iter().chain([&st.store.params]))?
+            .into_iter()
+            .map(Cow::into_owned)
+            .collect();
+        let (params, optim) = host.split_last_mut().expect("parameters");
+        let s = ckpt::load(
+            &c,
+            &map,
+            layout,
+            ckpt::named(cfg, params, optim.iter_mut().collect()),
+        )?;
+        let mut targets = st.adam.buffers_mut();
+        targets.push(&mut st.store.params);
+        for (h, b) in host.iter().zip(targets) {
+            be.upload(h.view(), B::view_mut(b))?;
+        }
+        (start, st.adam.step) = (s.step, s.adam_step);
+        if rank == 0 {
+            tracing::info!(step = start, from = %c.dir.display(), mesh = ?c.manifest.mesh, "resumed");
+        }
+    }
+    let head = (rank == 0).then(|| {
+        let p = &cfg.parallel;
+        let sizes = vec![p.dp_replicate, p.dp_shard, p.cp, p.tp];
+        Checkpointer::head(cfg, &global_layout(cfg), sizes)
+    });
+    let saver = Checkpointer::new(cfg, layout, map, rank, world.size(), head).with_attempt(chosen[1] as u64);
+    Ok((start, saver))
 }

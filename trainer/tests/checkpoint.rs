@@ -4,7 +4,7 @@
 use crate::parallel::{dit, gpt, mesh_sets, reference, sharded};
 use weft_kernels::HostVec;
 use weft_trainer::ckpt::{self, ShardMap};
-use weft_trainer::dist::global_layout;
+use weft_trainer::job::global_layout;
 use weft_trainer::train::{train, TrainOptions};
 use weft_trainer::Config;
 

@@ -7,9 +7,10 @@ use crate::parallel::{dit, gpt};
 use weft_kernels::{CpuBackend, DType};
 use weft_parallel::comm::local;
 use weft_parallel::{Comm, HostComm, SeqSplit};
-use weft_trainer::dist::{check_mesh, train_rank};
 use weft_trainer::memory::{estimate, fits, HostMemory};
+use weft_trainer::mesh::check_mesh;
 use weft_trainer::model::{Dit, Gpt, Model, Par};
+use weft_trainer::train::train_rank;
 use weft_trainer::train::{train, TrainOptions};
 use weft_trainer::Config;
 
@@ -40,7 +41,7 @@ fn activation_bytes_from_the_config_equal_the_built_models() {
                 let m = Dit::new_par(&be, &d, 3, dt, recompute, par(t, ring, uly, tp, false)).unwrap();
                 let want = m.activation_bytes() as f64;
                 let split = par(t, ring, uly, tp, false).split;
-                let got = Dit::<CpuBackend>::activation_bytes_of(&d, 3, dt.size(), recompute, split);
+                let got = Dit::<CpuBackend>::activation_bytes_of(&d, 3, dt, recompute, split);
                 assert_eq!(
                     got, want,
                     "DiT ring {ring} ulysses {uly} tp {tp} recompute {recompute}"
@@ -51,7 +52,7 @@ fn activation_bytes_from_the_config_equal_the_built_models() {
                 g.tie_embeddings = recompute;
                 let m = Gpt::new_par(&be, &g, 2, dt, recompute, par(8, ring, uly, tp, true)).unwrap();
                 let split = par(8, ring, uly, tp, true).split;
-                let got = Gpt::<CpuBackend>::activation_bytes_of(&g, 2, dt.size(), recompute, split);
+                let got = Gpt::<CpuBackend>::activation_bytes_of(&g, 2, dt, recompute, split);
                 assert_eq!(
                     got,
                     m.activation_bytes() as f64,
@@ -161,7 +162,7 @@ fn a_model_beyond_any_machine_is_refused_with_its_numbers() {
     assert!(weft_trainer::memory::check(&c, 1).is_ok());
     let e = train(&c, TrainOptions::default()).unwrap_err().to_string();
     assert!(
-        e.contains("cannot allocate the parameters") && e.contains("bytes"),
+        e.contains("cannot allocate the initial weights") && e.contains("bytes"),
         "{e}"
     );
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use weft_kernels::CpuBackend;
 use weft_parallel::comm::local;
 use weft_parallel::{Comm, HostComm};
-use weft_trainer::dist::train_rank;
+use weft_trainer::train::train_rank;
 use weft_trainer::train::{train, TrainOptions};
 
 fn lines(run: &std::path::Path) -> Vec<serde_json::Value> {

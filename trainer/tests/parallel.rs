@@ -6,8 +6,9 @@
 use weft_kernels::CpuBackend;
 use weft_parallel::comm::local;
 use weft_parallel::{Comm, HostComm};
-use weft_trainer::dist::{check_mesh, train_rank, RankOutcome};
+use weft_trainer::mesh::check_mesh;
 use weft_trainer::train::{train, TrainOptions};
+use weft_trainer::train::{train_rank, RankOutcome};
 use weft_trainer::{export, Config, Error};
 
 pub(crate) fn cfg(base: &str, dir: &std::path::Path, sets: &[String]) -> Config {
@@ -71,7 +72,7 @@ pub(crate) fn gpt(dir: &std::path::Path, extra: &[&str]) -> Config {
 /// Single-process losses and final parameters.
 pub(crate) fn reference(c: &Config) -> (Vec<f64>, Vec<f32>) {
     let sum = train(c, TrainOptions::default()).unwrap();
-    let (_, params) = export::load(&sum.weights, weft_trainer::train::layout_of).unwrap();
+    let (_, params) = export::load(&sum.weights, weft_trainer::job::layout_of).unwrap();
     (sum.losses, params)
 }
 
@@ -210,7 +211,7 @@ fn gpt_meshes_match_one_process() {
 #[test]
 fn sharded_state_falls_as_one_over_dp_shard() {
     let dir = tempfile::tempdir().unwrap();
-    let n = weft_trainer::train::layout_of(&gpt(dir.path(), &[])).len();
+    let n = weft_trainer::job::layout_of(&gpt(dir.path(), &[])).len();
     let mut last = 0;
     for sh in [1, 2, 4] {
         let m = mesh(1, sh, 4 / sh);
@@ -270,7 +271,7 @@ fn a_bad_mesh_is_refused_before_any_rank_starts() {
 fn tensor_parallel_splits_the_weights_and_sp_cp_split_the_activations() {
     use weft_trainer::layout::TpSplit;
     let dir = tempfile::tempdir().unwrap();
-    let global = weft_trainer::train::layout_of(&gpt(dir.path(), &[]));
+    let global = weft_trainer::job::layout_of(&gpt(dir.path(), &[]));
     let run = |dims: [usize; 5]| {
         let m = mesh_sets(&dims);
         let sets: Vec<&str> = m.iter().map(String::as_str).collect();

@@ -50,7 +50,7 @@ fn same_seed_gives_bitwise_identical_losses() {
     assert_eq!(bits(&a.losses), bits(&b.losses));
     assert_eq!(a.val_loss.to_bits(), b.val_loss.to_bits());
     let load = |p: &std::path::Path| {
-        weft_trainer::export::load(p, weft_trainer::train::layout_of)
+        weft_trainer::export::load(p, weft_trainer::job::layout_of)
             .unwrap()
             .1
     };
@@ -150,7 +150,7 @@ fn gpt_learns_bytes_and_generates() {
         s.val_loss,
         s.val_baseline
     );
-    let (_, flat) = weft_trainer::export::load(&s.weights, weft_trainer::train::layout_of).unwrap();
+    let (_, flat) = weft_trainer::export::load(&s.weights, weft_trainer::job::layout_of).unwrap();
     let weft_trainer::config::ModelConfig::Gpt(m) = &c.model else {
         panic!()
     };

@@ -91,10 +91,10 @@ pub fn finish(sweep: &Sweep, run: &Run) -> Result<Option<RunResult>> {
     if !complete && m.diverged.is_none() {
         return Ok(None);
     }
-    let cost = weft_trainer::train::step_cost(&cfg)?;
+    let cost = weft_trainer::job::step_cost(&cfg)?;
     let (eval_loss, eval_baseline, train_loss) = if complete {
         let weights = dir.join("model.safetensors");
-        let (wcfg, params) = weft_trainer::export::load(&weights, weft_trainer::train::layout_of)
+        let (wcfg, params) = weft_trainer::export::load(&weights, weft_trainer::job::layout_of)
             .with_context(|| format!("run {}: reading its final weights", run.name))?;
         if wcfg.training.steps != steps {
             bail!(
@@ -103,7 +103,7 @@ pub fn finish(sweep: &Sweep, run: &Run) -> Result<Option<RunResult>> {
                 weights.display()
             );
         }
-        let e = weft_trainer::train::evaluate(&cfg, &params, sweep.eval_samples)?;
+        let e = weft_trainer::eval::evaluate(&cfg, &params, sweep.eval_samples)?;
         let tail = (steps / 10).max(1);
         let recent: Vec<f64> = m
             .losses

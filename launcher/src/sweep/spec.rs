@@ -397,7 +397,7 @@ fn resolve(sweep: &Sweep, run: &Run) -> Result<Vec<String>> {
         let mut all = run.sets.clone();
         all.extend(sets.iter().cloned());
         let cfg = Config::load(&sweep.base, &all).with_context(|| format!("sweep run {}", run.name))?;
-        let cost = weft_trainer::train::step_cost(&cfg)?;
+        let cost = weft_trainer::job::step_cost(&cfg)?;
         let per_step = if what == "tokens" {
             cost.tokens as f64
         } else {

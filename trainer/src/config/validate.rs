@@ -157,6 +157,23 @@ impl Config {
                 format!("must be \"f32\" or \"f64\", got {:?}", t.dtype),
             ));
         }
+        for (key, v) in [
+            ("training.param_dtype", &t.param_dtype),
+            ("training.reduce_dtype", &t.reduce_dtype),
+        ] {
+            if let Some(v) = v {
+                if v != &t.dtype && !(v == "bf16" && t.dtype == "f32") {
+                    return Err(Error::config(
+                        key,
+                        format!(
+                            "must be \"bf16\" (over f32 masters) or the master dtype \"{}\" \
+                             (training.dtype), got {v:?}",
+                            t.dtype
+                        ),
+                    ));
+                }
+            }
+        }
         if let Some(p) = t.peak_flops {
             if !(p > 0.0 && p.is_finite()) {
                 return Err(Error::config(

@@ -6,10 +6,13 @@
 //! same global batch, sees exactly the same samples. Everything random about a sample (which
 //! clip, which window, its noise and timestep) comes from [`sample_rng`] of its index.
 //!
+//! [`baseline`]: the constant predictor validation losses are quoted against.
+//!
 //! Sources: [`shapes`] (procedural video), [`latents`] (safetensors latent shards), [`tokens`]
 //! (memory-mapped token shards); [`tensorfile`] reads safetensors headers (latent shards,
 //! exported weights) with every size checked against the file.
 
+pub mod baseline;
 pub mod latents;
 pub mod shapes;
 pub mod tensorfile;

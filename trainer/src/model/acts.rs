@@ -48,8 +48,8 @@ impl<B: Backend> BlockActs<B> {
         let tp = s.tp > 1;
         Ok(BlockActs {
             ln1: al.opt(s.adaln, ns * c)?,
-            mean1: al.buf(ns)?,
-            rstd1: al.buf(ns)?,
+            mean1: al.stat(ns)?,
+            rstd1: al.stat(ns)?,
             h1: al.buf(ns * c)?,
             h1g: al.opt(tp, n * c)?,
             q: al.buf(nq)?,
@@ -57,18 +57,18 @@ impl<B: Backend> BlockActs<B> {
             v: al.buf(nk)?,
             qn: al.opt(s.qk_norm, nq)?,
             kn: al.opt(s.qk_norm, nk)?,
-            q_rstd: al.buf(n * s.nh)?,
-            k_rstd: al.buf(n * s.nkv)?,
+            q_rstd: al.stat(n * s.nh)?,
+            k_rstd: al.stat(n * s.nkv)?,
             qr: al.buf(nq)?,
             kr: al.buf(nk)?,
             att: al.buf(nq)?,
-            lse: al.buf(n * s.nh)?,
+            lse: al.stat(n * s.nh)?,
             y1: al.buf(n * c)?,
             y1s: al.opt(tp, ns * c)?,
             x_mid: al.buf(ns * c)?,
             ln2: al.opt(s.adaln, ns * c)?,
-            mean2: al.buf(ns)?,
-            rstd2: al.buf(ns)?,
+            mean2: al.stat(ns)?,
+            rstd2: al.stat(ns)?,
             h2: al.buf(ns * c)?,
             h2g: al.opt(tp, n * c)?,
             f: al.buf(n * s.fc1_out())?,
@@ -83,24 +83,26 @@ impl<B: Backend> BlockActs<B> {
 }
 
 /// Elements [`BlockActs::new`] allocates for `s` (counted without allocating; the tests hold
-/// the two equal).
-pub(crate) fn act_elems(s: &BlockSpec) -> f64 {
+/// the two equal): `(values, statistics)`, the statistics being the norms' means and
+/// reciprocal deviations and attention's log-sum-exps.
+pub(crate) fn act_elems(s: &BlockSpec) -> (f64, f64) {
     let f = |x: usize| x as f64;
     let (n, c, ns, b) = (f(s.rows()), f(s.c), f(s.sp_rows()), f(s.b));
     let (nq, nk) = (n * f(s.nh) * f(s.hd), n * f(s.nkv) * f(s.hd));
     let on = |yes: bool, x: f64| if yes { x } else { 0.0 };
     let tp = s.tp > 1;
-    on(s.adaln, ns * c) * 2.0 // ln1, ln2
-        + 4.0 * ns // mean1, rstd1, mean2, rstd2
+    let stats = 4.0 * ns // mean1, rstd1, mean2, rstd2
+        + 2.0 * n * f(s.nh) + n * f(s.nkv); // q_rstd, lse; k_rstd
+    let values = on(s.adaln, ns * c) * 2.0 // ln1, ln2
         + 3.0 * ns * c // h1, x_mid, h2
         + on(tp, 2.0 * n * c) // h1g, h2g
         + 3.0 * nq + 3.0 * nk // q, qr, att; k, v, kr
         + on(s.qk_norm, nq + nk) // qn, kn
-        + 2.0 * n * f(s.nh) + n * f(s.nkv) // q_rstd, lse; k_rstd
         + 2.0 * n * c // y1, y2
         + on(tp, 2.0 * ns * c) // y1s, y2s
         + n * f(s.fc1_out()) + n * f(s.hidden) // f, a
-        + on(s.adaln, 6.0 * b * c) // modv
+        + on(s.adaln, 6.0 * b * c); // modv
+    (values, stats)
 }
 
 /// Elements [`BlockGrads::new`] allocates for `s`.

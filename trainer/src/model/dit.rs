@@ -273,7 +273,7 @@ impl<B: Ops> Dit<B> {
             tokens: al.buf(pd.numel())?,
             local: al.opt(sharded, b * n * pdim)?,
             target_tokens: al.opt(sharded, pd.numel())?,
-            t: al.buf(b)?,
+            t: al.stat(b)?,
             tf: al.buf(b * FREQ_DIM)?,
             t1: bc()?,
             t2: bc()?,
@@ -286,13 +286,13 @@ impl<B: Ops> Dit<B> {
             silu_c: bc()?,
             fmod: [bc()?, bc()?],
             lnf: al.buf(b * n * c)?,
-            meanf: al.buf(b * n)?,
-            rstdf: al.buf(b * n)?,
+            meanf: al.stat(b * n)?,
+            rstdf: al.stat(b * n)?,
             hf: al.buf(b * n * c)?,
             out: al.buf(b * n * pdim)?,
             pred: al.buf(pd.numel())?,
             target: al.buf(pd.numel())?,
-            loss: al.buf(1)?,
+            loss: al.stat(1)?,
         };
         let g = DitGrads {
             dpred: al.buf(pd.numel())?,
@@ -306,7 +306,7 @@ impl<B: Ops> Dit<B> {
             dtmp: bc()?,
             dt2: bc()?,
             dt1: bc()?,
-            dloss: al.buf(1)?,
+            dloss: al.stat(1)?,
         };
         Ok(Dit {
             cfg: cfg.clone(),

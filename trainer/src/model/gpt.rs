@@ -83,7 +83,7 @@ impl<B: Ops> Gpt<B> {
     pub fn activation_bytes_of(
         cfg: &GptConfig,
         b: usize,
-        dtype_size: usize,
+        dtype: DType,
         recompute: bool,
         split: SeqSplit,
     ) -> f64 {
@@ -93,9 +93,10 @@ impl<B: Ops> Gpt<B> {
             cfg.width as f64,
             cfg.vocab_size as f64,
         );
-        // hf, dhf, dres; rstdf, losses, lse, dlosses; logits, dlogits.
-        let own = 3.0 * n * c + 4.0 * n + 2.0 * n * v;
-        (Trunk::<B>::elems(&spec, cfg.depth, recompute) + own) * dtype_size as f64
+        // hf, dhf, dres; logits, dlogits; statistics: rstdf, losses, lse, dlosses.
+        let (values, stats) = Trunk::<B>::elems(&spec, cfg.depth, recompute);
+        let values = values + 3.0 * n * c + 2.0 * n * v;
+        values * dtype.size() as f64 + (stats + 4.0 * n) * super::stat_dtype(dtype).size() as f64
     }
 
     /// Model FLOPs of one forward+backward over `b` sequences of the whole model (what
@@ -197,11 +198,11 @@ impl<B: Ops> Gpt<B> {
             ids: be.alloc(DType::I32, n)?,
             targets: be.alloc(DType::I32, n)?,
             hf: al.buf(n * c)?,
-            rstdf: al.buf(n)?,
+            rstdf: al.stat(n)?,
             logits: al.buf(n * v)?,
-            losses: al.buf(n)?,
-            lse: al.buf(n)?,
-            dlosses: al.buf(n)?,
+            losses: al.stat(n)?,
+            lse: al.stat(n)?,
+            dlosses: al.stat(n)?,
             dlogits: al.buf(n * v)?,
             dhf: al.buf(n * c)?,
             dres: al.buf(n * c)?,

@@ -56,12 +56,17 @@ pub trait Model<B: Ops> {
     fn non_finite_samples(&self, batch: &Self::Batch) -> Vec<usize>;
 }
 
-/// Upload f32 host data into a device buffer of any float dtype.
+/// Upload f32 host data into a device buffer of any float dtype (bf16: rounded to nearest
+/// even).
 pub fn upload_f32<B: Backend>(be: &B, src: &[f32], dst: B::Mut<'_>) -> Result<()> {
     match dst.dtype() {
         DType::F32 => be.upload(src.into(), dst)?,
         DType::F64 => {
             let v: Vec<f64> = src.iter().map(|&x| x as f64).collect();
+            be.upload((&v).into(), dst)?
+        }
+        DType::BF16 => {
+            let v: Vec<weft_kernels::bf16> = src.iter().map(|&x| weft_kernels::f32_to_bf16_rne(x)).collect();
             be.upload((&v).into(), dst)?
         }
         other => return Err(crate::Error::Other(format!("unsupported model dtype {other}"))),
@@ -85,6 +90,24 @@ pub fn download_f64<B: Backend>(be: &B, src: B::Ref<'_>) -> Result<Vec<f64>> {
     Ok(match h {
         HostVec::F64(v) => v,
         HostVec::F32(v) => v.into_iter().map(|x| x as f64).collect(),
+        HostVec::BF16(v) => v.into_iter().map(|x| x.to_f64()).collect(),
+        other => {
+            return Err(crate::Error::Other(format!(
+                "unsupported model dtype {}",
+                other.dtype()
+            )))
+        }
+    })
+}
+
+/// Download any float buffer as f32 (f64 rounded to nearest).
+pub fn download_f32<B: Backend>(be: &B, src: B::Ref<'_>) -> Result<Vec<f32>> {
+    let mut h = HostVec::zeros(src.dtype(), src.len());
+    be.download(src, h.view_mut())?;
+    Ok(match h {
+        HostVec::F32(v) => v,
+        HostVec::F64(v) => v.into_iter().map(|x| x as f32).collect(),
+        HostVec::BF16(v) => v.into_iter().map(|x| x.to_f32()).collect(),
         other => {
             return Err(crate::Error::Other(format!(
                 "unsupported model dtype {}",
@@ -113,10 +136,26 @@ impl<'a, B: Backend> Alloc<'a, B> {
     pub fn buf(&self, n: usize) -> Result<B::Buffer> {
         self.bytes
             .set(self.bytes.get().saturating_add(n.saturating_mul(self.dt.size())));
-        crate::memory::alloc(self.be, "the activations", self.dt, n)
+        crate::alloc::alloc(self.be, "the activations", self.dt, n)
     }
     pub fn opt(&self, on: bool, n: usize) -> Result<Option<B::Buffer>> {
         Ok(if on { Some(self.buf(n)?) } else { None })
+    }
+    /// A buffer of statistics (norm means and reciprocal deviations, log-sum-exps, losses,
+    /// timesteps): f32 when the activations are 16-bit, as the kernels' contract asks.
+    pub fn stat(&self, n: usize) -> Result<B::Buffer> {
+        let dt = stat_dtype(self.dt);
+        self.bytes
+            .set(self.bytes.get().saturating_add(n.saturating_mul(dt.size())));
+        crate::alloc::alloc(self.be, "the activations", dt, n)
+    }
+}
+
+/// The dtype statistics are kept in for activations of dtype `dt`.
+pub fn stat_dtype(dt: DType) -> DType {
+    match dt {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
     }
 }
 

@@ -54,13 +54,15 @@ impl<B: Ops> Trunk<B> {
 
     /// Elements [`Trunk::new`] allocates for `depth` blocks of `s` (counted without
     /// allocating): the residual boundaries, saved activations, gradient scratch and the RoPE
-    /// table of the cp rank's `s.t` tokens.
-    pub(crate) fn elems(s: &BlockSpec, depth: usize, recompute: bool) -> f64 {
-        let sets = if recompute { 1 } else { depth };
-        (depth + 1) as f64 * s.sp_rows() as f64 * s.c as f64
-            + sets as f64 * super::acts::act_elems(s)
+    /// table of the cp rank's `s.t` tokens, as `(values, statistics)`.
+    pub(crate) fn elems(s: &BlockSpec, depth: usize, recompute: bool) -> (f64, f64) {
+        let sets = if recompute { 1 } else { depth } as f64;
+        let (acts, stats) = super::acts::act_elems(s);
+        let values = (depth + 1) as f64 * s.sp_rows() as f64 * s.c as f64
+            + sets * acts
             + super::acts::grad_elems(s)
-            + 2.0 * s.t as f64 * (s.hd / 2) as f64
+            + 2.0 * s.t as f64 * (s.hd / 2) as f64;
+        (values, sets * stats)
     }
 
     /// The residual stream entering block 0 `(B, T/tp, C)` (this rank's tokens), for the

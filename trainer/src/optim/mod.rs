@@ -65,8 +65,8 @@ pub fn mix_at(o: &Optimizer, t: u64, total: u64) -> Mix {
 impl<B: Ops> AdamWState<B> {
     pub fn new(be: &B, dtype: DType, n: usize) -> Result<Self> {
         Ok(AdamWState {
-            m: crate::memory::alloc(be, "the optimizer's first moment", dtype, n)?,
-            v: crate::memory::alloc(be, "the optimizer's second moment", dtype, n)?,
+            m: crate::alloc::alloc(be, "the optimizer's first moment", dtype, n)?,
+            v: crate::alloc::alloc(be, "the optimizer's second moment", dtype, n)?,
             m2: None,
             step: 0,
             mix_steps: 0,
@@ -79,7 +79,7 @@ impl<B: Ops> AdamWState<B> {
     pub fn for_config(be: &B, dtype: DType, n: usize, cfg: &crate::Config) -> Result<Self> {
         let mut s = Self::new(be, dtype, n)?;
         if cfg.optimizer.kind == "ademamix" {
-            s.m2 = Some(crate::memory::alloc(be, "AdEMAMix's slow moment", dtype, n)?);
+            s.m2 = Some(crate::alloc::alloc(be, "AdEMAMix's slow moment", dtype, n)?);
             s.mix_steps = match cfg.optimizer.mix_warmup_steps {
                 0 => cfg.training.steps,
                 k => k,

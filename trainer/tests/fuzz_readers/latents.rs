@@ -9,7 +9,7 @@ use weft_trainer::config::DitConfig;
 use weft_trainer::data::latents::Latents;
 use weft_trainer::data::{Source, Split};
 use weft_trainer::export;
-use weft_trainer::train::layout_of;
+use weft_trainer::job::layout_of;
 
 fn dit() -> DitConfig {
     DitConfig {

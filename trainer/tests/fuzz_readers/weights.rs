@@ -5,7 +5,7 @@ use super::{apply, config, mutations, nasty_u64};
 use proptest::prelude::*;
 use std::path::Path;
 use weft_trainer::config::ModelConfig;
-use weft_trainer::train::layout_of;
+use weft_trainer::job::layout_of;
 use weft_trainer::{export, Config};
 
 const GPT: &str = r#"

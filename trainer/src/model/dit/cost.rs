@@ -15,7 +15,7 @@ impl<B: Ops> Dit<B> {
     pub fn activation_bytes_of(
         cfg: &DitConfig,
         b: usize,
-        dtype_size: usize,
+        dtype: DType,
         recompute: bool,
         split: SeqSplit,
     ) -> f64 {
@@ -30,20 +30,21 @@ impl<B: Ops> Dit<B> {
         } else {
             0.0
         };
-        // x, tokens, pred, target, dpred; local, target_tokens (sharded); t, tf; the (B, C)
+        // x, tokens, pred, target, dpred; local, target_tokens (sharded); tf; the (B, C)
         // conditioning buffers (t1, t2, temb, yemb, c, silu_c, fmod ×2; dfmod ×2, dsilu_c,
-        // dc, dtmp, dt2, dt1); lnf, hf, dhf, dlnf, dres; meanf, rstdf; out, dout; loss, dloss.
+        // dc, dtmp, dt2, dt1); lnf, hf, dhf, dlnf, dres; out, dout. Statistics: t; meanf,
+        // rstdf; loss, dloss.
         let own = 5.0 * clip
             + sharded * (b * n * pdim + clip)
-            + b
             + b * f(FREQ_DIM)
             + 15.0 * b * c
             + text
             + 5.0 * b * n * c
-            + 2.0 * b * n
-            + 2.0 * b * n * pdim
-            + 2.0;
-        (Trunk::<B>::elems(&spec, cfg.depth, recompute) + own) * dtype_size as f64
+            + 2.0 * b * n * pdim;
+        let own_stats = b + 2.0 * b * n + 2.0;
+        let (values, stats) = Trunk::<B>::elems(&spec, cfg.depth, recompute);
+        (values + own) * dtype.size() as f64
+            + (stats + own_stats) * crate::model::stat_dtype(dtype).size() as f64
     }
 
     /// Model FLOPs of one forward+backward over `b` clips of the whole model (what

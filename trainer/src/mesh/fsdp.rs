@@ -7,7 +7,13 @@
 //! Backward gathers again, accumulates the unit's full gradient, and as soon as the unit is
 //! done starts its reduce-scatter, which lands in this rank's gradient shard while earlier
 //! blocks compute. The input and output layers stay gathered for the whole micro-batch.
+//!
+//! Mixed precision ([`Precision`]): the shard holds the master parameters and accumulated
+//! gradients (f32); a gather casts the shard to the compute dtype first (bf16: half the
+//! bytes on the wire and in memory); a unit's gradient is accumulated in the master dtype
+//! during backward and reduce-scattered in the reduce dtype.
 
+use crate::job::Precision;
 use crate::model::Weights;
 use crate::{Error, Layout, Result};
 use std::ops::Range;
@@ -26,6 +32,8 @@ pub struct Memory {
     pub activations: usize,
     /// Gathered parameters, full gradients and buffers in flight, at their peak.
     pub comm_peak: usize,
+    /// Gathered parameter units (in the compute dtype) alone, at their peak.
+    pub gathered_peak: usize,
 }
 
 /// Time spent on parameter gathers: waiting for them (exposed) and in total when they ran
@@ -38,7 +46,7 @@ pub struct CommTime {
 
 pub struct Fsdp<'c, B: Backend> {
     comm: &'c dyn Comm<B>,
-    dtype: DType,
+    prec: Precision,
     units: Vec<Range<usize>>,
     /// Per-unit shard length and offset of the unit's shard in the shard buffers.
     m: Vec<usize>,
@@ -52,13 +60,22 @@ pub struct Fsdp<'c, B: Backend> {
     prefetch: bool,
     live: usize,
     pub peak: usize,
+    gathered_live: usize,
+    pub gathered_peak: usize,
     pub time: CommTime,
 }
 
 impl<'c, B: Ops> Fsdp<'c, B> {
     /// Shard `full` (the whole flat parameter vector of `layout`, identical on every rank of
-    /// `comm`) and keep this rank's pieces.
-    pub fn new(be: &B, comm: &'c dyn Comm<B>, layout: &Layout, full: &[f32], dtype: DType) -> Result<Self> {
+    /// `comm`) and keep this rank's pieces, in `prec.master`.
+    pub fn new(
+        be: &B,
+        comm: &'c dyn Comm<B>,
+        layout: &Layout,
+        full: &[f32],
+        prec: Precision,
+    ) -> Result<Self> {
+        let dtype = prec.master;
         let (ds, s) = (comm.size(), comm.rank());
         let units = layout.units();
         let m: Vec<usize> = units.iter().map(|u| u.len().div_ceil(ds)).collect();
@@ -67,22 +84,22 @@ impl<'c, B: Ops> Fsdp<'c, B> {
             .scan(0, |acc, &n| Some(std::mem::replace(acc, *acc + n)))
             .collect();
         let total: usize = m.iter().sum();
-        let mut host: Vec<f32> = crate::memory::host_zeros("the parameter shard (f32 staging)", total)?;
+        let mut host: Vec<f32> = crate::alloc::host_zeros("the parameter shard (f32 staging)", total)?;
         for (u, r) in units.iter().enumerate() {
             let lo = (r.start + s * m[u]).min(r.end);
             let hi = (r.start + (s + 1) * m[u]).min(r.end);
             host[off[u]..off[u] + hi - lo].copy_from_slice(&full[lo..hi]);
         }
-        let mut params = crate::memory::alloc(be, "the parameter shard", dtype, total)?;
+        let mut params = crate::alloc::alloc(be, "the parameter shard", dtype, total)?;
         crate::model::upload_f32(be, &host, B::view_mut(&mut params))?;
         let n = units.len();
         Ok(Fsdp {
             comm,
-            dtype,
+            prec,
             m,
             off,
             params,
-            grads: crate::memory::alloc(be, "the gradient shard", dtype, total)?,
+            grads: crate::alloc::alloc(be, "the gradient shard", dtype, total)?,
             gathered: (0..n).map(|_| None).collect(),
             gathering: (0..n).map(|_| None).collect(),
             full_grads: (0..n).map(|_| None).collect(),
@@ -91,6 +108,8 @@ impl<'c, B: Ops> Fsdp<'c, B> {
             prefetch: true,
             live: 0,
             peak: 0,
+            gathered_live: 0,
+            gathered_peak: 0,
             time: CommTime::default(),
         })
     }
@@ -148,16 +167,30 @@ impl<'c, B: Ops> Fsdp<'c, B> {
         self.peak = self.peak.max(self.live);
     }
 
+    /// Gathered units come and go (`delta` units of `m` elements each, in the compute dtype).
+    fn track_gathered(&mut self, u: usize, delta: isize) {
+        let bytes = (self.m[u] * self.comm.size() * self.prec.param.size()) as isize;
+        self.gathered_live = (self.gathered_live as isize + delta * bytes) as usize;
+        self.gathered_peak = self.gathered_peak.max(self.gathered_live);
+        self.track(delta * bytes);
+    }
+
+    /// The master dtype (parameters, gradients and optimizer state).
+    pub fn master_dtype(&self) -> DType {
+        self.prec.master
+    }
+
     fn start_gather(&mut self, be: &B, u: usize) -> Result<()> {
         if self.gathered[u].is_some() || self.gathering[u].is_some() {
             return Ok(());
         }
-        let (m, ds) = (self.m[u], self.comm.size());
-        let mut send = be.alloc(self.dtype, m)?;
+        let (m, ds, dt) = (self.m[u], self.comm.size(), self.prec.param);
+        let mut send = be.alloc(dt, m)?;
         let src = B::view(&self.params).range(self.off[u]..self.off[u] + m);
         be.cast(B::view_mut(&mut send), src, m)?;
-        let recv = be.alloc(self.dtype, m * ds)?;
-        self.track(((m + m * ds) * self.dtype.size()) as isize);
+        let recv = be.alloc(dt, m * ds)?;
+        self.track((m * dt.size()) as isize);
+        self.track_gathered(u, 1);
         self.gathering[u] = Some(self.comm.start(be, Collective::AllGather, send, recv)?);
         Ok(())
     }
@@ -171,7 +204,7 @@ impl<'c, B: Ops> Fsdp<'c, B> {
         let (_, full) = self.gathering[u].take().expect("gather started").wait()?;
         self.time.gather_wait += t.elapsed();
         self.time.gathers += 1;
-        self.track(-((self.m[u] * self.dtype.size()) as isize));
+        self.track(-((self.m[u] * self.prec.param.size()) as isize));
         self.gathered[u] = Some(full);
         Ok(())
     }
@@ -189,7 +222,7 @@ impl<'c, B: Ops> Fsdp<'c, B> {
                 let m = self.m[u];
                 let dst = B::view_mut(&mut self.grads).range(self.off[u]..self.off[u] + m);
                 be.accumulate(dst, B::view(&part), m)?;
-                self.track(-((m * (self.comm.size() + 1) * self.dtype.size()) as isize));
+                self.track(-((m * (self.comm.size() + 1) * self.prec.reduce.size()) as isize));
             }
             if self.full_grads[u].is_some() {
                 return Err(Error::Other(format!(
@@ -197,7 +230,7 @@ impl<'c, B: Ops> Fsdp<'c, B> {
                 )));
             }
             if self.gathered[u].take().is_some() {
-                self.track(-((self.m[u] * self.comm.size() * self.dtype.size()) as isize));
+                self.track_gathered(u, -1);
             }
         }
         Ok(())
@@ -215,8 +248,8 @@ impl<B: Ops> Weights<B> for Fsdp<'_, B> {
         self.ensure(be, u)?;
         let full = self.m[u] * self.comm.size();
         if self.full_grads[u].is_none() {
-            self.full_grads[u] = Some(be.alloc(self.dtype, full)?);
-            self.track((full * self.dtype.size()) as isize);
+            self.full_grads[u] = Some(be.alloc(self.prec.master, full)?);
+            self.track((full * self.prec.master.size()) as isize);
         }
         let n = self.units[u].len();
         let p = B::view(self.gathered[u].as_ref().expect("gathered")).range(0..n);
@@ -233,7 +266,7 @@ impl<B: Ops> Weights<B> for Fsdp<'_, B> {
 
     fn release(&mut self, _be: &B, u: usize) -> Result<()> {
         if !self.outer(u) && self.gathered[u].take().is_some() {
-            self.track(-((self.m[u] * self.comm.size() * self.dtype.size()) as isize));
+            self.track_gathered(u, -1);
         }
         Ok(())
     }
@@ -242,9 +275,19 @@ impl<B: Ops> Weights<B> for Fsdp<'_, B> {
         let full = self.full_grads[u]
             .take()
             .ok_or_else(|| Error::Other(format!("unit {u}: no gradients to reduce")))?;
-        let recv = be.alloc(self.dtype, self.m[u])?;
-        self.track((self.m[u] * self.dtype.size()) as isize);
-        self.reducing[u] = Some(self.comm.start(be, Collective::ReduceScatter, full, recv)?);
+        let (n, rd) = (self.m[u] * self.comm.size(), self.prec.reduce);
+        // The unit's gradient in the reduce dtype (the master-dtype copy is freed here).
+        let send = if rd == self.prec.master {
+            full
+        } else {
+            let mut send = be.alloc(rd, n)?;
+            be.cast(B::view_mut(&mut send), B::view(&full), n)?;
+            self.track((n * rd.size()) as isize - (n * self.prec.master.size()) as isize);
+            send
+        };
+        let recv = be.alloc(rd, self.m[u])?;
+        self.track((self.m[u] * rd.size()) as isize);
+        self.reducing[u] = Some(self.comm.start(be, Collective::ReduceScatter, send, recv)?);
         Ok(())
     }
 }
