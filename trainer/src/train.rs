@@ -460,7 +460,7 @@ fn checkpoints<B: Ops>(
         }
         (start, st.adam.step) = (s.step, s.adam_step);
         if rank == 0 {
-            tracing::info!(step = start, from = %c.dir.display(), mesh = ?c.manifest.mesh, "resumed");
+            tracing::info!(step = start, mesh = ?c.manifest.mesh, from = %c.dir.display(), "resumed");
         }
     }
     let head = (rank == 0).then(|| {

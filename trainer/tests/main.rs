@@ -7,6 +7,7 @@ mod data;
 mod matrix;
 mod memory;
 mod metrics;
+mod mixed;
 mod models;
 mod optim;
 mod parallel;

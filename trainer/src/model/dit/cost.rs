@@ -5,7 +5,7 @@
 use super::{Dit, FREQ_DIM};
 use crate::config::DitConfig;
 use crate::model::trunk::Trunk;
-use weft_kernels::Ops;
+use weft_kernels::{DType, Ops};
 use weft_parallel::SeqSplit;
 
 impl<B: Ops> Dit<B> {
