@@ -20,5 +20,7 @@ pub mod export;
 pub mod fit;
 pub mod optim;
 mod render;
+pub mod rng;
 pub mod sample;
+pub mod shard;
 pub mod train;
