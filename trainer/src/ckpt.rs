@@ -7,8 +7,8 @@
 //! step count. The data position needs nothing more: every sample is a function of the seed
 //! and its global index, and the global order does not depend on the mesh.
 
-pub use crate::shard::ShardMap;
 use crate::shard::Run;
+pub use crate::shard::ShardMap;
 use crate::{Config, Error, Layout, Result};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

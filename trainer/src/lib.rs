@@ -17,7 +17,6 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use layout::{Entry, Layout, Role};
 pub mod export;
-pub mod fit;
 pub mod optim;
 mod render;
 pub mod rng;
