@@ -188,6 +188,10 @@ pub struct Training {
     /// Compute and master dtype: `f32`, or `f64` for reference runs.
     #[serde(default = "f32_name")]
     pub dtype: String,
+    /// Where the step runs: `cpu`, `cuda` (device 0) or `cuda:N`
+    /// ([`crate::device::check`] probes it before any rank starts).
+    #[serde(default = "cpu_name")]
+    pub device: String,
     /// Peak FLOP/s of the device for MFU; measured at start when absent.
     #[serde(default)]
     pub peak_flops: Option<f64>,
@@ -355,6 +359,9 @@ fn z_loss() -> f64 {
 }
 fn val_fraction() -> f64 {
     0.05
+}
+fn cpu_name() -> String {
+    "cpu".into()
 }
 fn f32_name() -> String {
     "f32".into()

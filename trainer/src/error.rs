@@ -36,6 +36,9 @@ pub enum Error {
     /// The run needs more memory than the machine has (the estimate's breakdown).
     #[error("does not fit in memory:\n{0}")]
     DoesNotFit(String),
+    /// `training.device` names a device this machine (or this build) cannot run.
+    #[error("training.device = {device:?}: {why}")]
+    Device { device: String, why: String },
     #[error(transparent)]
     Kernel(#[from] weft_kernels::Error),
     #[error(transparent)]

@@ -4,6 +4,7 @@
 pub mod ckpt;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod dist;
 mod error;
 pub mod eval;

@@ -157,6 +157,9 @@ impl Config {
                 format!("must be \"f32\" or \"f64\", got {:?}", t.dtype),
             ));
         }
+        if let Err(rule) = t.device.parse::<crate::device::Device>() {
+            return Err(Error::config("training.device", rule));
+        }
         if let Some(p) = t.peak_flops {
             if !(p > 0.0 && p.is_finite()) {
                 return Err(Error::config(
