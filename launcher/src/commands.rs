@@ -31,6 +31,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         sets.push(format!("checkpoint.resume={}", toml_string(r)));
     }
     let cfg = Config::load(&a.config, &sets)?;
+    // A device this machine cannot run is refused before anything starts or is written.
+    weft_trainer::device::check(&cfg)?;
     // One owner per run directory: this process, unless a `weft launch` driver holds it for
     // its ranks; under a bare `mpirun`, rank 0 holds it for the run.
     let mpi_rank = cfg!(feature = "mpi") && crate::dist::under_mpi();

@@ -111,6 +111,14 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
     let world = cfg.parallel.world();
     weft_trainer::mesh::check_mesh(&cfg, world)?;
+    // The device, before any rank starts: checked on this machine for a local run and for a
+    // SLURM job's driver (on the allocation's first node); a submission, perhaps from a login
+    // node without GPUs, checks only that this weft can run it.
+    if a.slurm && std::env::var_os("SLURM_JOB_ID").is_none() {
+        weft_trainer::device::resolve(&cfg)?;
+    } else {
+        weft_trainer::device::check(&cfg)?;
+    }
     // Every rank of a local run shares this machine's memory. On SLURM this may be a login
     // node: there each rank checks its own node when it starts.
     if !a.slurm {

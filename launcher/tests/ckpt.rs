@@ -2,6 +2,7 @@
 //! ends with the bits of an uninterrupted one; `weft ckpt inspect|verify|export`; and a full
 //! disk fails saves without stopping training or touching the last good checkpoint.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -269,3 +269,51 @@ fn coord_check_finds_mup_flat_and_sp_growing() {
         assert!(std::fs::metadata(dir.path().join(f)).unwrap().len() > 1000, "{f}");
     }
 }
+
+/// `training.device = "cuda"` on a machine that cannot run CUDA: `weft train` and `weft
+/// launch` fail with the reason, before any rank starts or the run directory is made.
+#[test]
+fn a_cuda_device_this_machine_lacks_is_refused_before_any_rank_starts() {
+    let Err(why) = weft_kernels::cuda::CudaBackend::new(0) else {
+        eprintln!("skipped: this machine has a CUDA device");
+        return;
+    };
+    let want = format!("training.device = \"cuda\": {why}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("{ROOT}/configs/dit-tiny.toml");
+    let out_dir = format!("job.out_dir={:?}", dir.path().display().to_string());
+    for (what, mesh) in [
+        ("train", "parallel.dp_shard=1"),
+        ("launch", "parallel.dp_shard=2"),
+    ] {
+        let out = weft(&[
+            what,
+            &cfg,
+            "--set",
+            "training.device=\"cuda\"",
+            "--set",
+            mesh,
+            "--set",
+            &out_dir,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "weft {what}: {err}");
+        assert!(err.contains(&want), "weft {what}: {err}");
+        assert!(!err.contains("rank"), "weft {what} started ranks: {err}");
+        assert!(
+            out.stdout.is_empty(),
+            "weft {what}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(made.is_empty(), "weft {what} wrote {made:?}");
+    }
+    // The launch's plan: refused for `cuda`, given for `cpu`, so the refusal is the device's.
+    for (device, ok) in [("cuda", false), ("cpu", true)] {
+        let set = format!("training.device={device:?}");
+        let out = weft(&["launch", "--dry-run", &cfg, "--set", &set, "--set", &out_dir]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{device}: {err}");
+        assert_eq!(err.contains(&want), !ok, "{device}: {err}");
+    }
+}

@@ -3,6 +3,7 @@
 //! untouched; a run directory on a disk that fills up still gets `launch.json` and the `end`
 //! event, and no temporary files are left behind.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

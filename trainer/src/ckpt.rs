@@ -7,9 +7,9 @@
 //! step count. The data position needs nothing more: every sample is a function of the seed
 //! and its global index, and the global order does not depend on the mesh.
 
-use crate::layout::TpSplit;
+use crate::shard::Run;
+pub use crate::shard::ShardMap;
 use crate::{Config, Error, Layout, Result};
-use std::ops::Range;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use weft_checkpoint as ck;
@@ -49,112 +49,32 @@ pub fn named<T>(cfg: &Config, model: T, optim: Vec<T>) -> Vec<(&'static str, T)>
         .collect()
 }
 
-/// `len` elements at `local` of a flat buffer are elements `global..global+len` of entry
-/// `entry`'s global tensor (flattened).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Run {
-    pub entry: usize,
-    pub global: u64,
-    pub len: u64,
-    pub local: usize,
-}
-
-/// Where a rank's flat buffer sits in the global tensors, and which of its runs it writes (so
-/// that over the mesh every element is written exactly once).
-#[derive(Clone, Debug)]
-pub struct ShardMap {
-    pub runs: Vec<Run>,
-    pub writes: Vec<bool>,
-}
-
-impl ShardMap {
-    /// One process: every tensor whole, in layout order.
-    pub fn whole(layout: &Layout) -> Self {
-        let runs: Vec<Run> = layout
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Run {
-                entry: i,
-                global: 0,
-                len: e.numel() as u64,
-                local: e.offset,
-            })
-            .collect();
-        ShardMap {
-            writes: vec![true; runs.len()],
-            runs,
-        }
-    }
-
-    /// A mesh rank's shard buffer, laid out as `pieces` (from the FSDP store: length and the
-    /// local-layout range of each piece, `None` for padding), for tp rank `tp_rank` of `tp`.
-    /// `writer`: this rank is the one copy among its replicas (dp_replicate and cp index 0);
-    /// tensors every tp rank holds whole are written by tp rank 0 only.
-    pub fn sharded(
-        layout: &Layout,
-        pieces: &[(usize, bool, Option<Range<usize>>)],
-        tp: usize,
-        tp_rank: usize,
-        writer: bool,
-    ) -> Self {
-        let (mut runs, mut writes) = (vec![], vec![]);
-        let mut at = 0;
-        for (len, _, range) in pieces {
-            if let Some(r) = range {
-                let i = layout
-                    .entries
-                    .iter()
-                    .position(|e| e.offset <= r.start && r.end <= e.offset + e.numel())
-                    .expect("an FSDP piece lies inside one tensor");
-                let e = &layout.entries[i];
-                let (a, b) = (r.start - e.offset, r.end - e.offset);
-                let write = writer && (e.tp != TpSplit::Replicated || tp_rank == 0);
-                for (lo, go, n) in e.tp_pieces(tp, tp_rank) {
-                    let (s, t) = (a.max(lo), b.min(lo + n));
-                    if s < t {
-                        runs.push(Run {
-                            entry: i,
-                            global: (go + s - lo) as u64,
-                            len: (t - s) as u64,
-                            local: at + s - a,
-                        });
-                        writes.push(write);
-                    }
-                }
+/// The runs `map`'s rank writes, merged into strided extents where they line up (a column
+/// slice of a matrix is one extent): `(entry, extent, local offset)`.
+fn extents(map: &ShardMap) -> Vec<(usize, ck::Extent, usize)> {
+    let mut out: Vec<(usize, ck::Extent, usize)> = vec![];
+    for (r, _) in map.runs.iter().zip(&map.writes).filter(|(_, &w)| w) {
+        if let Some((entry, e, local)) = out.last_mut() {
+            let next_local = *local + (e.numel() as usize);
+            let stride = if e.count == 1 {
+                r.global.wrapping_sub(e.start)
+            } else {
+                e.stride
+            };
+            if *entry == r.entry
+                && e.len == r.len
+                && r.local == next_local
+                && stride >= e.len
+                && r.global == e.start + e.count * stride
+            {
+                e.stride = stride;
+                e.count += 1;
+                continue;
             }
-            at += len;
         }
-        ShardMap { runs, writes }
+        out.push((r.entry, ck::Extent::run(r.global, r.len), r.local));
     }
-
-    /// The runs this rank writes, merged into strided extents where they line up (a column
-    /// slice of a matrix is one extent): `(entry, extent, local offset)`.
-    fn extents(&self) -> Vec<(usize, ck::Extent, usize)> {
-        let mut out: Vec<(usize, ck::Extent, usize)> = vec![];
-        for (r, _) in self.runs.iter().zip(&self.writes).filter(|(_, &w)| w) {
-            if let Some((entry, e, local)) = out.last_mut() {
-                let next_local = *local + (e.numel() as usize);
-                let stride = if e.count == 1 {
-                    r.global.wrapping_sub(e.start)
-                } else {
-                    e.stride
-                };
-                if *entry == r.entry
-                    && e.len == r.len
-                    && r.local == next_local
-                    && stride >= e.len
-                    && r.global == e.start + e.count * stride
-                {
-                    e.stride = stride;
-                    e.count += 1;
-                    continue;
-                }
-            }
-            out.push((r.entry, ck::Extent::run(r.global, r.len), r.local));
-        }
-        out
-    }
+    out
 }
 
 /// Every global tensor of the state (`global`: the model at `tp = 1`).
@@ -403,7 +323,7 @@ impl Checkpointer {
         let t = Instant::now();
         // Staging reuses the previous save's buffers (the writer hands them back).
         let mut staging = std::mem::take(&mut self.staging);
-        let extents = self.map.extents();
+        let extents = extents(&self.map);
         staging.resize_with(extents.len() * bufs.len(), || ck::RankPiece {
             tensor: String::new(),
             extent: ck::Extent::run(0, 0),

@@ -197,6 +197,10 @@ pub struct Training {
     /// default) or `bf16` (half the bytes, rounded once per reduction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce_dtype: Option<String>,
+    /// Where the step runs: `cpu`, `cuda` (device 0) or `cuda:N`
+    /// ([`crate::device::check`] probes it before any rank starts).
+    #[serde(default = "cpu_name")]
+    pub device: String,
     /// Peak FLOP/s of the device for MFU; measured at start when absent.
     #[serde(default)]
     pub peak_flops: Option<f64>,
@@ -364,6 +368,9 @@ fn z_loss() -> f64 {
 }
 fn val_fraction() -> f64 {
     0.05
+}
+fn cpu_name() -> String {
+    "cpu".into()
 }
 fn f32_name() -> String {
     "f32".into()

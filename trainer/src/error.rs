@@ -31,11 +31,14 @@ pub enum Error {
         samples: Vec<u64>,
     },
     /// A buffer could not be allocated.
-    #[error("cannot allocate {what}: {} ({bytes} bytes): {why}", crate::memory::human(*bytes as f64))]
+    #[error("cannot allocate {what}: {} ({bytes} bytes): {why}", human(*bytes as f64))]
     Alloc { what: String, bytes: u128, why: String },
     /// The run needs more memory than the machine has (the estimate's breakdown).
     #[error("does not fit in memory:\n{0}")]
     DoesNotFit(String),
+    /// `training.device` names a device this machine (or this build) cannot run.
+    #[error("training.device = {device:?}: {why}")]
+    Device { device: String, why: String },
     #[error(transparent)]
     Kernel(#[from] weft_kernels::Error),
     #[error(transparent)]
@@ -83,5 +86,26 @@ impl Error {
             }
         }
         Error::config("parallel", body)
+    }
+}
+
+/// `bytes` in binary units (`1.50 GiB`).
+pub fn human(bytes: f64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if !bytes.is_finite() {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} B")
+    } else if v >= 1024.0 {
+        format!("{bytes:.3e} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
     }
 }

@@ -226,7 +226,7 @@ impl Layout {
                     )?;
                     global
                         .iter_mut()
-                        .for_each(|v| *v = (crate::data::normal(&mut rng) * std) as f32);
+                        .for_each(|v| *v = (crate::rng::normal(&mut rng) * std) as f32);
                     for (lo, go, n) in e.tp_pieces(tp, rank) {
                         dst[lo..lo + n].copy_from_slice(&global[go..go + n]);
                     }

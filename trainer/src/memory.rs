@@ -28,6 +28,7 @@
 use crate::config::ModelConfig;
 use crate::mesh::{layout_tp, seq_split};
 use crate::model::{Dit, Gpt};
+pub use crate::error::human;
 use crate::{Config, Error, Result};
 use std::fmt;
 use weft_kernels::CpuBackend;
@@ -406,27 +407,6 @@ pub fn check(cfg: &Config, ranks_here: usize) -> Result<Estimate> {
     }
     fits(&est, host_memory().as_ref()).map_err(|why| Error::DoesNotFit(format!("{est}\n{why}\n{ADVICE}")))?;
     Ok(est)
-}
-
-/// `bytes` in binary units (`1.50 GiB`).
-pub fn human(bytes: f64) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if !bytes.is_finite() {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{v:.0} B")
-    } else if v >= 1024.0 {
-        format!("{bytes:.3e} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
 }
 
 /// A count in words (`8.03 B`, `124.4 M`, `42.9 T`).

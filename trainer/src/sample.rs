@@ -7,9 +7,10 @@
 //! on the right. GPT: sample text from a prompt.
 
 use crate::config::{DitConfig, GptConfig, ModelConfig};
-use crate::data::{normal, sample_rng, shapes, DataConfigExt, Stream};
+use crate::data::{sample_rng, shapes, DataConfigExt, Stream};
 use crate::job::layout_of;
 use crate::model::{dit::precondition, Dit, DitBatch, Gpt};
+use crate::rng::normal;
 use crate::{export, render, Error, Result};
 use rand::Rng;
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! Configs: every shipped config validates; mistakes are refused naming the key and the rule.
 
 use std::path::Path;
+use weft_trainer::config::{attn_scale, ModelConfig};
 use weft_trainer::Config;
 
 fn configs_dir() -> &'static Path {
@@ -173,4 +174,88 @@ fn a_missing_required_field_is_named() {
         .to_string();
     assert!(e.contains("missing field"), "{e}");
     assert!(e.contains("depth") || e.contains("data"), "{e}");
+}
+
+fn mup_base_hd(extra: &[&str]) -> Option<usize> {
+    let mut sets = vec!["mup.enabled=true".to_string(), "mup.base_width=64".into()];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    match Config::load(&configs_dir().join("dit-tiny.toml"), &sets)
+        .unwrap()
+        .model
+    {
+        ModelConfig::Dit(m) => m.attn_base_hd,
+        ModelConfig::Gpt(m) => m.attn_base_hd,
+    }
+}
+
+#[test]
+fn the_mup_base_head_dim_follows_heads_or_is_given() {
+    // Heads fixed (4): the base width's head dim is 64 / 4.
+    assert_eq!(mup_base_hd(&[]), Some(16));
+    // Heads growing with width at head dim 32: the scale stays 1/√32 at every width.
+    assert_eq!(
+        mup_base_hd(&["mup.base_head_dim=32", "model.heads=8", "model.width=256"]),
+        Some(32)
+    );
+    assert_eq!(attn_scale(Some(32), 32), 1.0 / 32f32.sqrt());
+    // A base width that heads do not divide is fine once the head dim is given.
+    assert!(err("dit-tiny.toml", &["mup.enabled=true", "mup.base_width=30"]).contains("mup.base_width"));
+    let path = configs_dir().join("dit-tiny.toml");
+    let sets = ["mup.enabled=true", "mup.base_width=30", "mup.base_head_dim=10"].map(String::from);
+    assert!(Config::load(&path, &sets).is_ok());
+}
+
+#[test]
+fn training_device_is_cpu_cuda_or_cuda_n() {
+    use weft_trainer::device::Device;
+    for bad in [
+        "gpu", "CUDA", "cuda:", "cuda:x", "cuda:-1", "cuda:1.5", "cuda:+1", " cpu", "cuda:0:1",
+    ] {
+        let e = err("dit-tiny.toml", &[&format!("training.device={bad:?}")]);
+        assert!(
+            e.contains("`training.device` must be \"cpu\", \"cuda\" or \"cuda:N\"")
+                && e.contains(&format!("{bad:?}")),
+            "{bad}: {e}"
+        );
+    }
+    let path = configs_dir().join("dit-tiny.toml");
+    let device = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let cfg = Config::load(&path, &sets).unwrap();
+        weft_trainer::device::resolve(&cfg).map_err(|e| e.to_string())
+    };
+    assert_eq!(device(&[]), Ok(Device::Cpu), "the default");
+    for (value, want) in [
+        ("cpu", Device::Cpu),
+        ("cuda", Device::Cuda(0)),
+        ("cuda:3", Device::Cuda(3)),
+    ] {
+        if want != Device::Cpu && !weft_kernels::cuda::COMPILED {
+            let e = device(&[&format!("training.device={value:?}")]).unwrap_err();
+            assert!(e.contains("built without CUDA support"), "{e}");
+            continue;
+        }
+        assert_eq!(device(&[&format!("training.device={value:?}")]), Ok(want));
+        assert_eq!(want.to_string().parse::<Device>(), Ok(want));
+    }
+}
+
+/// On a machine that cannot run CUDA, `device::check` refuses `cuda` with the reason the
+/// device could not be opened; `cpu` always passes.
+#[test]
+fn a_cuda_device_is_probed_on_this_machine() {
+    let path = configs_dir().join("dit-tiny.toml");
+    let load = |v: &str| Config::load(&path, &[format!("training.device={v:?}")]).unwrap();
+    assert_eq!(
+        weft_trainer::device::check(&load("cpu")).unwrap(),
+        weft_trainer::device::Device::Cpu
+    );
+    let Err(why) = weft_kernels::cuda::CudaBackend::new(0) else {
+        eprintln!("skipped the refusal: this machine has a CUDA device");
+        return;
+    };
+    let e = weft_trainer::device::check(&load("cuda"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, format!("training.device = \"cuda\": {why}"));
 }

@@ -8,6 +8,7 @@
 //! finished runs and resumes the others from their newest checkpoint, so the same command
 //! continues an interrupted sweep. SIGINT/SIGTERM tell the running trainers to save and stop.
 
+mod fit;
 mod plot;
 mod report;
 mod results;

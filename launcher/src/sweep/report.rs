@@ -3,15 +3,16 @@
 //!
 //! - **Learning-rate transfer.** Runs that differ only in `lr` form a curve; curves that differ
 //!   only in `width` form a family (one per parametrization, optimizer, …). Each curve's best
-//!   rate is the vertex of a parabola in log lr ([`weft_trainer::fit::log_parabola_min`]); a
+//!   rate is the vertex of a parabola in log lr ([`super::fit::log_parabola_min`]); a
 //!   family reports how far the best rate moves across its widths.
 //! - **Scaling.** Runs with a `compute` axis that differ only in model size (`width`, `depth`,
 //!   `heads`) form an isoFLOP curve; its optimum (a parabola in log parameters) gives the best
 //!   model size and loss for that budget. Across budgets: `L = E + A·C^(−α)` fitted with
-//!   standard errors and R² ([`weft_trainer::fit::power_law`], at least 4 budgets), the best
-//!   size `N_opt = k·C^a` ([`weft_trainer::fit::log_line`]), and the loss against parameters
+//!   standard errors and R² ([`super::fit::power_law`], at least 4 budgets), the best
+//!   size `N_opt = k·C^a` ([`super::fit::log_line`]), and the loss against parameters
 //!   `L = E + A·N^(−α)` over each size's best run.
 
+use super::fit::{self, LogLine, Minimum, PowerLaw};
 use super::plot::{self, Panel, Series, Style};
 use super::results::{collect, RunResult};
 use super::spec::Sweep;
@@ -19,7 +20,6 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use weft_trainer::fit::{self, LogLine, Minimum, PowerLaw};
 
 /// A group key: the run's axis values except `drop`, as `axis=value` text.
 fn key(r: &RunResult, drop: &[&str]) -> String {

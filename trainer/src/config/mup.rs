@@ -120,39 +120,3 @@ impl Mup {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::config::ModelConfig;
-    use crate::Config;
-
-    fn base_hd(extra: &[&str]) -> Option<usize> {
-        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/dit-tiny.toml"));
-        let mut sets = vec!["mup.enabled=true".to_string(), "mup.base_width=64".into()];
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        match Config::load(path, &sets).unwrap().model {
-            ModelConfig::Dit(m) => m.attn_base_hd,
-            ModelConfig::Gpt(m) => m.attn_base_hd,
-        }
-    }
-
-    #[test]
-    fn the_base_head_dim_follows_heads_or_is_given() {
-        // Heads fixed (4): the base width's head dim is 64 / 4.
-        assert_eq!(base_hd(&[]), Some(16));
-        // Heads growing with width at head dim 32: the scale stays 1/√32 at every width.
-        assert_eq!(
-            base_hd(&["mup.base_head_dim=32", "model.heads=8", "model.width=256"]),
-            Some(32)
-        );
-        assert_eq!(super::attn_scale(Some(32), 32), 1.0 / 32f32.sqrt());
-        // A base width that heads do not divide is fine once the head dim is given.
-        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/dit-tiny.toml"));
-        let bad = ["mup.enabled=true".to_string(), "mup.base_width=30".into()];
-        assert!(Config::load(path, &bad)
-            .unwrap_err()
-            .to_string()
-            .contains("mup.base_width"));
-        assert!(Config::load(path, &[&bad[..], &["mup.base_head_dim=10".to_string()]].concat()).is_ok());
-    }
-}

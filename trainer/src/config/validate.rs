@@ -174,6 +174,9 @@ impl Config {
                 }
             }
         }
+        if let Err(rule) = t.device.parse::<crate::device::Device>() {
+            return Err(Error::config("training.device", rule));
+        }
         if let Some(p) = t.peak_flops {
             if !(p > 0.0 && p.is_finite()) {
                 return Err(Error::config(

@@ -20,6 +20,7 @@ pub mod tokens;
 
 use crate::config::DitConfig;
 use crate::model::DitBatch;
+use crate::rng::normal;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -59,12 +60,6 @@ pub fn sample_rng(seed: u64, stream: Stream, index: u64) -> ChaCha8Rng {
     let mut r = ChaCha8Rng::seed_from_u64(seed ^ (stream as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     r.set_stream(index);
     r
-}
-
-/// A standard normal draw (Box–Muller).
-pub fn normal(r: &mut impl Rng) -> f64 {
-    let (u1, u2): (f64, f64) = (1.0 - r.random::<f64>(), r.random::<f64>());
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 /// Global sample indices of micro-batch `micro` of `dp_rank` at `step`.

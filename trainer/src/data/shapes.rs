@@ -11,15 +11,8 @@ use crate::config::DitConfig;
 use crate::model::DitBatch;
 use rand::Rng;
 
-pub const NUM_CLASSES: usize = 12;
-pub const SHAPES: [&str; 2] = ["square", "disc"];
-pub const COLOURS: [&str; 3] = ["red", "green", "blue"];
-pub const MOTIONS: [&str; 2] = ["horizontal", "vertical"];
-
-/// Human-readable class name, e.g. `red disc, vertical`.
-pub fn class_name(k: usize) -> String {
-    format!("{} {}, {}", COLOURS[(k / 2) % 3], SHAPES[k / 6], MOTIONS[k % 2])
-}
+mod classes;
+pub use classes::{class_name, COLOURS, MOTIONS, NUM_CLASSES, SHAPES};
 
 /// Render one clip `(T, H, W, 3)` of class `k`.
 pub fn render(t: usize, h: usize, w: usize, k: usize, r: &mut impl Rng) -> Vec<f32> {

@@ -19,9 +19,9 @@
 //! - `Sign`: `sign(G)/d_in`;
 //! - `Rms`: `g/RMS(g)` (vectors).
 
-use crate::ckpt::Run;
 use crate::config::Optimizer;
 use crate::layout::TpSplit;
+use crate::shard::Run;
 use crate::{Error, Layout, Result, Role};
 use num_traits::Float;
 use weft_kernels::{AdamW, Backend, CpuBackend, HostVec, OptimOps};

@@ -1,4 +1,4 @@
-//! Helpers shared by the launcher's integration tests.
+//! Helpers shared by the end-to-end tests (here) and the launcher's integration tests.
 
 #![allow(dead_code)]
 

@@ -155,12 +155,6 @@ pub fn power_law(x: &[f64], y: &[f64]) -> Option<PowerLaw> {
     })
 }
 
-/// The best learning rate from losses at several rates: [`log_parabola_min`] of loss in
-/// `ln lr`. Returns `(lr, from the parabola)`.
-pub fn best_lr(lr: &[f64], loss: &[f64]) -> Option<(f64, bool)> {
-    log_parabola_min(lr, loss).map(|m| (m.x, m.fitted))
-}
-
 /// The minimum of a curve sampled at `x > 0` (learning rates, model sizes).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Minimum {
@@ -306,7 +300,7 @@ mod tests {
             .iter()
             .map(|r: &f64| 2.0 + 0.3 * (r.ln() - 0.01f64.ln()).powi(2))
             .collect();
-        let (best, fitted) = best_lr(&lr, &loss).unwrap();
+        let Minimum { x: best, fitted, .. } = log_parabola_min(&lr, &loss).unwrap();
         assert!(fitted && (best / 0.01 - 1.0).abs() < 1e-9, "{best}");
         // Diverged runs (infinite loss) are left out; a monotone curve gives the lowest point.
         let loss: Vec<f64> = lr
@@ -320,7 +314,7 @@ mod tests {
                 }
             })
             .collect();
-        let (best, fitted) = best_lr(&lr, &loss).unwrap();
+        let Minimum { x: best, fitted, .. } = log_parabola_min(&lr, &loss).unwrap();
         assert!(!fitted && (best / lr[5] - 1.0).abs() < 1e-12, "{best}");
     }
 
