@@ -156,7 +156,7 @@ pub fn config(a: &ConfigArgs) -> Result<()> {
     let cfg = Config::load(&a.config, &a.set)?;
     let l = layout_of(&cfg);
     println!("{}: valid", a.config.display());
-    println!("parameters: {} ({:.3} B)", l.len(), l.len() as f64 / 1e9);
+    println!("parameters: {} ({:.3} B)", l.params(), l.params() as f64 / 1e9);
     for role in [Role::Embedding, Role::Hidden, Role::Vector, Role::Output] {
         println!("  {role:?}: {}", l.count(role));
     }

@@ -107,11 +107,11 @@ pub fn load(path: &Path, layout_of: impl Fn(&Config) -> Layout) -> Result<(Confi
             .ok_or_else(|| Error::data(path, format!("tensor `{}` reaches past the file's end", e.name)))?;
         sources.push(t.bytes);
     }
-    let n = layout.len();
-    if n.checked_mul(4) != Some(total) {
+    let (n, params) = (layout.len(), layout.params());
+    if params.checked_mul(4) != Some(total) {
         return Err(Error::data(
             path,
-            format!("the layout's {n} parameters do not match the tensors' {total} bytes"),
+            format!("the layout's {params} parameters do not match the tensors' {total} bytes"),
         ));
     }
     let mut flat = Vec::new();
@@ -224,7 +224,7 @@ mod tests {
             };
             let lb = min_params(&model).unwrap();
             assert!(
-                lb <= layout.len() && layout.len() <= 16 * lb,
+                lb <= layout.params() && layout.params() <= 16 * lb,
                 "bound {lb}, layout {}",
                 layout.len()
             );

@@ -91,7 +91,7 @@ pub fn step_cost(cfg: &Config) -> Result<StepCost> {
     let (t, p) = (&cfg.training, &cfg.parallel);
     let samples = t.micro_batch * t.grad_accum * p.dp_replicate * p.dp_shard;
     Ok(StepCost {
-        params: layout_of(cfg).len(),
+        params: layout_of(cfg).params(),
         tokens: samples * crate::mesh::seq_split(cfg).t,
         flops: model_flops(cfg, 1) * samples as f64,
     })

@@ -4,6 +4,11 @@
 //! use the identical layout. The [`Layout`] names each tensor, its shape, its offset and its
 //! [`Role`] — the role is what weight decay, muP and Scion read to treat a tensor correctly —
 //! and records which contiguous range each transformer block owns (what FSDP shards).
+//!
+//! Every tensor starts at a multiple of [`ALIGN`] elements, so each one's view is aligned for
+//! GEMM libraries and vector loads whatever the widths before it. The padding between tensors
+//! is zero, gets zero gradients and is never trained; it counts in the buffer's length
+//! ([`Layout::len`], memory figures) but not in the parameters ([`Layout::params`]).
 
 use crate::Result;
 use std::ops::Range;
@@ -118,6 +123,14 @@ impl Entry {
     }
 }
 
+/// Tensors start at multiples of this many elements (256 bytes of f32).
+pub const ALIGN: usize = 64;
+
+/// `n` rounded up to a multiple of [`ALIGN`] (saturating).
+fn align_up(n: usize) -> usize {
+    n.checked_next_multiple_of(ALIGN).unwrap_or(usize::MAX)
+}
+
 /// The table of every parameter, in buffer order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Layout {
@@ -125,13 +138,22 @@ pub struct Layout {
     /// Block `i` owns `blocks[i]` of the flat buffer (contiguous).
     pub blocks: Vec<Range<usize>>,
     len: usize,
+    params: usize,
 }
 
 impl Layout {
-    /// Total number of parameters (`usize::MAX` when they do not fit in a `usize`; see
-    /// [`Layout::overflows`]).
+    /// Length of the flat buffer: every tensor and the padding that aligns each one
+    /// (`usize::MAX` when it does not fit in a `usize`; see [`Layout::overflows`]).
     pub fn len(&self) -> usize {
         self.len
+    }
+    /// Where the next tensor (or block) will start: the length rounded up to [`ALIGN`].
+    pub fn next_offset(&self) -> usize {
+        align_up(self.len)
+    }
+    /// Number of parameters: the tensors' elements, without padding.
+    pub fn params(&self) -> usize {
+        self.params
     }
     /// Whether the parameter count saturated (a model far beyond any machine).
     pub fn overflows(&self) -> bool {
@@ -156,19 +178,21 @@ impl Layout {
         let e = Entry {
             name: name.into(),
             shape: shape.to_vec(),
-            offset: self.len,
+            offset: align_up(self.len),
             role,
             init,
             tp,
             lr_scale: 1.0,
         };
-        self.len = self.len.saturating_add(e.numel());
+        self.len = e.offset.saturating_add(e.numel());
+        self.params = self.params.saturating_add(e.numel());
         let r = e.range();
         self.entries.push(e);
         r
     }
     /// Run `f` to add one block's tensors and record the block's range.
     pub fn block<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.len = align_up(self.len);
         let start = self.len;
         let out = f(self);
         self.blocks.push(start..self.len);
@@ -254,6 +278,21 @@ impl Layout {
         }
     }
 
+    /// `(length, decays, learning-rate factor)` of consecutive segments covering the whole
+    /// buffer: each tensor, and each run of padding (no decay).
+    pub fn segments(&self) -> Vec<(usize, bool, f64)> {
+        let mut out = vec![];
+        let mut at = 0;
+        for e in &self.entries {
+            if e.offset > at {
+                out.push((e.offset - at, false, 1.0));
+            }
+            out.push((e.numel(), e.role.decays(), e.lr_scale));
+            at = e.range().end;
+        }
+        out
+    }
+
     /// Ranges of the tensors every tp rank holds whole, merged where adjacent.
     pub fn replicated_ranges(&self) -> Vec<Range<usize>> {
         let mut out: Vec<Range<usize>> = vec![];
@@ -279,11 +318,17 @@ mod tests {
             l.add("b.w", &[4], Role::Hidden, Init::Zeros);
             l.add("b.g", &[4], Role::Vector, Init::Ones)
         });
-        assert_eq!(b, 10..14);
-        assert_eq!(l.blocks, vec![6..14]);
-        assert_eq!(l.len(), 14);
+        // Each tensor starts at a multiple of 64 elements; the padding is not a parameter.
+        assert_eq!(b, 128..132);
+        assert_eq!(l.blocks, vec![64..132]);
+        assert_eq!((l.len(), l.params()), (132, 14));
         let p = l.init(7).unwrap();
-        assert_eq!(&p[6..14], &[0., 0., 0., 0., 1., 1., 1., 1.]);
+        assert!(p[6..64].iter().all(|&v| v == 0.0));
+        assert_eq!(&p[64..68], &[0., 0., 0., 0.]);
+        assert_eq!(&p[128..132], &[1., 1., 1., 1.]);
+        let segs = l.segments();
+        assert_eq!(segs.iter().map(|s| s.0).sum::<usize>(), l.len());
+        assert_eq!(segs[1], (58, false, 1.0));
         assert_eq!(p, l.init(7).unwrap());
         assert_ne!(p, l.init(8).unwrap());
         let mean: f32 = p[..6].iter().sum::<f32>() / 6.0;
@@ -311,7 +356,7 @@ mod tests {
         let global = build(1);
         let want = global.init(5).unwrap();
         let local = build(2);
-        let mut got = vec![f32::NAN; global.len()];
+        let mut got = vec![0f32; global.len()];
         for rank in 0..2 {
             local.place_tp(&global, &local.init_tp(5, 2, rank).unwrap(), 2, rank, &mut got);
         }
@@ -320,7 +365,7 @@ mod tests {
         let r1 = local.init_tp(5, 2, 1).unwrap();
         assert_eq!(&r1[..6], &want[6..12]);
         assert_eq!(&r1[6..9], &want[15..18]);
-        assert_eq!(local.replicated_ranges(), vec![15..18]);
+        assert_eq!(local.replicated_ranges(), vec![128..131]);
     }
 
     #[test]

@@ -24,6 +24,6 @@ pub mod optim;
 mod render;
 pub mod rng;
 pub mod sample;
-pub mod step;
 pub mod shard;
+pub mod step;
 pub mod train;

@@ -26,9 +26,9 @@
 //! machine is refused with its numbers, never overflowed.
 
 use crate::config::ModelConfig;
+pub use crate::error::human;
 use crate::mesh::{layout_tp, seq_split};
 use crate::model::{Dit, Gpt};
-pub use crate::error::human;
 use crate::{Config, Error, Result};
 use std::fmt;
 use weft_kernels::CpuBackend;

@@ -135,7 +135,7 @@ impl MeshReport {
             flops: crate::job::model_flops(cfg, b) * (t.grad_accum * cfg.parallel.dp()) as f64,
             peak: peak * cfg.parallel.world() as f64,
         };
-        let params = crate::job::global_layout(cfg).len();
+        let params = crate::job::global_layout(cfg).params();
         metrics.write(rate.start_event(params, peak, source, &be.name()))?;
         Ok(MeshReport {
             metrics,

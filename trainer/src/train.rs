@@ -105,11 +105,28 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
 /// Train on this rank of `world` on the CPU. Every rank of the mesh calls this with the same
 /// config.
 pub fn train_rank(cfg: &Config, world: &dyn Comm<CpuBackend>, prefetch: bool) -> Result<RankOutcome> {
+    cpu_device(cfg)?;
     let opts = TrainOptions {
         progress: false,
         prefetch,
     };
     train_rank_on(cfg, &CpuBackend, world, world, opts)
+}
+
+/// The device `training.device` names, resolved once before any work: the CPU entry points
+/// run on `cpu`; a CUDA device that this machine has is refused until the CUDA backend
+/// implements every op family the models use.
+fn cpu_device(cfg: &Config) -> Result<()> {
+    match crate::device::check(cfg)? {
+        crate::device::Device::Cpu => Ok(()),
+        crate::device::Device::Cuda(n) => Err(Error::config(
+            "training.device",
+            format!(
+                "cuda:{n} is present, but the CUDA backend does not yet implement every op family \
+                 the models need; train with training.device = \"cpu\""
+            ),
+        )),
+    }
 }
 
 /// Train on this rank with backend `be`: `control` carries host scalars and decisions, `data`

@@ -47,12 +47,14 @@ fn layout(fx: &serde_json::Value) -> Layout {
     l
 }
 
-/// The flat buffer of `per_tensor` (a name → values map) in layout order.
+/// The flat buffer of `per_tensor` (a name → values map) in layout order (the alignment
+/// padding zero).
 fn flat(l: &Layout, per_tensor: &serde_json::Value) -> Vec<f64> {
-    l.entries
-        .iter()
-        .flat_map(|e| floats(&per_tensor[&e.name]))
-        .collect()
+    let mut out = vec![0.0; l.len()];
+    for e in &l.entries {
+        out[e.range()].copy_from_slice(&floats(&per_tensor[&e.name]));
+    }
+    out
 }
 
 fn config(kind: &str, case: Option<&serde_json::Value>) -> Config {
@@ -181,17 +183,28 @@ fn distributed_newton_schulz_on_4_ranks_equals_one_process() {
             unreachable!()
         };
         // Four ranks: cut points inside the hidden matrices and the fused projection.
-        let cuts = [0, 23, 41, 70, n];
+        let at = |name: &str| l.get(name).unwrap().offset;
+        let cuts = [
+            0,
+            at("h.weight") + 3,
+            at("h.weight") + 21,
+            at("head.weight") + 2,
+            n,
+        ];
         let shard = |r: usize| {
             let range = cuts[r]..cuts[r + 1];
-            let pieces: Vec<(usize, bool, Option<std::ops::Range<usize>>)> = l
-                .entries
-                .iter()
-                .filter_map(|e| {
-                    let (a, b) = (e.offset.max(range.start), (e.offset + e.numel()).min(range.end));
-                    (a < b).then(|| (b - a, true, Some(a..b)))
-                })
-                .collect();
+            let mut pieces: Vec<(usize, bool, Option<std::ops::Range<usize>>)> = vec![];
+            let mut pos = range.start;
+            for e in &l.entries {
+                let (a, b) = (e.offset.max(range.start), (e.offset + e.numel()).min(range.end));
+                if a < b {
+                    if a > pos {
+                        pieces.push((a - pos, false, None));
+                    }
+                    pieces.push((b - a, true, Some(a..b)));
+                    pos = b;
+                }
+            }
             ShardMap::sharded(&l, &pieces, 1, 0, false).runs
         };
         let members: Vec<_> = (0..4).map(shard).collect();

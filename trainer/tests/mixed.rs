@@ -169,7 +169,7 @@ fn bf16_gathers_half_the_bytes_and_keeps_16_bytes_of_state_per_parameter() {
         assert_eq!(state, 16 * shard, "rank {}", y.rank);
         assert_eq!(state, x.memory.params + x.memory.grads + x.memory.optimizer);
         // ÷ dp_shard: the padding of each unit's last shard is all that exceeds params / 2.
-        let params = layout.len() as f64;
+        let params = layout.params() as f64;
         assert!((state as f64 - 16.0 * params / 2.0).abs() <= 16.0 * layout.units().len() as f64);
     }
     // The estimate before start says the same.

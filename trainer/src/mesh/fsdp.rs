@@ -137,7 +137,8 @@ impl<'c, B: Ops> Fsdp<'c, B> {
             .collect()
     }
 
-    /// `(length, decays, global range)` of every piece of this rank's shard (`None`: padding).
+    /// `(length, decays, global range)` of every piece of this rank's shard, in order and
+    /// covering it (`None`: padding).
     pub fn pieces(&self, layout: &Layout) -> Vec<(usize, bool, Option<Range<usize>>)> {
         self.pieces_for(layout, self.comm.rank())
     }
@@ -148,13 +149,20 @@ impl<'c, B: Ops> Fsdp<'c, B> {
         for (u, r) in self.units.iter().enumerate() {
             let lo = (r.start + s * self.m[u]).min(r.end);
             let hi = (r.start + (s + 1) * self.m[u]).min(r.end);
+            // Tensors, the alignment padding between them, and the zeros that fill the
+            // unit's last shard.
+            let mut at = lo;
             for e in &layout.entries {
                 let (a, b) = (e.offset.max(lo), (e.offset + e.numel()).min(hi));
                 if a < b {
+                    if a > at {
+                        out.push((a - at, false, None));
+                    }
                     out.push((b - a, e.role.decays(), Some(a..b)));
+                    at = b;
                 }
             }
-            let pad = self.m[u] - (hi - lo);
+            let pad = self.m[u] - (at - lo);
             if pad > 0 {
                 out.push((pad, false, None));
             }

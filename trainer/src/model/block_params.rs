@@ -46,7 +46,7 @@ impl BlockParams {
     /// relative to the block's start. `depth` scales the GPT's residual output projections by
     /// `1/√(2·depth)`.
     pub fn register(l: &mut Layout, i: usize, s: &BlockSpec, depth: usize) -> BlockParams {
-        let start = l.len();
+        let start = l.next_offset();
         Self::add(l, i, s, depth).rebased(start)
     }
 

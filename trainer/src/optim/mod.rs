@@ -122,11 +122,7 @@ impl<B: Ops> AdamWState<B> {
         lr: f64,
     ) -> Result<f64> {
         let norm = self.sum_squares(be, grads)?.sqrt();
-        let segs: Vec<(usize, bool, f64)> = layout
-            .entries
-            .iter()
-            .map(|e| (e.numel(), e.role.decays(), e.lr_scale))
-            .collect();
+        let segs = layout.segments();
         self.step_segments(be, o, &segs, params, grads, lr, norm)?;
         Ok(norm)
     }
