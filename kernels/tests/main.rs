@@ -3,6 +3,7 @@
 mod harness;
 
 mod attention;
+mod bf16;
 mod cuda;
 mod errors;
 mod gradients;

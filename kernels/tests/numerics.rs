@@ -10,13 +10,13 @@ use weft_kernels::*;
 fn adamw_reference(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], h: &AdamW) {
     let t = h.step as i32;
     for i in 0..p.len() {
-        let grad = g[i] * h.grad_scale as f64;
-        p[i] -= h.lr as f64 * h.weight_decay as f64 * p[i];
-        m[i] = h.beta1 as f64 * m[i] + (1.0 - h.beta1 as f64) * grad;
-        v[i] = h.beta2 as f64 * v[i] + (1.0 - h.beta2 as f64) * grad * grad;
-        let m_hat = m[i] / (1.0 - (h.beta1 as f64).powi(t));
-        let v_hat = v[i] / (1.0 - (h.beta2 as f64).powi(t));
-        p[i] -= h.lr as f64 * m_hat / (v_hat.sqrt() + h.eps as f64);
+        let grad = g[i] * h.grad_scale;
+        p[i] -= h.lr * h.weight_decay * p[i];
+        m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * grad;
+        v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * grad * grad;
+        let m_hat = m[i] / (1.0 - h.beta1.powi(t));
+        let v_hat = v[i] / (1.0 - h.beta2.powi(t));
+        p[i] -= h.lr * m_hat / (v_hat.sqrt() + h.eps);
     }
 }
 

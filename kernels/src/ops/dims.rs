@@ -3,8 +3,98 @@
 use crate::backend::{Check, Slice};
 use crate::{DType, Result};
 
-/// The float dtypes the reference ops compute in.
+/// The float dtypes of the optimizer ops and reductions (`f32` master weights, `f64` checks).
 pub const REFERENCE_FLOATS: &[DType] = &[DType::F32, DType::F64];
+
+/// The activation dtypes `A` every op family except the optimizer accepts.
+pub const ACTIVATION_FLOATS: &[DType] = &[DType::F64, DType::F32, DType::BF16];
+
+/// The role of an op argument, which fixes its dtype from the call's activation dtype `A`
+/// (the rules are stated in [`crate::ops`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Inputs, outputs, activation gradients and parameter inputs: dtype `A`.
+    Act,
+    /// Saved statistics, losses, timesteps and angle tables: f32 when `A` is bf16, else `A`.
+    Stat,
+    /// Accumulated parameter gradients: `A`, or f32 when `A` is bf16.
+    ParamGrad,
+}
+
+impl Role {
+    /// The dtypes an argument of this role may have when the activations are `a`.
+    pub fn allowed(self, a: DType) -> &'static [DType] {
+        match (self, a) {
+            (_, DType::F64) => &[DType::F64],
+            (Role::Act, DType::BF16) => &[DType::BF16],
+            (Role::ParamGrad, DType::BF16) => &[DType::BF16, DType::F32],
+            (Role::Act | Role::ParamGrad, DType::F16) => &[DType::F16],
+            _ => &[DType::F32],
+        }
+    }
+}
+
+/// The dtype of statistics (norm `mean`/`rstd`, attention `lse`, losses) for activations of
+/// dtype `a`: f32 for bf16 activations, `a` otherwise.
+pub fn stat_dtype(a: DType) -> DType {
+    Role::Stat.allowed(a)[0]
+}
+
+/// One argument of an op as the shared checks see it: its name, role, dtype and length (when
+/// given), the length the op's dimensions require, and how to name that shape.
+pub(crate) struct Arg<'s> {
+    pub name: &'static str,
+    pub role: Role,
+    pub got: Option<(DType, usize)>,
+    pub len: usize,
+    pub shape: &'s str,
+}
+
+impl<'s> Arg<'s> {
+    /// An activation-dtype argument.
+    pub fn act<S: Slice>(name: &'static str, v: Option<&S>, len: usize, shape: &'s str) -> Self {
+        Self::new(Role::Act, name, v, len, shape)
+    }
+    /// A statistic (see [`Role::Stat`]).
+    pub fn stat<S: Slice>(name: &'static str, v: Option<&S>, len: usize, shape: &'s str) -> Self {
+        Self::new(Role::Stat, name, v, len, shape)
+    }
+    /// A parameter gradient (see [`Role::ParamGrad`]).
+    pub fn grad<S: Slice>(name: &'static str, v: Option<&S>, len: usize, shape: &'s str) -> Self {
+        Self::new(Role::ParamGrad, name, v, len, shape)
+    }
+    fn new<S: Slice>(role: Role, name: &'static str, v: Option<&S>, len: usize, shape: &'s str) -> Self {
+        Arg {
+            name,
+            role,
+            got: v.map(|v| (v.dtype(), v.len())),
+            len,
+            shape,
+        }
+    }
+}
+
+/// The one check of an op's arguments against the mixed-precision contract: the first
+/// activation argument given fixes `A` (which must be in `allowed`); then, in order, every
+/// argument given must have a dtype its role allows and exactly its stated length.
+/// Returns `A`.
+pub(crate) fn check_args(op: &'static str, allowed: &[DType], args: &[Arg<'_>]) -> Result<DType> {
+    let c = Check { op };
+    let first = args
+        .iter()
+        .find_map(|a| a.got.filter(|_| a.role == Role::Act).map(|(dt, _)| (a.name, dt)));
+    let Some((name, a)) = first else {
+        return Ok(DType::F32);
+    };
+    let a = c.dtype_in(name, a, allowed)?;
+    for arg in args {
+        if let Some((dt, len)) = arg.got {
+            c.dtype_in(arg.name, dt, arg.role.allowed(a))?;
+            c.len(arg.name, len, arg.len, || arg.shape.to_string())?;
+        }
+    }
+    Ok(a)
+}
 
 /// Checks a list of same-dtype arguments: the first one fixes the dtype (which must be in
 /// `allowed`), every other must match it and have exactly its stated length.
@@ -37,20 +127,11 @@ pub(crate) fn check_pointwise<O: Slice, R: Slice>(
     n: usize,
 ) -> Result<DType> {
     let s = format!("(n={n})");
-    let ins: Vec<_> = ins
-        .iter()
-        .map(|(name, v)| (*name, Some(*v), n, s.as_str()))
-        .collect();
-    let outs: Vec<_> = outs
-        .iter()
-        .map(|(name, v)| (*name, Some(*v), n, s.as_str()))
-        .collect();
-    if ins.is_empty() {
-        // An op with no inputs (fill) takes its dtype from its output.
-        return check_all(op, allowed, &outs);
-    }
-    let dt = check_all(op, allowed, &ins)?;
-    check_all(op, &[dt], &outs)
+    let ins = ins.iter().map(|(name, v)| Arg::act(name, Some(*v), n, &s));
+    let outs = outs.iter().map(|(name, v)| Arg::act(name, Some(*v), n, &s));
+    // An op with no inputs (fill) takes its dtype from its output.
+    let args: Vec<_> = ins.chain(outs).collect();
+    check_args(op, allowed, &args)
 }
 
 /// Checks a cast: `x` and `out` hold `n` elements, each of a dtype in `kinds`.
@@ -112,6 +193,9 @@ impl MatmulDims {
 
     /// Input dtypes: f64, f32, bf16, f16 (`a` and `b` alike). Output: the input dtype, or f32
     /// for 16-bit inputs. Bias: the output dtype. Returns `(input, output)` dtypes.
+    /// In backward, `dout` and `dbias` have the output dtype and `da` the input dtype; `db`
+    /// is a parameter gradient ([`Role::ParamGrad`]: bf16 inputs may accumulate it in f32), and
+    /// so is `dbias` for bf16 inputs (bf16 or f32 whatever the output dtype).
     pub(crate) fn check_forward<O: Slice, R: Slice>(
         &self,
         op: &'static str,
@@ -149,9 +233,21 @@ impl MatmulDims {
         let (dt, odt) = self.check_forward(op, dout, a, b, None)?;
         let c = Check { op };
         let (bt, m, n, k) = (self.batch, self.m, self.n, self.k);
+        let grad = |arg: &'static str, v: Option<&M>, allowed: &[DType], len: usize, shape: char| match v {
+            Some(v) => {
+                c.dtype_in(arg, v.dtype(), allowed)?;
+                c.len(arg, v.len(), len, || self.shape(shape))
+            }
+            None => Ok(()),
+        };
         c.opt("da", da, dt, bt * m * k, || self.shape('a'))?;
-        c.opt("db", db, dt, bt * k * n, || self.shape('b'))?;
-        c.opt("dbias", dbias, odt, n, || self.shape('n'))?;
+        grad("db", db, Role::ParamGrad.allowed(dt), bt * k * n, 'b')?;
+        let dbias_allowed = if dt == DType::BF16 {
+            Role::ParamGrad.allowed(dt)
+        } else {
+            std::slice::from_ref(&odt)
+        };
+        grad("dbias", dbias, dbias_allowed, n, 'n')?;
         Ok((dt, odt))
     }
 }
@@ -161,7 +257,8 @@ impl MatmulDims {
 pub struct NormDims {
     pub n: usize,
     pub c: usize,
-    pub eps: f32,
+    /// Added to the variance (mean square) before the square root.
+    pub eps: f64,
 }
 
 impl NormDims {
@@ -296,7 +393,7 @@ pub struct AttnDims {
     /// `k_start + j ≤ q_start + i`.
     pub causal: bool,
     /// Score scale, usually `1/√HD` (muP uses `1/HD`).
-    pub scale: f32,
+    pub scale: f64,
     /// Global position of the first query (context-parallel chunks start past 0).
     pub q_start: usize,
     /// Global position of the first key.
@@ -314,7 +411,7 @@ impl AttnDims {
             nkv,
             hd,
             causal,
-            scale: 1.0 / (hd as f32).sqrt(),
+            scale: 1.0 / (hd as f64).sqrt(),
             q_start: 0,
             k_start: 0,
         }
@@ -342,7 +439,7 @@ impl AttnDims {
 pub struct CrossEntropyDims {
     pub n: usize,
     pub v: usize,
-    pub z_loss: f32,
+    pub z_loss: f64,
 }
 
 /// Embedding lookup of `N` ids into a `(V, C)` table.
@@ -413,21 +510,22 @@ impl PatchDims {
 pub struct TimestepDims {
     pub n: usize,
     pub dim: usize,
-    pub max_period: f32,
+    pub max_period: f64,
 }
 
-/// Hyper-parameters of one AdamW step.
+/// Hyper-parameters of one AdamW step. They are f64 so an f64 run steps with exactly its
+/// values; an f32 kernel converts each once.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
     /// 1-based step number (for bias correction).
     pub step: u32,
     /// Multiplies the gradient first (gradient clipping, loss-scale removal).
-    pub grad_scale: f32,
+    pub grad_scale: f64,
 }
 
 impl AdamW {
