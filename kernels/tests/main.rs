@@ -8,3 +8,4 @@ mod cuda;
 mod errors;
 mod gradients;
 mod numerics;
+mod streams;
