@@ -36,8 +36,10 @@
 //! an f32 or bf16 call converts each once. Calls that break a rule return [`crate::Error`]
 //! naming the op and the argument; nothing is broadcast implicitly.
 
+mod contract;
 mod dims;
 
+pub use contract::*;
 pub use dims::*;
 
 use crate::{Backend, Result};
