@@ -295,7 +295,7 @@ impl<B: Ops> Model<B> for Gpt<B> {
         let d = CrossEntropyDims {
             n,
             v,
-            z_loss: self.cfg.z_loss as f32,
+            z_loss: self.cfg.z_loss,
         };
         be.cross_entropy_forward(
             w::<B>(&mut self.losses),
@@ -313,15 +313,11 @@ impl<B: Ops> Model<B> for Gpt<B> {
         let (n, c, v) = (self.rows(), self.cfg.width, self.cfg.vocab_size);
         let last = self.cfg.depth + 1;
         // Mean over valid rows; ignored rows get zero gradient from the kernel.
-        be.fill(
-            w::<B>(&mut self.dlosses),
-            (dloss / self.valid.max(1) as f64) as f32,
-            n,
-        )?;
+        be.fill(w::<B>(&mut self.dlosses), dloss / self.valid.max(1) as f64, n)?;
         let d = CrossEntropyDims {
             n,
             v,
-            z_loss: self.cfg.z_loss as f32,
+            z_loss: self.cfg.z_loss,
         };
         be.cross_entropy_backward(
             w::<B>(&mut self.dlogits),
