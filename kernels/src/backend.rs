@@ -30,6 +30,20 @@ pub trait Slice: Sized {
 /// it on its stream. Results become visible to the host through [`Backend::download`] (which
 /// waits for the queue) or after [`Backend::synchronize`].
 ///
+/// Side work — a collective on a communication stream — goes on other in-order queues
+/// ([`Backend::Stream`], made by [`Backend::new_stream`]), ordered against the main queue by
+/// events and never by blocking the host:
+///
+/// ```text
+/// let ready = be.record(None)?;        // after the gradients are computed (main queue)
+/// be.wait(Some(&comm), &ready)?;       // the stream starts no later work before that
+/// /* enqueue the reduce-scatter on `comm` */
+/// let done = be.record(Some(&comm))?;  // after the collective
+/// be.wait(None, &done)?;               // the optimizer, queued next, reads its result
+/// ```
+///
+/// A backend whose ops complete when they return (the CPU) implements these as no-ops.
+///
 /// The ops themselves live in the op-family traits of [`crate::ops`]; [`crate::Ops`] is all of
 /// them together.
 pub trait Backend: Send + Sync + 'static {
@@ -60,6 +74,21 @@ pub trait Backend: Send + Sync + 'static {
     fn download(&self, src: Self::Ref<'_>, dst: HostMut<'_>) -> Result<()>;
     /// Wait until every queued op has finished.
     fn synchronize(&self) -> Result<()>;
+
+    /// A second in-order queue on this device, for work that may overlap the main queue.
+    type Stream: Send + Sync;
+    /// A point in a queue: everything enqueued on it before the event was recorded.
+    type Event: Send + Sync;
+    /// A new stream. Work on it is unordered with the main queue except through
+    /// [`Backend::record`] and [`Backend::wait`].
+    fn new_stream(&self) -> Result<Self::Stream>;
+    /// An event after all work enqueued so far on `on` (`None`: the main queue).
+    fn record(&self, on: Option<&Self::Stream>) -> Result<Self::Event>;
+    /// Make all work enqueued on `on` (`None`: the main queue) after this call wait for the
+    /// work before `event`. Does not block the host.
+    fn wait(&self, on: Option<&Self::Stream>, event: &Self::Event) -> Result<()>;
+    /// Block the host until the work before `event` has finished.
+    fn sync_event(&self, event: &Self::Event) -> Result<()>;
 }
 
 /// Argument validation shared by every backend, so all of them refuse the same calls with the
@@ -105,12 +134,23 @@ impl Check {
                 got: v.dtype(),
             });
         }
-        if v.len() != len {
+        self.len(arg, v.len(), len, shape)
+    }
+
+    /// `arg` holds `got` elements and must hold exactly `len`; `shape` names the dimensions.
+    pub fn len(
+        &self,
+        arg: &'static str,
+        got: usize,
+        len: usize,
+        shape: impl FnOnce() -> String,
+    ) -> Result<()> {
+        if got != len {
             return Err(Error::Shape {
                 op: self.op,
                 arg,
                 expected: format!("{len} elements {}", shape()),
-                got: format!("{} elements", v.len()),
+                got: format!("{got} elements"),
             });
         }
         Ok(())

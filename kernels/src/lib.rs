@@ -4,11 +4,12 @@
 //! transformer needs, each as an explicit `<op>_forward` / `<op>_backward` pair (no autograd).
 //!
 //! - [`Backend`]: a device with buffers ([`Backend::Buffer`]), splittable views
-//!   ([`Backend::Ref`], [`Backend::Mut`]), host copies and an in-order queue.
+//!   ([`Backend::Ref`], [`Backend::Mut`]), host copies, an in-order queue, and side streams
+//!   ordered by events ([`Backend::record`], [`Backend::wait`]).
 //! - [`ops`]: the op families ([`MatmulOps`], [`NormOps`], [`AttentionOps`], …) and their
 //!   dimension structs; [`Ops`] is all of them.
-//! - [`CpuBackend`]: the reference implementation, generic over `f32`/`f64`, multi-threaded,
-//!   deterministic. It runs all of CI.
+//! - [`CpuBackend`]: the reference implementation, generic over `f32`/`f64` (bf16 activations
+//!   computed in f32), multi-threaded, deterministic. It runs all of CI.
 //! - [`cuda::CudaBackend`] (feature `cuda`): cuBLASLt matmuls and NVRTC-compiled kernels from
 //!   `kernels/cuda/`. Without the feature, or without a driver, its constructor returns a clear
 //!   [`Error`].

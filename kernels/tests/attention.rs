@@ -20,7 +20,7 @@ fn naive(q: &[f64], k: &[f64], v: &[f64], d: &AttnDims) -> (Vec<f64>, Vec<f64>) 
                             return None;
                         }
                         let ko = ((b * d.tk + j) * d.nkv + kvh) * d.hd;
-                        Some((0..d.hd).map(|x| q[qo + x] * k[ko + x]).sum::<f64>() * d.scale as f64)
+                        Some((0..d.hd).map(|x| q[qo + x] * k[ko + x]).sum::<f64>() * d.scale)
                     })
                     .collect();
                 let m = scores.iter().flatten().fold(f64::NEG_INFINITY, |a, &s| a.max(s));
@@ -58,7 +58,7 @@ proptest! {
     fn matches_naive_softmax(b in 1usize..3, tq in 1usize..80, tk in 1usize..80, nkv in 1usize..3, group in 1usize..3,
                              hd in 1usize..9, causal in any::<bool>(), q_start in 0usize..40, seed in 0u64..1000) {
         let nh = nkv * group;
-        let d = AttnDims { b, tq, tk, nh, nkv, hd, causal, scale: 1.0 / (hd as f32).sqrt(), q_start, k_start: 0 };
+        let d = AttnDims { b, tq, tk, nh, nkv, hd, causal, scale: 1.0 / (hd as f64).sqrt(), q_start, k_start: 0 };
         let (q, k, v) = (rand_vec(seed, b * tq * nh * hd), rand_vec(seed + 1, b * tk * nkv * hd), rand_vec(seed + 2, b * tk * nkv * hd));
         let (ro, rl) = naive(&q, &k, &v, &d);
         for dt in [DType::F64, DType::F32] {

@@ -182,4 +182,83 @@ mod gpu {
             .unwrap();
         assert_eq!(to_host(&g, &gb, DType::BF16, n), b);
     }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test -p weft-kernels --features cuda -- --ignored gpu_"]
+    fn gpu_matmul_bf16_accumulates_db_in_f32() {
+        let (g, c) = (dev(), cpu());
+        let d = MatmulDims::linear(64, 96, 80);
+        let bf = DType::BF16;
+        let (a, b, dout) = (
+            host(&rand_vec(1, 64 * 96), bf),
+            host(&rand_vec(2, 80 * 96), bf),
+            host(&rand_vec(3, 64 * 80), bf),
+        );
+        let db0 = host(&rand_vec(4, 80 * 96), DType::F32);
+        let mut db = db0.clone();
+        c.matmul_backward(
+            None,
+            Some(db.view_mut()),
+            None,
+            dout.view(),
+            a.view(),
+            b.view(),
+            d,
+        )
+        .unwrap();
+        let (ga, gb, gdout) = (to_dev(&g, &a), to_dev(&g, &b), to_dev(&g, &dout));
+        let mut gdb = to_dev(&g, &db0);
+        g.matmul_backward(
+            None,
+            Some(CudaBackend::view_mut(&mut gdb)),
+            None,
+            CudaBackend::view(&gdout),
+            CudaBackend::view(&ga),
+            CudaBackend::view(&gb),
+            d,
+        )
+        .unwrap();
+        compare(
+            "gpu matmul f32 db from bf16",
+            &f64s(&to_host(&g, &gdb, DType::F32, db0.len())),
+            &f64s(&db),
+            Tolerance::for_dtype(DType::F32),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test -p weft-kernels --features cuda -- --ignored gpu_"]
+    fn gpu_side_stream_work_is_ordered_by_events() {
+        let g = dev();
+        assert_eq!(
+            crate::streams::handoff(&g, 1000).unwrap(),
+            HostVec::from(vec![6.0f32; 1000])
+        );
+        // Real side work: main fills x; the side stream copies x → y once the fill is done;
+        // main scales y once the copy is done. 64 MiB, so an unordered copy would race.
+        let n = 1 << 24;
+        let (mut x, mut y, mut z) = (
+            g.alloc(DType::F32, n).unwrap(),
+            g.alloc(DType::F32, n).unwrap(),
+            g.alloc(DType::F32, n).unwrap(),
+        );
+        g.fill(CudaBackend::view_mut(&mut x), 2.0, n).unwrap();
+        let side = g.new_stream().unwrap();
+        let filled = g.record(None).unwrap();
+        g.wait(Some(&side), &filled).unwrap();
+        let (src, dst) = (
+            CudaBackend::view(&x).device_ptr(),
+            CudaBackend::view_mut(&mut y).device_ptr(),
+        );
+        // SAFETY: both buffers hold n f32 and outlive the copy (the host waits below).
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, n * 4, side.cu_stream()) }.unwrap();
+        let copied = g.record(Some(&side)).unwrap();
+        g.wait(None, &copied).unwrap();
+        g.scale_forward(CudaBackend::view_mut(&mut z), CudaBackend::view(&y), 3.0, n)
+            .unwrap();
+        g.sync_event(&g.record(None).unwrap()).unwrap();
+        let out = to_host(&g, &z, DType::F32, n);
+        assert!(f64s(&out).iter().all(|&v| v == 6.0));
+    }
 }

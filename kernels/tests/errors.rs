@@ -81,8 +81,195 @@ fn mixed_dtypes_are_refused() {
     let m = msg(c.silu_forward(zeros(DType::F32, 3).view_mut(), ints.view(), 3));
     assert_eq!(
         m,
-        "silu_forward: argument `inp` has dtype i32, expected one of f32, f64"
+        "silu_forward: argument `inp` has dtype i32, expected one of f64, f32, bf16"
     );
+}
+
+#[test]
+fn bf16_activations_take_f32_statistics() {
+    let c = cpu();
+    let (bf, f) = (DType::BF16, DType::F32);
+    let d = NormDims {
+        n: 2,
+        c: 3,
+        eps: 1e-5,
+    };
+    let norm = |mean: DType, rstd: DType| {
+        msg(c.layernorm_forward(
+            zeros(bf, 6).view_mut(),
+            zeros(mean, 2).view_mut(),
+            zeros(rstd, 2).view_mut(),
+            zeros(bf, 6).view(),
+            None,
+            None,
+            d,
+        ))
+    };
+    assert_eq!(
+        norm(bf, f),
+        "layernorm_forward: argument `mean` has dtype bf16, expected f32"
+    );
+    assert_eq!(
+        norm(f, DType::F64),
+        "layernorm_forward: argument `rstd` has dtype f64, expected f32"
+    );
+
+    let d = AttnDims::new(1, 2, 1, 1, 4, true);
+    let m = msg(c.attention_forward(
+        zeros(bf, 8).view_mut(),
+        zeros(bf, 2).view_mut(),
+        zeros(bf, 8).view(),
+        zeros(bf, 8).view(),
+        zeros(bf, 8).view(),
+        d,
+    ));
+    assert_eq!(
+        m,
+        "attention_forward: argument `lse` has dtype bf16, expected f32"
+    );
+
+    let d = CrossEntropyDims {
+        n: 2,
+        v: 3,
+        z_loss: 0.0,
+    };
+    let m = msg(c.cross_entropy_forward(
+        zeros(bf, 2).view_mut(),
+        zeros(f, 2).view_mut(),
+        zeros(bf, 6).view(),
+        HostVec::from(vec![0i32, 1]).view(),
+        d,
+    ));
+    assert_eq!(
+        m,
+        "cross_entropy_forward: argument `losses` has dtype bf16, expected f32"
+    );
+
+    let d = TimestepDims {
+        n: 2,
+        dim: 4,
+        max_period: 1e4,
+    };
+    let m = msg(c.timestep_embedding_forward(zeros(bf, 8).view_mut(), zeros(bf, 2).view(), d));
+    assert_eq!(
+        m,
+        "timestep_embedding_forward: argument `t` has dtype bf16, expected f32"
+    );
+
+    // f32 activations keep f32 statistics: the rule is not "statistics may be anything".
+    let m = msg(c.rmsnorm_forward(
+        zeros(f, 6).view_mut(),
+        zeros(bf, 2).view_mut(),
+        zeros(f, 6).view(),
+        None,
+        NormDims {
+            n: 2,
+            c: 3,
+            eps: 1e-5,
+        },
+    ));
+    assert_eq!(m, "rmsnorm_forward: argument `rstd` has dtype bf16, expected f32");
+}
+
+#[test]
+fn parameter_gradients_are_f32_only_under_bf16() {
+    let c = cpu();
+    let d = MatmulDims::linear(2, 3, 4);
+    let backward = |inp: DType, db: DType| {
+        let (a, b, dout) = (zeros(inp, 6), zeros(inp, 12), zeros(inp, 8));
+        let (mut da, mut dbuf) = (zeros(inp, 6), zeros(db, 12));
+        c.matmul_backward(
+            Some(da.view_mut()),
+            Some(dbuf.view_mut()),
+            None,
+            dout.view(),
+            a.view(),
+            b.view(),
+            d,
+        )
+    };
+    // bf16 inputs: db in bf16 or f32 (cuBLASLt's A/B bf16, C/D f32), nothing else.
+    backward(DType::BF16, DType::BF16).unwrap();
+    backward(DType::BF16, DType::F32).unwrap();
+    assert_eq!(
+        msg(backward(DType::BF16, DType::F64)),
+        "matmul_backward: argument `db` has dtype f64, expected one of bf16, f32"
+    );
+    // f32 inputs still need an f32 db; f16 inputs keep an f16 db.
+    assert_eq!(
+        msg(backward(DType::F32, DType::BF16)),
+        "matmul_backward: argument `db` has dtype bf16, expected f32"
+    );
+    assert_eq!(
+        msg(backward(DType::F16, DType::F32)),
+        "matmul_backward: argument `db` has dtype f32, expected f16"
+    );
+
+    let nd = NormDims {
+        n: 2,
+        c: 3,
+        eps: 1e-5,
+    };
+    let m = msg(c.rmsnorm_backward(
+        zeros(DType::F32, 6).view_mut(),
+        Some(zeros(DType::BF16, 3).view_mut()),
+        zeros(DType::F32, 6).view(),
+        zeros(DType::F32, 6).view(),
+        None,
+        zeros(DType::F32, 2).view(),
+        nd,
+    ));
+    assert_eq!(
+        m,
+        "rmsnorm_backward: argument `dweight` has dtype bf16, expected f32"
+    );
+
+    // accumulate: an f32 accumulator may take bf16; a bf16 one may not take f32.
+    let n = 4;
+    c.accumulate(zeros(DType::F32, n).view_mut(), zeros(DType::BF16, n).view(), n)
+        .unwrap();
+    let m = msg(c.accumulate(zeros(DType::BF16, n).view_mut(), zeros(DType::F32, n).view(), n));
+    assert_eq!(m, "accumulate: argument `acc` has dtype bf16, expected f32");
+}
+
+#[test]
+fn f16_and_optimizer_dtypes_stay_where_they_were() {
+    let c = cpu();
+    let m = msg(c.gelu_forward(zeros(DType::F16, 3).view_mut(), zeros(DType::F16, 3).view(), 3));
+    assert_eq!(
+        m,
+        "gelu_forward: argument `inp` has dtype f16, expected one of f64, f32, bf16"
+    );
+    let h = AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        step: 1,
+        grad_scale: 1.0,
+    };
+    let bf = DType::BF16;
+    let m = msg(c.adamw_update(
+        zeros(bf, 2).view_mut(),
+        zeros(bf, 2).view_mut(),
+        zeros(bf, 2).view_mut(),
+        zeros(bf, 2).view(),
+        h,
+        2,
+    ));
+    assert_eq!(
+        m,
+        "adamw_update: argument `grads` has dtype bf16, expected one of f32, f64"
+    );
+    // sum_squares reads bf16 into an f32 or f64 accumulator, never a bf16 one.
+    let m = msg(c.sum_squares(zeros(bf, 1).view_mut(), zeros(bf, 2).view(), 2));
+    assert_eq!(
+        m,
+        "sum_squares: argument `acc` has dtype bf16, expected one of f32, f64"
+    );
+    let m = msg(c.sum_squares(zeros(DType::F64, 1).view_mut(), zeros(DType::F32, 2).view(), 2));
+    assert_eq!(m, "sum_squares: argument `acc` has dtype f64, expected f32");
 }
 
 #[test]

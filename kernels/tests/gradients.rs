@@ -469,7 +469,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(8))]
 
     #[test]
-    fn cross_entropy(n in 1usize..6, v in 2usize..11, z in prop::sample::select(vec![0.0f32, 1e-2]), seed in 0u64..1000) {
+    fn cross_entropy(n in 1usize..6, v in 2usize..11, z in prop::sample::select(vec![0.0f64, 1e-2]), seed in 0u64..1000) {
         let d = CrossEntropyDims { n, v, z_loss: z };
         // Row 0 is ignored when there are several rows.
         let targets: Vec<i32> = (0..n).map(|i| if i == 0 && n > 1 { -1 } else { ((i * 7 + seed as usize) % v) as i32 }).collect();
@@ -625,7 +625,7 @@ proptest! {
     }
 
     #[test]
-    fn scale(n in 1usize..30, alpha in -3.0f32..3.0, seed in 0u64..1000) {
+    fn scale(n in 1usize..30, alpha in -3.0f64..3.0, seed in 0u64..1000) {
         check_op("scale", &[rand_vec(seed, n)], F32, move |dt, x, dout| {
             let c = cpu();
             let xs = host(&x[0], dt);

@@ -3,7 +3,9 @@
 mod harness;
 
 mod attention;
+mod bf16;
 mod cuda;
 mod errors;
 mod gradients;
 mod numerics;
+mod streams;

@@ -21,7 +21,7 @@
 //! The saved log-sum-exp is in the head-sharded layout `(B, NH/ulysses, T/ring)`.
 
 use crate::{Collective, Comm, Pending, Result, SeqSplit};
-use weft_kernels::{AttnDims, Backend, DType, Ops, Slice, SwapDims};
+use weft_kernels::{stat_dtype, AttnDims, Backend, DType, Ops, Slice, SwapDims};
 
 /// A rank's context-parallel group: its ring and Ulysses sub-groups and the token split.
 pub struct CpGroup<'a, B: Backend> {
@@ -285,9 +285,9 @@ fn ring_forward<B: Ops>(
     }
     let mut passer = Passer::<B>::new(be, dt, 2 * nk)?;
     let mut oc = buf(be, dt, nq)?;
-    let mut lc = buf(be, dt, nl)?;
-    be.fill(B::view_mut(&mut lc), f32::NEG_INFINITY, nl)?;
-    let (mut po, mut pl) = (buf(be, dt, cq)?, buf(be, dt, cl)?);
+    let mut lc = buf(be, stat_dtype(dt), nl)?;
+    be.fill(B::view_mut(&mut lc), f64::NEG_INFINITY, nl)?;
+    let (mut po, mut pl) = (buf(be, dt, cq)?, buf(be, stat_dtype(dt), cl)?);
     for s in 0..ring {
         let theirs = g.split.chunks((r + ring - s) % ring);
         let pending = passer.start(be, g.ring, &kv, s + 1 < ring)?;
@@ -348,7 +348,7 @@ fn ring_backward<B: Ops>(
         Ok(o)
     };
     let (qc, doc, oc) = (cm(q)?, cm(dout)?, cm(out)?);
-    let mut lc = buf(be, dt, nl)?;
+    let mut lc = buf(be, stat_dtype(dt), nl)?;
     let d_lse = SwapDims {
         a: d.b * d.nh,
         b: nc,

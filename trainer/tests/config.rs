@@ -197,7 +197,7 @@ fn the_mup_base_head_dim_follows_heads_or_is_given() {
         mup_base_hd(&["mup.base_head_dim=32", "model.heads=8", "model.width=256"]),
         Some(32)
     );
-    assert_eq!(attn_scale(Some(32), 32), 1.0 / 32f32.sqrt());
+    assert_eq!(attn_scale(Some(32), 32), 1.0 / 32f64.sqrt());
     // A base width that heads do not divide is fine once the head dim is given.
     assert!(err("dit-tiny.toml", &["mup.enabled=true", "mup.base_width=30"]).contains("mup.base_width"));
     let path = configs_dir().join("dit-tiny.toml");

@@ -12,8 +12,8 @@
 //! strided GEMM on views of the `(B, T, H, HD)` tensors, so no head is ever copied out; the
 //! parallelism is across tasks, never inside a reduction.
 
-use super::{with_real, CpuBackend, Real};
-use crate::ops::{check_all, AttentionOps, AttnDims, REFERENCE_FLOATS};
+use super::{with_float, CpuBackend, Real};
+use crate::ops::{check_args, Arg, AttentionOps, AttnDims, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -170,7 +170,7 @@ fn tile_t<T>(x: &[T]) -> Mat<'_, T> {
 
 pub fn attention_forward<T: Real>(out: &mut [T], lse: &mut [T], q: &[T], k: &[T], v: &[T], d: &AttnDims) {
     let ly = Layout { d: *d };
-    let (hd, scale) = (d.hd, T::of(d.scale as f64));
+    let (hd, scale) = (d.hd, T::of(d.scale));
     let qblocks = d.tq.div_ceil(BQ);
     let tasks: Vec<(usize, usize, usize)> = (0..d.b)
         .flat_map(|b| (0..d.nh).flat_map(move |h| (0..qblocks).map(move |qb| (b, h, qb))))
@@ -284,7 +284,7 @@ impl<T: Real> Bwd<'_, T> {
     ) {
         let (ly, hd) = (self.ly, self.ly.d.hd);
         let kvh = h / ly.group();
-        let scale = T::of(ly.d.scale as f64);
+        let scale = T::of(ly.d.scale);
         mm(
             nq,
             nk,
@@ -338,7 +338,7 @@ pub fn attention_backward<T: Real>(
     d: &AttnDims,
 ) {
     let ly = Layout { d: *d };
-    let (hd, scale, g) = (d.hd, T::of(d.scale as f64), ly.group());
+    let (hd, scale, g) = (d.hd, T::of(d.scale), ly.group());
     // delta_i = dO_i · O_i, laid out like lse.
     let mut delta = vec![T::zero(); d.b * d.nh * d.tq];
     delta.par_iter_mut().enumerate().for_each(|(idx, x)| {
@@ -493,20 +493,17 @@ impl AttentionOps for CpuBackend {
         const OP: &str = "attention_merge";
         let (qs, ls) = (d.q(), d.lse());
         let (nq, nl) = (d.b * d.tq * d.nh * d.hd, d.b * d.nh * d.tq);
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
-                ("part", Some(&part), nq, &qs),
-                ("part_lse", Some(&part_lse), nl, &ls),
+                Arg::act("part", Some(&part), nq, &qs),
+                Arg::stat("part_lse", Some(&part_lse), nl, &ls),
+                Arg::act("out", Some(&out), nq, &qs),
+                Arg::stat("lse", Some(&lse), nl, &ls),
             ],
         )?;
-        check_all(
-            OP,
-            &[dt],
-            &[("out", Some(&out), nq, &qs), ("lse", Some(&lse), nl, &ls)],
-        )?;
-        with_real!(dt, T => attention_merge::<T>(T::get_mut(out), T::get_mut(lse), T::get(part), T::get(part_lse), &d));
+        with_float!(dt, [out, lse, part, part_lse], T => attention_merge::<T>(T::get_mut(out), T::get_mut(lse), T::get(part), T::get(part_lse), &d));
         Ok(())
     }
 
@@ -523,24 +520,18 @@ impl AttentionOps for CpuBackend {
         d.rule(OP)?;
         let (qs, kvs, ls) = (d.q(), d.kv(), d.lse());
         let (nq, nkv) = (d.b * d.tq * d.nh * d.hd, d.b * d.tk * d.nkv * d.hd);
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
-                ("q", Some(&q), nq, &qs),
-                ("k", Some(&k), nkv, &kvs),
-                ("v", Some(&v), nkv, &kvs),
+                Arg::act("q", Some(&q), nq, &qs),
+                Arg::act("k", Some(&k), nkv, &kvs),
+                Arg::act("v", Some(&v), nkv, &kvs),
+                Arg::act("out", Some(&out), nq, &qs),
+                Arg::stat("lse", Some(&lse), d.b * d.nh * d.tq, &ls),
             ],
         )?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("out", Some(&out), nq, &qs),
-                ("lse", Some(&lse), d.b * d.nh * d.tq, &ls),
-            ],
-        )?;
-        with_real!(dt, T => attention_forward::<T>(T::get_mut(out), T::get_mut(lse), T::get(q), T::get(k), T::get(v), &d));
+        with_float!(dt, [out, lse, q, k, v], T => attention_forward::<T>(T::get_mut(out), T::get_mut(lse), T::get(q), T::get(k), T::get(v), &d));
         Ok(())
     }
 
@@ -561,28 +552,22 @@ impl AttentionOps for CpuBackend {
         d.rule(OP)?;
         let (qs, kvs, ls) = (d.q(), d.kv(), d.lse());
         let (nq, nkv) = (d.b * d.tq * d.nh * d.hd, d.b * d.tk * d.nkv * d.hd);
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
-                ("q", Some(&q), nq, &qs),
-                ("k", Some(&k), nkv, &kvs),
-                ("v", Some(&v), nkv, &kvs),
-                ("out", Some(&out), nq, &qs),
-                ("dout", Some(&dout), nq, &qs),
-                ("lse", Some(&lse), d.b * d.nh * d.tq, &ls),
+                Arg::act("q", Some(&q), nq, &qs),
+                Arg::act("k", Some(&k), nkv, &kvs),
+                Arg::act("v", Some(&v), nkv, &kvs),
+                Arg::act("out", Some(&out), nq, &qs),
+                Arg::act("dout", Some(&dout), nq, &qs),
+                Arg::stat("lse", Some(&lse), d.b * d.nh * d.tq, &ls),
+                Arg::act("dq", Some(&dq), nq, &qs),
+                Arg::act("dk", Some(&dk), nkv, &kvs),
+                Arg::act("dv", Some(&dv), nkv, &kvs),
             ],
         )?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("dq", Some(&dq), nq, &qs),
-                ("dk", Some(&dk), nkv, &kvs),
-                ("dv", Some(&dv), nkv, &kvs),
-            ],
-        )?;
-        with_real!(dt, T => attention_backward::<T>(
+        with_float!(dt, [dq, dk, dv, dout, q, k, v, out, lse], T => attention_backward::<T>(
             T::get_mut(dq), T::get_mut(dk), T::get_mut(dv), T::get(dout), T::get(q), T::get(k),
             T::get(v), T::get(out), T::get(lse), &d));
         Ok(())

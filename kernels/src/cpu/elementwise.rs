@@ -1,8 +1,8 @@
 //! Residual add, scale and dtype casts on CPU.
 
-use super::matmul::{narrow, widen};
-use super::{with_real, CpuBackend, Real};
-use crate::ops::{check_cast, check_pointwise, ElementwiseOps, REFERENCE_FLOATS};
+use super::widen::{narrow, widen};
+use super::{with_float, CpuBackend, Real};
+use crate::ops::{check_args, check_cast, check_pointwise, Arg, ElementwiseOps, ACTIVATION_FLOATS};
 use crate::{f64_to_bf16_rne, DType, HostMut, HostRef, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -31,59 +31,67 @@ impl ElementwiseOps for CpuBackend {
     fn add_forward(&self, out: HostMut<'_>, a: HostRef<'_>, b: HostRef<'_>, n: usize) -> Result<()> {
         let dt = check_pointwise(
             "add_forward",
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[("out", &out)],
             &[("a", &a), ("b", &b)],
             n,
         )?;
-        with_real!(dt, T => add_forward::<T>(T::get_mut(out), T::get(a), T::get(b)));
+        with_float!(dt, [out, a, b], T => add_forward::<T>(T::get_mut(out), T::get(a), T::get(b)));
         Ok(())
     }
     fn add_backward(&self, da: HostMut<'_>, db: HostMut<'_>, dout: HostRef<'_>, n: usize) -> Result<()> {
         let dt = check_pointwise(
             "add_backward",
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[("da", &da), ("db", &db)],
             &[("dout", &dout)],
             n,
         )?;
-        with_real!(dt, T => {
+        with_float!(dt, [da, db, dout], T => {
             accumulate::<T>(T::get_mut(da), T::get(dout));
             accumulate::<T>(T::get_mut(db), T::get(dout));
         });
         Ok(())
     }
-    fn scale_forward(&self, out: HostMut<'_>, x: HostRef<'_>, alpha: f32, n: usize) -> Result<()> {
+    fn scale_forward(&self, out: HostMut<'_>, x: HostRef<'_>, alpha: f64, n: usize) -> Result<()> {
         let dt = check_pointwise(
             "scale_forward",
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[("out", &out)],
             &[("x", &x)],
             n,
         )?;
-        with_real!(dt, T => scale::<T>(T::get_mut(out), T::get(x), T::of(alpha as f64)));
+        with_float!(dt, [out, x], T => scale::<T>(T::get_mut(out), T::get(x), T::of(alpha)));
         Ok(())
     }
-    fn scale_backward(&self, dx: HostMut<'_>, dout: HostRef<'_>, alpha: f32, n: usize) -> Result<()> {
+    fn scale_backward(&self, dx: HostMut<'_>, dout: HostRef<'_>, alpha: f64, n: usize) -> Result<()> {
         let dt = check_pointwise(
             "scale_backward",
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[("dx", &dx)],
             &[("dout", &dout)],
             n,
         )?;
-        with_real!(dt, T => scale::<T>(T::get_mut(dx), T::get(dout), T::of(alpha as f64)));
+        with_float!(dt, [dx, dout], T => scale::<T>(T::get_mut(dx), T::get(dout), T::of(alpha)));
         Ok(())
     }
     fn accumulate(&self, acc: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
-        let dt = check_pointwise("accumulate", REFERENCE_FLOATS, &[("acc", &acc)], &[("x", &x)], n)?;
-        with_real!(dt, T => accumulate::<T>(T::get_mut(acc), T::get(x)));
+        let s = format!("(n={n})");
+        let dt = check_args(
+            "accumulate",
+            ACTIVATION_FLOATS,
+            &[
+                Arg::act("x", Some(&x), n, &s),
+                Arg::grad("acc", Some(&acc), n, &s),
+            ],
+        )?;
+        with_float!(dt, [acc, x], T => accumulate::<T>(T::get_mut(acc), T::get(x)));
         Ok(())
     }
-    fn fill(&self, out: HostMut<'_>, value: f32, n: usize) -> Result<()> {
+    fn fill(&self, out: HostMut<'_>, value: f64, n: usize) -> Result<()> {
         let none: &[(&str, &HostRef<'_>)] = &[];
-        let dt = check_pointwise("fill", REFERENCE_FLOATS, &[("out", &out)], none, n)?;
-        with_real!(dt, T => T::get_mut(out).par_chunks_mut(CHUNK).for_each(|o| o.fill(T::of(value as f64))));
+        let dt = check_pointwise("fill", ACTIVATION_FLOATS, &[("out", &out)], none, n)?;
+        with_float!(dt, [out], T => T::get_mut(out).par_chunks_mut(CHUNK).for_each(|o| o.fill(T::of(value))));
         Ok(())
     }
     fn cast(&self, out: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {

@@ -1,7 +1,9 @@
 //! Embedding lookup, 3-D patchify/unpatchify and sinusoidal timestep features on CPU.
 
-use super::{indices, with_real, CpuBackend, Real};
-use crate::ops::{check_all, EmbedOps, EmbeddingDims, PatchDims, TimestepDims, REFERENCE_FLOATS};
+use super::{indices, with_float, CpuBackend, Real};
+use crate::ops::{
+    check_all, check_args, Arg, EmbedOps, EmbeddingDims, PatchDims, TimestepDims, ACTIVATION_FLOATS,
+};
 use crate::{DType, HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -67,7 +69,7 @@ pub fn timestep_forward<T: Real>(out: &mut [T], t: &[T], d: &TimestepDims) {
     }
     out.par_chunks_mut(d.dim).zip(t.par_iter()).for_each(|(o, &tv)| {
         for j in 0..half {
-            let a = tv * freq::<T>(j, half, d.max_period as f64);
+            let a = tv * freq::<T>(j, half, d.max_period);
             o[j] = a.cos();
             o[half + j] = a.sin();
         }
@@ -82,7 +84,7 @@ pub fn timestep_backward<T: Real>(dt: &mut [T], dout: &[T], t: &[T], d: &Timeste
     for (i, g) in dt.iter_mut().enumerate() {
         let mut s = T::zero();
         for j in 0..half {
-            let f = freq::<T>(j, half, d.max_period as f64);
+            let f = freq::<T>(j, half, d.max_period);
             let a = t[i] * f;
             s += (-dout[i * d.dim + j] * a.sin() + dout[i * d.dim + half + j] * a.cos()) * f;
         }
@@ -101,7 +103,7 @@ fn check_patch(
     d.rule(op)?;
     let (vs, ps) = (d.video(), d.patches());
     let (dshape, sshape) = if dst_is_tokens { (&ps, &vs) } else { (&vs, &ps) };
-    let dt = check_all(op, REFERENCE_FLOATS, &[(names.1, Some(src), d.numel(), sshape)])?;
+    let dt = check_all(op, ACTIVATION_FLOATS, &[(names.1, Some(src), d.numel(), sshape)])?;
     check_all(op, &[dt], &[(names.0, Some(dst), d.numel(), dshape)])
 }
 
@@ -118,10 +120,10 @@ impl EmbedOps for CpuBackend {
             format!("(V={}, C={})", d.v, d.c),
             format!("(N={}, C={})", d.n, d.c),
         );
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("table", Some(&table), d.v * d.c, &ts)])?;
+        let dt = check_all(OP, ACTIVATION_FLOATS, &[("table", Some(&table), d.v * d.c, &ts)])?;
         check_all(OP, &[dt], &[("out", Some(&out), d.n * d.c, &os)])?;
         let ids = indices(OP, "ids", ids_, d.n, d.v, false)?;
-        with_real!(dt, T => embedding_forward::<T>(T::get_mut(out), ids, T::get(table), d.c));
+        with_float!(dt, [out, table], T => embedding_forward::<T>(T::get_mut(out), ids, T::get(table), d.c));
         Ok(())
     }
     fn embedding_backward(
@@ -136,25 +138,31 @@ impl EmbedOps for CpuBackend {
             format!("(V={}, C={})", d.v, d.c),
             format!("(N={}, C={})", d.n, d.c),
         );
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("dout", Some(&dout), d.n * d.c, &os)])?;
-        check_all(OP, &[dt], &[("dtable", Some(&dtable), d.v * d.c, &ts)])?;
+        let dt = check_args(
+            OP,
+            ACTIVATION_FLOATS,
+            &[
+                Arg::act("dout", Some(&dout), d.n * d.c, &os),
+                Arg::grad("dtable", Some(&dtable), d.v * d.c, &ts),
+            ],
+        )?;
         let ids = indices(OP, "ids", ids_, d.n, d.v, false)?;
-        with_real!(dt, T => embedding_backward::<T>(T::get_mut(dtable), T::get(dout), ids, d.c));
+        with_float!(dt, [dtable, dout], T => embedding_backward::<T>(T::get_mut(dtable), T::get(dout), ids, d.c));
         Ok(())
     }
     fn patchify_forward(&self, out: HostMut<'_>, x: HostRef<'_>, d: PatchDims) -> Result<()> {
         let dt = check_patch("patchify_forward", &out, true, &x, ("out", "x"), &d)?;
-        with_real!(dt, T => patch_permute::<T>(T::get_mut(out), T::get(x), &d, true));
+        with_float!(dt, [out, x], T => patch_permute::<T>(T::get_mut(out), T::get(x), &d, true));
         Ok(())
     }
     fn patchify_backward(&self, dx: HostMut<'_>, dout: HostRef<'_>, d: PatchDims) -> Result<()> {
         let dt = check_patch("patchify_backward", &dx, false, &dout, ("dx", "dout"), &d)?;
-        with_real!(dt, T => patch_permute::<T>(T::get_mut(dx), T::get(dout), &d, false));
+        with_float!(dt, [dx, dout], T => patch_permute::<T>(T::get_mut(dx), T::get(dout), &d, false));
         Ok(())
     }
     fn unpatchify_forward(&self, out: HostMut<'_>, tokens: HostRef<'_>, d: PatchDims) -> Result<()> {
         let dt = check_patch("unpatchify_forward", &out, false, &tokens, ("out", "tokens"), &d)?;
-        with_real!(dt, T => patch_permute::<T>(T::get_mut(out), T::get(tokens), &d, false));
+        with_float!(dt, [out, tokens], T => patch_permute::<T>(T::get_mut(out), T::get(tokens), &d, false));
         Ok(())
     }
     fn unpatchify_backward(&self, dtokens: HostMut<'_>, dout: HostRef<'_>, d: PatchDims) -> Result<()> {
@@ -166,15 +174,21 @@ impl EmbedOps for CpuBackend {
             ("dtokens", "dout"),
             &d,
         )?;
-        with_real!(dt, T => patch_permute::<T>(T::get_mut(dtokens), T::get(dout), &d, true));
+        with_float!(dt, [dtokens, dout], T => patch_permute::<T>(T::get_mut(dtokens), T::get(dout), &d, true));
         Ok(())
     }
     fn timestep_embedding_forward(&self, out: HostMut<'_>, t: HostRef<'_>, d: TimestepDims) -> Result<()> {
         const OP: &str = "timestep_embedding_forward";
         let (ts, os) = (format!("(N={})", d.n), format!("(N={}, DIM={})", d.n, d.dim));
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("t", Some(&t), d.n, &ts)])?;
-        check_all(OP, &[dt], &[("out", Some(&out), d.n * d.dim, &os)])?;
-        with_real!(dt, T => timestep_forward::<T>(T::get_mut(out), T::get(t), &d));
+        let dt = check_args(
+            OP,
+            ACTIVATION_FLOATS,
+            &[
+                Arg::stat("t", Some(&t), d.n, &ts),
+                Arg::act("out", Some(&out), d.n * d.dim, &os),
+            ],
+        )?;
+        with_float!(dt, [out, t], T => timestep_forward::<T>(T::get_mut(out), T::get(t), &d));
         Ok(())
     }
     fn timestep_embedding_backward(
@@ -186,13 +200,16 @@ impl EmbedOps for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "timestep_embedding_backward";
         let (ts, os) = (format!("(N={})", d.n), format!("(N={}, DIM={})", d.n, d.dim));
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
-            &[("t", Some(&t), d.n, &ts), ("dout", Some(&dout), d.n * d.dim, &os)],
+            ACTIVATION_FLOATS,
+            &[
+                Arg::stat("t", Some(&t), d.n, &ts),
+                Arg::act("dout", Some(&dout), d.n * d.dim, &os),
+                Arg::stat("dt", Some(&dt_), d.n, &ts),
+            ],
         )?;
-        check_all(OP, &[dt], &[("dt", Some(&dt_), d.n, &ts)])?;
-        with_real!(dt, T => timestep_backward::<T>(T::get_mut(dt_), T::get(dout), T::get(t), &d));
+        with_float!(dt, [dt_, dout, t], T => timestep_backward::<T>(T::get_mut(dt_), T::get(dout), T::get(t), &d));
         Ok(())
     }
 }

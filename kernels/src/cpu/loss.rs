@@ -1,7 +1,7 @@
 //! Cross-entropy with z-loss, and mean squared error, on CPU.
 
-use super::{indices, rows_per_task, with_real, CpuBackend, Real};
-use crate::ops::{check_all, CrossEntropyDims, LossOps, REFERENCE_FLOATS};
+use super::{indices, rows_per_task, with_float, CpuBackend, Real};
+use crate::ops::{check_args, Arg, CrossEntropyDims, LossOps, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -17,7 +17,7 @@ pub fn cross_entropy_forward<T: Real>(
     targets: &[i32],
     d: &CrossEntropyDims,
 ) {
-    let (v, z) = (d.v, T::of(d.z_loss as f64));
+    let (v, z) = (d.v, T::of(d.z_loss));
     let task = rows_per_task(v);
     losses
         .par_chunks_mut(task)
@@ -45,7 +45,7 @@ pub fn cross_entropy_backward<T: Real>(
     lse: &[T],
     d: &CrossEntropyDims,
 ) {
-    let (v, z) = (d.v, T::of(d.z_loss as f64));
+    let (v, z) = (d.v, T::of(d.z_loss));
     dlogits
         .par_chunks_mut(v)
         .zip(logits.par_chunks(v))
@@ -92,14 +92,17 @@ impl LossOps for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "cross_entropy_forward";
         let (ls, rs) = (format!("(N={}, V={})", d.n, d.v), format!("(N={})", d.n));
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("logits", Some(&logits), d.n * d.v, &ls)])?;
-        check_all(
+        let dt = check_args(
             OP,
-            &[dt],
-            &[("losses", Some(&losses), d.n, &rs), ("lse", Some(&lse), d.n, &rs)],
+            ACTIVATION_FLOATS,
+            &[
+                Arg::act("logits", Some(&logits), d.n * d.v, &ls),
+                Arg::stat("losses", Some(&losses), d.n, &rs),
+                Arg::stat("lse", Some(&lse), d.n, &rs),
+            ],
         )?;
         let targets = indices(OP, "targets", targets_, d.n, d.v, true)?;
-        with_real!(dt, T => cross_entropy_forward::<T>(
+        with_float!(dt, [losses, lse, logits], T => cross_entropy_forward::<T>(
             T::get_mut(losses), T::get_mut(lse), T::get(logits), targets, &d));
         Ok(())
     }
@@ -115,18 +118,18 @@ impl LossOps for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "cross_entropy_backward";
         let (ls, rs) = (format!("(N={}, V={})", d.n, d.v), format!("(N={})", d.n));
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
-                ("logits", Some(&logits), d.n * d.v, &ls),
-                ("dlosses", Some(&dlosses), d.n, &rs),
-                ("lse", Some(&lse), d.n, &rs),
+                Arg::act("logits", Some(&logits), d.n * d.v, &ls),
+                Arg::stat("dlosses", Some(&dlosses), d.n, &rs),
+                Arg::stat("lse", Some(&lse), d.n, &rs),
+                Arg::act("dlogits", Some(&dlogits), d.n * d.v, &ls),
             ],
         )?;
-        check_all(OP, &[dt], &[("dlogits", Some(&dlogits), d.n * d.v, &ls)])?;
         let targets = indices(OP, "targets", targets_, d.n, d.v, true)?;
-        with_real!(dt, T => cross_entropy_backward::<T>(
+        with_float!(dt, [dlogits, dlosses, logits, lse], T => cross_entropy_backward::<T>(
             T::get_mut(dlogits), T::get(dlosses), T::get(logits), targets, T::get(lse), &d));
         Ok(())
     }
@@ -134,13 +137,16 @@ impl LossOps for CpuBackend {
     fn mse_forward(&self, loss: HostMut<'_>, pred: HostRef<'_>, target: HostRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "mse_forward";
         let s = format!("(n={n})");
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
-            &[("pred", Some(&pred), n, &s), ("target", Some(&target), n, &s)],
+            ACTIVATION_FLOATS,
+            &[
+                Arg::act("pred", Some(&pred), n, &s),
+                Arg::act("target", Some(&target), n, &s),
+                Arg::stat("loss", Some(&loss), 1, "(1)"),
+            ],
         )?;
-        check_all(OP, &[dt], &[("loss", Some(&loss), 1, "(1)")])?;
-        with_real!(dt, T => T::get_mut(loss)[0] = mse_forward::<T>(T::get(pred), T::get(target)));
+        with_float!(dt, [loss, pred, target], T => T::get_mut(loss)[0] = mse_forward::<T>(T::get(pred), T::get(target)));
         Ok(())
     }
 
@@ -154,17 +160,17 @@ impl LossOps for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "mse_backward";
         let s = format!("(n={n})");
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
-                ("pred", Some(&pred), n, &s),
-                ("target", Some(&target), n, &s),
-                ("dloss", Some(&dloss), 1, "(1)"),
+                Arg::act("pred", Some(&pred), n, &s),
+                Arg::act("target", Some(&target), n, &s),
+                Arg::stat("dloss", Some(&dloss), 1, "(1)"),
+                Arg::act("dpred", Some(&dpred), n, &s),
             ],
         )?;
-        check_all(OP, &[dt], &[("dpred", Some(&dpred), n, &s)])?;
-        with_real!(dt, T => mse_backward::<T>(T::get_mut(dpred), T::get(dloss)[0], T::get(pred), T::get(target)));
+        with_float!(dt, [dpred, dloss, pred, target], T => mse_backward::<T>(T::get_mut(dpred), T::get(dloss)[0], T::get(pred), T::get(target)));
         Ok(())
     }
 }

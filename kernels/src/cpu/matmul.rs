@@ -1,11 +1,11 @@
 //! Matmul on CPU through the `gemm` crate; 16-bit inputs are widened to f32 and accumulated
-//! in f32 (the same contract as cuBLASLt with `CUBLAS_COMPUTE_32F`).
+//! in f32 (the same contract as cuBLASLt with `CUBLAS_COMPUTE_32F`), 16-bit results rounded
+//! once.
 
-use super::{CpuBackend, Real};
+use super::{with_float, CpuBackend, Real};
 use crate::ops::{Gemm, MatmulDims, MatmulOps, Operand};
-use crate::{bf16_to_f32, f32_to_bf16_rne, DType, HostMut, HostRef, Result};
+use crate::{HostMut, HostRef, Result};
 use gemm::Parallelism;
-use half::f16;
 
 /// Row-major GEMM `dst (m, n) (+)= op(lhs)·op(rhs)` for f32/f64, multi-threaded.
 ///
@@ -110,28 +110,6 @@ fn bias_grad<T: Real>(dbias: &mut [T], dout: &[T]) {
     }
 }
 
-/// Widen any float view to f32 (exact for the 16-bit types).
-pub(crate) fn widen(v: HostRef<'_>) -> Vec<f32> {
-    match v {
-        HostRef::F32(s) => s.to_vec(),
-        HostRef::BF16(s) => s.iter().map(|&x| bf16_to_f32(x)).collect(),
-        HostRef::F16(s) => s.iter().map(|x| x.to_f32()).collect(),
-        HostRef::F64(s) => s.iter().map(|&x| x as f32).collect(),
-        other => unreachable!("dtype {} passed the argument checks", other.dtype()),
-    }
-}
-
-/// Store f32 values into a float view, rounding to nearest even.
-pub(crate) fn narrow(src: &[f32], dst: HostMut<'_>) {
-    match dst {
-        HostMut::F32(d) => d.copy_from_slice(src),
-        HostMut::BF16(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = f32_to_bf16_rne(s)),
-        HostMut::F16(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = f16::from_f32(s)),
-        HostMut::F64(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = s as f64),
-        other => unreachable!("dtype {} passed the argument checks", other.dtype()),
-    }
-}
-
 fn sizes(d: &MatmulDims) -> [usize; 3] {
     [d.m * d.k, d.k * d.n, d.m * d.n]
 }
@@ -139,7 +117,7 @@ fn sizes(d: &MatmulDims) -> [usize; 3] {
 impl MatmulOps for CpuBackend {
     fn matmul_forward(
         &self,
-        mut out: HostMut<'_>,
+        out: HostMut<'_>,
         a: HostRef<'_>,
         b: HostRef<'_>,
         bias: Option<HostRef<'_>>,
@@ -147,21 +125,11 @@ impl MatmulOps for CpuBackend {
     ) -> Result<()> {
         let (dt, _) = d.check_forward("matmul_forward", &out, &a, &b, bias.as_ref())?;
         let g = d.forward_gemm();
-        match dt {
-            DType::F32 | DType::F64 => super::with_real!(dt, T => {
-                let o = T::get_mut(out);
-                run_batched::<T>(&g, d.batch, o, [T::get(a), T::get(b), &[]], sizes(&d));
-                if let Some(bias) = bias { add_bias(o, T::get(bias)); }
-            }),
-            _ => {
-                let mut o = vec![0f32; out.len()];
-                run_batched::<f32>(&g, d.batch, &mut o, [&widen(a), &widen(b), &[]], sizes(&d));
-                if let Some(bias) = bias {
-                    add_bias(&mut o, &widen(bias));
-                }
-                narrow(&o, out.rb());
-            }
-        }
+        with_float!(dt, [out, a, b, bias], T => {
+            let o = T::get_mut(out);
+            run_batched::<T>(&g, d.batch, o, [T::get(a), T::get(b), &[]], sizes(&d));
+            if let Some(bias) = bias { add_bias(o, T::get(bias)); }
+        });
         Ok(())
     }
 
@@ -185,33 +153,12 @@ impl MatmulOps for CpuBackend {
             &b,
         )?;
         let s = sizes(&d);
-        match dt {
-            DType::F32 | DType::F64 => super::with_real!(dt, T => {
-                let ops = [T::get(a), T::get(b), T::get(dout)];
-                if let Some(da) = da { run_batched::<T>(&d.da_gemm(), d.batch, T::get_mut(da), ops, s); }
-                if let Some(db) = db { run_batched::<T>(&d.db_gemm(), d.batch, T::get_mut(db), ops, s); }
-                if let Some(dbias) = dbias { bias_grad(T::get_mut(dbias), T::get(dout)); }
-            }),
-            _ => {
-                let (wa, wb, wd) = (widen(a), widen(b), widen(dout));
-                let ops: [&[f32]; 3] = [&wa, &wb, &wd];
-                if let Some(mut da) = da {
-                    let mut acc = vec![0f32; da.len()];
-                    run_batched::<f32>(&d.da_gemm(), d.batch, &mut acc, ops, s);
-                    narrow(&acc, da.rb());
-                }
-                if let Some(mut db) = db {
-                    let mut acc = widen(db.as_ref());
-                    run_batched::<f32>(&d.db_gemm(), d.batch, &mut acc, ops, s);
-                    narrow(&acc, db.rb());
-                }
-                if let Some(mut dbias) = dbias {
-                    let mut acc = widen(dbias.as_ref());
-                    bias_grad(&mut acc, &wd);
-                    narrow(&acc, dbias.rb());
-                }
-            }
-        }
+        with_float!(dt, [da, db, dbias, dout, a, b], T => {
+            let ops = [T::get(a), T::get(b), T::get(dout)];
+            if let Some(da) = da { run_batched::<T>(&d.da_gemm(), d.batch, T::get_mut(da), ops, s); }
+            if let Some(db) = db { run_batched::<T>(&d.db_gemm(), d.batch, T::get_mut(db), ops, s); }
+            if let Some(dbias) = dbias { bias_grad(T::get_mut(dbias), T::get(dout)); }
+        });
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The CPU backend: the reference implementation of every op.
 //!
 //! Kernels are written once, generic over [`Real`] (`f32` and `f64`), so the same code that runs
-//! in training is what the f64 finite-difference checks differentiate. Work is spread over the
+//! in training is what the f64 finite-difference checks differentiate. bf16 activations run the
+//! f32 kernels on widened copies and are rounded back once (`widen.rs`). Work is spread over the
 //! rayon pool by rows (never by reduction order), so results are bitwise deterministic for any
 //! thread count. Matmuls go to the `gemm` crate (blocked, SIMD, multi-threaded).
 
@@ -16,6 +17,7 @@ pub mod norm;
 mod optim;
 mod rope;
 mod shape;
+pub(crate) mod widen;
 
 use crate::backend::{Backend, Slice};
 use crate::{DType, HostMut, HostRef, HostVec, Result};
@@ -96,6 +98,23 @@ impl Backend for CpuBackend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+
+    // Every op has finished when its call returns, so every queue is always drained: streams
+    // and events carry nothing and waiting is immediate.
+    type Stream = ();
+    type Event = ();
+    fn new_stream(&self) -> Result<()> {
+        Ok(())
+    }
+    fn record(&self, _on: Option<&()>) -> Result<()> {
+        Ok(())
+    }
+    fn wait(&self, _on: Option<&()>, _event: &()) -> Result<()> {
+        Ok(())
+    }
+    fn sync_event(&self, _event: &()) -> Result<()> {
+        Ok(())
+    }
 }
 
 fn copy_checked(op: &'static str, src: HostRef<'_>, mut dst: HostMut<'_>) -> Result<()> {
@@ -166,6 +185,7 @@ macro_rules! with_real {
         }
     };
 }
+pub(crate) use widen::with_float;
 pub(crate) use with_real;
 
 /// `Option<view>` → `Option<typed slice>`.

@@ -1,7 +1,7 @@
 //! AdaLN modulation and gated residuals on CPU.
 
-use super::{with_real, CpuBackend, Real};
-use crate::ops::{check_all, ModDims, ModulationOps, REFERENCE_FLOATS};
+use super::{with_float, CpuBackend, Real};
+use crate::ops::{check_all, ModDims, ModulationOps, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -112,7 +112,7 @@ impl ModulationOps for CpuBackend {
         let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
         let dt = check_all(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
                 ("x", Some(&x), n, &st),
                 ("shift", Some(&shift), d.cond_len(), &co),
@@ -120,7 +120,7 @@ impl ModulationOps for CpuBackend {
             ],
         )?;
         check_all(OP, &[dt], &[("out", Some(&out), n, &st)])?;
-        with_real!(dt, T => modulate_forward::<T>(T::get_mut(out), T::get(x), T::get(shift), T::get(scale), &d));
+        with_float!(dt, [out, x, shift, scale], T => modulate_forward::<T>(T::get_mut(out), T::get(x), T::get(shift), T::get(scale), &d));
         Ok(())
     }
 
@@ -139,7 +139,7 @@ impl ModulationOps for CpuBackend {
         let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
         let dt = check_all(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
                 ("dout", Some(&dout), n, &st),
                 ("x", Some(&x), n, &st),
@@ -155,7 +155,7 @@ impl ModulationOps for CpuBackend {
                 ("dscale", Some(&dscale), d.cond_len(), &co),
             ],
         )?;
-        with_real!(dt, T => modulate_backward::<T>(
+        with_float!(dt, [dx, dshift, dscale, dout, x, scale], T => modulate_backward::<T>(
             T::get_mut(dx), T::get_mut(dshift), T::get_mut(dscale), T::get(dout), T::get(x), T::get(scale), &d));
         Ok(())
     }
@@ -172,11 +172,11 @@ impl ModulationOps for CpuBackend {
         let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
         let dt = check_all(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[("y", Some(&y), n, &st), ("gate", Some(&gate), d.cond_len(), &co)],
         )?;
         check_all(OP, &[dt], &[("residual", Some(&residual), n, &st)])?;
-        with_real!(dt, T => gate_forward::<T>(T::get_mut(residual), T::get(gate), T::get(y), &d));
+        with_float!(dt, [residual, gate, y], T => gate_forward::<T>(T::get_mut(residual), T::get(gate), T::get(y), &d));
         Ok(())
     }
 
@@ -194,7 +194,7 @@ impl ModulationOps for CpuBackend {
         let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
         let dt = check_all(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
                 ("dout", Some(&dout), n, &st),
                 ("y", Some(&y), n, &st),
@@ -209,7 +209,7 @@ impl ModulationOps for CpuBackend {
                 ("dgate", Some(&dgate), d.cond_len(), &co),
             ],
         )?;
-        with_real!(dt, T => gate_backward::<T>(
+        with_float!(dt, [dy, dgate, dout, gate, y], T => gate_backward::<T>(
             T::get_mut(dy), T::get_mut(dgate), T::get(dout), T::get(gate), T::get(y), &d));
         Ok(())
     }

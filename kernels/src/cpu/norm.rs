@@ -1,7 +1,7 @@
 //! LayerNorm and RMSNorm (and so QK-norm) on CPU.
 
-use super::{opt, opt_mut, rows_per_task, with_real, CpuBackend, Real};
-use crate::ops::{check_all, NormDims, NormOps, REFERENCE_FLOATS};
+use super::{opt, opt_mut, rows_per_task, with_float, CpuBackend, Real};
+use crate::ops::{check_args, Arg, NormDims, NormOps, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -14,7 +14,7 @@ pub fn layernorm_forward<T: Real>(
     bias: Option<&[T]>,
     d: &NormDims,
 ) {
-    let (c, eps) = (d.c, T::of(d.eps as f64));
+    let (c, eps) = (d.c, T::of(d.eps));
     let cn = T::of(c as f64);
     let task = rows_per_task(c);
     out.par_chunks_mut(c * task)
@@ -108,7 +108,7 @@ pub fn rmsnorm_forward<T: Real>(
     weight: Option<&[T]>,
     d: &NormDims,
 ) {
-    let (c, eps) = (d.c, T::of(d.eps as f64));
+    let (c, eps) = (d.c, T::of(d.eps));
     let cn = T::of(c as f64);
     let task = rows_per_task(c);
     out.par_chunks_mut(c * task)
@@ -171,25 +171,19 @@ impl NormOps for CpuBackend {
         const OP: &str = "layernorm_forward";
         d.rule(OP)?;
         let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
-                ("inp", Some(&inp), d.n * d.c, &full),
-                ("weight", weight.as_ref(), d.c, &chan),
-                ("bias", bias.as_ref(), d.c, &chan),
+                Arg::act("inp", Some(&inp), d.n * d.c, &full),
+                Arg::act("weight", weight.as_ref(), d.c, &chan),
+                Arg::act("bias", bias.as_ref(), d.c, &chan),
+                Arg::act("out", Some(&out), d.n * d.c, &full),
+                Arg::stat("mean", Some(&mean), d.n, &rows),
+                Arg::stat("rstd", Some(&rstd), d.n, &rows),
             ],
         )?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("out", Some(&out), d.n * d.c, &full),
-                ("mean", Some(&mean), d.n, &rows),
-                ("rstd", Some(&rstd), d.n, &rows),
-            ],
-        )?;
-        with_real!(dt, T => layernorm_forward::<T>(
+        with_float!(dt, [out, mean, rstd, inp, weight, bias], T => layernorm_forward::<T>(
             T::get_mut(out), T::get_mut(mean), T::get_mut(rstd), T::get(inp), opt(weight), opt(bias), &d));
         Ok(())
     }
@@ -209,27 +203,21 @@ impl NormOps for CpuBackend {
         const OP: &str = "layernorm_backward";
         d.rule(OP)?;
         let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
-                ("inp", Some(&inp), d.n * d.c, &full),
-                ("dout", Some(&dout), d.n * d.c, &full),
-                ("weight", weight.as_ref(), d.c, &chan),
-                ("mean", Some(&mean), d.n, &rows),
-                ("rstd", Some(&rstd), d.n, &rows),
+                Arg::act("inp", Some(&inp), d.n * d.c, &full),
+                Arg::act("dout", Some(&dout), d.n * d.c, &full),
+                Arg::act("weight", weight.as_ref(), d.c, &chan),
+                Arg::stat("mean", Some(&mean), d.n, &rows),
+                Arg::stat("rstd", Some(&rstd), d.n, &rows),
+                Arg::act("dinp", Some(&dinp), d.n * d.c, &full),
+                Arg::grad("dweight", dweight.as_ref(), d.c, &chan),
+                Arg::grad("dbias", dbias.as_ref(), d.c, &chan),
             ],
         )?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("dinp", Some(&dinp), d.n * d.c, &full),
-                ("dweight", dweight.as_ref(), d.c, &chan),
-                ("dbias", dbias.as_ref(), d.c, &chan),
-            ],
-        )?;
-        with_real!(dt, T => layernorm_backward::<T>(
+        with_float!(dt, [dinp, dweight, dbias, dout, inp, weight, mean, rstd], T => layernorm_backward::<T>(
             T::get_mut(dinp), opt_mut(dweight), opt_mut(dbias), T::get(dout), T::get(inp),
             opt(weight), T::get(mean), T::get(rstd), &d));
         Ok(())
@@ -246,23 +234,18 @@ impl NormOps for CpuBackend {
         const OP: &str = "rmsnorm_forward";
         d.rule(OP)?;
         let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
-                ("inp", Some(&inp), d.n * d.c, &full),
-                ("weight", weight.as_ref(), d.c, &chan),
+                Arg::act("inp", Some(&inp), d.n * d.c, &full),
+                Arg::act("weight", weight.as_ref(), d.c, &chan),
+                Arg::act("out", Some(&out), d.n * d.c, &full),
+                Arg::stat("rstd", Some(&rstd), d.n, &rows),
             ],
         )?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("out", Some(&out), d.n * d.c, &full),
-                ("rstd", Some(&rstd), d.n, &rows),
-            ],
-        )?;
-        with_real!(dt, T => rmsnorm_forward::<T>(T::get_mut(out), T::get_mut(rstd), T::get(inp), opt(weight), &d));
+        with_float!(dt, [out, rstd, inp, weight], T =>
+            rmsnorm_forward::<T>(T::get_mut(out), T::get_mut(rstd), T::get(inp), opt(weight), &d));
         Ok(())
     }
 
@@ -279,25 +262,19 @@ impl NormOps for CpuBackend {
         const OP: &str = "rmsnorm_backward";
         d.rule(OP)?;
         let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_all(
+        let dt = check_args(
             OP,
-            REFERENCE_FLOATS,
+            ACTIVATION_FLOATS,
             &[
-                ("inp", Some(&inp), d.n * d.c, &full),
-                ("dout", Some(&dout), d.n * d.c, &full),
-                ("weight", weight.as_ref(), d.c, &chan),
-                ("rstd", Some(&rstd), d.n, &rows),
+                Arg::act("inp", Some(&inp), d.n * d.c, &full),
+                Arg::act("dout", Some(&dout), d.n * d.c, &full),
+                Arg::act("weight", weight.as_ref(), d.c, &chan),
+                Arg::stat("rstd", Some(&rstd), d.n, &rows),
+                Arg::act("dinp", Some(&dinp), d.n * d.c, &full),
+                Arg::grad("dweight", dweight.as_ref(), d.c, &chan),
             ],
         )?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("dinp", Some(&dinp), d.n * d.c, &full),
-                ("dweight", dweight.as_ref(), d.c, &chan),
-            ],
-        )?;
-        with_real!(dt, T => rmsnorm_backward::<T>(
+        with_float!(dt, [dinp, dweight, dout, inp, weight, rstd], T => rmsnorm_backward::<T>(
             T::get_mut(dinp), opt_mut(dweight), T::get(dout), T::get(inp), opt(weight), T::get(rstd), &d));
         Ok(())
     }

@@ -1,8 +1,10 @@
 //! Norms and the AdamW step over flat buffers, on CPU.
 
+use super::widen::widen;
 use super::{with_real, CpuBackend, Real};
+use crate::backend::Check;
 use crate::ops::{check_all, AdamW, Mix, OptimOps, REFERENCE_FLOATS};
-use crate::{HostMut, HostRef, Result};
+use crate::{DType, HostMut, HostRef, Result};
 use rayon::prelude::*;
 
 const CHUNK: usize = 16384;
@@ -17,18 +19,13 @@ pub fn sum_squares<T: Real>(x: &[T]) -> f64 {
 }
 
 pub fn adamw_update<T: Real>(p: &mut [T], m: &mut [T], v: &mut [T], g: &[T], h: &AdamW) {
-    let (b1, b2) = (h.beta1 as f64, h.beta2 as f64);
+    let (b1, b2) = (h.beta1, h.beta2);
     let bc1 = 1.0 - b1.powi(h.step as i32);
     let bc2 = 1.0 - b2.powi(h.step as i32);
-    let step_size = T::of(h.lr as f64 / bc1);
+    let step_size = T::of(h.lr / bc1);
     let bc2_sqrt = T::of(bc2.sqrt());
-    let decay = T::of(1.0 - h.lr as f64 * h.weight_decay as f64);
-    let (b1, b2, eps, gs) = (
-        T::of(b1),
-        T::of(b2),
-        T::of(h.eps as f64),
-        T::of(h.grad_scale as f64),
-    );
+    let decay = T::of(1.0 - h.lr * h.weight_decay);
+    let (b1, b2, eps, gs) = (T::of(b1), T::of(b2), T::of(h.eps), T::of(h.grad_scale));
     p.par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
@@ -53,13 +50,13 @@ pub fn ademamix_update<T: Real>(
     h: &AdamW,
     x: &Mix,
 ) {
-    let (b1, b2) = (h.beta1 as f64, h.beta2 as f64);
+    let (b1, b2) = (h.beta1, h.beta2);
     let bc1 = T::of(1.0 - b1.powi(h.step as i32));
     let bc2_sqrt = T::of((1.0 - b2.powi(h.step as i32)).sqrt());
-    let lr = T::of(h.lr as f64);
-    let decay = T::of(1.0 - h.lr as f64 * h.weight_decay as f64);
+    let lr = T::of(h.lr);
+    let decay = T::of(1.0 - h.lr * h.weight_decay);
     let (b1, b2, b3, alpha) = (T::of(b1), T::of(b2), T::of(x.beta3), T::of(x.alpha));
-    let (eps, gs) = (T::of(h.eps as f64), T::of(h.grad_scale as f64));
+    let (eps, gs) = (T::of(h.eps), T::of(h.grad_scale));
     p.par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK))
         .zip(m2.par_chunks_mut(CHUNK))
@@ -100,9 +97,21 @@ fn check_update(
 impl OptimOps for CpuBackend {
     fn sum_squares(&self, acc: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "sum_squares";
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("x", Some(&x), n, &format!("(n={n})"))])?;
-        check_all(OP, &[dt], &[("acc", Some(&acc), 1, "(1)")])?;
-        with_real!(dt, T => { let a = T::get_mut(acc); a[0] = T::of(a[0].f64() + sum_squares::<T>(T::get(x))); });
+        // A bf16 `x` (a gradient in the reduce dtype) is read into an f32 or f64 accumulator.
+        let c = Check { op: OP };
+        let xdt = c.dtype_in("x", x.dtype(), &[DType::F32, DType::F64, DType::BF16])?;
+        let adt = match xdt {
+            DType::BF16 => REFERENCE_FLOATS,
+            _ => std::slice::from_ref(&xdt),
+        };
+        c.len("x", x.len(), n, || format!("(n={n})"))?;
+        c.dtype_in("acc", acc.dtype(), adt)?;
+        c.len("acc", acc.len(), 1, || "(1)".into())?;
+        let s = match xdt {
+            DType::BF16 => sum_squares::<f32>(&widen(x)),
+            _ => with_real!(xdt, T => sum_squares::<T>(T::get(x))),
+        };
+        with_real!(acc.dtype(), T => { let a = T::get_mut(acc); a[0] = T::of(a[0].f64() + s); });
         Ok(())
     }
     fn l2norm_forward(&self, out: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Rotary position embedding on CPU (1-D and 3-D differ only in their angle table).
 
-use super::{with_real, CpuBackend, Real};
-use crate::ops::{check_all, RopeDims, RopeOps, REFERENCE_FLOATS};
+use super::{with_float, CpuBackend, Real};
+use crate::ops::{check_args, Arg, RopeDims, RopeOps, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -44,16 +44,16 @@ fn check(
     } else {
         ("inp", "out")
     };
-    let dt = check_all(
+    check_args(
         op,
-        REFERENCE_FLOATS,
+        ACTIVATION_FLOATS,
         &[
-            (inp_name, Some(inp), n, &xs),
-            ("cos", Some(cos), d.t * d.hd / 2, &ts),
-            ("sin", Some(sin), d.t * d.hd / 2, &ts),
+            Arg::act(inp_name, Some(inp), n, &xs),
+            Arg::stat("cos", Some(cos), d.t * d.hd / 2, &ts),
+            Arg::stat("sin", Some(sin), d.t * d.hd / 2, &ts),
+            Arg::act(out_name, Some(out), n, &xs),
         ],
-    )?;
-    check_all(op, &[dt], &[(out_name, Some(out), n, &xs)])
+    )
 }
 
 impl RopeOps for CpuBackend {
@@ -66,7 +66,7 @@ impl RopeOps for CpuBackend {
         d: RopeDims,
     ) -> Result<()> {
         let dt = check("rope_forward", &out, &inp, &cos, &sin, &d)?;
-        with_real!(dt, T => rope_apply::<T>(T::get_mut(out), T::get(inp), T::get(cos), T::get(sin), &d, T::of(1.0)));
+        with_float!(dt, [out, inp, cos, sin], T => rope_apply::<T>(T::get_mut(out), T::get(inp), T::get(cos), T::get(sin), &d, T::of(1.0)));
         Ok(())
     }
     fn rope_backward(
@@ -78,7 +78,7 @@ impl RopeOps for CpuBackend {
         d: RopeDims,
     ) -> Result<()> {
         let dt = check("rope_backward", &dinp, &dout, &cos, &sin, &d)?;
-        with_real!(dt, T => rope_apply::<T>(T::get_mut(dinp), T::get(dout), T::get(cos), T::get(sin), &d, T::of(-1.0)));
+        with_float!(dt, [dinp, dout, cos, sin], T => rope_apply::<T>(T::get_mut(dinp), T::get(dout), T::get(cos), T::get(sin), &d, T::of(-1.0)));
         Ok(())
     }
 }

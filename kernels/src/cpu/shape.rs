@@ -1,7 +1,7 @@
 //! Layout moves on CPU.
 
-use super::{with_real, CpuBackend, Real};
-use crate::ops::{check_all, ShapeOps, SwapDims, REFERENCE_FLOATS};
+use super::{with_float, CpuBackend, Real};
+use crate::ops::{check_all, ShapeOps, SwapDims, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -26,9 +26,9 @@ impl ShapeOps for CpuBackend {
             format!("(A={}, B={}, inner={})", d.a, d.b, d.inner),
             format!("(B={}, A={}, inner={})", d.b, d.a, d.inner),
         );
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("x", Some(&x), d.numel(), &xs)])?;
+        let dt = check_all(OP, ACTIVATION_FLOATS, &[("x", Some(&x), d.numel(), &xs)])?;
         check_all(OP, &[dt], &[("out", Some(&out), d.numel(), &os)])?;
-        with_real!(dt, T => swap_axes::<T>(T::get_mut(out), T::get(x), d));
+        with_float!(dt, [out, x], T => swap_axes::<T>(T::get_mut(out), T::get(x), d));
         Ok(())
     }
 }

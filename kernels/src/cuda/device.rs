@@ -4,7 +4,7 @@ use crate::backend::{Backend, Check, Slice};
 use crate::{DType, Error, HostMut, HostRef, Result};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -364,5 +364,27 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
+    type Stream = Arc<CudaStream>;
+    type Event = CudaEvent;
+
+    /// A new non-blocking stream, starting after the work queued so far on the main stream.
+    fn new_stream(&self) -> Result<Arc<CudaStream>> {
+        self.stream.fork().map_err(cuda_err("new_stream"))
+    }
+
+    fn record(&self, on: Option<&Arc<CudaStream>>) -> Result<CudaEvent> {
+        on.unwrap_or(&self.stream)
+            .record_event(None)
+            .map_err(cuda_err("record"))
+    }
+
+    fn wait(&self, on: Option<&Arc<CudaStream>>, event: &CudaEvent) -> Result<()> {
+        on.unwrap_or(&self.stream).wait(event).map_err(cuda_err("wait"))
+    }
+
+    fn sync_event(&self, event: &CudaEvent) -> Result<()> {
+        event.synchronize().map_err(cuda_err("sync_event"))
     }
 }

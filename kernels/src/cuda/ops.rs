@@ -273,11 +273,12 @@ impl MatmulOps for CudaBackend {
             self.gemm(&g, d.batch, dt, dt, da.ptr, pick(g.lhs), pick(g.rhs))?;
         }
         if let Some(db) = db {
+            // `db` may be f32 for bf16 inputs: cuBLASLt takes A/B bf16 with C/D f32.
             let g = d.db_gemm();
-            self.gemm(&g, d.batch, dt, dt, db.ptr, pick(g.lhs), pick(g.rhs))?;
+            self.gemm(&g, d.batch, dt, db.dtype(), db.ptr, pick(g.lhs), pick(g.rhs))?;
         }
         if let Some(dbias) = dbias {
-            Check { op: OP }.dtype_in("dbias", odt, &[DType::F32])?;
+            Check { op: OP }.dtype_in("dbias", dbias.dtype(), &[DType::F32])?;
             let (rows, n) = ((d.batch * d.m) as u64, d.n as u64);
             self.launch_1d(
                 OP,
@@ -334,7 +335,7 @@ impl ElementwiseOps for CudaBackend {
         Ok(())
     }
 
-    fn scale_forward(&self, out: CudaMut<'_>, x: CudaRef<'_>, alpha: f32, n: usize) -> Result<()> {
+    fn scale_forward(&self, out: CudaMut<'_>, x: CudaRef<'_>, alpha: f64, n: usize) -> Result<()> {
         const OP: &str = "scale_forward";
         check_pointwise(OP, F32_ONLY, &[("out", &out)], &[("x", &x)], n)?;
         let n64 = n as u64;
@@ -345,13 +346,14 @@ impl ElementwiseOps for CudaBackend {
             &[
                 KArg::U64(out.ptr),
                 KArg::U64(x.ptr),
-                KArg::F32(alpha),
+                // The f32 kernel converts the scalar once.
+                KArg::F32(alpha as f32),
                 KArg::U64(n64),
             ],
         )
     }
 
-    fn scale_backward(&self, dx: CudaMut<'_>, dout: CudaRef<'_>, alpha: f32, n: usize) -> Result<()> {
+    fn scale_backward(&self, dx: CudaMut<'_>, dout: CudaRef<'_>, alpha: f64, n: usize) -> Result<()> {
         self.scale_forward(dx, dout, alpha, n)
     }
 
@@ -362,11 +364,11 @@ impl ElementwiseOps for CudaBackend {
         self.launch_1d(OP, &self.kernels.accumulate_f32, n, &args)
     }
 
-    fn fill(&self, out: CudaMut<'_>, value: f32, n: usize) -> Result<()> {
+    fn fill(&self, out: CudaMut<'_>, value: f64, n: usize) -> Result<()> {
         const OP: &str = "fill";
         let none: &[(&str, &CudaRef<'_>)] = &[];
         check_pointwise(OP, F32_ONLY, &[("out", &out)], none, n)?;
-        let args = [KArg::U64(out.ptr), KArg::F32(value), KArg::U64(n as u64)];
+        let args = [KArg::U64(out.ptr), KArg::F32(value as f32), KArg::U64(n as u64)];
         self.launch_1d(OP, &self.kernels.fill_f32, n, &args)
     }
 

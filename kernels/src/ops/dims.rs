@@ -1,76 +1,8 @@
-//! Dimensions of each op, their rules, and the argument checks every backend shares.
+//! Dimensions of each op and their rules.
 
+use super::Role;
 use crate::backend::{Check, Slice};
 use crate::{DType, Result};
-
-/// The float dtypes the reference ops compute in.
-pub const REFERENCE_FLOATS: &[DType] = &[DType::F32, DType::F64];
-
-/// Checks a list of same-dtype arguments: the first one fixes the dtype (which must be in
-/// `allowed`), every other must match it and have exactly its stated length.
-pub(crate) fn check_all<S: Slice>(
-    op: &'static str,
-    allowed: &[DType],
-    args: &[(&'static str, Option<&S>, usize, &str)],
-) -> Result<DType> {
-    let c = Check { op };
-    let first = args
-        .iter()
-        .find_map(|(name, v, _, _)| v.map(|v| (*name, v.dtype())));
-    let Some((name, dt)) = first else {
-        return Ok(DType::F32);
-    };
-    let dt = c.dtype_in(name, dt, allowed)?;
-    for (name, v, len, shape) in args {
-        c.opt(name, *v, dt, *len, || shape.to_string())?;
-    }
-    Ok(dt)
-}
-
-/// Checks a pointwise op: every input and output holds exactly `n` elements of one dtype from
-/// `allowed` (the first input's). Shared by every backend so they refuse alike.
-pub(crate) fn check_pointwise<O: Slice, R: Slice>(
-    op: &'static str,
-    allowed: &[DType],
-    outs: &[(&'static str, &O)],
-    ins: &[(&'static str, &R)],
-    n: usize,
-) -> Result<DType> {
-    let s = format!("(n={n})");
-    let ins: Vec<_> = ins
-        .iter()
-        .map(|(name, v)| (*name, Some(*v), n, s.as_str()))
-        .collect();
-    let outs: Vec<_> = outs
-        .iter()
-        .map(|(name, v)| (*name, Some(*v), n, s.as_str()))
-        .collect();
-    if ins.is_empty() {
-        // An op with no inputs (fill) takes its dtype from its output.
-        return check_all(op, allowed, &outs);
-    }
-    let dt = check_all(op, allowed, &ins)?;
-    check_all(op, &[dt], &outs)
-}
-
-/// Checks a cast: `x` and `out` hold `n` elements, each of a dtype in `kinds`.
-/// Returns `(from, to)`.
-pub(crate) fn check_cast<O: Slice, R: Slice>(
-    op: &'static str,
-    kinds: &[DType],
-    out: &O,
-    x: &R,
-    n: usize,
-) -> Result<(DType, DType)> {
-    let c = Check { op };
-    let (from, to) = (
-        c.dtype_in("x", x.dtype(), kinds)?,
-        c.dtype_in("out", out.dtype(), kinds)?,
-    );
-    c.arg("x", x, from, n, || format!("(n={n})"))?;
-    c.arg("out", out, to, n, || format!("(n={n})"))?;
-    Ok((from, to))
-}
 
 /// `out (batch, M, N) = op(a) (batch, M, K) · op(b) (batch, K, N)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +44,9 @@ impl MatmulDims {
 
     /// Input dtypes: f64, f32, bf16, f16 (`a` and `b` alike). Output: the input dtype, or f32
     /// for 16-bit inputs. Bias: the output dtype. Returns `(input, output)` dtypes.
+    /// In backward, `dout` and `dbias` have the output dtype and `da` the input dtype; `db`
+    /// is a parameter gradient ([`Role::ParamGrad`]: bf16 inputs may accumulate it in f32), and
+    /// so is `dbias` for bf16 inputs (bf16 or f32 whatever the output dtype).
     pub(crate) fn check_forward<O: Slice, R: Slice>(
         &self,
         op: &'static str,
@@ -149,9 +84,21 @@ impl MatmulDims {
         let (dt, odt) = self.check_forward(op, dout, a, b, None)?;
         let c = Check { op };
         let (bt, m, n, k) = (self.batch, self.m, self.n, self.k);
+        let grad = |arg: &'static str, v: Option<&M>, allowed: &[DType], len: usize, shape: char| match v {
+            Some(v) => {
+                c.dtype_in(arg, v.dtype(), allowed)?;
+                c.len(arg, v.len(), len, || self.shape(shape))
+            }
+            None => Ok(()),
+        };
         c.opt("da", da, dt, bt * m * k, || self.shape('a'))?;
-        c.opt("db", db, dt, bt * k * n, || self.shape('b'))?;
-        c.opt("dbias", dbias, odt, n, || self.shape('n'))?;
+        grad("db", db, Role::ParamGrad.allowed(dt), bt * k * n, 'b')?;
+        let dbias_allowed = if dt == DType::BF16 {
+            Role::ParamGrad.allowed(dt)
+        } else {
+            std::slice::from_ref(&odt)
+        };
+        grad("dbias", dbias, dbias_allowed, n, 'n')?;
         Ok((dt, odt))
     }
 }
@@ -161,7 +108,8 @@ impl MatmulDims {
 pub struct NormDims {
     pub n: usize,
     pub c: usize,
-    pub eps: f32,
+    /// Added to the variance (mean square) before the square root.
+    pub eps: f64,
 }
 
 impl NormDims {
@@ -296,7 +244,7 @@ pub struct AttnDims {
     /// `k_start + j ≤ q_start + i`.
     pub causal: bool,
     /// Score scale, usually `1/√HD` (muP uses `1/HD`).
-    pub scale: f32,
+    pub scale: f64,
     /// Global position of the first query (context-parallel chunks start past 0).
     pub q_start: usize,
     /// Global position of the first key.
@@ -314,7 +262,7 @@ impl AttnDims {
             nkv,
             hd,
             causal,
-            scale: 1.0 / (hd as f32).sqrt(),
+            scale: 1.0 / (hd as f64).sqrt(),
             q_start: 0,
             k_start: 0,
         }
@@ -342,7 +290,7 @@ impl AttnDims {
 pub struct CrossEntropyDims {
     pub n: usize,
     pub v: usize,
-    pub z_loss: f32,
+    pub z_loss: f64,
 }
 
 /// Embedding lookup of `N` ids into a `(V, C)` table.
@@ -413,21 +361,22 @@ impl PatchDims {
 pub struct TimestepDims {
     pub n: usize,
     pub dim: usize,
-    pub max_period: f32,
+    pub max_period: f64,
 }
 
-/// Hyper-parameters of one AdamW step.
+/// Hyper-parameters of one AdamW step. They are f64 so an f64 run steps with exactly its
+/// values; an f32 kernel converts each once.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
     /// 1-based step number (for bias correction).
     pub step: u32,
     /// Multiplies the gradient first (gradient clipping, loss-scale removal).
-    pub grad_scale: f32,
+    pub grad_scale: f64,
 }
 
 impl AdamW {

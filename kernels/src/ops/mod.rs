@@ -10,13 +10,36 @@
 //! stream, where [`ElementwiseOps::add_backward`] accumulates into both inputs and
 //! [`ModulationOps::gate_backward`] leaves the residual gradient to flow through unchanged.
 //!
-//! Dtypes: the CPU reference computes in `f32` or `f64` (every argument of one call in the same
-//! dtype, except integer ids/targets and the matmul, which also takes `bf16`/`f16` inputs and
-//! accumulates in f32). Calls that break a rule return [`crate::Error`] naming the op and the
-//! argument; nothing is broadcast implicitly.
+//! Dtypes (the mixed-precision contract, checked alike by every backend). Each argument has a
+//! [`Role`], and a call's *activation dtype* `A` ∈ {f64, f32, bf16} fixes what each role takes:
+//!
+//! | role | arguments | dtype |
+//! |---|---|---|
+//! | [`Role::Act`] | inputs, outputs, activation gradients, and parameter inputs (norm `weight`/`bias`, embedding `table`, matmul operands) | `A` |
+//! | [`Role::Stat`] | layernorm `mean`/`rstd`, rmsnorm `rstd`, attention `lse` and `part_lse`, cross-entropy `losses`/`lse`/`dlosses`, mse `loss`/`dloss`, timesteps `t`/`dt`, RoPE `cos`/`sin` | f32 if `A` = bf16, else `A` ([`stat_dtype`]) |
+//! | [`Role::ParamGrad`] | matmul `db`, layernorm/rmsnorm `dweight`/`dbias`, embedding `dtable`, the `acc` of [`ElementwiseOps::accumulate`] | `A`, or f32 if `A` = bf16 |
+//!
+//! A bf16 call loads bf16, computes in f32 and stores each bf16 result rounded once to nearest
+//! even ([`crate::f32_to_bf16_rne`]): its bf16 outputs are the rounded outputs of the f32 call on
+//! the same values, and its f32 statistics and f32 parameter gradients equal the f32 call's.
+//! Accumulating outputs (`+=`) add in f32 before that one rounding. AdaLN's `dshift`, `dscale`
+//! and `dgate` are activation gradients (`A`). Exceptions:
+//! - the matmul also takes f16 inputs; 16-bit inputs may write an f32 `out` (then `bias`,
+//!   `dout` and `dbias` are f32), and bf16 inputs may write `dbias` in bf16 or f32
+//!   ([`MatmulDims`] states it);
+//! - [`ElementwiseOps::cast`] converts any float dtype (f16 included) to any other;
+//! - the optimizer ([`OptimOps`]) is f32 or f64 only, every argument alike, except that
+//!   [`OptimOps::sum_squares`] reads a bf16 `x` into an f32 or f64 `acc`.
+//!
+//! Integer ids and targets are i32. Scalars in the dims structs ([`NormDims::eps`],
+//! [`AttnDims::scale`], [`AdamW`], …) are f64, so an f64 call computes with exactly their value;
+//! an f32 or bf16 call converts each once. Calls that break a rule return [`crate::Error`]
+//! naming the op and the argument; nothing is broadcast implicitly.
 
+mod contract;
 mod dims;
 
+pub use contract::*;
 pub use dims::*;
 
 use crate::{Backend, Result};
@@ -333,13 +356,13 @@ pub trait ElementwiseOps: Backend {
     fn add_backward(&self, da: Self::Mut<'_>, db: Self::Mut<'_>, dout: Self::Ref<'_>, n: usize)
         -> Result<()>;
     /// `out = alpha·x`.
-    fn scale_forward(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, alpha: f32, n: usize) -> Result<()>;
+    fn scale_forward(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, alpha: f64, n: usize) -> Result<()>;
     /// `dx = alpha·dout` (overwrite).
-    fn scale_backward(&self, dx: Self::Mut<'_>, dout: Self::Ref<'_>, alpha: f32, n: usize) -> Result<()>;
+    fn scale_backward(&self, dx: Self::Mut<'_>, dout: Self::Ref<'_>, alpha: f64, n: usize) -> Result<()>;
     /// `acc += x`: sums gradients that reach one activation from several consumers.
     fn accumulate(&self, acc: Self::Mut<'_>, x: Self::Ref<'_>, n: usize) -> Result<()>;
     /// `out = value` for every element (zeroing gradient buffers between steps).
-    fn fill(&self, out: Self::Mut<'_>, value: f32, n: usize) -> Result<()>;
+    fn fill(&self, out: Self::Mut<'_>, value: f64, n: usize) -> Result<()>;
     /// Convert between float dtypes, rounding to nearest even (f32 → bf16 as in
     /// [`crate::f32_to_bf16_rne`]). Same-dtype casts copy.
     fn cast(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, n: usize) -> Result<()>;

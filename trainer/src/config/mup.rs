@@ -6,10 +6,12 @@ use serde::{Deserialize, Serialize};
 
 /// The attention score scale for head dim `hd`: `1/√hd`, or under muP (`base`: the head dim
 /// at the base width) `√base/hd`, which is `1/√hd` at the base width and falls as `1/hd`.
-pub fn attn_scale(base: Option<usize>, hd: usize) -> f32 {
+pub fn attn_scale(base: Option<usize>, hd: usize) -> f64 {
+    let sp = 1.0 / (hd as f64).sqrt();
     match base {
-        Some(b) => ((b as f64).sqrt() / hd as f64) as f32,
-        None => 1.0 / (hd as f32).sqrt(),
+        // √base/hd = (1/√hd)·√(base/hd), written so that it is exactly 1/√hd at the base.
+        Some(b) => sp * (b as f64 / hd as f64).sqrt(),
+        None => sp,
     }
 }
 

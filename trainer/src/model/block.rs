@@ -57,12 +57,12 @@ pub struct BlockSpec {
     pub qk_norm: bool,
     pub causal: bool,
     pub bias: bool,
-    pub eps: f32,
+    pub eps: f64,
     /// Tensor-parallel size: `nh`, `nkv`, `hidden` are local; the residual stream holds `t/tp`
     /// tokens per sample.
     pub tp: usize,
     /// Attention score scale: `1/√HD`, or muP's `√HD_base/HD`.
-    pub attn_scale: f32,
+    pub attn_scale: f64,
 }
 
 impl BlockSpec {

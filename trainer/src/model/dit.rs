@@ -517,12 +517,12 @@ impl<B: Ops> Model<B> for Dit<B> {
         let (a, g, pr) = (&self.a, &mut self.g, &self.p);
         let lin = |rows, i, o| MatmulDims::linear(rows, i, o);
         if a.local.is_some() {
-            be.fill(w::<B>(&mut g.dloss), (dloss * share) as f32, 1)?;
+            be.fill(w::<B>(&mut g.dloss), dloss * share, 1)?;
             let m = r::<B>(&a.out).len();
             let target = r::<B>(&a.target).range(0..m);
             be.mse_backward(w::<B>(&mut g.dout), r::<B>(&g.dloss), r::<B>(&a.out), target, m)?;
         } else {
-            be.fill(w::<B>(&mut g.dloss), dloss as f32, 1)?;
+            be.fill(w::<B>(&mut g.dloss), dloss, 1)?;
             let numel = pd.numel();
             be.mse_backward(
                 w::<B>(&mut g.dpred),

@@ -96,7 +96,7 @@ impl<B: Ops> Gpt<B> {
         // hf, dhf, dres; logits, dlogits; statistics: rstdf, losses, lse, dlosses.
         let (values, stats) = Trunk::<B>::elems(&spec, cfg.depth, recompute);
         let values = values + 3.0 * n * c + 2.0 * n * v;
-        values * dtype.size() as f64 + (stats + 4.0 * n) * super::stat_dtype(dtype).size() as f64
+        values * dtype.size() as f64 + (stats + 4.0 * n) * weft_kernels::stat_dtype(dtype).size() as f64
     }
 
     /// Model FLOPs of one forward+backward over `b` sequences of the whole model (what
@@ -296,7 +296,7 @@ impl<B: Ops> Model<B> for Gpt<B> {
         let d = CrossEntropyDims {
             n,
             v,
-            z_loss: self.cfg.z_loss as f32,
+            z_loss: self.cfg.z_loss,
         };
         be.cross_entropy_forward(
             w::<B>(&mut self.losses),
@@ -314,15 +314,11 @@ impl<B: Ops> Model<B> for Gpt<B> {
         let (n, c, v) = (self.rows(), self.cfg.width, self.cfg.vocab_size);
         let last = self.cfg.depth + 1;
         // Mean over valid rows; ignored rows get zero gradient from the kernel.
-        be.fill(
-            w::<B>(&mut self.dlosses),
-            (dloss / self.valid.max(1) as f64) as f32,
-            n,
-        )?;
+        be.fill(w::<B>(&mut self.dlosses), dloss / self.valid.max(1) as f64, n)?;
         let d = CrossEntropyDims {
             n,
             v,
-            z_loss: self.cfg.z_loss as f32,
+            z_loss: self.cfg.z_loss,
         };
         be.cross_entropy_backward(
             w::<B>(&mut self.dlogits),

@@ -144,18 +144,10 @@ impl<'a, B: Backend> Alloc<'a, B> {
     /// A buffer of statistics (norm means and reciprocal deviations, log-sum-exps, losses,
     /// timesteps): f32 when the activations are 16-bit, as the kernels' contract asks.
     pub fn stat(&self, n: usize) -> Result<B::Buffer> {
-        let dt = stat_dtype(self.dt);
+        let dt = weft_kernels::stat_dtype(self.dt);
         self.bytes
             .set(self.bytes.get().saturating_add(n.saturating_mul(dt.size())));
         crate::alloc::alloc(self.be, "the activations", dt, n)
-    }
-}
-
-/// The dtype statistics are kept in for activations of dtype `dt`.
-pub fn stat_dtype(dt: DType) -> DType {
-    match dt {
-        DType::BF16 | DType::F16 => DType::F32,
-        other => other,
     }
 }
 

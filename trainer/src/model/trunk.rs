@@ -21,8 +21,8 @@ pub struct Trunk<B: Backend> {
 }
 
 impl<B: Ops> Trunk<B> {
-    /// `cos`/`sin`: the RoPE table `(T, HD/2)` of the cp rank's tokens in f64 (narrowed to
-    /// the model dtype here).
+    /// `cos`/`sin`: the RoPE table `(T, HD/2)` of the cp rank's tokens in f64 (narrowed here
+    /// to the model dtype, or to f32 under bf16 as the kernels' contract asks).
     pub(crate) fn new(
         al: &Alloc<'_, B>,
         blocks: Vec<Block>,
@@ -36,7 +36,7 @@ impl<B: Ops> Trunk<B> {
         let sets = if recompute { 1 } else { blocks.len() };
         let acts = (0..sets).map(|_| BlockActs::new(al, &s)).collect::<Result<_>>()?;
         let table = |v: &[f64]| -> Result<B::Buffer> {
-            let mut b = al.buf(v.len())?;
+            let mut b = al.stat(v.len())?;
             super::upload_f64(al.be, v, w::<B>(&mut b))?;
             Ok(b)
         };
@@ -54,15 +54,14 @@ impl<B: Ops> Trunk<B> {
 
     /// Elements [`Trunk::new`] allocates for `depth` blocks of `s` (counted without
     /// allocating): the residual boundaries, saved activations, gradient scratch and the RoPE
-    /// table of the cp rank's `s.t` tokens, as `(values, statistics)`.
+    /// table of the cp rank's `s.t` tokens, as `(values, statistics)` (the table is kept
+    /// like statistics: f32 under bf16).
     pub(crate) fn elems(s: &BlockSpec, depth: usize, recompute: bool) -> (f64, f64) {
         let sets = if recompute { 1 } else { depth } as f64;
         let (acts, stats) = super::acts::act_elems(s);
-        let values = (depth + 1) as f64 * s.sp_rows() as f64 * s.c as f64
-            + sets * acts
-            + super::acts::grad_elems(s)
-            + 2.0 * s.t as f64 * (s.hd / 2) as f64;
-        (values, sets * stats)
+        let values =
+            (depth + 1) as f64 * s.sp_rows() as f64 * s.c as f64 + sets * acts + super::acts::grad_elems(s);
+        (values, sets * stats + 2.0 * s.t as f64 * (s.hd / 2) as f64)
     }
 
     /// The residual stream entering block 0 `(B, T/tp, C)` (this rank's tokens), for the

@@ -385,17 +385,13 @@ impl MatrixOpt {
             let (_, gr) = g.split_at(skip);
             let (ge, gr) = gr.split_at(n);
             let h = AdamW {
-                lr: (lr * self.lr_scale[r.entry]) as f32,
-                beta1: o.beta1 as f32,
-                beta2: o.beta2 as f32,
-                eps: o.eps as f32,
-                weight_decay: if self.decays[r.entry] {
-                    o.weight_decay as f32
-                } else {
-                    0.0
-                },
+                lr: lr * self.lr_scale[r.entry],
+                beta1: o.beta1,
+                beta2: o.beta2,
+                eps: o.eps,
+                weight_decay: if self.decays[r.entry] { o.weight_decay } else { 0.0 },
                 step,
-                grad_scale: scale as f32,
+                grad_scale: scale,
             };
             be.adamw_update(pe, me, ve, ge, h, n)?;
             (p, mm, vv, g) = (pr, mr, vr, gr);

@@ -164,13 +164,13 @@ impl<B: Ops> AdamWState<B> {
             let (ve, vr) = v.split_at(n);
             let (ge, gr) = g.split_at(n);
             let h = AdamW {
-                lr: (lr * lr_scale) as f32,
-                beta1: o.beta1 as f32,
-                beta2: o.beta2 as f32,
-                eps: o.eps as f32,
-                weight_decay: if decays { o.weight_decay as f32 } else { 0.0 },
+                lr: lr * lr_scale,
+                beta1: o.beta1,
+                beta2: o.beta2,
+                eps: o.eps,
+                weight_decay: if decays { o.weight_decay } else { 0.0 },
                 step: self.step,
-                grad_scale: scale as f32,
+                grad_scale: scale,
             };
             match m2.take() {
                 Some(m2v) => {

@@ -44,7 +44,7 @@ impl<B: Ops> Dit<B> {
         let own_stats = b + 2.0 * b * n + 2.0;
         let (values, stats) = Trunk::<B>::elems(&spec, cfg.depth, recompute);
         (values + own) * dtype.size() as f64
-            + (stats + own_stats) * crate::model::stat_dtype(dtype).size() as f64
+            + (stats + own_stats) * weft_kernels::stat_dtype(dtype).size() as f64
     }
 
     /// Model FLOPs of one forward+backward over `b` clips of the whole model (what
