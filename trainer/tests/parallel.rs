@@ -282,7 +282,9 @@ fn tensor_parallel_splits_the_weights_and_sp_cp_split_the_activations() {
     let tp = run([1, 1, 1, 2, 1]);
     let cp = run([1, 1, 2, 1, 1]);
     // tp = 2: split tensors are halved, replicated ones (norms, embeddings) are whole; 4 f32
-    // copies (params, grads, 2 moments), no padding with dp_shard = 1.
+    // copies (params, grads, 2 moments) of the tp rank's buffer (its tensors and their
+    // alignment), no shard padding with dp_shard = 1.
+    let tp_layout = weft_trainer::mesh::layout_tp(&gpt(dir.path(), &[]), 2);
     let local: usize = global
         .entries
         .iter()
@@ -294,9 +296,10 @@ fn tensor_parallel_splits_the_weights_and_sp_cp_split_the_activations() {
             }
         })
         .sum();
-    assert_eq!(tp.params + tp.grads + tp.optimizer, 16 * local);
+    assert_eq!(tp_layout.params(), local);
+    assert_eq!(tp.params + tp.grads + tp.optimizer, 16 * tp_layout.len());
     assert_eq!(one.params + one.grads + one.optimizer, 16 * global.len());
-    assert!(local < global.len());
+    assert!(local < global.params() && tp_layout.len() < global.len());
     // Sequence parallelism halves the residual stream, tp the heads and hidden units, cp the
     // tokens of every activation.
     assert!(tp.activations < one.activations, "{tp:?} vs {one:?}");
