@@ -73,14 +73,15 @@ fn report_memory(o: &RankOutcome) {
     tracing::info!(
         rank = o.rank,
         "held: parameters {:.3} MiB, gradients {:.3} MiB, optimizer {:.3} MiB (sum {:.3} MiB); \
-         activations {:.3} MiB; communication buffers peak {:.3} MiB; waited {:.1} ms for {} \
-         gathers",
+         activations {:.3} MiB; communication buffers peak {:.3} MiB, of which gathered \
+         parameters {:.3} MiB; waited {:.1} ms for {} gathers",
         mib(m.params),
         mib(m.grads),
         mib(m.optimizer),
         mib(m.params + m.grads + m.optimizer),
         mib(m.activations),
         mib(m.comm_peak),
+        mib(m.gathered_peak),
         o.gather_wait.as_secs_f64() * 1e3,
         o.gathers
     );

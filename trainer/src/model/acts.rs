@@ -1,7 +1,7 @@
 //! What a block keeps between forward and backward, and the gradient scratch its backward
 //! reuses. Shapes as in [`super::block`].
 
-use super::block::BlockSpec;
+use super::spec::BlockSpec;
 use super::Alloc;
 use crate::Result;
 use weft_kernels::Backend;

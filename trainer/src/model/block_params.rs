@@ -1,7 +1,7 @@
 //! Where a block's tensors live: registration of a block's parameters in the [`Layout`] (names,
 //! shapes, roles, initialization) and their offsets relative to the block's unit.
 
-use super::block::BlockSpec;
+use super::spec::BlockSpec;
 use crate::layout::{Init, Layout, Role, TpSplit};
 use std::ops::Range;
 

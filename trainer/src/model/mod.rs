@@ -13,6 +13,7 @@ mod block_params;
 pub mod dit;
 pub mod gpt;
 mod par;
+mod spec;
 mod trunk;
 
 pub use dit::{Dit, DitBatch};
