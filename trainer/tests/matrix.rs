@@ -5,10 +5,10 @@
 //! bit for bit.
 
 use weft_kernels::{CpuBackend, DType, HostVec};
-use weft_trainer::ckpt::ShardMap;
 use weft_trainer::layout::{Init, TpSplit};
 use weft_trainer::optim::matrix::MatrixOpt;
 use weft_trainer::optim::AdamWState;
+use weft_trainer::shard::ShardMap;
 use weft_trainer::{Config, Layout, Role};
 
 fn fixture() -> serde_json::Value {
