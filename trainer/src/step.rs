@@ -78,7 +78,7 @@ impl<'c, B: Ops> Step<'c, B> {
         let segs = store.segments(layout);
         let replicated = replicated_in_shard(&store, layout);
         let counted = if tp_rank == 0 {
-            vec![0..n]
+            std::iter::once(0..n).collect()
         } else {
             let mut v = vec![];
             let mut at = 0;
