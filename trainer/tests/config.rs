@@ -259,3 +259,44 @@ fn a_cuda_device_is_probed_on_this_machine() {
         .to_string();
     assert_eq!(e, format!("training.device = \"cuda\": {why}"));
 }
+
+#[test]
+fn mixed_precision_is_bf16_over_f32_masters() {
+    use weft_kernels::DType;
+    use weft_trainer::job::Precision;
+    let path = configs_dir().join("dit-tiny.toml");
+    let prec = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Precision::of(&Config::load(&path, &sets).unwrap())
+    };
+    assert_eq!(prec(&[]), Precision::uniform(DType::F32), "the default");
+    assert_eq!(
+        prec(&["training.param_dtype=\"bf16\""]),
+        Precision {
+            master: DType::F32,
+            param: DType::BF16,
+            reduce: DType::F32
+        }
+    );
+    assert_eq!(
+        prec(&["training.param_dtype=\"bf16\"", "training.reduce_dtype=\"bf16\""]).reduce,
+        DType::BF16
+    );
+    assert_eq!(prec(&["training.dtype=\"f64\""]), Precision::uniform(DType::F64));
+    for (sets, key) in [
+        (&["training.param_dtype=\"f16\""][..], "training.param_dtype"),
+        (
+            &["training.dtype=\"f64\"", "training.param_dtype=\"bf16\""][..],
+            "training.param_dtype",
+        ),
+        (&["training.reduce_dtype=\"f64\""][..], "training.reduce_dtype"),
+    ] {
+        let e = err("dit-tiny.toml", sets);
+        assert!(
+            e.contains(&format!(
+                "`{key}` must be \"bf16\" (over f32 masters) or the master dtype"
+            )),
+            "{sets:?}: {e}"
+        );
+    }
+}
