@@ -50,11 +50,13 @@ pub fn ckpt(a: &CkptBenchArgs) -> Result<()> {
             )
         })
         .collect();
-    let bytes = 3 * 4 * n as u64;
+    // What a checkpoint writes: the parameters, not the flat buffer's alignment padding.
+    let params = layout.params();
+    let bytes = 3 * 4 * params as u64;
     println!(
         "state of {}: {} parameters → {:.1} MiB (parameters + 2 AdamW moments, f32)",
         cfg.job.name,
-        n,
+        params,
         mib(bytes)
     );
     // The disk's own sequential write speed.

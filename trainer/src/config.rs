@@ -193,8 +193,9 @@ pub struct Training {
     /// precision over f32 masters, or the master dtype (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub param_dtype: Option<String>,
-    /// The dtype gradients are reduce-scattered and all-reduced in: the master dtype (the
-    /// default) or `bf16` (half the bytes, rounded once per reduction).
+    /// The dtype FSDP reduce-scatters gradients in: the master dtype (the default) or `bf16`
+    /// (half the bytes, rounded once per reduction). The sums over replicas, cp and tp that
+    /// follow, on the shard, stay in the master dtype.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce_dtype: Option<String>,
     /// Where the step runs: `cpu`, `cuda` (device 0) or `cuda:N`

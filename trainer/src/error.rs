@@ -22,6 +22,12 @@ pub enum Error {
     /// The loss stopped being a number.
     #[error("non-finite loss {loss} at step {step}: training stopped (lower optimizer.lr or raise optimizer.warmup_steps)")]
     NonFinite { step: u64, loss: f64 },
+    /// The global gradient norm stopped being a number (the loss still was one).
+    #[error("non-finite gradient norm {norm} at step {step}: training stopped (lower optimizer.lr or raise optimizer.warmup_steps)")]
+    NonFiniteNorm { step: u64, norm: f64 },
+    /// The loss stopped being a number on other ranks of the mesh.
+    #[error("non-finite loss at step {step} on {ranks} other rank(s) of the mesh: training stopped (their errors name the cause)")]
+    NonFiniteElsewhere { step: u64, ranks: usize },
     /// The loss stopped being a number because the batch itself holds NaN or infinity.
     #[error("non-finite loss at step {step}: non-finite values in the input data ({source_desc}: training samples {samples:?} in data order); the data is at fault, not the learning rate")]
     NonFiniteInput {

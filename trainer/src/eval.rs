@@ -4,7 +4,7 @@
 //! compared in words.
 
 use crate::data::{Source, Split};
-use crate::job::{dtype_of, layout_of, with_model, Baseline, ModelJob};
+use crate::job::{layout_of, with_model, Baseline, ModelJob, Precision};
 use crate::model::{Flat, Model, Weights};
 use crate::{Config, Error, Result};
 use weft_kernels::{Backend, CpuBackend, DType, Ops};
@@ -133,16 +133,13 @@ pub fn evaluate(cfg: &Config, params: &[f32], samples: usize) -> Result<Eval> {
     let n = layout_of(&c).len();
     if params.len() != n {
         return Err(Error::Other(format!(
-            "evaluate: {} parameters given, the config's model has {n}",
+            "evaluate: a flat buffer of {} values given, the config's model has {n}",
             params.len()
         )));
     }
-    with_model(
-        &c,
-        &CpuBackend::new(),
-        None,
-        Job(params, samples.max(1), dtype_of(&c)),
-    )
+    // The model computes in the run's compute dtype: the weights are rounded to it.
+    let dt = Precision::of(&c).param;
+    with_model(&c, &CpuBackend::new(), None, Job(params, samples.max(1), dt))
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use weft_kernels::{CpuBackend, DType, Ops};
 ///   micro-batches, and the optimizer state; what checkpoints hold.
 /// - `param`: what FSDP gathers and the model computes in (weights and activations). Norm
 ///   statistics, log-sum-exps and losses stay in f32 under bf16 (the kernels' contract).
-/// - `reduce`: what gradients are reduce-scattered and all-reduced in.
+/// - `reduce`: what FSDP reduce-scatters each unit's gradient in (the sums over replicas, cp
+///   and tp that follow, on the shard, stay in the master dtype).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Precision {
     pub master: DType,

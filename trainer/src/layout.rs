@@ -191,10 +191,13 @@ impl Layout {
         r
     }
     /// Run `f` to add one block's tensors and record the block's range.
+    /// The block's range starts and ends at multiples of [`ALIGN`] (it owns its trailing
+    /// padding), so every unit starts aligned and tensors are aligned within their unit too.
     pub fn block<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
         self.len = align_up(self.len);
         let start = self.len;
         let out = f(self);
+        self.len = align_up(self.len);
         self.blocks.push(start..self.len);
         out
     }
@@ -320,14 +323,20 @@ mod tests {
         });
         // Each tensor starts at a multiple of 64 elements; the padding is not a parameter.
         assert_eq!(b, 128..132);
-        assert_eq!(l.blocks, vec![64..132]);
-        assert_eq!((l.len(), l.params()), (132, 14));
+        assert_eq!(l.blocks, vec![64..192]);
+        assert_eq!((l.len(), l.params()), (192, 14));
+        let out = l.add("out", &[3], Role::Output, Init::Zeros);
+        assert_eq!(out, 192..195);
+        // Every unit starts aligned, so a tensor is aligned within its unit as well.
+        for u in l.units() {
+            assert_eq!(u.start % ALIGN, 0, "{u:?}");
+        }
         let p = l.init(7).unwrap();
         assert!(p[6..64].iter().all(|&v| v == 0.0));
         assert_eq!(&p[64..68], &[0., 0., 0., 0.]);
         assert_eq!(&p[128..132], &[1., 1., 1., 1.]);
         let segs = l.segments();
-        assert_eq!(segs.iter().map(|s| s.0).sum::<usize>(), l.len());
+        assert_eq!(segs.iter().map(|s| s.0).sum::<usize>(), 195);
         assert_eq!(segs[1], (58, false, 1.0));
         assert_eq!(p, l.init(7).unwrap());
         assert_ne!(p, l.init(8).unwrap());

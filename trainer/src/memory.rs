@@ -1,6 +1,6 @@
 //! Memory before start: what one rank of a config will hold, from the config alone, checked
-//! against the machine before anything is allocated; and allocations that fail with an error
-//! naming the buffer instead of aborting the process.
+//! against the machine before anything is allocated (allocations that fail with an error
+//! naming the buffer are [`crate::alloc`]'s).
 //!
 //! Per rank (`parallel.dp_shard` ranks share the parameters, gradients and optimizer state
 //! under FSDP; `tp` splits them further):
@@ -217,7 +217,7 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
     };
     // Gathered units (in the compute dtype) and gradients in flight: every unit's full
     // gradient and its received shard wait in the reduce dtype until the micro-batch ends
-    // (the unit being finished also in the master dtype); the input and output layers stay
+    // (the unit being cast to it also in the master dtype); the input and output layers stay
     // gathered; the current block and the next one being fetched. One process is a mesh of
     // one and holds the same buffers.
     let in_flight = {
@@ -230,17 +230,19 @@ pub fn estimate(cfg: &Config, ranks_here: usize) -> Estimate {
         } else {
             0.0
         };
-        all * rd + d * largest * (dt - rd).max(0.0) + (d * outer + 2.0 * (d + 1.0) * block) * pd
+        let casting = if rd != dt { d * largest * dt } else { 0.0 };
+        all * rd + casting + (d * outer + 2.0 * (d + 1.0) * block) * pd
     };
     let largest_draw = global.entries.iter().map(numel).fold(0.0, f64::max);
     // Start: the initial weights drawn in f32 (this rank's tp piece, and the tensor being
     // drawn whole), plus the host copy of the shard under FSDP.
-    let at_start = 4.0 * (local_n + largest_draw + shard);
+    let (local_len, global_len) = (local.len() as f64, global.len() as f64);
+    let at_start = 4.0 * (local_len + largest_draw + shard);
     // End: several ranks all-gather the f32 weights (and over tp); one process copies them
     // to f32 and writes the export (its bytes, and the serialized file).
-    let at_end = 4.0 * (shard * (ds as f64 + 1.0) + local_n)
+    let at_end = 4.0 * (shard * (ds as f64 + 1.0) + local_len)
         + if tp > 1 {
-            4.0 * (local_n * tp as f64 + parameters)
+            4.0 * (local_len * tp as f64 + global_len)
         } else {
             0.0
         };

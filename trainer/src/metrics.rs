@@ -95,14 +95,20 @@ pub fn measure_peak<B: Ops>(be: &B) -> Result<f64> {
     Ok(best)
 }
 
-/// The metrics line of a run stopped by a non-finite loss, with its cause.
-pub(crate) fn diverged(step: u64, loss: f64, e: &Error) -> serde_json::Value {
-    let cause = match e {
-        Error::NonFiniteInput { .. } => "non-finite input data",
-        _ => "divergence",
+/// The metrics line of a run stopped at 0-based `step` by a non-finite loss or gradient norm,
+/// with its cause (`None` for other errors).
+pub(crate) fn diverged(step: u64, e: &Error) -> Option<serde_json::Value> {
+    let (key, value, cause) = match e {
+        Error::NonFinite { loss, .. } => ("loss", *loss, "divergence"),
+        Error::NonFiniteNorm { norm, .. } => ("grad_norm", *norm, "divergence"),
+        Error::NonFiniteInput { .. } => ("loss", f64::NAN, "non-finite input data"),
+        Error::NonFiniteElsewhere { .. } => ("loss", f64::NAN, "divergence"),
+        _ => return None,
     };
-    json!({"event": "diverged", "step": step + 1, "loss": loss.to_string(), "cause": cause,
-           "message": e.to_string()})
+    Some(
+        json!({"event": "diverged", "step": step + 1, key: value.to_string(), "cause": cause,
+           "message": e.to_string()}),
+    )
 }
 
 /// What rank 0 of a mesh writes to `<run>/metrics.jsonl`, with the single-process trainer's fields.
@@ -137,6 +143,22 @@ impl MeshReport {
         };
         let params = crate::job::global_layout(cfg).params();
         metrics.write(rate.start_event(params, peak, source, &be.name()))?;
+        let prec = crate::job::Precision::of(cfg);
+        tracing::info!(
+            run = %cfg.run_dir().display(),
+            params,
+            device = be.name(),
+            "training {} for {} steps on {} rank(s) ({} master weights, computing in {}); global batch {} × {} tokens; {:.3} GFLOP/step; peak {:.1} GFLOP/s per device ({source})",
+            cfg.job.name,
+            t.steps,
+            cfg.parallel.world(),
+            prec.master,
+            prec.param,
+            samples,
+            tokens,
+            rate.flops / 1e9,
+            peak / 1e9
+        );
         Ok(MeshReport {
             metrics,
             rate,

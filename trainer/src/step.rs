@@ -121,8 +121,10 @@ impl<'c, B: Ops> Step<'c, B> {
     }
 
     /// Run 0-based step `step` of `cfg` on `model` with batches from `src`. A non-finite loss
-    /// or gradient norm is an error ([`Error::NonFinite`], or [`Error::NonFiniteInput`] when
-    /// the batch itself holds NaN or infinity).
+    /// or gradient norm stops every rank at the same point, before the optimizer: this rank's
+    /// error is [`Error::NonFinite`] (or [`Error::NonFiniteInput`] when its batch holds NaN or
+    /// infinity), [`Error::NonFiniteElsewhere`] when other ranks' losses were, or
+    /// [`Error::NonFiniteNorm`].
     pub fn run<M, S>(&mut self, cfg: &Config, be: &B, model: &mut M, src: &S, step: u64) -> Result<StepStats>
     where
         M: Model<B>,
@@ -138,12 +140,15 @@ impl<'c, B: Ops> Step<'c, B> {
         let mut timed = |t: Instant| wait += t.elapsed();
         be.fill(B::view_mut(&mut self.store.grads), 0.0, n)?;
         let mut loss = 0.0;
+        // A non-finite loss is remembered, not returned at once: every rank must reach the
+        // same collectives, and all of them stop together below.
+        let mut bad = None;
         for micro in 0..t.grad_accum {
             let idx = sample_indices(step, micro, t.grad_accum, dp_rank, dp, b);
             let batch = src.batch(Split::Train, &idx)?;
             let l = model.forward_with(be, &mut self.store, &batch)?;
-            if !l.is_finite() {
-                return Err(non_finite_loss(cfg, model, step, l, &batch, &idx));
+            if !l.is_finite() && bad.is_none() {
+                bad = Some(non_finite_loss(cfg, model, step, l, &batch, &idx));
             }
             loss += l / t.grad_accum as f64;
             model.backward_with(be, &mut self.store, 1.0 / (t.grad_accum * dp) as f64)?;
@@ -174,8 +179,29 @@ impl<'c, B: Ops> Step<'c, B> {
             .map_err(comm_err)?;
         timed(t0);
         let norm = sq[0].sqrt();
+        // Each rank's loss is its share of its data-parallel replica's loss (the cp·tp shares
+        // add up to it); the mean over replicas is the run's loss. With the loss, the ranks
+        // agree, before the optimizer, on stopping (a stop signal on any rank stops them all at
+        // this step boundary) and on a non-finite loss anywhere (all of them stop).
+        let stop = if crate::ckpt::stop_requested() { 1.0 } else { 0.0 };
+        let mine = if bad.is_some() { 1.0 } else { 0.0 };
+        let mut l = vec![loss / dp as f64, stop, mine];
+        let t0 = Instant::now();
+        g.world
+            .all_reduce(&CpuBackend, (&mut l).into())
+            .map_err(comm_err)?;
+        timed(t0);
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        if l[2] > 0.0 {
+            return Err(Error::NonFiniteElsewhere {
+                step,
+                ranks: l[2] as usize,
+            });
+        }
         if !norm.is_finite() {
-            return Err(Error::NonFinite { step, loss: norm });
+            return Err(Error::NonFiniteNorm { step, norm });
         }
         let lr = lr_at(&cfg.optimizer, t.steps, step);
         if self.adam.is_matrix() {
@@ -186,16 +212,6 @@ impl<'c, B: Ops> Step<'c, B> {
             self.adam
                 .step_segments(be, &cfg.optimizer, &self.segs, p, gr, lr, norm)?;
         }
-        // Each rank's loss is its share of its data-parallel replica's loss (the cp·tp shares
-        // add up to it); the mean over replicas is the run's loss. With the loss, the ranks
-        // agree on stopping: a stop signal on any rank stops them all at this step boundary.
-        let stop = if crate::ckpt::stop_requested() { 1.0 } else { 0.0 };
-        let mut l = vec![loss / dp as f64, stop];
-        let t0 = Instant::now();
-        g.world
-            .all_reduce(&CpuBackend, (&mut l).into())
-            .map_err(comm_err)?;
-        timed(t0);
         Ok(StepStats {
             loss: l[0],
             grad_norm: norm,

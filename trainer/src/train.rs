@@ -89,6 +89,7 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
             ),
         ));
     }
+    cpu_device(cfg)?;
     let mut outs =
         weft_parallel::comm::local::run(1, |_, comm| train_rank_on(cfg, &CpuBackend, &comm, &comm, opts))?;
     let o = outs.pop().expect("one rank");
@@ -116,7 +117,7 @@ pub fn train_rank(cfg: &Config, world: &dyn Comm<CpuBackend>, prefetch: bool) ->
 /// The device `training.device` names, resolved once before any work: the CPU entry points
 /// run on `cpu`; a CUDA device that this machine has is refused until the CUDA backend
 /// implements every op family the models use.
-fn cpu_device(cfg: &Config) -> Result<()> {
+pub fn cpu_device(cfg: &Config) -> Result<()> {
     match crate::device::check(cfg)? {
         crate::device::Device::Cpu => Ok(()),
         crate::device::Device::Cuda(n) => Err(Error::config(
@@ -232,13 +233,8 @@ where
         let s = match st.run(cfg, be, &mut model, src, step) {
             Ok(s) => s,
             Err(e) => {
-                let loss = match e {
-                    Error::NonFinite { loss, .. } => Some(loss),
-                    Error::NonFiniteInput { .. } => Some(f64::NAN),
-                    _ => None,
-                };
-                if let (Some(r), Some(loss)) = (report.as_mut(), loss) {
-                    r.metrics.write(diverged(step, loss, &e))?;
+                if let (Some(r), Some(line)) = (report.as_mut(), diverged(step, &e)) {
+                    r.metrics.write(line)?;
                 }
                 return Err(e);
             }
@@ -392,6 +388,45 @@ fn on_host<'a, B: Backend>(
         .collect()
 }
 
+/// Load this rank's part of checkpoint `c` into `bufs` (the optimizer's buffers, then the
+/// parameters): in place on the CPU, through host copies on a device.
+fn load_into<B: Backend>(
+    be: &B,
+    c: &weft_checkpoint::Checkpoint,
+    (map, layout): (&ckpt::ShardMap, &Layout),
+    cfg: &Config,
+    mut bufs: Vec<&mut B::Buffer>,
+) -> Result<ckpt::State> {
+    use std::any::{Any, TypeId};
+    if TypeId::of::<B::Buffer>() == TypeId::of::<HostVec>() {
+        let mut host: Vec<&mut HostVec> = bufs
+            .into_iter()
+            .map(|b| {
+                (b as &mut dyn Any)
+                    .downcast_mut::<HostVec>()
+                    .expect("the CPU backend's buffer")
+            })
+            .collect();
+        let params = host.pop().expect("parameters");
+        return ckpt::load(c, map, layout, ckpt::named(cfg, params, host));
+    }
+    let mut host: Vec<HostVec> = on_host(be, bufs.iter().map(|b| &**b))?
+        .into_iter()
+        .map(Cow::into_owned)
+        .collect();
+    let (params, optim) = host.split_last_mut().expect("parameters");
+    let s = ckpt::load(
+        c,
+        map,
+        layout,
+        ckpt::named(cfg, params, optim.iter_mut().collect()),
+    )?;
+    for (h, b) in host.iter().zip(bufs.iter_mut()) {
+        be.upload(h.view(), B::view_mut(b))?;
+    }
+    Ok(s)
+}
+
 /// The whole model's weights (f32) on every rank: the shards all-gathered over the shard
 /// group, then the tp ranks' shares over the tp group.
 fn whole_weights<B: Ops>(
@@ -439,42 +474,42 @@ fn checkpoints<B: Ops>(
     // Rank 0 chooses (and clears half-written saves of a crashed attempt) and names this
     // attempt's saves; the all-reduce tells the others, and keeps them from saving before the
     // clean-up.
+    // A failure on rank 0 is announced (-1) rather than left for the others to wait on.
     let mut chosen = vec![0f64; 2];
     let mine = if rank == 0 {
-        weft_checkpoint::clean_partial(&cfg.checkpoint_dir())?;
-        let c = ckpt::find_resume(cfg)?;
-        chosen[0] = c.as_ref().map_or(0.0, |c| (c.manifest.step + 1) as f64);
+        let found = weft_checkpoint::clean_partial(&cfg.checkpoint_dir())
+            .map_err(Error::from)
+            .and_then(|_| ckpt::find_resume(cfg));
+        match &found {
+            Ok(c) => chosen[0] = c.as_ref().map_or(0.0, |c| (c.manifest.step + 1) as f64),
+            Err(_) => chosen[0] = -1.0,
+        }
         chosen[1] = weft_checkpoint::new_attempt() as f64;
-        c
+        Some(found)
     } else {
         None
     };
     world
         .all_reduce(&CpuBackend, (&mut chosen).into())
         .map_err(comm_err)?;
+    let mine = match mine {
+        Some(found) => found?,
+        None if chosen[0] < 0.0 => {
+            return Err(Error::Other(
+                "rank 0 could not choose a checkpoint to resume from (its error says why)".into(),
+            ))
+        }
+        None => None,
+    };
     let mut start = 0;
     if chosen[0] > 0.0 {
         let c = match mine {
             Some(c) => c,
             None => ckpt::open_step(cfg, chosen[0] as u64 - 1)?,
         };
-        // Loaded on the host, then uploaded (on the CPU: in place).
-        let mut host: Vec<HostVec> = on_host(be, st.adam.buffers().into_iter().chain([&st.store.params]))?
-            .into_iter()
-            .map(Cow::into_owned)
-            .collect();
-        let (params, optim) = host.split_last_mut().expect("parameters");
-        let s = ckpt::load(
-            &c,
-            &map,
-            layout,
-            ckpt::named(cfg, params, optim.iter_mut().collect()),
-        )?;
         let mut targets = st.adam.buffers_mut();
         targets.push(&mut st.store.params);
-        for (h, b) in host.iter().zip(targets) {
-            be.upload(h.view(), B::view_mut(b))?;
-        }
+        let s = load_into(be, &c, (&map, layout), cfg, targets)?;
         (start, st.adam.step) = (s.step, s.adam_step);
         if rank == 0 {
             tracing::info!(step = start, mesh = ?c.manifest.mesh, from = %c.dir.display(), "resumed");

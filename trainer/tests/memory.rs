@@ -173,7 +173,7 @@ fn a_shard_group_larger_than_a_unit_is_refused() {
     let c = gpt(dir.path(), &["parallel.dp_shard=100000"]);
     let e = check_mesh(&c, 100000).unwrap_err().to_string();
     assert!(
-        e.contains("`parallel.dp_shard` (100000) must not exceed the parameters of the smallest FSDP unit"),
+        e.contains("`parallel.dp_shard` (100000) must not exceed the length of the smallest FSDP unit"),
         "{e}"
     );
     // The smallest unit of the tiny GPT (tied: the output layers hold only norm_f, 32).

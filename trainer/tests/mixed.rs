@@ -67,6 +67,17 @@ fn bf16_reaches_the_validation_loss_of_f32() {
         );
         // ... and really computed in bf16: the runs differ.
         assert_ne!(bf16.losses, f32.losses);
+        // The exported weights evaluate in the run's compute dtype (as a sweep does), close
+        // to the same weights evaluated in f32.
+        let (cfg, weights) = weft_trainer::export::load(&bf16.weights, weft_trainer::job::layout_of).unwrap();
+        let in_bf16 = weft_trainer::eval::evaluate(&cfg, &weights, 16).unwrap();
+        let mut as_f32 = cfg.clone();
+        as_f32.training.param_dtype = None;
+        let in_f32 = weft_trainer::eval::evaluate(&as_f32, &weights, 16).unwrap();
+        assert!(
+            (in_bf16.loss - in_f32.loss).abs() <= 0.02 * in_f32.loss,
+            "{in_bf16:?} vs {in_f32:?}"
+        );
     }
 }
 

@@ -288,9 +288,12 @@ impl<B: Ops> Weights<B> for Fsdp<'_, B> {
         let send = if rd == self.prec.master {
             full
         } else {
+            // Both copies live until the cast is done.
             let mut send = be.alloc(rd, n)?;
+            self.track((n * rd.size()) as isize);
             be.cast(B::view_mut(&mut send), B::view(&full), n)?;
-            self.track((n * rd.size()) as isize - (n * self.prec.master.size()) as isize);
+            drop(full);
+            self.track(-((n * self.prec.master.size()) as isize));
             send
         };
         let recv = be.alloc(rd, self.m[u])?;

@@ -65,8 +65,8 @@ pub fn model_dims(cfg: &Config) -> ModelDims {
 
 /// Refuse a mesh that does not fit `world` ranks or the model, before any rank starts: the
 /// sizes the tp and cp groups split must divide, and every FSDP shard rank must hold part of
-/// every unit (a `dp_shard` beyond the smallest unit's parameters leaves ranks holding only
-/// padding).
+/// every unit (a `dp_shard` beyond the smallest unit's length leaves ranks holding only the
+/// zeros that fill a unit's last shard).
 pub fn check_mesh(cfg: &Config, world: usize) -> Result<Mesh> {
     let mesh = mesh_of(cfg);
     mesh.validate(world, &model_dims(cfg))
@@ -83,11 +83,18 @@ pub fn check_mesh(cfg: &Config, world: usize) -> Result<Mesh> {
                     i if i == last => "the output layers".to_string(),
                     i => format!("block {}", i - 1),
                 };
+                let params: usize = layout
+                    .entries
+                    .iter()
+                    .filter(|e| u.contains(&e.offset))
+                    .map(|e| e.numel())
+                    .sum();
                 return Err(Error::config(
                     "parallel.dp_shard",
                     format!(
-                        "({ds}) must not exceed the parameters of the smallest FSDP unit ({name}: {} \
-                         per tp rank): each shard rank must hold part of every unit, not only padding",
+                        "({ds}) must not exceed the length of the smallest FSDP unit ({name}: {} \
+                         elements per tp rank, {params} of them parameters): each shard rank must \
+                         hold part of every unit, not only the padding that fills its last shard",
                         u.len()
                     ),
                 ));
