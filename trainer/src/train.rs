@@ -388,6 +388,20 @@ fn on_host<'a, B: Backend>(
         .collect()
 }
 
+/// Rank 0's `text` on every rank of `world`.
+fn share_text(world: &dyn Comm<CpuBackend>, text: &str) -> Result<String> {
+    let mut len = vec![text.len() as i32];
+    world
+        .broadcast(&CpuBackend, (&mut len).into(), 0)
+        .map_err(comm_err)?;
+    let mut bytes: Vec<i32> = text.bytes().map(i32::from).collect();
+    bytes.resize(len[0].max(0) as usize, 0);
+    world
+        .broadcast(&CpuBackend, (&mut bytes).into(), 0)
+        .map_err(comm_err)?;
+    Ok(String::from_utf8_lossy(&bytes.iter().map(|&b| b as u8).collect::<Vec<_>>()).into_owned())
+}
+
 /// Load this rank's part of checkpoint `c` into `bufs` (the optimizer's buffers, then the
 /// parameters): in place on the CPU, through host copies on a device.
 fn load_into<B: Backend>(
@@ -492,15 +506,18 @@ fn checkpoints<B: Ops>(
     world
         .all_reduce(&CpuBackend, (&mut chosen).into())
         .map_err(comm_err)?;
-    let mine = match mine {
-        Some(found) => found?,
-        None if chosen[0] < 0.0 => {
-            return Err(Error::Other(
-                "rank 0 could not choose a checkpoint to resume from (its error says why)".into(),
-            ))
-        }
-        None => None,
-    };
+    if chosen[0] < 0.0 {
+        // Every rank reports rank 0's reason.
+        let why = match &mine {
+            Some(Err(e)) => e.to_string(),
+            _ => String::new(),
+        };
+        return Err(match (mine, share_text(world, &why)?) {
+            (Some(Err(e)), _) => e,
+            (_, why) => Error::Other(why),
+        });
+    }
+    let mine = mine.transpose()?.flatten();
     let mut start = 0;
     if chosen[0] > 0.0 {
         let c = match mine {
