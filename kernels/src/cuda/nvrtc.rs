@@ -201,4 +201,52 @@ mod tests {
         let e = choose_target((6, 0), &[75, 80]).unwrap_err().to_string();
         assert!(e.contains("sm_60") && e.contains("sm_75, sm_80"), "{e}");
     }
+
+    /// Whether this machine has NVRTC (the `nvidia-cuda-nvrtc` wheel on `LD_LIBRARY_PATH` is
+    /// enough: NVRTC needs no driver and no GPU).
+    fn nvrtc_present() -> bool {
+        // SAFETY: only tries to dlopen the library.
+        let present = unsafe { sys::is_culib_present() };
+        if !present {
+            eprintln!("NVRTC not found: add the nvidia-cuda-nvrtc wheel's lib/ to LD_LIBRARY_PATH");
+        }
+        present
+    }
+
+    #[test]
+    fn every_module_compiles_to_a_cubin_for_sm_80_and_sm_90() {
+        if !nvrtc_present() {
+            return;
+        }
+        let (major, _) = version().unwrap();
+        assert!(major >= 12, "NVRTC {major}");
+        let archs = supported_archs().unwrap();
+        assert!(archs.contains(&80) && archs.contains(&90), "{archs:?}");
+        for spec in &crate::cuda::modules::SPECS {
+            for cc in [(8, 0), (9, 0)] {
+                let target = choose_target(cc, &archs).unwrap();
+                assert!(target.cubin);
+                let image = compile(spec.name, spec.source, spec.headers, &target).unwrap();
+                assert_eq!(&image[..4], b"\x7fELF", "{}.cu for {}: not a cubin", spec.name, target.arch);
+            }
+        }
+    }
+
+    #[test]
+    fn headers_are_passed_by_name_and_a_compile_error_carries_the_log() {
+        if !nvrtc_present() {
+            return;
+        }
+        let src = "#include \"twice.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = twice(x[0]); }\n";
+        let header = ("twice.cuh", "__device__ float twice(float v) { return 2.0f * v; }\n");
+        let sm90 = Target { arch: "sm_90".into(), cubin: true };
+        let cubin = compile("t", src, &[header], &sm90).unwrap();
+        assert_eq!(&cubin[..4], b"\x7fELF");
+        let ptx = compile("t", src, &[header], &Target { arch: "compute_90".into(), cubin: false }).unwrap();
+        let text = String::from_utf8_lossy(&ptx);
+        assert!(text.contains(".target sm_90") && text.contains(".entry k"), "{text}");
+        assert_eq!(ptx.last(), Some(&0), "PTX is NUL-terminated for the driver");
+        let e = compile("t", src, &[], &sm90).unwrap_err().to_string();
+        assert!(e.contains("t.cu for sm_90") && e.contains("twice.cuh"), "{e}");
+    }
 }
