@@ -286,12 +286,19 @@ mod gpu {
     fn gpu_matmul_on_views_offset_by_64_bytes_matches_cpu() {
         let (g, c) = (dev(), cpu());
         for dt in [DType::F32, DType::BF16] {
-            for d in [MatmulDims::linear(96, 128, 160), MatmulDims { batch: 3, ..MatmulDims::linear(48, 64, 32) }] {
+            for d in [
+                MatmulDims::linear(96, 128, 160),
+                MatmulDims {
+                    batch: 3,
+                    ..MatmulDims::linear(48, 64, 32)
+                },
+            ] {
                 let (na, nb, no) = (d.batch * d.m * d.k, d.batch * d.k * d.n, d.batch * d.m * d.n);
                 let a = host(&rand_vec(11, na), dt);
                 let b = host(&rand_vec(12, nb), dt);
                 let mut out = zeros(DType::F32, no);
-                c.matmul_forward(out.view_mut(), a.view(), b.view(), None, d).unwrap();
+                c.matmul_forward(out.view_mut(), a.view(), b.view(), None, d)
+                    .unwrap();
                 // a, b and out each start 64 bytes into a flat buffer.
                 let (oa, ob, oo) = (64 / dt.size(), 64 / dt.size(), 64 / 4);
                 let mut fa = g.alloc(dt, oa + na).unwrap();
@@ -315,8 +322,13 @@ mod gpu {
                 let mut got = zeros(DType::F32, no);
                 g.download(CudaBackend::freeze(&offset_view(&mut fo, oo, no)), got.view_mut())
                     .unwrap();
-                compare("gpu matmul at 64-byte offsets", &f64s(&got), &f64s(&out), Tolerance::for_dtype(dt))
-                    .unwrap();
+                compare(
+                    "gpu matmul at 64-byte offsets",
+                    &f64s(&got),
+                    &f64s(&out),
+                    Tolerance::for_dtype(dt),
+                )
+                .unwrap();
             }
         }
     }
@@ -327,15 +339,28 @@ mod gpu {
         let (g, c) = (dev(), cpu());
         let (rows, n) = (2 * 1024 + 5, 6144);
         let d = MatmulDims::linear(rows, 64, n);
-        let (a, b) = (host(&rand_vec(1, rows * 64), DType::F32), host(&rand_vec(2, n * 64), DType::F32));
+        let (a, b) = (
+            host(&rand_vec(1, rows * 64), DType::F32),
+            host(&rand_vec(2, n * 64), DType::F32),
+        );
         let dout = host(&rand_vec(3, rows * n), DType::F32);
         let dbias0 = host(&rand_vec(4, n), DType::F32);
         // Exact column sums in f64: both backends are within f32 summation error of them.
         let (x, d0) = (f64s(&dout), f64s(&dbias0));
-        let exact: Vec<f64> = (0..n).map(|j| d0[j] + (0..rows).map(|r| x[r * n + j]).sum::<f64>()).collect();
+        let exact: Vec<f64> = (0..n)
+            .map(|j| d0[j] + (0..rows).map(|r| x[r * n + j]).sum::<f64>())
+            .collect();
         let mut cdb = dbias0.clone();
-        c.matmul_backward(None, None, Some(cdb.view_mut()), dout.view(), a.view(), b.view(), d)
-            .unwrap();
+        c.matmul_backward(
+            None,
+            None,
+            Some(cdb.view_mut()),
+            dout.view(),
+            a.view(),
+            b.view(),
+            d,
+        )
+        .unwrap();
         let (ga, gb, gdout) = (to_dev(&g, &a), to_dev(&g, &b), to_dev(&g, &dout));
         let run = || {
             let mut gdb = to_dev(&g, &dbias0);
@@ -357,10 +382,21 @@ mod gpu {
         let bound = |j: usize| rows as f64 * 6e-8 * (0..rows).map(|r| x[r * n + j].abs()).sum::<f64>() + 1e-6;
         for (name, v) in [("gpu", f64s(&first)), ("cpu", f64s(&cdb))] {
             for j in 0..n {
-                assert!((v[j] - exact[j]).abs() <= bound(j), "{name} dbias[{j}] = {} vs {}", v[j], exact[j]);
+                assert!(
+                    (v[j] - exact[j]).abs() <= bound(j),
+                    "{name} dbias[{j}] = {} vs {}",
+                    v[j],
+                    exact[j]
+                );
             }
         }
-        compare("gpu vs cpu dbias", &f64s(&first), &f64s(&cdb), Tolerance::for_dtype(DType::F32)).unwrap();
+        compare(
+            "gpu vs cpu dbias",
+            &f64s(&first),
+            &f64s(&cdb),
+            Tolerance::for_dtype(DType::F32),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -374,13 +410,27 @@ mod gpu {
         for (i, rows) in [64usize, 512, 32, 1024, 48].into_iter().enumerate() {
             let d = MatmulDims::linear(rows, 96, 80);
             let seed = 10 * i as u64;
-            let (a, b) = (host(&rand_vec(seed, rows * 96), bf), host(&rand_vec(seed + 1, 80 * 96), bf));
+            let (a, b) = (
+                host(&rand_vec(seed, rows * 96), bf),
+                host(&rand_vec(seed + 1, 80 * 96), bf),
+            );
             let dout = host(&rand_vec(seed + 2, rows * 80), DType::F32);
             let (mut da, mut db) = (zeros(bf, rows * 96), zeros(DType::F32, 80 * 96));
-            c.matmul_backward(Some(da.view_mut()), Some(db.view_mut()), None, dout.view(), a.view(), b.view(), d)
-                .unwrap();
+            c.matmul_backward(
+                Some(da.view_mut()),
+                Some(db.view_mut()),
+                None,
+                dout.view(),
+                a.view(),
+                b.view(),
+                d,
+            )
+            .unwrap();
             let (ga, gb, gdout) = (to_dev(&g, &a), to_dev(&g, &b), to_dev(&g, &dout));
-            let (mut gda, mut gdb) = (g.alloc(bf, rows * 96).unwrap(), g.alloc(DType::F32, 80 * 96).unwrap());
+            let (mut gda, mut gdb) = (
+                g.alloc(bf, rows * 96).unwrap(),
+                g.alloc(DType::F32, 80 * 96).unwrap(),
+            );
             g.matmul_backward(
                 Some(CudaBackend::view_mut(&mut gda)),
                 Some(CudaBackend::view_mut(&mut gdb)),
@@ -396,7 +446,13 @@ mod gpu {
         for (da, db, gda, gdb, ..) in &pending {
             let tol = Tolerance::for_dtype(bf);
             compare("da", &f64s(&to_host(&g, gda, bf, da.len())), &f64s(da), tol).unwrap();
-            compare("db", &f64s(&to_host(&g, gdb, DType::F32, db.len())), &f64s(db), tol).unwrap();
+            compare(
+                "db",
+                &f64s(&to_host(&g, gdb, DType::F32, db.len())),
+                &f64s(db),
+                tol,
+            )
+            .unwrap();
         }
     }
 
@@ -409,10 +465,12 @@ mod gpu {
         let n = (3 * (4 << 20) + 12_345) / 4;
         let mut src: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let (mut x, mut y) = (g.alloc(DType::F32, n).unwrap(), g.alloc(DType::F32, n).unwrap());
-        g.upload(HostVec::from(src.clone()).view(), CudaBackend::view_mut(&mut x)).unwrap();
+        g.upload(HostVec::from(src.clone()).view(), CudaBackend::view_mut(&mut x))
+            .unwrap();
         let first = src.clone();
         src.iter_mut().for_each(|v| *v = -*v - 1.0);
-        g.upload(HostVec::from(src.clone()).view(), CudaBackend::view_mut(&mut y)).unwrap();
+        g.upload(HostVec::from(src.clone()).view(), CudaBackend::view_mut(&mut y))
+            .unwrap();
         assert_eq!(to_host(&g, &x, DType::F32, n), HostVec::from(first));
         assert_eq!(to_host(&g, &y, DType::F32, n), HostVec::from(src));
         // A download waits for the kernels before it.
@@ -430,11 +488,17 @@ mod gpu {
             assert_eq!(g.kernel_cache_dir(), Some(dir.as_path()));
             let mut x = g.alloc(DType::F32, 1000).unwrap();
             g.fill(CudaBackend::view_mut(&mut x), 3.0, 1000).unwrap();
-            assert_eq!(to_host(&g, &x, DType::F32, 1000), HostVec::from(vec![3.0f32; 1000]));
+            assert_eq!(
+                to_host(&g, &x, DType::F32, 1000),
+                HostVec::from(vec![3.0f32; 1000])
+            );
         };
         fill_once();
         // Only the module used was compiled (lazily), into a cubin for this device.
-        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         assert_eq!(entries.len(), 1, "{entries:?}");
         let name = entries[0].file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with("elementwise-sm_"), "{name}");

@@ -71,13 +71,16 @@ impl KeyParts<'_> {
     /// The entry's key.
     pub(crate) fn key(&self) -> u128 {
         let mut h = KeyHasher::new();
-        h.field(MAGIC).field(self.module.as_bytes()).field(self.source.as_bytes());
+        h.field(MAGIC)
+            .field(self.module.as_bytes())
+            .field(self.source.as_bytes());
         h.field(&(self.headers.len() as u64).to_le_bytes());
         for (name, text) in self.headers {
             h.field(name.as_bytes()).field(text.as_bytes());
         }
         h.field(self.arch.as_bytes());
-        h.field(&self.nvrtc.0.to_le_bytes()).field(&self.nvrtc.1.to_le_bytes());
+        h.field(&self.nvrtc.0.to_le_bytes())
+            .field(&self.nvrtc.1.to_le_bytes());
         h.field(&(self.options.len() as u64).to_le_bytes());
         for o in self.options {
             h.field(o.as_bytes());
@@ -215,19 +218,47 @@ mod tests {
         let k = base.key();
         assert_eq!(k, parts("src", &h, "sm_90").key(), "the key is deterministic");
         assert_ne!(k, parts("src2", &h, "sm_90").key(), "source");
-        assert_ne!(k, parts("src", &[("prelude.cuh", "// b")], "sm_90").key(), "header text");
-        assert_ne!(k, parts("src", &[("other.cuh", "// a")], "sm_90").key(), "header name");
+        assert_ne!(
+            k,
+            parts("src", &[("prelude.cuh", "// b")], "sm_90").key(),
+            "header text"
+        );
+        assert_ne!(
+            k,
+            parts("src", &[("other.cuh", "// a")], "sm_90").key(),
+            "header name"
+        );
         assert_ne!(k, parts("src", &[], "sm_90").key(), "header present");
         assert_ne!(k, parts("src", &h, "sm_80").key(), "architecture");
-        assert_ne!(k, KeyParts { nvrtc: (12, 8), ..base }.key(), "nvrtc version");
+        assert_ne!(
+            k,
+            KeyParts {
+                nvrtc: (12, 8),
+                ..base
+            }
+            .key(),
+            "nvrtc version"
+        );
         assert_ne!(k, KeyParts { options: &[], ..base }.key(), "options");
-        assert_ne!(k, KeyParts { module: "reduce", ..base }.key(), "module name");
+        assert_ne!(
+            k,
+            KeyParts {
+                module: "reduce",
+                ..base
+            }
+            .key(),
+            "module name"
+        );
         // Field boundaries count: moving text between source and header is a different key.
         assert_ne!(
             parts("ab", &[("h", "c")], "sm_90").key(),
             parts("a", &[("h", "bc")], "sm_90").key()
         );
-        assert!(base.file_name().starts_with("elementwise-sm_90-"), "{}", base.file_name());
+        assert!(
+            base.file_name().starts_with("elementwise-sm_90-"),
+            "{}",
+            base.file_name()
+        );
         assert!(base.file_name().ends_with(&format!("{k:032x}.bin")));
     }
 

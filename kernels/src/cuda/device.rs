@@ -21,9 +21,7 @@ use super::staging::Staging;
 use crate::backend::{Backend, Check, Slice};
 use crate::{DType, Error, HostMut, HostRef, Result};
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
@@ -56,7 +54,10 @@ pub(crate) struct DeviceBytes {
 }
 
 impl DeviceBytes {
-    fn alloc(stream: &Arc<CudaStream>, bytes: usize) -> std::result::Result<Self, cudarc::driver::DriverError> {
+    fn alloc(
+        stream: &Arc<CudaStream>,
+        bytes: usize,
+    ) -> std::result::Result<Self, cudarc::driver::DriverError> {
         let mem = stream.alloc_zeros::<u8>(bytes.max(1))?;
         // With event tracking off, the guard records nothing.
         let ptr = {
@@ -227,6 +228,35 @@ fn probe_libraries() -> Result<()> {
     Ok(())
 }
 
+/// The CUDA major version this build binds (feature `cuda-13` or `cuda-12`).
+const BUILT_FOR: u32 = if cfg!(feature = "cuda-13") { 13 } else { 12 };
+
+/// Refuse a library of another CUDA major version than the build's: the loader also finds
+/// `libX.so.12` from a CUDA 13 build, whose bindings would not match it.
+fn check_major(lib: &str, found: u32, built: u32) -> Result<()> {
+    if found == built {
+        return Ok(());
+    }
+    let fix = match found {
+        13 => "rebuild weft with `--features cuda`, or ".to_string(),
+        12 => "rebuild weft with `--features cuda-12`, or ".to_string(),
+        _ => String::new(),
+    };
+    Err(Error::CudaUnavailable(format!(
+        "{lib} is from CUDA {found}.x but this weft was built for CUDA {built}.x; {fix}put the CUDA \
+         {built}.x libraries first on LD_LIBRARY_PATH"
+    )))
+}
+
+/// The loaded NVRTC and cuBLASLt must be of the build's CUDA major version.
+fn check_library_versions() -> Result<()> {
+    let (nvrtc_major, _) = super::nvrtc::version()?;
+    check_major("libnvrtc", nvrtc_major as u32, BUILT_FOR)?;
+    // SAFETY: a plain query of the loaded library (major · 10000 + minor · 100 + patch).
+    let lt = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+    check_major("libcublasLt", (lt / 10000) as u32, BUILT_FOR)
+}
+
 impl CudaBackend {
     /// Open device `ordinal`, create a stream and a cuBLASLt handle. The kernel modules are
     /// compiled (or read from the disk cache, see [`CudaBackend::kernel_cache_dir`]) on their
@@ -240,7 +270,11 @@ impl CudaBackend {
     pub fn with_kernel_cache(ordinal: usize, dir: Option<std::path::PathBuf>) -> Result<Self> {
         probe_libraries()?;
         // A driver too old for a symbol cudarc resolves would panic inside cudarc; report it.
-        std::panic::catch_unwind(|| Self::open(ordinal, dir)).unwrap_or_else(|p| {
+        std::panic::catch_unwind(|| {
+            check_library_versions()?;
+            Self::open(ordinal, dir)
+        })
+        .unwrap_or_else(|p| {
             let why = p
                 .downcast_ref::<String>()
                 .cloned()
@@ -293,7 +327,11 @@ impl CudaBackend {
     /// Run `f` with at least `bytes` of scratch device memory. The memory is reused by the next
     /// caller without waiting: what `f` enqueues on the stream runs before anything a later
     /// caller enqueues. Growing frees the old block in stream order.
-    pub(crate) fn with_scratch<T>(&self, bytes: usize, f: impl FnOnce(CUdeviceptr) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_scratch<T>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(CUdeviceptr) -> Result<T>,
+    ) -> Result<T> {
         let mut s = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if s.as_ref().is_none_or(|b| b.len() < bytes) {
             *s = None;
@@ -461,5 +499,30 @@ impl Backend for CudaBackend {
 
     fn sync_event(&self, event: &CudaEvent) -> Result<()> {
         event.synchronize().map_err(cuda_err("sync_event"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_library_of_another_cuda_major_version_is_refused_with_the_fix() {
+        assert!(check_major("libnvrtc", 13, 13).is_ok());
+        assert!(check_major("libnvrtc", 12, 12).is_ok());
+        let e = check_major("libcublasLt", 12, 13).unwrap_err().to_string();
+        assert!(
+            e.contains("libcublasLt is from CUDA 12.x but this weft was built for CUDA 13.x"),
+            "{e}"
+        );
+        assert!(e.contains("`--features cuda-12`"), "{e}");
+        let e = check_major("libnvrtc", 13, 12).unwrap_err().to_string();
+        assert!(
+            e.contains("`--features cuda`") && e.contains("CUDA 12.x libraries first"),
+            "{e}"
+        );
+        let e = check_major("libnvrtc", 11, 12).unwrap_err().to_string();
+        assert!(!e.contains("--features") && e.contains("CUDA 11.x"), "{e}");
+        assert_eq!(BUILT_FOR, if cfg!(feature = "cuda-13") { 13 } else { 12 });
     }
 }

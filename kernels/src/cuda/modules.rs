@@ -166,10 +166,12 @@ impl Modules {
 
     fn load(&self, ctx: &Arc<CudaContext>, spec: &ModuleSpec) -> Result<Loaded> {
         let image = self.image(spec)?;
-        let module = ctx.load_module(Ptx::from_binary(image)).map_err(|e| Error::Cuda {
-            op: "load module",
-            msg: format!("{}.cu ({}): {e}", spec.name, self.target.arch),
-        })?;
+        let module = ctx
+            .load_module(Ptx::from_binary(image))
+            .map_err(|e| Error::Cuda {
+                op: "load module",
+                msg: format!("{}.cu ({}): {e}", spec.name, self.target.arch),
+            })?;
         let functions = spec
             .kernels
             .iter()
@@ -224,7 +226,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(includes("#include \"prelude.cuh\"\n  #include \"a.h\" // x\n"), ["prelude.cuh", "a.h"]);
+        assert_eq!(
+            includes("#include \"prelude.cuh\"\n  #include \"a.h\" // x\n"),
+            ["prelude.cuh", "a.h"]
+        );
     }
 
     #[test]
@@ -234,9 +239,14 @@ mod tests {
                 let defined = spec.source.lines().any(|l| {
                     l.contains("extern \"C\"")
                         && l.contains("__global__")
-                        && l.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|w| w == *k)
+                        && l.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                            .any(|w| w == *k)
                 });
-                assert!(defined, "{}.cu defines no `extern \"C\" __global__` kernel `{k}`", spec.name);
+                assert!(
+                    defined,
+                    "{}.cu defines no `extern \"C\" __global__` kernel `{k}`",
+                    spec.name
+                );
             }
         }
     }

@@ -106,7 +106,12 @@ fn c_string(what: &str, text: &str) -> Result<CString> {
 /// Compile `source` (module `name`) with `headers` (`(include name, text)`, resolved by NVRTC
 /// for `#include "name"`) for `target`. Returns the cubin, or NUL-terminated PTX. A compile
 /// error carries NVRTC's log.
-pub(crate) fn compile(name: &str, source: &str, headers: &[(&str, &str)], target: &Target) -> Result<Vec<u8>> {
+pub(crate) fn compile(
+    name: &str,
+    source: &str,
+    headers: &[(&str, &str)],
+    target: &Target,
+) -> Result<Vec<u8>> {
     let file = format!("{name}.cu");
     let src = c_string(&file, source)?;
     let file_c = c_string("the module name", &file)?;
@@ -189,14 +194,38 @@ mod tests {
     fn the_target_is_a_cubin_for_the_device_when_nvrtc_knows_it() {
         let supported = [75, 80, 86, 87, 89, 90, 100, 120];
         let t = choose_target((9, 0), &supported).unwrap();
-        assert_eq!(t, Target { arch: "sm_90".into(), cubin: true });
+        assert_eq!(
+            t,
+            Target {
+                arch: "sm_90".into(),
+                cubin: true
+            }
+        );
         let t = choose_target((8, 0), &supported).unwrap();
-        assert_eq!(t, Target { arch: "sm_80".into(), cubin: true });
+        assert_eq!(
+            t,
+            Target {
+                arch: "sm_80".into(),
+                cubin: true
+            }
+        );
         // A device newer than this NVRTC: PTX for the newest architecture below it.
         let t = choose_target((10, 3), &[80, 90, 100]).unwrap();
-        assert_eq!(t, Target { arch: "compute_100".into(), cubin: false });
+        assert_eq!(
+            t,
+            Target {
+                arch: "compute_100".into(),
+                cubin: false
+            }
+        );
         let t = choose_target((12, 0), &[80, 90]).unwrap();
-        assert_eq!(t, Target { arch: "compute_90".into(), cubin: false });
+        assert_eq!(
+            t,
+            Target {
+                arch: "compute_90".into(),
+                cubin: false
+            }
+        );
         // Older than everything NVRTC supports: a clear error naming both.
         let e = choose_target((6, 0), &[75, 80]).unwrap_err().to_string();
         assert!(e.contains("sm_60") && e.contains("sm_75, sm_80"), "{e}");
@@ -227,7 +256,13 @@ mod tests {
                 let target = choose_target(cc, &archs).unwrap();
                 assert!(target.cubin);
                 let image = compile(spec.name, spec.source, spec.headers, &target).unwrap();
-                assert_eq!(&image[..4], b"\x7fELF", "{}.cu for {}: not a cubin", spec.name, target.arch);
+                assert_eq!(
+                    &image[..4],
+                    b"\x7fELF",
+                    "{}.cu for {}: not a cubin",
+                    spec.name,
+                    target.arch
+                );
             }
         }
     }
@@ -237,14 +272,33 @@ mod tests {
         if !nvrtc_present() {
             return;
         }
-        let src = "#include \"twice.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = twice(x[0]); }\n";
-        let header = ("twice.cuh", "__device__ float twice(float v) { return 2.0f * v; }\n");
-        let sm90 = Target { arch: "sm_90".into(), cubin: true };
+        let src =
+            "#include \"twice.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = twice(x[0]); }\n";
+        let header = (
+            "twice.cuh",
+            "__device__ float twice(float v) { return 2.0f * v; }\n",
+        );
+        let sm90 = Target {
+            arch: "sm_90".into(),
+            cubin: true,
+        };
         let cubin = compile("t", src, &[header], &sm90).unwrap();
         assert_eq!(&cubin[..4], b"\x7fELF");
-        let ptx = compile("t", src, &[header], &Target { arch: "compute_90".into(), cubin: false }).unwrap();
+        let ptx = compile(
+            "t",
+            src,
+            &[header],
+            &Target {
+                arch: "compute_90".into(),
+                cubin: false,
+            },
+        )
+        .unwrap();
         let text = String::from_utf8_lossy(&ptx);
-        assert!(text.contains(".target sm_90") && text.contains(".entry k"), "{text}");
+        assert!(
+            text.contains(".target sm_90") && text.contains(".entry k"),
+            "{text}"
+        );
         assert_eq!(ptx.last(), Some(&0), "PTX is NUL-terminated for the driver");
         let e = compile("t", src, &[], &sm90).unwrap_err().to_string();
         assert!(e.contains("t.cu for sm_90") && e.contains("twice.cuh"), "{e}");

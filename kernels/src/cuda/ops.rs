@@ -133,7 +133,9 @@ const BIAS_ROWS_PER_CHUNK: usize = 256;
 /// chunks (the partial sums that fit the workspace) and 65535 (the grid's y limit), no empty
 /// chunk. A function of its arguments only, so the summation order is fixed.
 pub(crate) fn bias_chunks(rows: usize, max_chunks: usize) -> (usize, usize) {
-    let chunks = rows.div_ceil(BIAS_ROWS_PER_CHUNK).clamp(1, max_chunks.clamp(1, 65535));
+    let chunks = rows
+        .div_ceil(BIAS_ROWS_PER_CHUNK)
+        .clamp(1, max_chunks.clamp(1, 65535));
     let per = rows.div_ceil(chunks).max(1);
     (rows.div_ceil(per).max(1), per)
 }
@@ -197,10 +199,22 @@ impl CudaBackend {
             use sys::cublasLtMatmulPreferenceAttributes_t as P;
             let (isz, osz) = (in_dt.size(), out_dt.size());
             let align = [
-                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, batch_alignment(rhs, batch, g.k * g.n * isz)),
-                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, batch_alignment(lhs, batch, g.m * g.k * isz)),
-                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, batch_alignment(dst, batch, g.m * g.n * osz)),
-                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, batch_alignment(dst, batch, g.m * g.n * osz)),
+                (
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    batch_alignment(rhs, batch, g.k * g.n * isz),
+                ),
+                (
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    batch_alignment(lhs, batch, g.m * g.k * isz),
+                ),
+                (
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    batch_alignment(dst, batch, g.m * g.n * osz),
+                ),
+                (
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                    batch_alignment(dst, batch, g.m * g.n * osz),
+                ),
             ];
             // SAFETY: u64 for MAX_WORKSPACE_BYTES and u32 for MIN_ALIGNMENT_*, as cuBLASLt
             // documents.
@@ -213,7 +227,12 @@ impl CudaBackend {
                     size_of::<u64>(),
                 )?;
                 for (attr, bytes) in &align {
-                    lt::set_matmul_pref_attribute(pref.0, *attr, (bytes as *const u32).cast(), size_of::<u32>())?;
+                    lt::set_matmul_pref_attribute(
+                        pref.0,
+                        *attr,
+                        (bytes as *const u32).cast(),
+                        size_of::<u32>(),
+                    )?;
                 }
             }
             // SAFETY: descriptors are live; pointers cover the layouts' extents (checked by the
@@ -251,7 +270,14 @@ impl CudaBackend {
 
     /// `dbias (n) += Σ_rows dout (rows, n)`: per-chunk partial sums into the workspace (or
     /// scratch memory when they do not fit), then one ordered sum per column.
-    fn bias_grad(&self, op: &'static str, dbias: CudaMut<'_>, dout: CudaRef<'_>, rows: usize, n: usize) -> Result<()> {
+    fn bias_grad(
+        &self,
+        op: &'static str,
+        dbias: CudaMut<'_>,
+        dout: CudaRef<'_>,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
         let c = Check { op };
         let partial = match c.dtype_in("dout", dout.dtype(), &[DType::F32, DType::BF16])? {
             DType::F32 => "bias_grad_partial_f32",
@@ -292,14 +318,25 @@ impl CudaBackend {
                     Module::Reduce,
                     partial,
                     stage1,
-                    &[KArg::U64(partials), KArg::U64(dout.ptr), KArg::U64(rows64), KArg::U64(n64), KArg::U64(per as u64)],
+                    &[
+                        KArg::U64(partials),
+                        KArg::U64(dout.ptr),
+                        KArg::U64(rows64),
+                        KArg::U64(n64),
+                        KArg::U64(per as u64),
+                    ],
                 )?;
                 self.launch(
                     op,
                     Module::Reduce,
                     finish,
                     stage2,
-                    &[KArg::U64(dbias.ptr), KArg::U64(partials), KArg::U64(n64), KArg::U64(chunks as u64)],
+                    &[
+                        KArg::U64(dbias.ptr),
+                        KArg::U64(partials),
+                        KArg::U64(n64),
+                        KArg::U64(chunks as u64),
+                    ],
                 )
             }
         };
@@ -522,7 +559,11 @@ mod tests {
     #[test]
     fn a_batch_is_as_aligned_as_its_base_and_its_stride() {
         let base = 0x7f00_0000_0000;
-        assert_eq!(batch_alignment(base, 1, 6), 256, "one matrix: the stride is unused");
+        assert_eq!(
+            batch_alignment(base, 1, 6),
+            256,
+            "one matrix: the stride is unused"
+        );
         assert_eq!(batch_alignment(base, 2, 6), 2, "matrix 1 starts 6 bytes in");
         assert_eq!(batch_alignment(base, 3, 33 * 4), 4);
         assert_eq!(batch_alignment(base + 64, 4, 1024), 64);
@@ -543,11 +584,18 @@ mod tests {
         ] {
             let (chunks, per) = bias_chunks(rows, max);
             assert!(chunks >= 1 && per >= 1, "{rows} {max}");
-            assert!(chunks <= max.clamp(1, 65535), "{rows} rows, at most {max}: {chunks}");
+            assert!(
+                chunks <= max.clamp(1, 65535),
+                "{rows} rows, at most {max}: {chunks}"
+            );
             assert!(chunks * per >= rows, "{rows}: {chunks} × {per} misses rows");
             assert!((chunks - 1) * per < rows, "{rows}: chunk {} is empty", chunks - 1);
         }
-        assert_eq!(bias_chunks(8192, 1365), (32, 256), "C = 6144: 32 chunks × 192 column tiles");
+        assert_eq!(
+            bias_chunks(8192, 1365),
+            (32, 256),
+            "C = 6144: 32 chunks × 192 column tiles"
+        );
         assert_eq!(bias_chunks(8192, 10), (10, 820));
     }
 }
