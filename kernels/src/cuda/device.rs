@@ -36,7 +36,7 @@ pub(crate) enum KArg {
 pub struct CudaBackend {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
-    pub(crate) lt: super::ops::LtHandle,
+    pub(crate) lt: super::matmul::LtHandle,
     workspace: DeviceBytes,
     /// Device memory reused by ops that need a temporary (grown on demand, never shrunk).
     scratch: Mutex<Option<DeviceBytes>>,
@@ -299,7 +299,8 @@ impl CudaBackend {
         let stream = ctx.new_stream().map_err(unavailable)?;
         let dev_name = ctx.name().map_err(unavailable)?;
         let (major, minor) = ctx.compute_capability().map_err(unavailable)?;
-        let lt = super::ops::LtHandle::new().map_err(|e| Error::CudaUnavailable(format!("cuBLASLt: {e}")))?;
+        let lt =
+            super::matmul::LtHandle::new().map_err(|e| Error::CudaUnavailable(format!("cuBLASLt: {e}")))?;
         // 32 MiB on Hopper and newer, 4 MiB before (NVIDIA's recommendation).
         let ws = if major >= 9 { 32 << 20 } else { 4 << 20 };
         let workspace = DeviceBytes::alloc(&stream, ws).map_err(unavailable)?;
@@ -316,6 +317,11 @@ impl CudaBackend {
             allow_tf32: false,
             name: format!("cuda:{ordinal} {dev_name} (sm_{major}{minor}, kernels for {target})"),
         })
+    }
+
+    /// Make this backend's context current on the calling thread (before raw driver calls).
+    pub(crate) fn context_bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(cuda_err("bind context"))
     }
 
     /// The workspace pointer and size for cuBLASLt (and for the partial sums of reductions:
@@ -383,6 +389,14 @@ impl CudaBackend {
         // SAFETY: every kernel in elementwise.cu guards its index against `n`, and callers pass
         // pointers to views whose lengths were checked against `n`.
         unsafe { self.launch(op, Module::Elementwise, name, cfg, args) }
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Queued work may still use the modules, the workspace, the scratch block or the
+        // staging ring, all freed after this: let it finish first.
+        let _ = self.stream.synchronize();
     }
 }
 

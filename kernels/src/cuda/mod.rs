@@ -24,11 +24,13 @@ mod cache;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod device;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod elementwise;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod matmul;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod modules;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod nvrtc;
-#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
-mod ops;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod staging;
 
