@@ -68,7 +68,8 @@ pub trait Backend: Send + Sync + 'static {
     fn freeze<'b>(v: &'b Self::Mut<'_>) -> Self::Ref<'b>;
     /// A shorter-lived copy of a shared view.
     fn share<'b>(v: &'b Self::Ref<'_>) -> Self::Ref<'b>;
-    /// Copy host memory into `dst` (same dtype and length).
+    /// Copy host memory into `dst` (same dtype and length). Returns once `src` may be reused;
+    /// the copy is ordered before every op queued after it, but may not have finished yet.
     fn upload(&self, src: HostRef<'_>, dst: Self::Mut<'_>) -> Result<()>;
     /// Copy `src` into host memory (same dtype and length); waits for queued work first.
     fn download(&self, src: Self::Ref<'_>, dst: HostMut<'_>) -> Result<()>;

@@ -20,10 +20,10 @@ fn cuda_is_a_clear_error_not_a_panic_without_a_gpu() {
     }
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod gpu {
     use crate::harness::*;
-    use weft_kernels::cuda::CudaBackend;
+    use weft_kernels::cuda::{CudaBackend, CudaMut};
     use weft_kernels::gradcheck::{compare, Tolerance};
     use weft_kernels::*;
 
@@ -260,5 +260,253 @@ mod gpu {
         g.sync_event(&g.record(None).unwrap()).unwrap();
         let out = to_host(&g, &z, DType::F32, n);
         assert!(f64s(&out).iter().all(|&v| v == 6.0));
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test -p weft-kernels --features cuda -- --ignored gpu_"]
+    fn gpu_event_tracking_is_off() {
+        let g = dev();
+        assert!(!g.context().is_event_tracking());
+        // Views made from a buffer record nothing: a side stream makes the context
+        // multi-stream, and even then no event is managed.
+        let _side = g.new_stream().unwrap();
+        assert!(!g.context().is_managing_stream_synchronization());
+    }
+
+    /// `len` elements at byte offset `off` of a flat buffer (the way a parameter shard sits in a
+    /// flat buffer: 64-byte aligned, not 256).
+    fn offset_view(buf: &mut <CudaBackend as Backend>::Buffer, off_elems: usize, len: usize) -> CudaMut<'_> {
+        let v = CudaBackend::view_mut(buf);
+        let (_, rest) = v.split_at(off_elems);
+        rest.split_at(len).0
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test -p weft-kernels --features cuda -- --ignored gpu_"]
+    fn gpu_matmul_on_views_offset_by_64_bytes_matches_cpu() {
+        let (g, c) = (dev(), cpu());
+        for dt in [DType::F32, DType::BF16] {
+            for d in [
+                MatmulDims::linear(96, 128, 160),
+                MatmulDims {
+                    batch: 3,
+                    ..MatmulDims::linear(48, 64, 32)
+                },
+            ] {
+                let (na, nb, no) = (d.batch * d.m * d.k, d.batch * d.k * d.n, d.batch * d.m * d.n);
+                let a = host(&rand_vec(11, na), dt);
+                let b = host(&rand_vec(12, nb), dt);
+                let mut out = zeros(DType::F32, no);
+                c.matmul_forward(out.view_mut(), a.view(), b.view(), None, d)
+                    .unwrap();
+                // a, b and out each start 64 bytes into a flat buffer.
+                let (oa, ob, oo) = (64 / dt.size(), 64 / dt.size(), 64 / 4);
+                let mut fa = g.alloc(dt, oa + na).unwrap();
+                let mut fb = g.alloc(dt, ob + nb).unwrap();
+                let mut fo = g.alloc(DType::F32, oo + no).unwrap();
+                g.upload(a.view(), offset_view(&mut fa, oa, na)).unwrap();
+                g.upload(b.view(), offset_view(&mut fb, ob, nb)).unwrap();
+                assert_eq!(offset_view(&mut fa, oa, na).device_ptr() % 256, 64);
+                {
+                    let ra = offset_view(&mut fa, oa, na);
+                    let rb = offset_view(&mut fb, ob, nb);
+                    g.matmul_forward(
+                        offset_view(&mut fo, oo, no),
+                        CudaBackend::freeze(&ra),
+                        CudaBackend::freeze(&rb),
+                        None,
+                        d,
+                    )
+                    .unwrap();
+                }
+                let mut got = zeros(DType::F32, no);
+                g.download(CudaBackend::freeze(&offset_view(&mut fo, oo, no)), got.view_mut())
+                    .unwrap();
+                compare(
+                    "gpu matmul at 64-byte offsets",
+                    &f64s(&got),
+                    &f64s(&out),
+                    Tolerance::for_dtype(dt),
+                )
+                .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test -p weft-kernels --features cuda -- --ignored gpu_"]
+    fn gpu_bias_grad_at_6144_columns_matches_cpu_and_is_deterministic() {
+        let (g, c) = (dev(), cpu());
+        let (rows, n) = (2 * 1024 + 5, 6144);
+        let d = MatmulDims::linear(rows, 64, n);
+        let (a, b) = (
+            host(&rand_vec(1, rows * 64), DType::F32),
+            host(&rand_vec(2, n * 64), DType::F32),
+        );
+        let dout = host(&rand_vec(3, rows * n), DType::F32);
+        let dbias0 = host(&rand_vec(4, n), DType::F32);
+        // Exact column sums in f64: both backends are within f32 summation error of them.
+        let (x, d0) = (f64s(&dout), f64s(&dbias0));
+        let exact: Vec<f64> = (0..n)
+            .map(|j| d0[j] + (0..rows).map(|r| x[r * n + j]).sum::<f64>())
+            .collect();
+        let mut cdb = dbias0.clone();
+        c.matmul_backward(
+            None,
+            None,
+            Some(cdb.view_mut()),
+            dout.view(),
+            a.view(),
+            b.view(),
+            d,
+        )
+        .unwrap();
+        let (ga, gb, gdout) = (to_dev(&g, &a), to_dev(&g, &b), to_dev(&g, &dout));
+        let run = || {
+            let mut gdb = to_dev(&g, &dbias0);
+            g.matmul_backward(
+                None,
+                None,
+                Some(CudaBackend::view_mut(&mut gdb)),
+                CudaBackend::view(&gdout),
+                CudaBackend::view(&ga),
+                CudaBackend::view(&gb),
+                d,
+            )
+            .unwrap();
+            to_host(&g, &gdb, DType::F32, n)
+        };
+        let first = run();
+        assert_eq!(run(), first, "the reduction order is fixed");
+        // Bound: rows · ε_f32 · Σ|x| per column, generously.
+        let bound = |j: usize| rows as f64 * 6e-8 * (0..rows).map(|r| x[r * n + j].abs()).sum::<f64>() + 1e-6;
+        for (name, v) in [("gpu", f64s(&first)), ("cpu", f64s(&cdb))] {
+            for j in 0..n {
+                assert!(
+                    (v[j] - exact[j]).abs() <= bound(j),
+                    "{name} dbias[{j}] = {} vs {}",
+                    v[j],
+                    exact[j]
+                );
+            }
+        }
+        compare(
+            "gpu vs cpu dbias",
+            &f64s(&first),
+            &f64s(&cdb),
+            Tolerance::for_dtype(DType::F32),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test -p weft-kernels --features cuda -- --ignored gpu_"]
+    fn gpu_bf16_backward_reuses_scratch_across_sizes() {
+        // f32 dout with bf16 inputs goes through the scratch block; calls of growing and
+        // shrinking sizes back to back (no host wait between them) each match the CPU.
+        let (g, c) = (dev(), cpu());
+        let bf = DType::BF16;
+        let mut pending = Vec::new();
+        for (i, rows) in [64usize, 512, 32, 1024, 48].into_iter().enumerate() {
+            let d = MatmulDims::linear(rows, 96, 80);
+            let seed = 10 * i as u64;
+            let (a, b) = (
+                host(&rand_vec(seed, rows * 96), bf),
+                host(&rand_vec(seed + 1, 80 * 96), bf),
+            );
+            let dout = host(&rand_vec(seed + 2, rows * 80), DType::F32);
+            let (mut da, mut db) = (zeros(bf, rows * 96), zeros(DType::F32, 80 * 96));
+            c.matmul_backward(
+                Some(da.view_mut()),
+                Some(db.view_mut()),
+                None,
+                dout.view(),
+                a.view(),
+                b.view(),
+                d,
+            )
+            .unwrap();
+            let (ga, gb, gdout) = (to_dev(&g, &a), to_dev(&g, &b), to_dev(&g, &dout));
+            let (mut gda, mut gdb) = (
+                g.alloc(bf, rows * 96).unwrap(),
+                g.alloc(DType::F32, 80 * 96).unwrap(),
+            );
+            g.matmul_backward(
+                Some(CudaBackend::view_mut(&mut gda)),
+                Some(CudaBackend::view_mut(&mut gdb)),
+                None,
+                CudaBackend::view(&gdout),
+                CudaBackend::view(&ga),
+                CudaBackend::view(&gb),
+                d,
+            )
+            .unwrap();
+            pending.push((da, db, gda, gdb, ga, gb, gdout));
+        }
+        for (da, db, gda, gdb, ..) in &pending {
+            let tol = Tolerance::for_dtype(bf);
+            compare("da", &f64s(&to_host(&g, gda, bf, da.len())), &f64s(da), tol).unwrap();
+            compare(
+                "db",
+                &f64s(&to_host(&g, gdb, DType::F32, db.len())),
+                &f64s(db),
+                tol,
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test -p weft-kernels --features cuda -- --ignored gpu_"]
+    fn gpu_uploads_do_not_wait_and_the_source_is_reusable_at_once() {
+        // More than the staging ring holds (several chunks, an odd tail), uploaded twice from
+        // one host vector overwritten in between: each buffer holds what was uploaded.
+        let g = dev();
+        let n = (3 * (4 << 20) + 12_345) / 4;
+        let mut src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let (mut x, mut y) = (g.alloc(DType::F32, n).unwrap(), g.alloc(DType::F32, n).unwrap());
+        g.upload(HostVec::from(src.clone()).view(), CudaBackend::view_mut(&mut x))
+            .unwrap();
+        let first = src.clone();
+        src.iter_mut().for_each(|v| *v = -*v - 1.0);
+        g.upload(HostVec::from(src.clone()).view(), CudaBackend::view_mut(&mut y))
+            .unwrap();
+        assert_eq!(to_host(&g, &x, DType::F32, n), HostVec::from(first));
+        assert_eq!(to_host(&g, &y, DType::F32, n), HostVec::from(src));
+        // A download waits for the kernels before it.
+        g.fill(CudaBackend::view_mut(&mut x), 7.0, n).unwrap();
+        assert!(f64s(&to_host(&g, &x, DType::F32, n)).iter().all(|&v| v == 7.0));
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: cargo test -p weft-kernels --features cuda -- --ignored gpu_"]
+    fn gpu_kernels_are_cached_on_disk_and_a_corrupt_entry_is_rebuilt() {
+        let dir = std::env::temp_dir().join(format!("weft-gpu-kernel-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fill_once = || {
+            let g = CudaBackend::with_kernel_cache(0, Some(dir.clone())).unwrap();
+            assert_eq!(g.kernel_cache_dir(), Some(dir.as_path()));
+            let mut x = g.alloc(DType::F32, 1000).unwrap();
+            g.fill(CudaBackend::view_mut(&mut x), 3.0, 1000).unwrap();
+            assert_eq!(
+                to_host(&g, &x, DType::F32, 1000),
+                HostVec::from(vec![3.0f32; 1000])
+            );
+        };
+        fill_once();
+        // Only the module used was compiled (lazily), into a cubin for this device.
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let name = entries[0].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("elementwise-sm_"), "{name}");
+        let good = std::fs::read(&entries[0]).unwrap();
+        // Corrupt it: the next backend ignores it, compiles again and rewrites it.
+        std::fs::write(&entries[0], &good[..good.len() / 2]).unwrap();
+        fill_once();
+        assert_eq!(std::fs::read(&entries[0]).unwrap(), good);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

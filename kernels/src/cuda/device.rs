@@ -1,28 +1,29 @@
-//! The CUDA device: context, stream, memory, views and the NVRTC-compiled kernels.
+//! The CUDA device: context, stream, memory, views, and the launch of NVRTC-compiled kernels.
+//!
+//! # Synchronisation
+//!
+//! cudarc's per-allocation event tracking is off (it would record an event for every view
+//! made, before any kernel used it). This backend orders its work itself, by one rule: every
+//! op, copy, allocation and free is enqueued on the backend's **one stream**, in call order, so
+//! stream order is the only order needed. In particular a temporary or the cuBLASLt workspace
+//! can be reused by the next op without waiting: the next op runs after this one. Two
+//! consequences for callers:
+//!
+//! - Work on a side stream ([`Backend::new_stream`]) is ordered with the main stream only by
+//!   [`Backend::record`] and [`Backend::wait`].
+//! - A buffer's memory is freed in the main stream's order when it is dropped. A buffer that a
+//!   side stream uses must stay alive until the main stream has waited on an event recorded on
+//!   that side stream after the use.
 
+use super::cache::{self, DiskCache};
+use super::modules::{Module, Modules};
+use super::staging::Staging;
 use crate::backend::{Backend, Check, Slice};
 use crate::{DType, Error, HostMut, HostRef, Result};
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use std::marker::PhantomData;
-use std::sync::Arc;
-
-/// NVRTC source of the elementwise kernels (`kernels/cuda/elementwise.cu`).
-const ELEMENTWISE_CU: &str = include_str!("../../cuda/elementwise.cu");
-
-/// Kernels compiled from [`ELEMENTWISE_CU`], looked up once.
-pub(crate) struct Kernels {
-    pub add_f32: CudaFunction,
-    pub accumulate_f32: CudaFunction,
-    pub scale_f32: CudaFunction,
-    pub fill_f32: CudaFunction,
-    pub cast_f32_bf16: CudaFunction,
-    pub cast_bf16_f32: CudaFunction,
-    pub bias_add_f32: CudaFunction,
-    pub bias_grad_f32: CudaFunction,
-}
+use std::sync::{Arc, Mutex};
 
 /// A kernel argument.
 pub(crate) enum KArg {
@@ -30,21 +31,54 @@ pub(crate) enum KArg {
     F32(f32),
 }
 
-/// One CUDA device with one in-order stream. Every op is launched on that stream.
+/// One CUDA device with one in-order stream. Every op is launched on that stream (see the
+/// module documentation for the ordering rule).
 pub struct CudaBackend {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
-    pub(crate) lt: super::ops::LtHandle,
-    pub(crate) workspace: CudaSlice<u8>,
-    pub(crate) kernels: Kernels,
+    pub(crate) lt: super::matmul::LtHandle,
+    workspace: DeviceBytes,
+    /// Device memory reused by ops that need a temporary (grown on demand, never shrunk).
+    scratch: Mutex<Option<DeviceBytes>>,
+    modules: Modules,
+    staging: Staging,
     /// Let f32 matmuls use TF32 tensor cores (off by default: f32 means f32).
     pub allow_tf32: bool,
     name: String,
 }
 
+/// Device bytes and their address, taken once.
+pub(crate) struct DeviceBytes {
+    mem: CudaSlice<u8>,
+    ptr: CUdeviceptr,
+}
+
+impl DeviceBytes {
+    fn alloc(
+        stream: &Arc<CudaStream>,
+        bytes: usize,
+    ) -> std::result::Result<Self, cudarc::driver::DriverError> {
+        let mem = stream.alloc_zeros::<u8>(bytes.max(1))?;
+        // With event tracking off, the guard records nothing.
+        let ptr = {
+            let (ptr, _no_event) = mem.device_ptr(stream);
+            ptr
+        };
+        Ok(DeviceBytes { mem, ptr })
+    }
+
+    pub(crate) fn ptr(&self) -> CUdeviceptr {
+        self.ptr
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.mem.len()
+    }
+}
+
 /// Device memory of `len` elements of one dtype.
 pub struct CudaBuffer {
-    mem: CudaSlice<u8>,
+    mem: DeviceBytes,
     dtype: DType,
     len: usize,
 }
@@ -66,6 +100,20 @@ impl CudaRef<'_> {
 }
 
 impl CudaMut<'_> {
+    /// A view of `len` elements of `dtype` at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must address `len` elements of device memory that stay allocated, and are used by
+    /// nothing else, while the view (and work enqueued through it) lives.
+    pub(crate) unsafe fn from_raw(ptr: CUdeviceptr, dtype: DType, len: usize) -> Self {
+        CudaMut {
+            ptr,
+            dtype,
+            len,
+            _borrow: PhantomData,
+        }
+    }
+
     /// The device address of the first element (for libraries such as NCCL).
     pub fn device_ptr(&self) -> CUdeviceptr {
         self.ptr
@@ -76,6 +124,17 @@ impl CudaBackend {
     /// The stream every op of this backend is launched on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// The CUDA context (event tracking off: see the module documentation).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The directory compiled kernels are cached in (`None`: no cache, compiled on every
+    /// first use).
+    pub fn kernel_cache_dir(&self) -> Option<&std::path::Path> {
+        self.modules.cache_dir()
     }
 }
 
@@ -169,12 +228,53 @@ fn probe_libraries() -> Result<()> {
     Ok(())
 }
 
+/// The CUDA major version this build binds (feature `cuda-13` or `cuda-12`).
+const BUILT_FOR: u32 = if cfg!(feature = "cuda-13") { 13 } else { 12 };
+
+/// Refuse a library of another CUDA major version than the build's: the loader also finds
+/// `libX.so.12` from a CUDA 13 build, whose bindings would not match it.
+fn check_major(lib: &str, found: u32, built: u32) -> Result<()> {
+    if found == built {
+        return Ok(());
+    }
+    let fix = match found {
+        13 => "rebuild weft with `--features cuda`, or ".to_string(),
+        12 => "rebuild weft with `--features cuda-12`, or ".to_string(),
+        _ => String::new(),
+    };
+    Err(Error::CudaUnavailable(format!(
+        "{lib} is from CUDA {found}.x but this weft was built for CUDA {built}.x; {fix}put the CUDA \
+         {built}.x libraries first on LD_LIBRARY_PATH"
+    )))
+}
+
+/// The loaded NVRTC and cuBLASLt must be of the build's CUDA major version.
+fn check_library_versions() -> Result<()> {
+    let (nvrtc_major, _) = super::nvrtc::version()?;
+    check_major("libnvrtc", nvrtc_major as u32, BUILT_FOR)?;
+    // SAFETY: a plain query of the loaded library (major · 10000 + minor · 100 + patch).
+    let lt = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+    check_major("libcublasLt", (lt / 10000) as u32, BUILT_FOR)
+}
+
 impl CudaBackend {
-    /// Open device `ordinal`, create a stream and a cuBLASLt handle, and compile the kernels.
+    /// Open device `ordinal`, create a stream and a cuBLASLt handle. The kernel modules are
+    /// compiled (or read from the disk cache, see [`CudaBackend::kernel_cache_dir`]) on their
+    /// first use, not here.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_kernel_cache(ordinal, cache::default_dir())
+    }
+
+    /// [`CudaBackend::new`] with compiled kernels cached in `dir` rather than the default
+    /// location (`None`: no disk cache).
+    pub fn with_kernel_cache(ordinal: usize, dir: Option<std::path::PathBuf>) -> Result<Self> {
         probe_libraries()?;
         // A driver too old for a symbol cudarc resolves would panic inside cudarc; report it.
-        std::panic::catch_unwind(|| Self::open(ordinal)).unwrap_or_else(|p| {
+        std::panic::catch_unwind(|| {
+            check_library_versions()?;
+            Self::open(ordinal, dir)
+        })
+        .unwrap_or_else(|p| {
             let why = p
                 .downcast_ref::<String>()
                 .cloned()
@@ -186,77 +286,81 @@ impl CudaBackend {
         })
     }
 
-    fn open(ordinal: usize) -> Result<Self> {
+    fn open(ordinal: usize, dir: Option<std::path::PathBuf>) -> Result<Self> {
         let unavailable =
             |e: cudarc::driver::DriverError| Error::CudaUnavailable(format!("device {ordinal}: {e}"));
         let ctx = CudaContext::new(ordinal).map_err(unavailable)?;
+        // SAFETY: set before this backend creates any stream or allocation, so no slice it
+        // owns has events; the ordering rule of the module documentation (one stream; side
+        // streams ordered by `record`/`wait`, buffers outliving their side-stream uses) takes
+        // the place of the tracking. The flag is per context: cudarc slices other code makes in
+        // this (primary) context afterwards are untracked as well.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(unavailable)?;
         let dev_name = ctx.name().map_err(unavailable)?;
         let (major, minor) = ctx.compute_capability().map_err(unavailable)?;
-        let lt = super::ops::LtHandle::new().map_err(|e| Error::CudaUnavailable(format!("cuBLASLt: {e}")))?;
+        let lt =
+            super::matmul::LtHandle::new().map_err(|e| Error::CudaUnavailable(format!("cuBLASLt: {e}")))?;
         // 32 MiB on Hopper and newer, 4 MiB before (NVIDIA's recommendation).
         let ws = if major >= 9 { 32 << 20 } else { 4 << 20 };
-        let workspace = stream.alloc_zeros::<u8>(ws).map_err(unavailable)?;
-        let ptx = cudarc::nvrtc::compile_ptx(ELEMENTWISE_CU).map_err(|e| Error::Cuda {
-            op: "nvrtc compile of elementwise.cu",
-            msg: e.to_string(),
-        })?;
-        let module = ctx.load_module(ptx).map_err(cuda_err("load_module"))?;
-        let f = |name: &str| {
-            module.load_function(name).map_err(|e| Error::Cuda {
-                op: "load_function",
-                msg: format!("{name}: {e}"),
-            })
-        };
-        let kernels = Kernels {
-            add_f32: f("add_f32")?,
-            accumulate_f32: f("accumulate_f32")?,
-            scale_f32: f("scale_f32")?,
-            fill_f32: f("fill_f32")?,
-            cast_f32_bf16: f("cast_f32_bf16")?,
-            cast_bf16_f32: f("cast_bf16_f32")?,
-            bias_add_f32: f("bias_add_f32")?,
-            bias_grad_f32: f("bias_grad_f32")?,
-        };
+        let workspace = DeviceBytes::alloc(&stream, ws).map_err(unavailable)?;
+        let modules = Modules::new((major, minor), dir.map(DiskCache::new))?;
+        let target = modules.target().arch.clone();
         Ok(CudaBackend {
+            staging: Staging::new(ctx.clone()),
             ctx,
             stream,
             lt,
             workspace,
-            kernels,
+            scratch: Mutex::new(None),
+            modules,
             allow_tf32: false,
-            name: format!("cuda:{ordinal} {dev_name} (sm_{major}{minor})"),
+            name: format!("cuda:{ordinal} {dev_name} (sm_{major}{minor}, kernels for {target})"),
         })
     }
 
-    /// The workspace pointer and size for cuBLASLt.
-    pub(crate) fn workspace(&self) -> (CUdeviceptr, usize) {
-        let (ptr, _sync) = self.workspace.device_ptr(&self.stream);
-        (ptr, self.workspace.len())
+    /// Make this backend's context current on the calling thread (before raw driver calls).
+    pub(crate) fn context_bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(cuda_err("bind context"))
     }
 
-    /// Launch a one-dimensional kernel with one thread per element of `n`, passing `args` in
-    /// order (device pointers and counts as `u64`, scalars as `f32`).
-    pub(crate) fn launch_1d(
+    /// The workspace pointer and size for cuBLASLt (and for the partial sums of reductions:
+    /// every user is on the one stream, so uses never overlap).
+    pub(crate) fn workspace(&self) -> (CUdeviceptr, usize) {
+        (self.workspace.ptr(), self.workspace.len())
+    }
+
+    /// Run `f` with at least `bytes` of scratch device memory. The memory is reused by the next
+    /// caller without waiting: what `f` enqueues on the stream runs before anything a later
+    /// caller enqueues. Growing frees the old block in stream order.
+    pub(crate) fn with_scratch<T>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(CUdeviceptr) -> Result<T>,
+    ) -> Result<T> {
+        let mut s = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if s.as_ref().is_none_or(|b| b.len() < bytes) {
+            *s = None;
+            *s = Some(DeviceBytes::alloc(&self.stream, bytes).map_err(cuda_err("scratch alloc"))?);
+        }
+        f(s.as_ref().map_or(0, DeviceBytes::ptr))
+    }
+
+    /// Launch kernel `name` of module `m` with `cfg`, passing `args` in order (device pointers
+    /// and counts as `u64`, scalars as `f32`). The module is loaded on first use.
+    ///
+    /// # Safety
+    /// `cfg` and `args` must match the kernel's signature and bounds: every pointer covers what
+    /// the kernel reads or writes for these arguments.
+    pub(crate) unsafe fn launch(
         &self,
         op: &'static str,
-        f: &CudaFunction,
-        n: usize,
+        m: Module,
+        name: &str,
+        cfg: LaunchConfig,
         args: &[KArg],
     ) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let blocks = u32::try_from(n.div_ceil(256)).map_err(|_| Error::Invalid {
-            op,
-            what: "n",
-            why: format!("{n} elements exceed one launch"),
-        })?;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let f = self.modules.function(&self.ctx, m, name)?;
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -264,14 +368,45 @@ impl CudaBackend {
                 KArg::F32(v) => b.arg(v),
             };
         }
-        // SAFETY: every kernel in elementwise.cu guards its index against `n`, and callers pass
-        // pointers to views whose lengths were checked against `n`.
+        // SAFETY: the caller's contract.
         unsafe { b.launch(cfg) }.map_err(|e| Error::Cuda {
             op,
-            msg: e.to_string(),
+            msg: format!("{name}: {e}"),
         })?;
         Ok(())
     }
+
+    /// Launch a one-dimensional kernel of `elementwise.cu` with one thread per element of `n`.
+    pub(crate) fn launch_1d(&self, op: &'static str, name: &str, n: usize, args: &[KArg]) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid_1d(op, n)?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every kernel in elementwise.cu guards its index against `n`, and callers pass
+        // pointers to views whose lengths were checked against `n`.
+        unsafe { self.launch(op, Module::Elementwise, name, cfg, args) }
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Queued work may still use the modules, the workspace, the scratch block or the
+        // staging ring, all freed after this: let it finish first.
+        let _ = self.stream.synchronize();
+    }
+}
+
+/// Blocks of 256 threads covering `n`, or an error when one launch cannot.
+pub(crate) fn grid_1d(op: &'static str, n: usize) -> Result<u32> {
+    u32::try_from(n.div_ceil(256)).map_err(|_| Error::Invalid {
+        op,
+        what: "n",
+        why: format!("{n} elements exceed one launch"),
+    })
 }
 
 impl Backend for CudaBackend {
@@ -285,15 +420,13 @@ impl Backend for CudaBackend {
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuffer> {
         // Never a zero-byte allocation; the view still reports `len`.
-        let bytes = (len * dtype.size()).max(1);
-        let mem = self.stream.alloc_zeros::<u8>(bytes).map_err(cuda_err("alloc"))?;
+        let mem = DeviceBytes::alloc(&self.stream, len * dtype.size()).map_err(cuda_err("alloc"))?;
         Ok(CudaBuffer { mem, dtype, len })
     }
 
     fn view(buf: &CudaBuffer) -> CudaRef<'_> {
-        let (ptr, _sync) = buf.mem.device_ptr(buf.mem.stream());
         CudaRef {
-            ptr,
+            ptr: buf.mem.ptr(),
             dtype: buf.dtype,
             len: buf.len,
             _borrow: PhantomData,
@@ -301,9 +434,8 @@ impl Backend for CudaBackend {
     }
 
     fn view_mut(buf: &mut CudaBuffer) -> CudaMut<'_> {
-        let (ptr, _sync) = buf.mem.device_ptr(buf.mem.stream());
         CudaMut {
-            ptr,
+            ptr: buf.mem.ptr(),
             dtype: buf.dtype,
             len: buf.len,
             _borrow: PhantomData,
@@ -331,6 +463,8 @@ impl Backend for CudaBackend {
         }
     }
 
+    /// Enqueues the copy (through the pinned staging ring) and returns without waiting: `src`
+    /// may be reused at once, and later ops see the data by stream order.
     fn upload(&self, src: HostRef<'_>, dst: CudaMut<'_>) -> Result<()> {
         Check { op: "upload" }.arg("dst", &dst, src.dtype(), src.len(), || {
             "(the length of `src`)".into()
@@ -339,14 +473,11 @@ impl Backend for CudaBackend {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.ctx.bind_to_thread().map_err(cuda_err("upload"))?;
-        // SAFETY: `dst` covers exactly `bytes.len()` bytes of live device memory; the host
-        // slice outlives the copy because we wait for the stream before returning.
-        unsafe { cudarc::driver::result::memcpy_htod_async(dst.ptr, bytes, self.stream.cu_stream()) }
-            .map_err(cuda_err("upload"))?;
-        self.synchronize()
+        self.staging.upload(&self.stream, bytes, dst.ptr)
     }
 
+    /// Waits for the work enqueued before it (the data must have arrived before `dst` is
+    /// read), through the pinned staging ring: on the copy's own events, not the device.
     fn download(&self, src: CudaRef<'_>, mut dst: HostMut<'_>) -> Result<()> {
         Check { op: "download" }.arg("dst", &dst, src.dtype(), src.len(), || {
             "(the length of `src`)".into()
@@ -355,11 +486,7 @@ impl Backend for CudaBackend {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.ctx.bind_to_thread().map_err(cuda_err("download"))?;
-        // SAFETY: as in `upload`; the stream is drained before `bytes` is read.
-        unsafe { cudarc::driver::result::memcpy_dtoh_async(bytes, src.ptr, self.stream.cu_stream()) }
-            .map_err(cuda_err("download"))?;
-        self.synchronize()
+        self.staging.download(&self.stream, src.ptr, bytes)
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -386,5 +513,30 @@ impl Backend for CudaBackend {
 
     fn sync_event(&self, event: &CudaEvent) -> Result<()> {
         event.synchronize().map_err(cuda_err("sync_event"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_library_of_another_cuda_major_version_is_refused_with_the_fix() {
+        assert!(check_major("libnvrtc", 13, 13).is_ok());
+        assert!(check_major("libnvrtc", 12, 12).is_ok());
+        let e = check_major("libcublasLt", 12, 13).unwrap_err().to_string();
+        assert!(
+            e.contains("libcublasLt is from CUDA 12.x but this weft was built for CUDA 13.x"),
+            "{e}"
+        );
+        assert!(e.contains("`--features cuda-12`"), "{e}");
+        let e = check_major("libnvrtc", 13, 12).unwrap_err().to_string();
+        assert!(
+            e.contains("`--features cuda`") && e.contains("CUDA 12.x libraries first"),
+            "{e}"
+        );
+        let e = check_major("libnvrtc", 11, 12).unwrap_err().to_string();
+        assert!(!e.contains("--features") && e.contains("CUDA 11.x"), "{e}");
+        assert_eq!(BUILT_FOR, if cfg!(feature = "cuda-13") { 13 } else { 12 });
     }
 }

@@ -18,7 +18,7 @@ mod host;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
 pub mod nccl;
 pub mod watch;
 
