@@ -324,7 +324,7 @@ inline float max(float a, float b) { return fmaxf(a, b); }
 namespace emu {
 
 inline std::mutex launch_mutex;
-inline std::string last_error;
+inline thread_local std::string last_error;  // of the calling thread's last launch
 
 // The limits of sm_80/sm_90 a launch must respect.
 constexpr unsigned kMaxThreads = 1024;

@@ -6,7 +6,7 @@
 // c (tiles, 16, 8) f32; d (3, tiles, 16, 8) f32: [0] from fragments read out of global memory
 // by the documented layout, [1] A and Bt through ldmatrix, [2] B through ldmatrix.trans.
 
-#include "../../cuda/prelude.cuh"
+#include "prelude.cuh"  // kernels/cuda, on the include path
 
 __device__ __forceinline__ void store_tile(float* d, const float f[4], u32 g, u32 t) {
     d[g * 8 + 2 * t] = f[0];

@@ -2,7 +2,7 @@
 // Launch: grid (any), block (any multiple of 32, at most 1024), no shared memory; for tree_sum
 // a power of two and blockDim.x * 4 bytes of dynamic shared memory.
 
-#include "../../cuda/prelude.cuh"
+#include "prelude.cuh"  // kernels/cuda, on the include path
 
 // Every thread writes what it got from each reduction over its warp and over its block; x is
 // read at grid_index() (zero / -inf past n). Two block sums in a row check the slots' reuse.
