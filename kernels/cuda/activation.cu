@@ -1,8 +1,7 @@
 // Activation kernels of weft's CUDA backend: GELU (tanh form), SiLU and SwiGLU, forward and
 // backward, the same maths in the same order as kernels/src/cpu/activation.rs. bf16 kernels
 // load bf16, compute in f32 and round each stored value once.
-// Launch (every kernel here): grid (ceil(N / 256)), block (256), no shared memory, one thread
-// per element; N is `n` for GELU and SiLU and `rows * h` (the elements of `out`) for SwiGLU.
+// One thread per element; each kernel's launch is stated above it.
 
 #include "prelude.cuh"
 
@@ -61,10 +60,12 @@ __device__ __forceinline__ void map_grad(T* dinp, const T* dout, const T* inp, u
         map_grad<f_grad>(dinp, dout, inp, n);                                                   \
     }
 
-// gelu_forward_{f32,bf16}(out, inp, n), gelu_backward_{f32,bf16}(dinp, dout, inp, n)
+// gelu_forward_{f32,bf16}(out, inp, n), gelu_backward_{f32,bf16}(dinp, dout, inp, n).
+// Launch: grid (ceil(n / 256)), block (256), shared 0.
 WEFT_UNARY(gelu, gelu, gelu_grad, float, f32)
 WEFT_UNARY(gelu, gelu, gelu_grad, bf16, bf16)
-// silu_forward_{f32,bf16}(out, inp, n), silu_backward_{f32,bf16}(dinp, dout, inp, n)
+// silu_forward_{f32,bf16}(out, inp, n), silu_backward_{f32,bf16}(dinp, dout, inp, n).
+// Launch: grid (ceil(n / 256)), block (256), shared 0.
 WEFT_UNARY(silu, silu, silu_grad, float, f32)
 WEFT_UNARY(silu, silu, silu_grad, bf16, bf16)
 
@@ -91,19 +92,23 @@ __device__ __forceinline__ void swiglu_bwd(T* dinp, const T* dout, const T* inp,
     store(dx, h + j, dy * silu(gate));
 }
 
+// Launch: grid (ceil(rows * h / 256)), block (256), shared 0.
 extern "C" __global__ void swiglu_forward_f32(float* out, const float* inp, u64 rows, u64 h) {
     swiglu_fwd(out, inp, rows, h);
 }
 
+// Launch: grid (ceil(rows * h / 256)), block (256), shared 0.
 extern "C" __global__ void swiglu_forward_bf16(bf16* out, const bf16* inp, u64 rows, u64 h) {
     swiglu_fwd(out, inp, rows, h);
 }
 
+// Launch: grid (ceil(rows * h / 256)), block (256), shared 0.
 extern "C" __global__ void swiglu_backward_f32(float* dinp, const float* dout, const float* inp,
                                                u64 rows, u64 h) {
     swiglu_bwd(dinp, dout, inp, rows, h);
 }
 
+// Launch: grid (ceil(rows * h / 256)), block (256), shared 0.
 extern "C" __global__ void swiglu_backward_bf16(bf16* dinp, const bf16* dout, const bf16* inp,
                                                 u64 rows, u64 h) {
     swiglu_bwd(dinp, dout, inp, rows, h);

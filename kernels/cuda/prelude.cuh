@@ -8,8 +8,8 @@
 //   (`accumulate_f32_bf16`: an f32 `acc` += a bf16 `x`).
 // - Element counts and dimensions are `u64`; float scalars are `float` (the host converts the
 //   op's f64 scalar once). bf16 buffers are `bf16` (the raw 16 bits), f32 math inside.
-// - Every kernel guards its own tail: any grid that covers the work is valid, and the comment
-//   above each kernel states the grid, block and shared memory it is launched with.
+// - Every kernel guards its own tail: any grid that covers the work is valid. A `// Launch:`
+//   line above each kernel states the grid, block and dynamic shared memory it is launched with.
 // - Block sizes are multiples of 32 (warp and block reductions assume whole warps).
 //
 // Every inline-PTX instruction sits behind a wrapper below. Under WEFT_EMU (the CPU emulator in

@@ -29,6 +29,7 @@ pub struct Dim3 {
     pub z: u32,
 }
 
+/// A 1-D grid or block.
 pub fn dim(x: u32) -> Dim3 {
     Dim3 { x, y: 1, z: 1 }
 }
@@ -128,7 +129,9 @@ fn sources_hash(h: &mut impl Hasher) {
         files.sort();
         for f in files {
             f.file_name().hash(h);
-            std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())).hash(h);
+            std::fs::read(&f)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+                .hash(h);
         }
     }
 }
@@ -141,9 +144,17 @@ pub fn sanitizer() -> Option<String> {
 /// Compiles `tests/emu/<name>.cpp` with the extra `defines`, once per process.
 pub fn shim(name: &str, defines: &[&str]) -> &'static Shim {
     static SHIMS: OnceLock<Mutex<HashMap<String, &'static Shim>>> = OnceLock::new();
-    let mut flags: Vec<String> = ["-std=c++20", "-pthread", "-DWEFT_EMU", "-g", "-Wall", "-Wextra", "-Werror"]
-        .map(String::from)
-        .into();
+    let mut flags: Vec<String> = [
+        "-std=c++20",
+        "-pthread",
+        "-DWEFT_EMU",
+        "-g",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+    ]
+    .map(String::from)
+    .into();
     match sanitizer() {
         Some(s) => flags.extend([format!("-fsanitize={s}"), "-O1".into()]),
         None => flags.push("-O2".into()),

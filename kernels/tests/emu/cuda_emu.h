@@ -1,8 +1,8 @@
 // A CPU emulator for weft's CUDA kernels: `g++ -std=c++20 -pthread -DWEFT_EMU` compiles a
 // kernels/cuda/<family>.cu unchanged against this header and runs it.
 //
-// - A launch runs its blocks one after another; the threads of a block are real threads
-//   (std::thread, one per CUDA thread), so ThreadSanitizer sees the kernel's real races.
+// - A launch runs its blocks one after another on one std::thread per CUDA thread of a block
+//   (the same threads run each block in turn), so ThreadSanitizer sees the kernel's real races.
 // - `threadIdx`, `blockIdx`, `blockDim`, `gridDim` are thread_local; `__shared__` variables are
 //   static, hence shared by the threads of the running block; dynamic shared memory is one
 //   buffer per launch (kernels reach it through the prelude's WEFT_DYNAMIC_SHARED).

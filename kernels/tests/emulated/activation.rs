@@ -26,11 +26,19 @@ fn max_ulps(dt: DType) -> u64 {
 /// `n` inputs of `dt` (bf16-exact for bf16) over about [-6, 6), with zeros, tiny values and
 /// values far enough out that exp and tanh saturate mixed in.
 fn inputs(seed: u64, n: usize, dt: DType) -> HostVec {
-    const SPECIAL: [f64; 12] = [0.0, -0.0, 1e-3, -1e-3, 8.0, -8.0, 20.0, -20.0, 90.0, -90.0, 1e4, -1e4];
+    const SPECIAL: [f64; 12] = [
+        0.0, -0.0, 1e-3, -1e-3, 8.0, -8.0, 20.0, -20.0, 90.0, -90.0, 1e4, -1e4,
+    ];
     let x: Vec<f64> = rand_vec(seed, n)
         .iter()
         .enumerate()
-        .map(|(i, v)| if i % 7 == 3 { SPECIAL[(i / 7) % SPECIAL.len()] } else { 6.0 * v })
+        .map(|(i, v)| {
+            if i % 7 == 3 {
+                SPECIAL[(i / 7) % SPECIAL.len()]
+            } else {
+                6.0 * v
+            }
+        })
         .collect();
     match dt {
         DType::F32 => x.iter().map(|&v| v as f32).collect::<Vec<_>>().into(),
@@ -96,12 +104,17 @@ fn swiglu() {
             let mut want = zeros(dt, rows * h);
             c.swiglu_forward(want.view_mut(), x.view(), d).unwrap();
             let mut got = zeros(dt, rows * h);
-            lib().launch_1d(&kernel, rows * h, &[buf(&mut got), buf(&mut x), sizes[0], sizes[1]]);
+            lib().launch_1d(
+                &kernel,
+                rows * h,
+                &[buf(&mut got), buf(&mut x), sizes[0], sizes[1]],
+            );
             assert_close(&format!("{kernel} ({rows}, {h})"), &got, &want, max_ulps(dt));
 
             let kernel = format!("swiglu_backward_{}", suffix(dt));
             let mut want = zeros(dt, rows * 2 * h);
-            c.swiglu_backward(want.view_mut(), dout.view(), x.view(), d).unwrap();
+            c.swiglu_backward(want.view_mut(), dout.view(), x.view(), d)
+                .unwrap();
             let mut got = inputs(6, rows * 2 * h, dt);
             let args = [buf(&mut got), buf(&mut dout), buf(&mut x), sizes[0], sizes[1]];
             lib().launch_1d(&kernel, rows * h, &args);

@@ -24,7 +24,10 @@ fn block_reduce(v: &[f32], op: fn(f32, f32) -> f32, identity: f32) -> f32 {
         .chunks(32)
         .map(|w| butterfly(std::array::from_fn(|l| w[l]), op))
         .collect();
-    butterfly(std::array::from_fn(|l| slots.get(l).copied().unwrap_or(identity)), op)
+    butterfly(
+        std::array::from_fn(|l| slots.get(l).copied().unwrap_or(identity)),
+        op,
+    )
 }
 
 fn f32s(v: &HostVec) -> &[f32] {
@@ -41,8 +44,15 @@ fn warp_and_block_reductions_give_every_thread_the_same_bits() {
         let grid = 3;
         let threads = grid * block;
         let n = threads - 37; // the last block is partly past the end
-        let mut x = HostVec::from(rand_vec(block as u64, n).iter().map(|&v| (100.0 * v) as f32).collect::<Vec<_>>());
-        let mut outs: Vec<HostVec> = (0..5).map(|_| HostVec::zeros(weft_kernels::DType::F32, threads)).collect();
+        let mut x = HostVec::from(
+            rand_vec(block as u64, n)
+                .iter()
+                .map(|&v| (100.0 * v) as f32)
+                .collect::<Vec<_>>(),
+        );
+        let mut outs: Vec<HostVec> = (0..5)
+            .map(|_| HostVec::zeros(weft_kernels::DType::F32, threads))
+            .collect();
         let mut args: Vec<Arg> = outs.iter_mut().map(buf).collect();
         args.extend([buf(&mut x), Arg::U64(n as u64)]);
         lib.launch("reduce_probe", dim(grid as u32), dim(block as u32), 0, &args);
@@ -51,7 +61,9 @@ fn warp_and_block_reductions_give_every_thread_the_same_bits() {
         let sum = |a: f32, b: f32| a + b;
         let max = |a: f32, b: f32| a.max(b);
         let vals: Vec<f32> = (0..threads).map(|i| xs.get(i).copied().unwrap_or(0.0)).collect();
-        let maxs: Vec<f32> = (0..threads).map(|i| xs.get(i).copied().unwrap_or(f32::NEG_INFINITY)).collect();
+        let maxs: Vec<f32> = (0..threads)
+            .map(|i| xs.get(i).copied().unwrap_or(f32::NEG_INFINITY))
+            .collect();
         let twice: Vec<f32> = vals.iter().map(|v| 2.0 * v).collect();
         for b in 0..grid {
             let r = b * block..(b + 1) * block;
@@ -68,7 +80,16 @@ fn warp_and_block_reductions_give_every_thread_the_same_bits() {
                 ];
                 let got: Vec<f32> = outs.iter().map(|o| f32s(o)[i]).collect();
                 let expect = [warp[0], warp[1], want[0], want[1], want[2]];
-                for (k, name) in ["warp_sum", "warp_max", "block_sum", "block_sum (again)", "block_max"].iter().enumerate() {
+                for (k, name) in [
+                    "warp_sum",
+                    "warp_max",
+                    "block_sum",
+                    "block_sum (again)",
+                    "block_max",
+                ]
+                .iter()
+                .enumerate()
+                {
                     assert_eq!(
                         got[k].to_bits(),
                         expect[k].to_bits(),
@@ -94,7 +115,9 @@ fn a_tree_reduction_in_dynamic_shared_memory() {
         lib.launch("tree_sum", dim(grid as u32), dim(block as u32), 4 * block, &args);
         let xs = f32s(&x);
         for b in 0..grid {
-            let mut v: Vec<f32> = (0..block).map(|t| xs.get(b * block + t).copied().unwrap_or(0.0)).collect();
+            let mut v: Vec<f32> = (0..block)
+                .map(|t| xs.get(b * block + t).copied().unwrap_or(0.0))
+                .collect();
             let mut s = block / 2;
             while s > 0 {
                 for t in 0..s {
@@ -102,7 +125,11 @@ fn a_tree_reduction_in_dynamic_shared_memory() {
                 }
                 s /= 2;
             }
-            assert_eq!(f32s(&sums)[b].to_bits(), v[0].to_bits(), "tree_sum, block {b} of {block}");
+            assert_eq!(
+                f32s(&sums)[b].to_bits(),
+                v[0].to_bits(),
+                "tree_sum, block {b} of {block}"
+            );
         }
     }
 }
@@ -114,8 +141,18 @@ fn a_tree_reduction_in_dynamic_shared_memory() {
 fn mma_and_ldmatrix_fragments_follow_the_ptx_layouts() {
     let lib = shim("fragments", &[]);
     let tiles = 3;
-    let a: Vec<bf16> = bf16s(&rand_vec(1, tiles * 256).iter().map(|v| 4.0 * v).collect::<Vec<_>>());
-    let b: Vec<bf16> = bf16s(&rand_vec(2, tiles * 128).iter().map(|v| 4.0 * v).collect::<Vec<_>>());
+    let a: Vec<bf16> = bf16s(
+        &rand_vec(1, tiles * 256)
+            .iter()
+            .map(|v| 4.0 * v)
+            .collect::<Vec<_>>(),
+    );
+    let b: Vec<bf16> = bf16s(
+        &rand_vec(2, tiles * 128)
+            .iter()
+            .map(|v| 4.0 * v)
+            .collect::<Vec<_>>(),
+    );
     let bt: Vec<bf16> = (0..tiles * 128)
         .map(|i| {
             let (tile, n, k) = (i / 128, i % 128 / 16, i % 16);
@@ -130,7 +167,14 @@ fn mma_and_ldmatrix_fragments_follow_the_ptx_layouts() {
         HostVec::from(c.clone()),
     );
     let mut d = HostVec::zeros(weft_kernels::DType::F32, 3 * tiles * 128);
-    let args = [buf(&mut d), buf(&mut ha), buf(&mut hb), buf(&mut hbt), buf(&mut hc), Arg::U64(tiles as u64)];
+    let args = [
+        buf(&mut d),
+        buf(&mut ha),
+        buf(&mut hb),
+        buf(&mut hbt),
+        buf(&mut hc),
+        Arg::U64(tiles as u64),
+    ];
     lib.launch("mma_probe", dim(tiles as u32), dim(32), 0, &args);
     let d = f32s(&d);
     for tile in 0..tiles {
@@ -150,7 +194,11 @@ fn mma_and_ldmatrix_fragments_follow_the_ptx_layouts() {
                 );
                 for v in 1..3 {
                     let other = d[v * tiles * 128 + at];
-                    assert_eq!(other.to_bits(), got.to_bits(), "variant {v}, tile {tile} D[{i}][{j}]");
+                    assert_eq!(
+                        other.to_bits(),
+                        got.to_bits(),
+                        "variant {v}, tile {tile} D[{i}][{j}]"
+                    );
                 }
             }
         }

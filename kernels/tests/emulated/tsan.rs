@@ -32,7 +32,10 @@ fn sanitized_run(args: &[&str], env: &[(&str, &str)]) -> (Output, String) {
         .env("WEFT_EMU_SANITIZE", "thread")
         // Only the instrumented libraries are checked: the Rust side synchronizes through futexes
         // TSan cannot see, so its own memcpy/realloc calls would be reported falsely.
-        .env("TSAN_OPTIONS", "halt_on_error=0 exitcode=66 ignore_noninstrumented_modules=1")
+        .env(
+            "TSAN_OPTIONS",
+            "halt_on_error=0 exitcode=66 ignore_noninstrumented_modules=1",
+        )
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -49,7 +52,10 @@ fn the_emulated_suite_is_race_free() {
     if sanitizer().is_some() {
         return; // already the sanitized run (which skips this module)
     }
-    let (out, text) = sanitized_run(&["emulated::", "--skip", "emulated::tsan", "--test-threads", "2"], &[]);
+    let (out, text) = sanitized_run(
+        &["emulated::", "--skip", "emulated::tsan", "--test-threads", "2"],
+        &[],
+    );
     assert!(
         out.status.success() && !text.contains("ThreadSanitizer"),
         "the emulated suite under ThreadSanitizer ({}):\n{text}",
@@ -61,7 +67,10 @@ fn the_emulated_suite_is_race_free() {
         .and_then(|l| l.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(passed >= 10, "only {passed} emulated tests ran under ThreadSanitizer:\n{text}");
+    assert!(
+        passed >= 10,
+        "only {passed} emulated tests ran under ThreadSanitizer:\n{text}"
+    );
 }
 
 #[test]
