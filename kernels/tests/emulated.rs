@@ -168,11 +168,20 @@ pub fn shim(name: &str, defines: &[&str]) -> &'static Shim {
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
+    let variant = format!("{name}-{:016x}-", h.finish());
     sources_hash(&mut h);
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let lib = out_dir.join(format!("{name}-{:016x}.so", h.finish()));
+    let file = format!("{variant}{:016x}.so", h.finish());
+    let lib = out_dir.join(&file);
     if !lib.exists() {
+        // Builds of this library from older sources.
+        for e in std::fs::read_dir(&out_dir).unwrap().flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f.starts_with(&variant) && f.ends_with(".so") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let src = kernels_dir().join("tests/emu").join(format!("{name}.cpp"));
         let tmp = lib.with_extension(format!("so.{}", std::process::id()));
         let out = Command::new("g++")
