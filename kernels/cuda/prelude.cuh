@@ -2,8 +2,8 @@
 //
 // Kernel ABI (what the host side relies on):
 // - Symbols are `extern "C"` and named <op>_<dtype> (`gelu_forward_bf16`); casts are
-//   cast_<from>_<to>. Arguments follow the CPU op's order: written buffers first, then read
-//   buffers, then sizes, then scalars where the op has them after the sizes.
+//   cast_<from>_<to>. Arguments are the CPU op's, in its order (written buffers first); a dims
+//   struct becomes its fields in declaration order (SwigluDims { n, h } -> `u64 rows, u64 h`).
 // - A kernel whose buffers differ in dtype lists the dtypes in argument order
 //   (`accumulate_f32_bf16`: an f32 `acc` += a bf16 `x`).
 // - Element counts and dimensions are `u64`; float scalars are `float` (the host converts the
