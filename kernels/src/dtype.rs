@@ -54,7 +54,7 @@ impl fmt::Display for DType {
 
 /// Round an f32 to bf16 with round-to-nearest-even; NaN stays NaN (quiet), infinities stay
 /// infinite, values past the largest bf16 round to infinity exactly as IEEE rounding does.
-/// The CUDA kernel `cast_f32_bf16` in `kernels/cuda/elementwise.cu` is the same bit recipe.
+/// The CUDA kernels' `f32_to_bf16_rne` (`kernels/cuda/prelude.cuh`) is the same bit recipe.
 #[inline]
 pub fn f32_to_bf16_rne(x: f32) -> bf16 {
     let bits = x.to_bits();
