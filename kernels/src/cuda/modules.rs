@@ -31,23 +31,27 @@ pub(crate) struct ModuleSpec {
 pub(crate) enum Module {
     Elementwise,
     Reduce,
+    Activation,
 }
 
 impl Module {
     /// Every module.
-    pub(crate) const ALL: [Module; 2] = [Module::Elementwise, Module::Reduce];
+    pub(crate) const ALL: [Module; 3] = [Module::Elementwise, Module::Reduce, Module::Activation];
 
     pub(crate) fn spec(self) -> &'static ModuleSpec {
         &SPECS[self as usize]
     }
 }
 
+/// The prelude every family includes.
+const PRELUDE: Header = ("prelude.cuh", include_str!("../../cuda/prelude.cuh"));
+
 /// The module table (indexed by [`Module`]).
 pub(crate) static SPECS: [ModuleSpec; Module::ALL.len()] = [
     ModuleSpec {
         name: "elementwise",
         source: include_str!("../../cuda/elementwise.cu"),
-        headers: &[],
+        headers: &[PRELUDE],
         kernels: &[
             "add_f32",
             "accumulate_f32",
@@ -67,6 +71,25 @@ pub(crate) static SPECS: [ModuleSpec; Module::ALL.len()] = [
             "bias_grad_partial_bf16",
             "bias_grad_finish_f32",
             "bias_grad_finish_bf16",
+        ],
+    },
+    ModuleSpec {
+        name: "activation",
+        source: include_str!("../../cuda/activation.cu"),
+        headers: &[PRELUDE],
+        kernels: &[
+            "gelu_forward_f32",
+            "gelu_forward_bf16",
+            "gelu_backward_f32",
+            "gelu_backward_bf16",
+            "silu_forward_f32",
+            "silu_forward_bf16",
+            "silu_backward_f32",
+            "silu_backward_bf16",
+            "swiglu_forward_f32",
+            "swiglu_forward_bf16",
+            "swiglu_backward_f32",
+            "swiglu_backward_bf16",
         ],
     },
 ];
