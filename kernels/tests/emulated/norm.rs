@@ -99,6 +99,16 @@ fn column_bound(acc: &HostVec, n: usize, c: usize, terms: impl Fn(usize, usize) 
         .collect()
 }
 
+/// `x` (mean 0.5) and a `dout` that leans on it, as a loss's gradient does: the sums over a row
+/// of `dout · x̂` are then of the size of their terms, not cancelled down to noise, so an error
+/// in them shows above the bounds.
+fn correlated(seed: u64, len: usize, dt: DType) -> (HostVec, HostVec) {
+    let (a, b) = (rand_vec(seed, len), rand_vec(seed + 1, len));
+    let x: Vec<f64> = a.iter().map(|v| 0.5 + 1.5 * v).collect();
+    let dy: Vec<f64> = a.iter().zip(&b).map(|(u, v)| 0.8 * u + 0.2 * v).collect();
+    (host(&x, dt), host(&dy, dt))
+}
+
 #[test]
 fn layernorm_forward() {
     let c0 = cpu();
@@ -167,9 +177,7 @@ fn layernorm_backward() {
             for (k, &(n, c)) in SHAPES.iter().enumerate() {
                 for (has_w, has_b) in AFFINE {
                     let d = NormDims { n, c, eps: EPS };
-                    let xs: Vec<f64> = rand_vec(4, n * c).iter().map(|v| 0.5 + 1.5 * v).collect();
-                    let mut x = host(&xs, dt);
-                    let mut dy = host(&rand_vec(5, n * c), dt);
+                    let (mut x, mut dy) = correlated(4, n * c, dt);
                     let mut w = has_w.then(|| host(&rand_vec(6, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(), dt));
                     // Saved statistics from the CPU forward, the same on both sides.
                     let (mut out, mut mean, mut rstd) = (zeros(dt, n * c), zeros(DType::F32, n), zeros(DType::F32, n));
@@ -294,8 +302,7 @@ fn rmsnorm_backward() {
             for (k, &(n, c)) in SHAPES.iter().enumerate() {
                 for (has_w, has_dw) in [(true, true), (false, true), (true, false)] {
                     let d = NormDims { n, c, eps: EPS };
-                    let mut x = host(&rand_vec(14, n * c).iter().map(|v| 0.5 + 1.5 * v).collect::<Vec<_>>(), dt);
-                    let mut dy = host(&rand_vec(15, n * c), dt);
+                    let (mut x, mut dy) = correlated(14, n * c, dt);
                     let mut w = has_w.then(|| host(&rand_vec(16, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(), dt));
                     let (mut out, mut rstd) = (zeros(dt, n * c), zeros(DType::F32, n));
                     c0.rmsnorm_forward(out.view_mut(), rstd.view_mut(), x.view(), w.as_ref().map(|w| w.view()), d)
