@@ -43,6 +43,14 @@ __device__ __forceinline__ u32 pack_bf16x2(bf16 lo, bf16 hi) {
     return (u32)lo | ((u32)hi << 16);
 }
 
+// Element `i` of an f32 or bf16 buffer, as f32 (exact).
+__device__ __forceinline__ float load_as_f32(const float* p, u64 i) { return p[i]; }
+__device__ __forceinline__ float load_as_f32(const bf16* p, u64 i) { return bf16_to_f32(p[i]); }
+
+// Stores an f32 value into element `i` of an f32 or bf16 buffer (bf16: rounded to nearest even).
+__device__ __forceinline__ void store_rounded(float* p, u64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_rounded(bf16* p, u64 i, float v) { p[i] = f32_to_bf16_rne(v); }
+
 // ---- indexing ---------------------------------------------------------------------------------
 
 // The thread's index in a 1-D grid of 1-D blocks, in 64 bits.

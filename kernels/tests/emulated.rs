@@ -8,7 +8,9 @@
 //! they are built with ThreadSanitizer (the `tsan` tests run this suite so, in a subprocess).
 
 mod activation;
+mod bounds;
 mod elementwise;
+mod norm;
 mod prelude;
 mod tsan;
 

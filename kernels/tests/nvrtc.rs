@@ -43,6 +43,17 @@ const BUDGETS: &[(&str, u32)] = &[
     ("swiglu_forward_bf16", 24),
     ("swiglu_backward_f32", 24),
     ("swiglu_backward_bf16", 24),
+    // kernels/cuda/norm.cu
+    ("layernorm_forward_f32", 32),
+    ("layernorm_forward_bf16", 32),
+    ("layernorm_backward_f32", 40),
+    ("layernorm_backward_bf16", 40),
+    ("rmsnorm_forward_f32", 32),
+    ("rmsnorm_forward_bf16", 32),
+    ("rmsnorm_backward_f32", 40),
+    ("rmsnorm_backward_bf16", 40),
+    ("param_grad_sum_f32", 32),
+    ("param_grad_sum_bf16_f32", 32),
     // kernels/tests/emu: the prelude's probes
     ("reduce_probe", 32),
     ("tree_sum", 24),
