@@ -51,6 +51,13 @@ __device__ __forceinline__ float load_as_f32(const bf16* p, u64 i) { return bf16
 __device__ __forceinline__ void store_rounded(float* p, u64 i, float v) { p[i] = v; }
 __device__ __forceinline__ void store_rounded(bf16* p, u64 i, float v) { p[i] = f32_to_bf16_rne(v); }
 
+// f32 in registers for a load or store of either dtype (bf16 stores round once, to nearest
+// even).
+__device__ __forceinline__ float load_f32(const float* p, u64 i) { return p[i]; }
+__device__ __forceinline__ float load_f32(const bf16* p, u64 i) { return bf16_to_f32(p[i]); }
+__device__ __forceinline__ void store_f32(float* p, u64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_f32(bf16* p, u64 i, float v) { p[i] = f32_to_bf16_rne(v); }
+
 // ---- indexing ---------------------------------------------------------------------------------
 
 // The thread's index in a 1-D grid of 1-D blocks, in 64 bits.
@@ -104,6 +111,24 @@ __device__ __forceinline__ float block_reduce(float v) {
 
 __device__ __forceinline__ float block_sum(float v) { return block_reduce<SumOp>(v); }
 __device__ __forceinline__ float block_max(float v) { return block_reduce<MaxOp>(v); }
+
+// f64 sums (the optimizer's global reductions), as warp_sum and block_sum.
+__device__ __forceinline__ double warp_sum_f64(double v) {
+    for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    return v;
+}
+
+__device__ __forceinline__ double block_sum_f64(double v) {
+    __shared__ double slots_f64[32];
+    const u32 tid = block_thread_index();
+    const u32 lane = tid & 31;
+    const u32 nwarps = (blockDim.x * blockDim.y * blockDim.z + 31) / 32;
+    v = warp_sum_f64(v);
+    __syncthreads();
+    if (lane == 0) slots_f64[tid >> 5] = v;
+    __syncthreads();
+    return warp_sum_f64(lane < nwarps ? slots_f64[lane] : 0.0);
+}
 
 // ---- dynamic shared memory --------------------------------------------------------------------
 

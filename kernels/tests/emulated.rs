@@ -10,7 +10,10 @@
 mod activation;
 mod bounds;
 mod elementwise;
+mod embed;
+mod loss;
 mod norm;
+mod optim;
 mod prelude;
 mod tsan;
 
@@ -42,6 +45,7 @@ pub enum Arg {
     Ptr(*mut c_void),
     U64(u64),
     F32(f32),
+    F64(f64),
 }
 
 impl Arg {
@@ -50,6 +54,7 @@ impl Arg {
             Arg::Ptr(p) => p as *const *mut c_void as *mut c_void,
             Arg::U64(v) => v as *const u64 as *mut c_void,
             Arg::F32(v) => v as *const f32 as *mut c_void,
+            Arg::F64(v) => v as *const f64 as *mut c_void,
         }
     }
 }

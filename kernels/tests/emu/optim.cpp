@@ -1,0 +1,12 @@
+// The optimizer family (kernels/cuda/optim.cu) on the CPU emulator.
+#include "cuda_emu.h"
+#include "../../cuda/optim.cu"
+
+EMU_EXPORT(adamw_update_f32)
+EMU_EXPORT(ademamix_update_f32)
+EMU_EXPORT(sum_squares_partial_f32)
+EMU_EXPORT(sum_squares_partial_bf16)
+EMU_EXPORT(sum_squares_finish_f32)
+EMU_EXPORT(sum_squares_finish_f64)
+EMU_EXPORT(l2norm_forward_finish_f32)
+EMU_EXPORT(l2norm_backward_f32)

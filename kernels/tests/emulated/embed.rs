@@ -1,0 +1,175 @@
+//! kernels/cuda/embed.cu against the CPU backend, f32 and bf16 activations (f32 timesteps).
+//!
+//! Every comparison here is bitwise:
+//! - the lookup and the patch permutations copy values;
+//! - the embedding backward adds each table row's `dout` rows in token order (the host's stable
+//!   sort of (id, position) gives the kernel the CPU's order), in f32, rounded once;
+//! - the timestep features compute `f_j` in f64 (the emulator's `exp`/`log` and the CPU's are
+//!   the C library's), round it once, and then run the CPU's f32 operations in its order with
+//!   the same `sinf`/`cosf`. On a GPU, CUDA's `sinf`/`cosf` (2 ulps), `exp`/`log` (1 ulp in f64,
+//!   hidden by the rounding to f32 but for rare ties) and FMA contraction make that an ulp or
+//!   two of the result (relative to the largest term for the backward's sum).
+
+use super::*;
+use crate::harness::{cpu, host, rand_vec, zeros};
+use weft_kernels::*;
+
+fn lib() -> &'static Shim {
+    shim("embed", &[])
+}
+
+fn suffix(dt: DType) -> &'static str {
+    if dt == DType::BF16 {
+        "bf16"
+    } else {
+        "f32"
+    }
+}
+
+const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
+
+/// `n` ids in `[0, v)` with repeats (a small vocabulary) and every id of a short run used.
+fn ids(seed: u64, n: usize, v: usize) -> Vec<i32> {
+    rand_vec(seed, n)
+        .iter()
+        .map(|r| (((r + 1.0) / 2.0 * v as f64) as usize).min(v - 1) as i32)
+        .collect()
+}
+
+#[test]
+fn embedding_forward() {
+    let c = cpu();
+    for dt in DTYPES {
+        for (n, v, ch) in [(1, 1, 1), (7, 5, 3), (33, 50, 100), (100, 13, 257)] {
+            let d = EmbeddingDims { n, v, c: ch };
+            let mut table = host(&rand_vec(1, v * ch), dt);
+            let mut id = HostVec::I32(ids(2, n, v));
+            let mut want = zeros(dt, n * ch);
+            c.embedding_forward(want.view_mut(), id.view(), table.view(), d).unwrap();
+            let mut got = host(&rand_vec(3, n * ch), dt);
+            let kernel = format!("embedding_forward_{}", suffix(dt));
+            let sizes = [n, v, ch].map(|s| Arg::U64(s as u64));
+            let args = [buf(&mut got), buf(&mut id), buf(&mut table), sizes[0], sizes[1], sizes[2]];
+            lib().launch_1d(&kernel, n * ch, &args);
+            assert_close(&format!("{kernel} (N={n}, V={v}, C={ch})"), &got, &want, 0);
+        }
+    }
+}
+
+#[test]
+fn embedding_backward_adds_in_token_order() {
+    let c = cpu();
+    // (dtable, dout) dtypes: a bf16 call's table gradient may be f32.
+    for (gdt, dt, kernel) in [
+        (DType::F32, DType::F32, "embedding_backward_f32"),
+        (DType::BF16, DType::BF16, "embedding_backward_bf16"),
+        (DType::F32, DType::BF16, "embedding_backward_f32_bf16"),
+    ] {
+        // (N, V, C, block, grid): one token; repeats within a block's channels; C over the
+        // block (threads loop); fewer blocks than entries (blocks stride); unused table rows.
+        for (n, v, ch, block, grid) in [
+            (1, 1, 1, 32, 1),
+            (9, 3, 5, 32, 9),
+            (100, 13, 70, 32, 100),
+            (64, 200, 33, 64, 7),
+            (300, 7, 129, 128, 300),
+        ] {
+            let d = EmbeddingDims { n, v, c: ch };
+            let id = ids(4 + n as u64, n, v);
+            let mut dout = host(&rand_vec(5, n * ch), dt);
+            // The table gradient accumulates: start from values.
+            let mut want = host(&rand_vec(6, v * ch), gdt);
+            let mut got = want.clone();
+            c.embedding_backward(want.view_mut(), dout.view(), HostVec::I32(id.clone()).view(), d)
+                .unwrap();
+            let mut order: Vec<(i32, i32)> = id.iter().enumerate().map(|(p, &i)| (i, p as i32)).collect();
+            order.sort(); // (id, position): a stable sort by id
+            let mut sorted = HostVec::I32(order.iter().map(|o| o.0).collect());
+            let mut positions = HostVec::I32(order.iter().map(|o| o.1).collect());
+            let sizes = [n, v, ch].map(|s| Arg::U64(s as u64));
+            let args = [
+                buf(&mut got),
+                buf(&mut dout),
+                buf(&mut sorted),
+                buf(&mut positions),
+                sizes[0],
+                sizes[1],
+                sizes[2],
+            ];
+            lib().launch(kernel, dim(grid), dim(block), 0, &args);
+            assert_close(&format!("{kernel} (N={n}, V={v}, C={ch})"), &got, &want, 0);
+        }
+    }
+}
+
+type Patch = fn(&CpuBackend, HostMut<'_>, HostRef<'_>, PatchDims) -> Result<()>;
+
+#[test]
+fn patchify_and_unpatchify() {
+    let c = cpu();
+    let ops: [(&str, Patch); 4] = [
+        ("patchify_forward", CpuBackend::patchify_forward),
+        ("patchify_backward", CpuBackend::patchify_backward),
+        ("unpatchify_forward", CpuBackend::unpatchify_forward),
+        ("unpatchify_backward", CpuBackend::unpatchify_backward),
+    ];
+    let shapes = [
+        PatchDims { b: 1, t: 1, h: 1, w: 1, c: 1, pt: 1, ph: 1, pw: 1 },
+        PatchDims { b: 2, t: 4, h: 6, w: 10, c: 3, pt: 2, ph: 3, pw: 5 },
+        PatchDims { b: 3, t: 3, h: 4, w: 4, c: 5, pt: 1, ph: 2, pw: 2 },
+        PatchDims { b: 1, t: 2, h: 8, w: 6, c: 7, pt: 2, ph: 4, pw: 1 },
+    ];
+    for dt in DTYPES {
+        for d in shapes {
+            let n = d.numel();
+            for (name, op) in ops {
+                let mut src = host(&rand_vec(7, n), dt);
+                let mut want = zeros(dt, n);
+                op(&c, want.view_mut(), src.view(), d).unwrap();
+                let mut got = host(&rand_vec(8, n), dt);
+                let kernel = format!("{name}_{}", suffix(dt));
+                let mut args = vec![buf(&mut got), buf(&mut src)];
+                args.extend([d.b, d.t, d.h, d.w, d.c, d.pt, d.ph, d.pw].map(|s| Arg::U64(s as u64)));
+                lib().launch_1d(&kernel, n, &args);
+                assert_close(&format!("{kernel} {d:?}"), &got, &want, 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn timestep_embedding() {
+    let c = cpu();
+    for dt in DTYPES {
+        for (n, width) in [(1, 1), (5, 2), (37, 33), (16, 256)] {
+            for max_period in [10000.0, 37.5] {
+                let d = TimestepDims { n, dim: width, max_period };
+                let what = format!("[{dt}] N={n} DIM={width} max_period={max_period}");
+                // DiT timesteps in [0, 1000), a zero and fractional values.
+                let mut t: HostVec = rand_vec(9, n)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| if i == 1 { 0.0 } else { (500.0 * (r + 1.0)) as f32 })
+                    .collect::<Vec<_>>()
+                    .into();
+                let sizes = [Arg::U64(n as u64), Arg::U64(width as u64), Arg::F64(max_period)];
+
+                let mut want = zeros(dt, n * width);
+                c.timestep_embedding_forward(want.view_mut(), t.view(), d).unwrap();
+                let mut got = host(&rand_vec(10, n * width), dt);
+                let kernel = format!("timestep_embedding_forward_{}", suffix(dt));
+                lib().launch_1d(&kernel, n * width, &[buf(&mut got), buf(&mut t), sizes[0], sizes[1], sizes[2]]);
+                assert_close(&format!("{kernel} {what}"), &got, &want, 0);
+
+                let mut dout = host(&rand_vec(11, n * width), dt);
+                let mut want = zeros(DType::F32, n);
+                c.timestep_embedding_backward(want.view_mut(), dout.view(), t.view(), d).unwrap();
+                let mut got: HostVec = vec![f32::NAN; n].into();
+                let kernel = format!("timestep_embedding_backward_{}", suffix(dt));
+                let args = [buf(&mut got), buf(&mut dout), buf(&mut t), sizes[0], sizes[1], sizes[2]];
+                lib().launch_1d(&kernel, n, &args);
+                assert_close(&format!("{kernel} {what}"), &got, &want, 0);
+            }
+        }
+    }
+}
