@@ -43,6 +43,17 @@ const BUDGETS: &[(&str, u32)] = &[
     ("swiglu_forward_bf16", 24),
     ("swiglu_backward_f32", 24),
     ("swiglu_backward_bf16", 24),
+    // kernels/cuda/attention.cu
+    ("attention_forward_f32", 255),
+    ("attention_forward_bf16", 255),
+    ("attention_backward_delta_f32", 255),
+    ("attention_backward_delta_bf16", 255),
+    ("attention_backward_dq_f32", 255),
+    ("attention_backward_dq_bf16", 255),
+    ("attention_backward_dkdv_f32", 255),
+    ("attention_backward_dkdv_bf16", 255),
+    ("attention_merge_f32", 255),
+    ("attention_merge_bf16", 255),
     // kernels/tests/emu: the prelude's probes
     ("reduce_probe", 32),
     ("tree_sum", 24),
