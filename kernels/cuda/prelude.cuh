@@ -58,6 +58,18 @@ __device__ __forceinline__ float load_f32(const bf16* p, u64 i) { return bf16_to
 __device__ __forceinline__ void store_f32(float* p, u64 i, float v) { p[i] = v; }
 __device__ __forceinline__ void store_f32(bf16* p, u64 i, float v) { p[i] = f32_to_bf16_rne(v); }
 
+// Two f32 rounded to nearest even into one register of two bf16, `lo` in the low half (an
+// mma.sync operand); the same rounding as f32_to_bf16_rne.
+__device__ __forceinline__ u32 pack_f32_bf16x2(float lo, float hi) {
+#ifdef WEFT_EMU
+    return pack_bf16x2(f32_to_bf16_rne(lo), f32_to_bf16_rne(hi));
+#else
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
 // ---- indexing ---------------------------------------------------------------------------------
 
 // The thread's index in a 1-D grid of 1-D blocks, in 64 bits.

@@ -8,6 +8,7 @@
 //! they are built with ThreadSanitizer (the `tsan` tests run this suite so, in a subprocess).
 
 mod activation;
+mod attention;
 mod bounds;
 mod elementwise;
 mod embed;

@@ -54,6 +54,17 @@ const BUDGETS: &[(&str, u32)] = &[
     ("rmsnorm_backward_bf16", 40),
     ("param_grad_sum_f32", 32),
     ("param_grad_sum_bf16_f32", 32),
+    // kernels/cuda/attention.cu
+    ("attention_forward_f32", 255),
+    ("attention_forward_bf16", 255),
+    ("attention_backward_delta_f32", 255),
+    ("attention_backward_delta_bf16", 255),
+    ("attention_backward_dq_f32", 255),
+    ("attention_backward_dq_bf16", 255),
+    ("attention_backward_dkdv_f32", 255),
+    ("attention_backward_dkdv_bf16", 255),
+    ("attention_merge_f32", 255),
+    ("attention_merge_bf16", 255),
     // kernels/tests/emu: the prelude's probes
     ("reduce_probe", 32),
     ("tree_sum", 24),
