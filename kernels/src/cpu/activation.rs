@@ -1,7 +1,7 @@
 //! GELU (tanh), SiLU and SwiGLU on CPU.
 
 use super::{with_float, CpuBackend, Real};
-use crate::ops::{check_all, check_pointwise, ActivationOps, SwigluDims, ACTIVATION_FLOATS};
+use crate::ops::{check, ActivationOps, SwigluDims, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -85,55 +85,29 @@ pub fn swiglu_backward<T: Real>(dinp: &mut [T], dout: &[T], inp: &[T], h: usize)
         });
 }
 
-fn check_unary(op: &'static str, out: &HostMut<'_>, inp: &HostRef<'_>, n: usize) -> Result<crate::DType> {
-    check_pointwise(op, ACTIVATION_FLOATS, &[("out", out)], &[("inp", inp)], n)
-}
-
-fn check_grad(
-    op: &'static str,
-    dinp: &HostMut<'_>,
-    dout: &HostRef<'_>,
-    inp: &HostRef<'_>,
-    n: usize,
-) -> Result<crate::DType> {
-    check_pointwise(
-        op,
-        ACTIVATION_FLOATS,
-        &[("dinp", dinp)],
-        &[("inp", inp), ("dout", dout)],
-        n,
-    )
-}
-
 impl ActivationOps for CpuBackend {
     fn gelu_forward(&self, out: HostMut<'_>, inp: HostRef<'_>, n: usize) -> Result<()> {
-        let dt = check_unary("gelu_forward", &out, &inp, n)?;
+        let dt = check::unary("gelu_forward", ACTIVATION_FLOATS, &out, &inp, n)?;
         with_float!(dt, [out, inp], T => map::<T>(T::get_mut(out), T::get(inp), gelu));
         Ok(())
     }
     fn gelu_backward(&self, dinp: HostMut<'_>, dout: HostRef<'_>, inp: HostRef<'_>, n: usize) -> Result<()> {
-        let dt = check_grad("gelu_backward", &dinp, &dout, &inp, n)?;
+        let dt = check::unary_grad("gelu_backward", ACTIVATION_FLOATS, &dinp, &dout, &inp, n)?;
         with_float!(dt, [dinp, dout, inp], T => map_grad::<T>(T::get_mut(dinp), T::get(dout), T::get(inp), gelu_grad));
         Ok(())
     }
     fn silu_forward(&self, out: HostMut<'_>, inp: HostRef<'_>, n: usize) -> Result<()> {
-        let dt = check_unary("silu_forward", &out, &inp, n)?;
+        let dt = check::unary("silu_forward", ACTIVATION_FLOATS, &out, &inp, n)?;
         with_float!(dt, [out, inp], T => map::<T>(T::get_mut(out), T::get(inp), silu));
         Ok(())
     }
     fn silu_backward(&self, dinp: HostMut<'_>, dout: HostRef<'_>, inp: HostRef<'_>, n: usize) -> Result<()> {
-        let dt = check_grad("silu_backward", &dinp, &dout, &inp, n)?;
+        let dt = check::unary_grad("silu_backward", ACTIVATION_FLOATS, &dinp, &dout, &inp, n)?;
         with_float!(dt, [dinp, dout, inp], T => map_grad::<T>(T::get_mut(dinp), T::get(dout), T::get(inp), silu_grad));
         Ok(())
     }
     fn swiglu_forward(&self, out: HostMut<'_>, inp: HostRef<'_>, d: SwigluDims) -> Result<()> {
-        const OP: &str = "swiglu_forward";
-        let (si, so) = (
-            format!("(N={}, 2H={})", d.n, 2 * d.h),
-            format!("(N={}, H={})", d.n, d.h),
-        );
-        let dt = check_all(OP, ACTIVATION_FLOATS, &[("inp", Some(&inp), d.n * 2 * d.h, &si)])?;
-        check_all(OP, &[dt], &[("out", Some(&out), d.n * d.h, &so)])?;
+        let dt = check::swiglu_forward(ACTIVATION_FLOATS, &out, &inp, &d)?;
         with_float!(dt, [out, inp], T => swiglu_forward::<T>(T::get_mut(out), T::get(inp), d.h));
         Ok(())
     }
@@ -144,20 +118,7 @@ impl ActivationOps for CpuBackend {
         inp: HostRef<'_>,
         d: SwigluDims,
     ) -> Result<()> {
-        const OP: &str = "swiglu_backward";
-        let (si, so) = (
-            format!("(N={}, 2H={})", d.n, 2 * d.h),
-            format!("(N={}, H={})", d.n, d.h),
-        );
-        let dt = check_all(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                ("inp", Some(&inp), d.n * 2 * d.h, &si),
-                ("dout", Some(&dout), d.n * d.h, &so),
-            ],
-        )?;
-        check_all(OP, &[dt], &[("dinp", Some(&dinp), d.n * 2 * d.h, &si)])?;
+        let dt = check::swiglu_backward(ACTIVATION_FLOATS, &dinp, &dout, &inp, &d)?;
         with_float!(dt, [dinp, dout, inp], T => swiglu_backward::<T>(T::get_mut(dinp), T::get(dout), T::get(inp), d.h));
         Ok(())
     }

@@ -13,7 +13,7 @@
 //! parallelism is across tasks, never inside a reduction.
 
 use super::{with_float, CpuBackend, Real};
-use crate::ops::{check_args, Arg, AttentionOps, AttnDims, ACTIVATION_FLOATS};
+use crate::ops::{check, AttentionOps, AttnDims, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -490,19 +490,7 @@ impl AttentionOps for CpuBackend {
         part_lse: HostRef<'_>,
         d: AttnDims,
     ) -> Result<()> {
-        const OP: &str = "attention_merge";
-        let (qs, ls) = (d.q(), d.lse());
-        let (nq, nl) = (d.b * d.tq * d.nh * d.hd, d.b * d.nh * d.tq);
-        let dt = check_args(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                Arg::act("part", Some(&part), nq, &qs),
-                Arg::stat("part_lse", Some(&part_lse), nl, &ls),
-                Arg::act("out", Some(&out), nq, &qs),
-                Arg::stat("lse", Some(&lse), nl, &ls),
-            ],
-        )?;
+        let dt = check::attention_merge(ACTIVATION_FLOATS, &out, &lse, &part, &part_lse, &d)?;
         with_float!(dt, [out, lse, part, part_lse], T => attention_merge::<T>(T::get_mut(out), T::get_mut(lse), T::get(part), T::get(part_lse), &d));
         Ok(())
     }
@@ -516,21 +504,7 @@ impl AttentionOps for CpuBackend {
         v: HostRef<'_>,
         d: AttnDims,
     ) -> Result<()> {
-        const OP: &str = "attention_forward";
-        d.rule(OP)?;
-        let (qs, kvs, ls) = (d.q(), d.kv(), d.lse());
-        let (nq, nkv) = (d.b * d.tq * d.nh * d.hd, d.b * d.tk * d.nkv * d.hd);
-        let dt = check_args(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                Arg::act("q", Some(&q), nq, &qs),
-                Arg::act("k", Some(&k), nkv, &kvs),
-                Arg::act("v", Some(&v), nkv, &kvs),
-                Arg::act("out", Some(&out), nq, &qs),
-                Arg::stat("lse", Some(&lse), d.b * d.nh * d.tq, &ls),
-            ],
-        )?;
+        let dt = check::attention_forward(ACTIVATION_FLOATS, &out, &lse, &q, &k, &v, &d)?;
         with_float!(dt, [out, lse, q, k, v], T => attention_forward::<T>(T::get_mut(out), T::get_mut(lse), T::get(q), T::get(k), T::get(v), &d));
         Ok(())
     }
@@ -548,24 +522,18 @@ impl AttentionOps for CpuBackend {
         lse: HostRef<'_>,
         d: AttnDims,
     ) -> Result<()> {
-        const OP: &str = "attention_backward";
-        d.rule(OP)?;
-        let (qs, kvs, ls) = (d.q(), d.kv(), d.lse());
-        let (nq, nkv) = (d.b * d.tq * d.nh * d.hd, d.b * d.tk * d.nkv * d.hd);
-        let dt = check_args(
-            OP,
+        let dt = check::attention_backward(
             ACTIVATION_FLOATS,
-            &[
-                Arg::act("q", Some(&q), nq, &qs),
-                Arg::act("k", Some(&k), nkv, &kvs),
-                Arg::act("v", Some(&v), nkv, &kvs),
-                Arg::act("out", Some(&out), nq, &qs),
-                Arg::act("dout", Some(&dout), nq, &qs),
-                Arg::stat("lse", Some(&lse), d.b * d.nh * d.tq, &ls),
-                Arg::act("dq", Some(&dq), nq, &qs),
-                Arg::act("dk", Some(&dk), nkv, &kvs),
-                Arg::act("dv", Some(&dv), nkv, &kvs),
-            ],
+            &dq,
+            &dk,
+            &dv,
+            &dout,
+            &q,
+            &k,
+            &v,
+            &out,
+            &lse,
+            &d,
         )?;
         with_float!(dt, [dq, dk, dv, dout, q, k, v, out, lse], T => attention_backward::<T>(
             T::get_mut(dq), T::get_mut(dk), T::get_mut(dv), T::get(dout), T::get(q), T::get(k),

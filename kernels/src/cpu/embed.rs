@@ -1,10 +1,8 @@
 //! Embedding lookup, 3-D patchify/unpatchify and sinusoidal timestep features on CPU.
 
 use super::{indices, with_float, CpuBackend, Real};
-use crate::ops::{
-    check_all, check_args, Arg, EmbedOps, EmbeddingDims, PatchDims, TimestepDims, ACTIVATION_FLOATS,
-};
-use crate::{DType, HostMut, HostRef, Result};
+use crate::ops::{check, EmbedOps, EmbeddingDims, PatchDims, TimestepDims, ACTIVATION_FLOATS};
+use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
 pub fn embedding_forward<T: Real>(out: &mut [T], ids: &[i32], table: &[T], c: usize) {
@@ -92,21 +90,6 @@ pub fn timestep_backward<T: Real>(dt: &mut [T], dout: &[T], t: &[T], d: &Timeste
     }
 }
 
-fn check_patch(
-    op: &'static str,
-    dst: &HostMut<'_>,
-    dst_is_tokens: bool,
-    src: &HostRef<'_>,
-    names: (&'static str, &'static str),
-    d: &PatchDims,
-) -> Result<DType> {
-    d.rule(op)?;
-    let (vs, ps) = (d.video(), d.patches());
-    let (dshape, sshape) = if dst_is_tokens { (&ps, &vs) } else { (&vs, &ps) };
-    let dt = check_all(op, ACTIVATION_FLOATS, &[(names.1, Some(src), d.numel(), sshape)])?;
-    check_all(op, &[dt], &[(names.0, Some(dst), d.numel(), dshape)])
-}
-
 impl EmbedOps for CpuBackend {
     fn embedding_forward(
         &self,
@@ -116,12 +99,7 @@ impl EmbedOps for CpuBackend {
         d: EmbeddingDims,
     ) -> Result<()> {
         const OP: &str = "embedding_forward";
-        let (ts, os) = (
-            format!("(V={}, C={})", d.v, d.c),
-            format!("(N={}, C={})", d.n, d.c),
-        );
-        let dt = check_all(OP, ACTIVATION_FLOATS, &[("table", Some(&table), d.v * d.c, &ts)])?;
-        check_all(OP, &[dt], &[("out", Some(&out), d.n * d.c, &os)])?;
+        let dt = check::embedding_forward(ACTIVATION_FLOATS, &out, &ids_, &table, &d)?;
         let ids = indices(OP, "ids", ids_, d.n, d.v, false)?;
         with_float!(dt, [out, table], T => embedding_forward::<T>(T::get_mut(out), ids, T::get(table), d.c));
         Ok(())
@@ -134,40 +112,54 @@ impl EmbedOps for CpuBackend {
         d: EmbeddingDims,
     ) -> Result<()> {
         const OP: &str = "embedding_backward";
-        let (ts, os) = (
-            format!("(V={}, C={})", d.v, d.c),
-            format!("(N={}, C={})", d.n, d.c),
-        );
-        let dt = check_args(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                Arg::act("dout", Some(&dout), d.n * d.c, &os),
-                Arg::grad("dtable", Some(&dtable), d.v * d.c, &ts),
-            ],
-        )?;
+        let dt = check::embedding_backward(ACTIVATION_FLOATS, &dtable, &dout, &ids_, &d)?;
         let ids = indices(OP, "ids", ids_, d.n, d.v, false)?;
         with_float!(dt, [dtable, dout], T => embedding_backward::<T>(T::get_mut(dtable), T::get(dout), ids, d.c));
         Ok(())
     }
     fn patchify_forward(&self, out: HostMut<'_>, x: HostRef<'_>, d: PatchDims) -> Result<()> {
-        let dt = check_patch("patchify_forward", &out, true, &x, ("out", "x"), &d)?;
+        let dt = check::patch(
+            "patchify_forward",
+            ACTIVATION_FLOATS,
+            &out,
+            true,
+            &x,
+            ("out", "x"),
+            &d,
+        )?;
         with_float!(dt, [out, x], T => patch_permute::<T>(T::get_mut(out), T::get(x), &d, true));
         Ok(())
     }
     fn patchify_backward(&self, dx: HostMut<'_>, dout: HostRef<'_>, d: PatchDims) -> Result<()> {
-        let dt = check_patch("patchify_backward", &dx, false, &dout, ("dx", "dout"), &d)?;
+        let dt = check::patch(
+            "patchify_backward",
+            ACTIVATION_FLOATS,
+            &dx,
+            false,
+            &dout,
+            ("dx", "dout"),
+            &d,
+        )?;
         with_float!(dt, [dx, dout], T => patch_permute::<T>(T::get_mut(dx), T::get(dout), &d, false));
         Ok(())
     }
     fn unpatchify_forward(&self, out: HostMut<'_>, tokens: HostRef<'_>, d: PatchDims) -> Result<()> {
-        let dt = check_patch("unpatchify_forward", &out, false, &tokens, ("out", "tokens"), &d)?;
+        let dt = check::patch(
+            "unpatchify_forward",
+            ACTIVATION_FLOATS,
+            &out,
+            false,
+            &tokens,
+            ("out", "tokens"),
+            &d,
+        )?;
         with_float!(dt, [out, tokens], T => patch_permute::<T>(T::get_mut(out), T::get(tokens), &d, false));
         Ok(())
     }
     fn unpatchify_backward(&self, dtokens: HostMut<'_>, dout: HostRef<'_>, d: PatchDims) -> Result<()> {
-        let dt = check_patch(
+        let dt = check::patch(
             "unpatchify_backward",
+            ACTIVATION_FLOATS,
             &dtokens,
             true,
             &dout,
@@ -178,16 +170,7 @@ impl EmbedOps for CpuBackend {
         Ok(())
     }
     fn timestep_embedding_forward(&self, out: HostMut<'_>, t: HostRef<'_>, d: TimestepDims) -> Result<()> {
-        const OP: &str = "timestep_embedding_forward";
-        let (ts, os) = (format!("(N={})", d.n), format!("(N={}, DIM={})", d.n, d.dim));
-        let dt = check_args(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                Arg::stat("t", Some(&t), d.n, &ts),
-                Arg::act("out", Some(&out), d.n * d.dim, &os),
-            ],
-        )?;
+        let dt = check::timestep_embedding_forward(ACTIVATION_FLOATS, &out, &t, &d)?;
         with_float!(dt, [out, t], T => timestep_forward::<T>(T::get_mut(out), T::get(t), &d));
         Ok(())
     }
@@ -198,17 +181,7 @@ impl EmbedOps for CpuBackend {
         t: HostRef<'_>,
         d: TimestepDims,
     ) -> Result<()> {
-        const OP: &str = "timestep_embedding_backward";
-        let (ts, os) = (format!("(N={})", d.n), format!("(N={}, DIM={})", d.n, d.dim));
-        let dt = check_args(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                Arg::stat("t", Some(&t), d.n, &ts),
-                Arg::act("dout", Some(&dout), d.n * d.dim, &os),
-                Arg::stat("dt", Some(&dt_), d.n, &ts),
-            ],
-        )?;
+        let dt = check::timestep_embedding_backward(ACTIVATION_FLOATS, &dt_, &dout, &t, &d)?;
         with_float!(dt, [dt_, dout, t], T => timestep_backward::<T>(T::get_mut(dt_), T::get(dout), T::get(t), &d));
         Ok(())
     }

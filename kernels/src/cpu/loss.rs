@@ -1,7 +1,7 @@
 //! Cross-entropy with z-loss, and mean squared error, on CPU.
 
 use super::{indices, rows_per_task, with_float, CpuBackend, Real};
-use crate::ops::{check_args, Arg, CrossEntropyDims, LossOps, ACTIVATION_FLOATS};
+use crate::ops::{check, CrossEntropyDims, LossOps, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -91,16 +91,7 @@ impl LossOps for CpuBackend {
         d: CrossEntropyDims,
     ) -> Result<()> {
         const OP: &str = "cross_entropy_forward";
-        let (ls, rs) = (format!("(N={}, V={})", d.n, d.v), format!("(N={})", d.n));
-        let dt = check_args(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                Arg::act("logits", Some(&logits), d.n * d.v, &ls),
-                Arg::stat("losses", Some(&losses), d.n, &rs),
-                Arg::stat("lse", Some(&lse), d.n, &rs),
-            ],
-        )?;
+        let dt = check::cross_entropy_forward(ACTIVATION_FLOATS, &losses, &lse, &logits, &targets_, &d)?;
         let targets = indices(OP, "targets", targets_, d.n, d.v, true)?;
         with_float!(dt, [losses, lse, logits], T => cross_entropy_forward::<T>(
             T::get_mut(losses), T::get_mut(lse), T::get(logits), targets, &d));
@@ -117,16 +108,14 @@ impl LossOps for CpuBackend {
         d: CrossEntropyDims,
     ) -> Result<()> {
         const OP: &str = "cross_entropy_backward";
-        let (ls, rs) = (format!("(N={}, V={})", d.n, d.v), format!("(N={})", d.n));
-        let dt = check_args(
-            OP,
+        let dt = check::cross_entropy_backward(
             ACTIVATION_FLOATS,
-            &[
-                Arg::act("logits", Some(&logits), d.n * d.v, &ls),
-                Arg::stat("dlosses", Some(&dlosses), d.n, &rs),
-                Arg::stat("lse", Some(&lse), d.n, &rs),
-                Arg::act("dlogits", Some(&dlogits), d.n * d.v, &ls),
-            ],
+            &dlogits,
+            &dlosses,
+            &logits,
+            &targets_,
+            &lse,
+            &d,
         )?;
         let targets = indices(OP, "targets", targets_, d.n, d.v, true)?;
         with_float!(dt, [dlogits, dlosses, logits, lse], T => cross_entropy_backward::<T>(
@@ -135,17 +124,7 @@ impl LossOps for CpuBackend {
     }
 
     fn mse_forward(&self, loss: HostMut<'_>, pred: HostRef<'_>, target: HostRef<'_>, n: usize) -> Result<()> {
-        const OP: &str = "mse_forward";
-        let s = format!("(n={n})");
-        let dt = check_args(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                Arg::act("pred", Some(&pred), n, &s),
-                Arg::act("target", Some(&target), n, &s),
-                Arg::stat("loss", Some(&loss), 1, "(1)"),
-            ],
-        )?;
+        let dt = check::mse_forward(ACTIVATION_FLOATS, &loss, &pred, &target, n)?;
         with_float!(dt, [loss, pred, target], T => T::get_mut(loss)[0] = mse_forward::<T>(T::get(pred), T::get(target)));
         Ok(())
     }
@@ -158,18 +137,7 @@ impl LossOps for CpuBackend {
         target: HostRef<'_>,
         n: usize,
     ) -> Result<()> {
-        const OP: &str = "mse_backward";
-        let s = format!("(n={n})");
-        let dt = check_args(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                Arg::act("pred", Some(&pred), n, &s),
-                Arg::act("target", Some(&target), n, &s),
-                Arg::stat("dloss", Some(&dloss), 1, "(1)"),
-                Arg::act("dpred", Some(&dpred), n, &s),
-            ],
-        )?;
+        let dt = check::mse_backward(ACTIVATION_FLOATS, &dpred, &dloss, &pred, &target, n)?;
         with_float!(dt, [dpred, dloss, pred, target], T => mse_backward::<T>(T::get_mut(dpred), T::get(dloss)[0], T::get(pred), T::get(target)));
         Ok(())
     }

@@ -208,7 +208,7 @@ pub(crate) fn indices<'a>(
     bound: usize,
     negative_ok: bool,
 ) -> Result<&'a [i32]> {
-    crate::backend::Check { op }.arg(arg, &v, DType::I32, n, || format!("(N={n})"))?;
+    crate::ops::check::ids(op, arg, &v, n)?;
     let HostRef::I32(s) = v else {
         unreachable!("dtype checked above")
     };

@@ -1,7 +1,7 @@
 //! AdaLN modulation and gated residuals on CPU.
 
 use super::{with_float, CpuBackend, Real};
-use crate::ops::{check_all, ModDims, ModulationOps, ACTIVATION_FLOATS};
+use crate::ops::{check, ModDims, ModulationOps, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -107,19 +107,7 @@ impl ModulationOps for CpuBackend {
         scale: HostRef<'_>,
         d: ModDims,
     ) -> Result<()> {
-        const OP: &str = "modulate_forward";
-        d.rule(OP)?;
-        let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
-        let dt = check_all(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                ("x", Some(&x), n, &st),
-                ("shift", Some(&shift), d.cond_len(), &co),
-                ("scale", Some(&scale), d.cond_len(), &co),
-            ],
-        )?;
-        check_all(OP, &[dt], &[("out", Some(&out), n, &st)])?;
+        let dt = check::modulate_forward(ACTIVATION_FLOATS, &out, &x, &shift, &scale, &d)?;
         with_float!(dt, [out, x, shift, scale], T => modulate_forward::<T>(T::get_mut(out), T::get(x), T::get(shift), T::get(scale), &d));
         Ok(())
     }
@@ -134,27 +122,7 @@ impl ModulationOps for CpuBackend {
         scale: HostRef<'_>,
         d: ModDims,
     ) -> Result<()> {
-        const OP: &str = "modulate_backward";
-        d.rule(OP)?;
-        let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
-        let dt = check_all(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                ("dout", Some(&dout), n, &st),
-                ("x", Some(&x), n, &st),
-                ("scale", Some(&scale), d.cond_len(), &co),
-            ],
-        )?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("dx", Some(&dx), n, &st),
-                ("dshift", Some(&dshift), d.cond_len(), &co),
-                ("dscale", Some(&dscale), d.cond_len(), &co),
-            ],
-        )?;
+        let dt = check::modulate_backward(ACTIVATION_FLOATS, &dx, &dshift, &dscale, &dout, &x, &scale, &d)?;
         with_float!(dt, [dx, dshift, dscale, dout, x, scale], T => modulate_backward::<T>(
             T::get_mut(dx), T::get_mut(dshift), T::get_mut(dscale), T::get(dout), T::get(x), T::get(scale), &d));
         Ok(())
@@ -167,15 +135,7 @@ impl ModulationOps for CpuBackend {
         y: HostRef<'_>,
         d: ModDims,
     ) -> Result<()> {
-        const OP: &str = "gate_forward";
-        d.rule(OP)?;
-        let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
-        let dt = check_all(
-            OP,
-            ACTIVATION_FLOATS,
-            &[("y", Some(&y), n, &st), ("gate", Some(&gate), d.cond_len(), &co)],
-        )?;
-        check_all(OP, &[dt], &[("residual", Some(&residual), n, &st)])?;
+        let dt = check::gate_forward(ACTIVATION_FLOATS, &residual, &gate, &y, &d)?;
         with_float!(dt, [residual, gate, y], T => gate_forward::<T>(T::get_mut(residual), T::get(gate), T::get(y), &d));
         Ok(())
     }
@@ -189,26 +149,7 @@ impl ModulationOps for CpuBackend {
         y: HostRef<'_>,
         d: ModDims,
     ) -> Result<()> {
-        const OP: &str = "gate_backward";
-        d.rule(OP)?;
-        let (st, co, n) = (d.stream(), d.cond(), d.b * d.t * d.c);
-        let dt = check_all(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                ("dout", Some(&dout), n, &st),
-                ("y", Some(&y), n, &st),
-                ("gate", Some(&gate), d.cond_len(), &co),
-            ],
-        )?;
-        check_all(
-            OP,
-            &[dt],
-            &[
-                ("dy", Some(&dy), n, &st),
-                ("dgate", Some(&dgate), d.cond_len(), &co),
-            ],
-        )?;
+        let dt = check::gate_backward(ACTIVATION_FLOATS, &dy, &dgate, &dout, &gate, &y, &d)?;
         with_float!(dt, [dy, dgate, dout, gate, y], T => gate_backward::<T>(
             T::get_mut(dy), T::get_mut(dgate), T::get(dout), T::get(gate), T::get(y), &d));
         Ok(())

@@ -1,7 +1,7 @@
 //! LayerNorm and RMSNorm (and so QK-norm) on CPU.
 
 use super::{opt, opt_mut, rows_per_task, with_float, CpuBackend, Real};
-use crate::ops::{check_args, Arg, NormDims, NormOps, ACTIVATION_FLOATS};
+use crate::ops::{check, NormDims, NormOps, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -168,20 +168,15 @@ impl NormOps for CpuBackend {
         bias: Option<HostRef<'_>>,
         d: NormDims,
     ) -> Result<()> {
-        const OP: &str = "layernorm_forward";
-        d.rule(OP)?;
-        let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_args(
-            OP,
+        let dt = check::layernorm_forward(
             ACTIVATION_FLOATS,
-            &[
-                Arg::act("inp", Some(&inp), d.n * d.c, &full),
-                Arg::act("weight", weight.as_ref(), d.c, &chan),
-                Arg::act("bias", bias.as_ref(), d.c, &chan),
-                Arg::act("out", Some(&out), d.n * d.c, &full),
-                Arg::stat("mean", Some(&mean), d.n, &rows),
-                Arg::stat("rstd", Some(&rstd), d.n, &rows),
-            ],
+            &out,
+            &mean,
+            &rstd,
+            &inp,
+            weight.as_ref(),
+            bias.as_ref(),
+            &d,
         )?;
         with_float!(dt, [out, mean, rstd, inp, weight, bias], T => layernorm_forward::<T>(
             T::get_mut(out), T::get_mut(mean), T::get_mut(rstd), T::get(inp), opt(weight), opt(bias), &d));
@@ -200,22 +195,17 @@ impl NormOps for CpuBackend {
         rstd: HostRef<'_>,
         d: NormDims,
     ) -> Result<()> {
-        const OP: &str = "layernorm_backward";
-        d.rule(OP)?;
-        let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_args(
-            OP,
+        let dt = check::layernorm_backward(
             ACTIVATION_FLOATS,
-            &[
-                Arg::act("inp", Some(&inp), d.n * d.c, &full),
-                Arg::act("dout", Some(&dout), d.n * d.c, &full),
-                Arg::act("weight", weight.as_ref(), d.c, &chan),
-                Arg::stat("mean", Some(&mean), d.n, &rows),
-                Arg::stat("rstd", Some(&rstd), d.n, &rows),
-                Arg::act("dinp", Some(&dinp), d.n * d.c, &full),
-                Arg::grad("dweight", dweight.as_ref(), d.c, &chan),
-                Arg::grad("dbias", dbias.as_ref(), d.c, &chan),
-            ],
+            &dinp,
+            dweight.as_ref(),
+            dbias.as_ref(),
+            &dout,
+            &inp,
+            weight.as_ref(),
+            &mean,
+            &rstd,
+            &d,
         )?;
         with_float!(dt, [dinp, dweight, dbias, dout, inp, weight, mean, rstd], T => layernorm_backward::<T>(
             T::get_mut(dinp), opt_mut(dweight), opt_mut(dbias), T::get(dout), T::get(inp),
@@ -231,19 +221,7 @@ impl NormOps for CpuBackend {
         weight: Option<HostRef<'_>>,
         d: NormDims,
     ) -> Result<()> {
-        const OP: &str = "rmsnorm_forward";
-        d.rule(OP)?;
-        let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_args(
-            OP,
-            ACTIVATION_FLOATS,
-            &[
-                Arg::act("inp", Some(&inp), d.n * d.c, &full),
-                Arg::act("weight", weight.as_ref(), d.c, &chan),
-                Arg::act("out", Some(&out), d.n * d.c, &full),
-                Arg::stat("rstd", Some(&rstd), d.n, &rows),
-            ],
-        )?;
+        let dt = check::rmsnorm_forward(ACTIVATION_FLOATS, &out, &rstd, &inp, weight.as_ref(), &d)?;
         with_float!(dt, [out, rstd, inp, weight], T =>
             rmsnorm_forward::<T>(T::get_mut(out), T::get_mut(rstd), T::get(inp), opt(weight), &d));
         Ok(())
@@ -259,20 +237,15 @@ impl NormOps for CpuBackend {
         rstd: HostRef<'_>,
         d: NormDims,
     ) -> Result<()> {
-        const OP: &str = "rmsnorm_backward";
-        d.rule(OP)?;
-        let (full, rows, chan) = (d.full(), d.rows(), d.chan());
-        let dt = check_args(
-            OP,
+        let dt = check::rmsnorm_backward(
             ACTIVATION_FLOATS,
-            &[
-                Arg::act("inp", Some(&inp), d.n * d.c, &full),
-                Arg::act("dout", Some(&dout), d.n * d.c, &full),
-                Arg::act("weight", weight.as_ref(), d.c, &chan),
-                Arg::stat("rstd", Some(&rstd), d.n, &rows),
-                Arg::act("dinp", Some(&dinp), d.n * d.c, &full),
-                Arg::grad("dweight", dweight.as_ref(), d.c, &chan),
-            ],
+            &dinp,
+            dweight.as_ref(),
+            &dout,
+            &inp,
+            weight.as_ref(),
+            &rstd,
+            &d,
         )?;
         with_float!(dt, [dinp, dweight, dout, inp, weight, rstd], T => rmsnorm_backward::<T>(
             T::get_mut(dinp), opt_mut(dweight), T::get(dout), T::get(inp), opt(weight), T::get(rstd), &d));

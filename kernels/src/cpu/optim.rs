@@ -2,8 +2,7 @@
 
 use super::widen::widen;
 use super::{with_real, CpuBackend, Real};
-use crate::backend::Check;
-use crate::ops::{check_all, AdamW, Mix, OptimOps, REFERENCE_FLOATS};
+use crate::ops::{check, AdamW, Mix, OptimOps, REFERENCE_FLOATS};
 use crate::{DType, HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -74,39 +73,9 @@ pub fn ademamix_update<T: Real>(
         });
 }
 
-/// The checks every optimizer update shares: its hyper-parameters, and `n` gradients with
-/// state buffers of the same float dtype and length.
-fn check_update(
-    op: &'static str,
-    h: &AdamW,
-    grads: &HostRef<'_>,
-    state: &[(&'static str, &HostMut<'_>)],
-    n: usize,
-) -> Result<crate::DType> {
-    h.rule(op)?;
-    let s = format!("(n={n})");
-    let dt = check_all(op, REFERENCE_FLOATS, &[("grads", Some(grads), n, &s)])?;
-    let args: Vec<(&'static str, Option<&HostMut<'_>>, usize, &str)> = state
-        .iter()
-        .map(|&(name, b)| (name, Some(b), n, s.as_str()))
-        .collect();
-    check_all(op, &[dt], &args)?;
-    Ok(dt)
-}
-
 impl OptimOps for CpuBackend {
     fn sum_squares(&self, acc: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
-        const OP: &str = "sum_squares";
-        // A bf16 `x` (a gradient in the reduce dtype) is read into an f32 or f64 accumulator.
-        let c = Check { op: OP };
-        let xdt = c.dtype_in("x", x.dtype(), &[DType::F32, DType::F64, DType::BF16])?;
-        let adt = match xdt {
-            DType::BF16 => REFERENCE_FLOATS,
-            _ => std::slice::from_ref(&xdt),
-        };
-        c.len("x", x.len(), n, || format!("(n={n})"))?;
-        c.dtype_in("acc", acc.dtype(), adt)?;
-        c.len("acc", acc.len(), 1, || "(1)".into())?;
+        let (xdt, _) = check::sum_squares(REFERENCE_FLOATS, &acc, &x, n)?;
         let s = match xdt {
             DType::BF16 => sum_squares::<f32>(&widen(x)),
             _ => with_real!(xdt, T => sum_squares::<T>(T::get(x))),
@@ -115,9 +84,7 @@ impl OptimOps for CpuBackend {
         Ok(())
     }
     fn l2norm_forward(&self, out: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
-        const OP: &str = "l2norm_forward";
-        let dt = check_all(OP, REFERENCE_FLOATS, &[("x", Some(&x), n, &format!("(n={n})"))])?;
-        check_all(OP, &[dt], &[("out", Some(&out), 1, "(1)")])?;
+        let dt = check::l2norm_forward(REFERENCE_FLOATS, &out, &x, n)?;
         with_real!(dt, T => T::get_mut(out)[0] = T::of(sum_squares::<T>(T::get(x)).sqrt()));
         Ok(())
     }
@@ -129,18 +96,7 @@ impl OptimOps for CpuBackend {
         norm: HostRef<'_>,
         n: usize,
     ) -> Result<()> {
-        const OP: &str = "l2norm_backward";
-        let s = format!("(n={n})");
-        let dt = check_all(
-            OP,
-            REFERENCE_FLOATS,
-            &[
-                ("x", Some(&x), n, &s),
-                ("dout", Some(&dout), 1, "(1)"),
-                ("norm", Some(&norm), 1, "(1)"),
-            ],
-        )?;
-        check_all(OP, &[dt], &[("dx", Some(&dx), n, &s)])?;
+        let dt = check::l2norm_backward(REFERENCE_FLOATS, &dx, &dout, &x, &norm, n)?;
         with_real!(dt, T => {
             let nrm = T::get(norm)[0];
             let k = if nrm > T::of(0.0) { T::get(dout)[0] / nrm } else { T::of(0.0) };
@@ -157,8 +113,9 @@ impl OptimOps for CpuBackend {
         h: AdamW,
         n: usize,
     ) -> Result<()> {
-        let dt = check_update(
+        let dt = check::update(
             "adamw_update",
+            REFERENCE_FLOATS,
             &h,
             &grads,
             &[("params", &params), ("m", &m), ("v", &v)],
@@ -180,7 +137,7 @@ impl OptimOps for CpuBackend {
         n: usize,
     ) -> Result<()> {
         let state = [("params", &params), ("m", &m), ("m2", &m2), ("v", &v)];
-        let dt = check_update("ademamix_update", &h, &grads, &state, n)?;
+        let dt = check::update("ademamix_update", REFERENCE_FLOATS, &h, &grads, &state, n)?;
         with_real!(dt, T => ademamix_update::<T>(T::get_mut(params), T::get_mut(m), T::get_mut(m2), T::get_mut(v), T::get(grads), &h, &mix));
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Rotary position embedding on CPU (1-D and 3-D differ only in their angle table).
 
 use super::{with_float, CpuBackend, Real};
-use crate::ops::{check_args, Arg, RopeDims, RopeOps, ACTIVATION_FLOATS};
+use crate::ops::{check, RopeDims, RopeOps, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -29,33 +29,6 @@ pub fn rope_apply<T: Real>(out: &mut [T], inp: &[T], cos: &[T], sin: &[T], d: &R
         });
 }
 
-fn check(
-    op: &'static str,
-    out: &HostMut<'_>,
-    inp: &HostRef<'_>,
-    cos: &HostRef<'_>,
-    sin: &HostRef<'_>,
-    d: &RopeDims,
-) -> Result<crate::DType> {
-    d.rule(op)?;
-    let (xs, ts, n) = (d.x(), d.table(), d.b * d.t * d.h * d.hd);
-    let (inp_name, out_name) = if op.ends_with("backward") {
-        ("dout", "dinp")
-    } else {
-        ("inp", "out")
-    };
-    check_args(
-        op,
-        ACTIVATION_FLOATS,
-        &[
-            Arg::act(inp_name, Some(inp), n, &xs),
-            Arg::stat("cos", Some(cos), d.t * d.hd / 2, &ts),
-            Arg::stat("sin", Some(sin), d.t * d.hd / 2, &ts),
-            Arg::act(out_name, Some(out), n, &xs),
-        ],
-    )
-}
-
 impl RopeOps for CpuBackend {
     fn rope_forward(
         &self,
@@ -65,7 +38,7 @@ impl RopeOps for CpuBackend {
         sin: HostRef<'_>,
         d: RopeDims,
     ) -> Result<()> {
-        let dt = check("rope_forward", &out, &inp, &cos, &sin, &d)?;
+        let dt = check::rope(false, ACTIVATION_FLOATS, &out, &inp, &cos, &sin, &d)?;
         with_float!(dt, [out, inp, cos, sin], T => rope_apply::<T>(T::get_mut(out), T::get(inp), T::get(cos), T::get(sin), &d, T::of(1.0)));
         Ok(())
     }
@@ -77,7 +50,7 @@ impl RopeOps for CpuBackend {
         sin: HostRef<'_>,
         d: RopeDims,
     ) -> Result<()> {
-        let dt = check("rope_backward", &dinp, &dout, &cos, &sin, &d)?;
+        let dt = check::rope(true, ACTIVATION_FLOATS, &dinp, &dout, &cos, &sin, &d)?;
         with_float!(dt, [dinp, dout, cos, sin], T => rope_apply::<T>(T::get_mut(dinp), T::get(dout), T::get(cos), T::get(sin), &d, T::of(-1.0)));
         Ok(())
     }

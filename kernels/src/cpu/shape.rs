@@ -1,7 +1,7 @@
 //! Layout moves on CPU.
 
 use super::{with_float, CpuBackend, Real};
-use crate::ops::{check_all, ShapeOps, SwapDims, ACTIVATION_FLOATS};
+use crate::ops::{check, ShapeOps, SwapDims, ACTIVATION_FLOATS};
 use crate::{HostMut, HostRef, Result};
 use rayon::prelude::*;
 
@@ -21,13 +21,7 @@ pub fn swap_axes<T: Real>(out: &mut [T], x: &[T], d: SwapDims) {
 
 impl ShapeOps for CpuBackend {
     fn swap_axes(&self, out: HostMut<'_>, x: HostRef<'_>, d: SwapDims) -> Result<()> {
-        const OP: &str = "swap_axes";
-        let (xs, os) = (
-            format!("(A={}, B={}, inner={})", d.a, d.b, d.inner),
-            format!("(B={}, A={}, inner={})", d.b, d.a, d.inner),
-        );
-        let dt = check_all(OP, ACTIVATION_FLOATS, &[("x", Some(&x), d.numel(), &xs)])?;
-        check_all(OP, &[dt], &[("out", Some(&out), d.numel(), &os)])?;
+        let dt = check::swap_axes(ACTIVATION_FLOATS, &out, &x, &d)?;
         with_float!(dt, [out, x], T => swap_axes::<T>(T::get_mut(out), T::get(x), d));
         Ok(())
     }

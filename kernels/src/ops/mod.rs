@@ -36,6 +36,7 @@
 //! an f32 or bf16 call converts each once. Calls that break a rule return [`crate::Error`]
 //! naming the op and the argument; nothing is broadcast implicitly.
 
+pub(crate) mod check;
 mod contract;
 mod dims;
 

@@ -1,0 +1,84 @@
+//! The checks of [`crate::OptimOps`]. Their `allowed` is a backend's optimizer floats
+//! ([`crate::ops::REFERENCE_FLOATS`] on the CPU, f32 on CUDA).
+
+use crate::backend::{Check, Slice};
+use crate::ops::{check_all, AdamW};
+use crate::{DType, Result};
+
+/// An optimizer update: its hyper-parameters, and `n` gradients with state buffers (`state`,
+/// written) of the same float dtype and length.
+pub(crate) fn update<M: Slice, R: Slice>(
+    op: &'static str,
+    allowed: &[DType],
+    h: &AdamW,
+    grads: &R,
+    state: &[(&'static str, &M)],
+    n: usize,
+) -> Result<DType> {
+    h.rule(op)?;
+    let s = format!("(n={n})");
+    let dt = check_all(op, allowed, &[("grads", Some(grads), n, &s)])?;
+    let args: Vec<(&'static str, Option<&M>, usize, &str)> = state
+        .iter()
+        .map(|&(name, b)| (name, Some(b), n, s.as_str()))
+        .collect();
+    check_all(op, &[dt], &args)?;
+    Ok(dt)
+}
+
+/// `sum_squares`: `x (n)` of a dtype in `allowed` or bf16; `acc (1)` of `x`'s dtype, or of one
+/// in `allowed` for a bf16 `x`. Returns `(x dtype, acc dtype)`.
+pub(crate) fn sum_squares<M: Slice, R: Slice>(
+    allowed: &[DType],
+    acc: &M,
+    x: &R,
+    n: usize,
+) -> Result<(DType, DType)> {
+    let c = Check { op: "sum_squares" };
+    let mut xs = allowed.to_vec();
+    xs.push(DType::BF16);
+    let xdt = c.dtype_in("x", x.dtype(), &xs)?;
+    let adt = match xdt {
+        DType::BF16 => allowed,
+        _ => std::slice::from_ref(&xdt),
+    };
+    c.len("x", x.len(), n, || format!("(n={n})"))?;
+    let adt = c.dtype_in("acc", acc.dtype(), adt)?;
+    c.len("acc", acc.len(), 1, || "(1)".into())?;
+    Ok((xdt, adt))
+}
+
+/// `l2norm_forward`: `x (n)`, `out (1)`.
+pub(crate) fn l2norm_forward<M: Slice, R: Slice>(
+    allowed: &[DType],
+    out: &M,
+    x: &R,
+    n: usize,
+) -> Result<DType> {
+    const OP: &str = "l2norm_forward";
+    let dt = check_all(OP, allowed, &[("x", Some(x), n, &format!("(n={n})"))])?;
+    check_all(OP, &[dt], &[("out", Some(out), 1, "(1)")])
+}
+
+/// `l2norm_backward`: `x`, `dx (n)`, `dout`, `norm (1)`.
+pub(crate) fn l2norm_backward<M: Slice, R: Slice>(
+    allowed: &[DType],
+    dx: &M,
+    dout: &R,
+    x: &R,
+    norm: &R,
+    n: usize,
+) -> Result<DType> {
+    const OP: &str = "l2norm_backward";
+    let s = format!("(n={n})");
+    let dt = check_all(
+        OP,
+        allowed,
+        &[
+            ("x", Some(x), n, &s),
+            ("dout", Some(dout), 1, "(1)"),
+            ("norm", Some(norm), 1, "(1)"),
+        ],
+    )?;
+    check_all(OP, &[dt], &[("dx", Some(dx), n, &s)])
+}
