@@ -10,6 +10,7 @@
 mod activation;
 mod bounds;
 mod elementwise;
+mod modulation;
 mod norm;
 mod prelude;
 mod tsan;
