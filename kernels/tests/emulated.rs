@@ -13,6 +13,8 @@ mod elementwise;
 mod modulation;
 mod norm;
 mod prelude;
+mod rope;
+mod shape;
 mod tsan;
 
 use std::collections::HashMap;
