@@ -17,7 +17,8 @@ fn lib() -> &'static Shim {
 }
 
 /// (B, T, H, HD): one pair; small heads; a half head dim of 65; a larger batch.
-const SHAPES: [(usize, usize, usize, usize); 4] = [(1, 1, 1, 2), (2, 5, 3, 16), (1, 7, 2, 130), (3, 11, 4, 64)];
+const SHAPES: [(usize, usize, usize, usize); 4] =
+    [(1, 1, 1, 2), (2, 5, 3, 16), (1, 7, 2, 130), (3, 11, 4, 64)];
 
 /// The 1-D table: angle (t, i) = t · 10000^(−2i/HD), as f32 cos and sin.
 fn tables(t: usize, hd: usize) -> (HostVec, HostVec) {
@@ -59,9 +60,11 @@ fn rope_forward_and_backward() {
             for dir in ["forward", "backward"] {
                 let mut want = zeros(dt, n);
                 if dir == "forward" {
-                    c0.rope_forward(want.view_mut(), x.view(), cos.view(), sin.view(), d).unwrap();
+                    c0.rope_forward(want.view_mut(), x.view(), cos.view(), sin.view(), d)
+                        .unwrap();
                 } else {
-                    c0.rope_backward(want.view_mut(), x.view(), cos.view(), sin.view(), d).unwrap();
+                    c0.rope_backward(want.view_mut(), x.view(), cos.view(), sin.view(), d)
+                        .unwrap();
                 }
                 let kernel = format!("rope_{dir}_{sfx}");
                 let mut got = host(&rand_vec(2, n), dt);
