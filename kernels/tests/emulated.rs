@@ -13,9 +13,12 @@ mod bounds;
 mod elementwise;
 mod embed;
 mod loss;
+mod modulation;
 mod norm;
 mod optim;
 mod prelude;
+mod rope;
+mod shape;
 mod tsan;
 
 use std::collections::HashMap;

@@ -65,6 +65,25 @@ const BUDGETS: &[(&str, u32)] = &[
     ("attention_backward_dkdv_bf16", 255),
     ("attention_merge_f32", 255),
     ("attention_merge_bf16", 255),
+    // kernels/cuda/modulation.cu
+    ("modulate_forward_f32", 24),
+    ("modulate_forward_bf16", 24),
+    ("modulate_backward_f32", 40),
+    ("modulate_backward_bf16", 40),
+    ("gate_forward_f32", 24),
+    ("gate_forward_bf16", 24),
+    ("gate_backward_f32", 40),
+    ("gate_backward_bf16", 40),
+    ("cond_grad_sum_f32", 32),
+    ("cond_grad_sum_bf16_f32", 32),
+    // kernels/cuda/rope.cu
+    ("rope_forward_f32", 32),
+    ("rope_forward_bf16", 32),
+    ("rope_backward_f32", 32),
+    ("rope_backward_bf16", 32),
+    // kernels/cuda/shape.cu
+    ("swap_axes_f32", 32),
+    ("swap_axes_bf16", 32),
     // kernels/tests/emu: the prelude's probes
     ("reduce_probe", 32),
     ("tree_sum", 24),

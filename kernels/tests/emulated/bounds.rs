@@ -76,6 +76,11 @@ pub fn assert_same_bits(what: &str, got: &HostVec, want: &HostVec) {
     assert_eq!(g.len(), w.len(), "{what}: lengths");
     if let Some(i) = (0..g.len()).find(|&i| g[i] != w[i]) {
         let ((gv, _), (wv, _)) = (values(got), values(want));
-        panic!("{what}: element {i} of {}: emulated kernel {}, CPU {} (not the same bits)", g.len(), gv[i], wv[i]);
+        panic!(
+            "{what}: element {i} of {}: emulated kernel {}, CPU {} (not the same bits)",
+            g.len(),
+            gv[i],
+            wv[i]
+        );
     }
 }

@@ -86,8 +86,17 @@ fn grad_dtypes(dt: DType) -> &'static [DType] {
 
 /// `acc += Σ partials` through param_grad_sum_*, as the host follows a backward row kernel.
 fn sum_partials(acc: &mut HostVec, partials: &mut HostVec, parts: usize, c: usize) {
-    let kernel = if acc.dtype() == DType::BF16 { "param_grad_sum_bf16_f32" } else { "param_grad_sum_f32" };
-    let args = [buf(acc), buf(partials), Arg::U64(parts as u64), Arg::U64(c as u64)];
+    let kernel = if acc.dtype() == DType::BF16 {
+        "param_grad_sum_bf16_f32"
+    } else {
+        "param_grad_sum_f32"
+    };
+    let args = [
+        buf(acc),
+        buf(partials),
+        Arg::U64(parts as u64),
+        Arg::U64(c as u64),
+    ];
     lib().launch_1d(kernel, c, &args);
 }
 
@@ -118,9 +127,15 @@ fn layernorm_forward() {
                 let d = NormDims { n, c, eps: EPS };
                 let xs: Vec<f64> = rand_vec(1, n * c).iter().map(|v| 0.5 + 1.5 * v).collect();
                 let mut x = host(&xs, dt);
-                let mut w = has_w.then(|| host(&rand_vec(2, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(), dt));
+                let mut w = has_w.then(|| {
+                    host(
+                        &rand_vec(2, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(),
+                        dt,
+                    )
+                });
                 let mut b = has_b.then(|| host(&rand_vec(3, c), dt));
-                let (mut out, mut mean, mut rstd) = (zeros(dt, n * c), zeros(DType::F32, n), zeros(DType::F32, n));
+                let (mut out, mut mean, mut rstd) =
+                    (zeros(dt, n * c), zeros(DType::F32, n), zeros(DType::F32, n));
                 c0.layernorm_forward(
                     out.view_mut(),
                     mean.view_mut(),
@@ -132,7 +147,8 @@ fn layernorm_forward() {
                 )
                 .unwrap();
 
-                let (mut gout, mut gmean, mut grstd) = (zeros(dt, n * c), zeros(DType::F32, n), zeros(DType::F32, n));
+                let (mut gout, mut gmean, mut grstd) =
+                    (zeros(dt, n * c), zeros(DType::F32, n), zeros(DType::F32, n));
                 let (grid, block) = launch(k, n);
                 let kernel = format!("layernorm_forward_{}", suffix(dt));
                 let args = [
@@ -154,16 +170,26 @@ fn layernorm_forward() {
                 let bmu = |r: usize| (2 * c + 2) as f64 * U * mean_abs(row(&xs, r, c).iter().copied(), c);
                 let brs = |r: usize| rs[r] * ((c + 4) as f64 * U + bmu(r) * rs[r]);
                 let what = format!("{kernel} ({n}, {c}) w={has_w} b={has_b}");
-                record(&format!("{what} mean"), assert_within(&format!("{what} mean"), &gmean, &mean, bmu));
-                record(&format!("{what} rstd"), assert_within(&format!("{what} rstd"), &grstd, &rstd, brs));
+                record(
+                    &format!("{what} mean"),
+                    assert_within(&format!("{what} mean"), &gmean, &mean, bmu),
+                );
+                record(
+                    &format!("{what} rstd"),
+                    assert_within(&format!("{what} rstd"), &grstd, &rstd, brs),
+                );
                 let out_bound = |i: usize| {
                     let (r, j) = (i / c, i % c);
                     let wj = wv.as_ref().map_or(1.0, |w| w[j]).abs();
                     let xc = (xs[i] - mu[r]).abs();
-                    wj * (bmu(r) * rs[r] + xc * brs(r)) + 4.0 * U * (xc * rs[r] * wj + ys[i].abs())
+                    wj * (bmu(r) * rs[r] + xc * brs(r))
+                        + 4.0 * U * (xc * rs[r] * wj + ys[i].abs())
                         + bv.as_ref().map_or(0.0, |b| 2.0 * U * b[j].abs())
                 };
-                record(&format!("{what} out"), assert_within(&format!("{what} out"), &gout, &out, out_bound));
+                record(
+                    &format!("{what} out"),
+                    assert_within(&format!("{what} out"), &gout, &out, out_bound),
+                );
             }
         }
     }
@@ -178,11 +204,25 @@ fn layernorm_backward() {
                 for (has_w, has_b) in AFFINE {
                     let d = NormDims { n, c, eps: EPS };
                     let (mut x, mut dy) = correlated(4, n * c, dt);
-                    let mut w = has_w.then(|| host(&rand_vec(6, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(), dt));
+                    let mut w = has_w.then(|| {
+                        host(
+                            &rand_vec(6, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(),
+                            dt,
+                        )
+                    });
                     // Saved statistics from the CPU forward, the same on both sides.
-                    let (mut out, mut mean, mut rstd) = (zeros(dt, n * c), zeros(DType::F32, n), zeros(DType::F32, n));
-                    c0.layernorm_forward(out.view_mut(), mean.view_mut(), rstd.view_mut(), x.view(), w.as_ref().map(|w| w.view()), None, d)
-                        .unwrap();
+                    let (mut out, mut mean, mut rstd) =
+                        (zeros(dt, n * c), zeros(DType::F32, n), zeros(DType::F32, n));
+                    c0.layernorm_forward(
+                        out.view_mut(),
+                        mean.view_mut(),
+                        rstd.view_mut(),
+                        x.view(),
+                        w.as_ref().map(|w| w.view()),
+                        None,
+                        d,
+                    )
+                    .unwrap();
                     // dweight always (it is computed with or without a weight), dbias with a bias.
                     let acc0 = host(&rand_vec(7, c), gdt);
                     let (mut dw, mut db) = (acc0.clone(), has_b.then(|| host(&rand_vec(8, c), gdt)));
@@ -238,19 +278,30 @@ fn layernorm_backward() {
                         ds2[r] = (2 * c + 2) as f64 * U * mean_abs(rows.clone().map(|i| g(i) * xhat(i)), c);
                         s2[r] = rows.map(|i| g(i) * xhat(i)).sum::<f64>() / c as f64;
                     }
-                    let s1: Vec<f64> = (0..n).map(|r| (r * c..(r + 1) * c).map(g).sum::<f64>() / c as f64).collect();
+                    let s1: Vec<f64> = (0..n)
+                        .map(|r| (r * c..(r + 1) * c).map(g).sum::<f64>() / c as f64)
+                        .collect();
                     let dx_bound = |i: usize| {
                         let r = i / c;
                         rs[r] * (ds1[r] + xhat(i).abs() * ds2[r])
                             + 4.0 * U * rs[r] * (g(i).abs() + s1[r].abs() + (xhat(i) * s2[r]).abs())
                     };
                     let what = format!("{kernel} ({n}, {c}) w={has_w} b={has_b} grads {gdt}");
-                    record(&format!("{what} dinp"), assert_within(&format!("{what} dinp"), &gdx, &dx, dx_bound));
+                    record(
+                        &format!("{what} dinp"),
+                        assert_within(&format!("{what} dinp"), &gdx, &dx, dx_bound),
+                    );
                     let bw = column_bound(&acc0, n, c, |r, j| dys[r * c + j] * xhat(r * c + j));
-                    record(&format!("{what} dweight"), assert_within(&format!("{what} dweight"), &gdw, &dw, |j| bw[j]));
+                    record(
+                        &format!("{what} dweight"),
+                        assert_within(&format!("{what} dweight"), &gdw, &dw, |j| bw[j]),
+                    );
                     if let (Some(got), Some(want), Some(db0)) = (&gdb, &db, &db0) {
                         let bb = column_bound(db0, n, c, |r, j| dys[r * c + j]);
-                        record(&format!("{what} dbias"), assert_within(&format!("{what} dbias"), got, want, |j| bb[j]));
+                        record(
+                            &format!("{what} dbias"),
+                            assert_within(&format!("{what} dbias"), got, want, |j| bb[j]),
+                        );
                     }
                 }
             }
@@ -265,11 +316,28 @@ fn rmsnorm_forward() {
         for (k, &(n, c)) in SHAPES.iter().enumerate() {
             for has_w in [true, false] {
                 let d = NormDims { n, c, eps: EPS };
-                let mut x = host(&rand_vec(12, n * c).iter().map(|v| 0.5 + 1.5 * v).collect::<Vec<_>>(), dt);
-                let mut w = has_w.then(|| host(&rand_vec(13, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(), dt));
+                let mut x = host(
+                    &rand_vec(12, n * c)
+                        .iter()
+                        .map(|v| 0.5 + 1.5 * v)
+                        .collect::<Vec<_>>(),
+                    dt,
+                );
+                let mut w = has_w.then(|| {
+                    host(
+                        &rand_vec(13, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(),
+                        dt,
+                    )
+                });
                 let (mut out, mut rstd) = (zeros(dt, n * c), zeros(DType::F32, n));
-                c0.rmsnorm_forward(out.view_mut(), rstd.view_mut(), x.view(), w.as_ref().map(|w| w.view()), d)
-                    .unwrap();
+                c0.rmsnorm_forward(
+                    out.view_mut(),
+                    rstd.view_mut(),
+                    x.view(),
+                    w.as_ref().map(|w| w.view()),
+                    d,
+                )
+                .unwrap();
                 let (mut gout, mut grstd) = (zeros(dt, n * c), zeros(DType::F32, n));
                 let (grid, block) = launch(k, n);
                 let kernel = format!("rmsnorm_forward_{}", suffix(dt));
@@ -286,9 +354,15 @@ fn rmsnorm_forward() {
                 let (rs, ys) = (f64s(&rstd), f64s(&out));
                 let what = format!("{kernel} ({n}, {c}) w={has_w}");
                 let rs_bound = |r: usize| rs[r] * (c + 6) as f64 * U;
-                record(&format!("{what} rstd"), assert_within(&format!("{what} rstd"), &grstd, &rstd, rs_bound));
+                record(
+                    &format!("{what} rstd"),
+                    assert_within(&format!("{what} rstd"), &grstd, &rstd, rs_bound),
+                );
                 let out_bound = |i: usize| ys[i].abs() * (c + 8) as f64 * U;
-                record(&format!("{what} out"), assert_within(&format!("{what} out"), &gout, &out, out_bound));
+                record(
+                    &format!("{what} out"),
+                    assert_within(&format!("{what} out"), &gout, &out, out_bound),
+                );
             }
         }
     }
@@ -303,10 +377,21 @@ fn rmsnorm_backward() {
                 for (has_w, has_dw) in [(true, true), (false, true), (true, false)] {
                     let d = NormDims { n, c, eps: EPS };
                     let (mut x, mut dy) = correlated(14, n * c, dt);
-                    let mut w = has_w.then(|| host(&rand_vec(16, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(), dt));
+                    let mut w = has_w.then(|| {
+                        host(
+                            &rand_vec(16, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(),
+                            dt,
+                        )
+                    });
                     let (mut out, mut rstd) = (zeros(dt, n * c), zeros(DType::F32, n));
-                    c0.rmsnorm_forward(out.view_mut(), rstd.view_mut(), x.view(), w.as_ref().map(|w| w.view()), d)
-                        .unwrap();
+                    c0.rmsnorm_forward(
+                        out.view_mut(),
+                        rstd.view_mut(),
+                        x.view(),
+                        w.as_ref().map(|w| w.view()),
+                        d,
+                    )
+                    .unwrap();
                     let acc0 = host(&rand_vec(17, c), gdt);
                     let mut dw = has_dw.then(|| acc0.clone());
                     let mut dx = zeros(dt, n * c);
@@ -346,19 +431,30 @@ fn rmsnorm_backward() {
                     let (xs, dys, rs, wv) = (f64s(&x), f64s(&dy), f64s(&rstd), w.as_ref().map(f64s));
                     let g = |i: usize| dys[i] * wv.as_ref().map_or(1.0, |w| w[i % c]);
                     let xhat = |i: usize| xs[i] * rs[i / c];
-                    let dot: Vec<f64> = (0..n).map(|r| (r * c..(r + 1) * c).map(|i| g(i) * xhat(i)).sum::<f64>() / c as f64).collect();
+                    let dot: Vec<f64> = (0..n)
+                        .map(|r| (r * c..(r + 1) * c).map(|i| g(i) * xhat(i)).sum::<f64>() / c as f64)
+                        .collect();
                     let ddot: Vec<f64> = (0..n)
-                        .map(|r| (2 * c + 2) as f64 * U * mean_abs((r * c..(r + 1) * c).map(|i| g(i) * xhat(i)), c))
+                        .map(|r| {
+                            (2 * c + 2) as f64 * U * mean_abs((r * c..(r + 1) * c).map(|i| g(i) * xhat(i)), c)
+                        })
                         .collect();
                     let dx_bound = |i: usize| {
                         let r = i / c;
-                        rs[r] * xhat(i).abs() * ddot[r] + 4.0 * U * rs[r] * (g(i).abs() + (xhat(i) * dot[r]).abs())
+                        rs[r] * xhat(i).abs() * ddot[r]
+                            + 4.0 * U * rs[r] * (g(i).abs() + (xhat(i) * dot[r]).abs())
                     };
                     let what = format!("{kernel} ({n}, {c}) w={has_w} dw={has_dw} grads {gdt}");
-                    record(&format!("{what} dinp"), assert_within(&format!("{what} dinp"), &gdx, &dx, dx_bound));
+                    record(
+                        &format!("{what} dinp"),
+                        assert_within(&format!("{what} dinp"), &gdx, &dx, dx_bound),
+                    );
                     if let (Some(got), Some(want)) = (&gdw, &dw) {
                         let bw = column_bound(&acc0, n, c, |r, j| dys[r * c + j] * xhat(r * c + j));
-                        record(&format!("{what} dweight"), assert_within(&format!("{what} dweight"), got, want, |j| bw[j]));
+                        record(
+                            &format!("{what} dweight"),
+                            assert_within(&format!("{what} dweight"), got, want, |j| bw[j]),
+                        );
                     }
                 }
             }
@@ -376,9 +472,13 @@ fn qk_norm_is_rmsnorm_over_heads() {
     for dt in DTYPES {
         let d = NormDims { n, c, eps: 1e-6 };
         let mut q = host(&rand_vec(20, n * c), dt);
-        let mut w = host(&rand_vec(21, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(), dt);
+        let mut w = host(
+            &rand_vec(21, c).iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>(),
+            dt,
+        );
         let (mut out, mut rstd) = (zeros(dt, n * c), zeros(DType::F32, n));
-        c0.rmsnorm_forward(out.view_mut(), rstd.view_mut(), q.view(), Some(w.view()), d).unwrap();
+        c0.rmsnorm_forward(out.view_mut(), rstd.view_mut(), q.view(), Some(w.view()), d)
+            .unwrap();
         let (mut gout, mut grstd) = (zeros(dt, n * c), zeros(DType::F32, n));
         let kernel = format!("rmsnorm_forward_{}", suffix(dt));
         let args = [
@@ -394,11 +494,15 @@ fn qk_norm_is_rmsnorm_over_heads() {
         let (rs, ys) = (f64s(&rstd), f64s(&out));
         record(
             &format!("{kernel} qk-norm rstd"),
-            assert_within(&format!("{kernel} qk-norm rstd"), &grstd, &rstd, |r| rs[r] * (c + 6) as f64 * U),
+            assert_within(&format!("{kernel} qk-norm rstd"), &grstd, &rstd, |r| {
+                rs[r] * (c + 6) as f64 * U
+            }),
         );
         record(
             &format!("{kernel} qk-norm out"),
-            assert_within(&format!("{kernel} qk-norm out"), &gout, &out, |i| ys[i].abs() * (c + 8) as f64 * U),
+            assert_within(&format!("{kernel} qk-norm out"), &gout, &out, |i| {
+                ys[i].abs() * (c + 8) as f64 * U
+            }),
         );
     }
 }
