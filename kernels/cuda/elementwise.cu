@@ -82,14 +82,3 @@ extern "C" __global__ void bias_add_f32(float* out, const float* bias, u64 rows,
     u64 i = grid_index();
     if (i < rows * n) out[i] += bias[i % n];
 }
-
-// dbias (n) += sum over rows of dout (rows, n). One thread per column, rows in order, so the
-// result is deterministic (and equal to the CPU's summation order).
-// Launch: grid (ceil(n / 256)), block (256), shared 0: one thread per column.
-extern "C" __global__ void bias_grad_f32(float* dbias, const float* dout, u64 rows, u64 n) {
-    u64 j = grid_index();
-    if (j >= n) return;
-    float s = dbias[j];
-    for (u64 r = 0; r < rows; ++r) s += dout[r * n + j];
-    dbias[j] = s;
-}

@@ -29,7 +29,6 @@ const BUDGETS: &[(&str, u32)] = &[
     ("cast_f32_bf16", 16),
     ("cast_bf16_f32", 16),
     ("bias_add_f32", 24),
-    ("bias_grad_f32", 32),
     // kernels/cuda/activation.cu
     ("gelu_forward_f32", 24),
     ("gelu_forward_bf16", 24),

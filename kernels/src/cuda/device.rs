@@ -29,7 +29,32 @@ use std::sync::{Arc, Mutex};
 pub(crate) enum KArg {
     U64(u64),
     F32(f32),
+    F64(f64),
 }
+
+impl KArg {
+    /// An optional buffer: its address, or a null pointer (the op's `None`).
+    pub(crate) fn opt(ptr: Option<CUdeviceptr>) -> KArg {
+        KArg::U64(ptr.unwrap_or(0))
+    }
+}
+
+/// The activation dtypes the CUDA kernels compute in (f32 math inside; no f64 kernels).
+pub(crate) const CUDA_FLOATS: &[DType] = &[DType::F32, DType::BF16];
+
+/// The symbol suffix of an f32 or bf16 kernel (`gelu_forward_bf16`).
+pub(crate) fn suffix(dt: DType) -> &'static str {
+    match dt {
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+/// The dynamic shared memory a kernel may use without raising its limit.
+const DEFAULT_SHARED: u32 = 48 << 10;
+
+/// The most dynamic shared memory a block may have on sm_80 and sm_90 (227 KiB).
+pub(crate) const MAX_SHARED: u32 = 227 << 10;
 
 /// One CUDA device with one in-order stream. Every op is launched on that stream (see the
 /// module documentation for the ordering rule).
@@ -361,11 +386,21 @@ impl CudaBackend {
         args: &[KArg],
     ) -> Result<()> {
         let f = self.modules.function(&self.ctx, m, name)?;
+        if cfg.shared_mem_bytes > DEFAULT_SHARED {
+            use cudarc::driver::sys::CUfunction_attribute as A;
+            let bytes = cfg.shared_mem_bytes.min(MAX_SHARED) as i32;
+            f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
+                .map_err(|e| Error::Cuda {
+                    op,
+                    msg: format!("{name}: {} bytes of shared memory: {e}", cfg.shared_mem_bytes),
+                })?;
+        }
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
                 KArg::U64(v) => b.arg(v),
                 KArg::F32(v) => b.arg(v),
+                KArg::F64(v) => b.arg(v),
             };
         }
         // SAFETY: the caller's contract.
@@ -376,8 +411,21 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Launch a one-dimensional kernel of `elementwise.cu` with one thread per element of `n`.
-    pub(crate) fn launch_1d(&self, op: &'static str, name: &str, n: usize, args: &[KArg]) -> Result<()> {
+    /// Launch a one-dimensional kernel of module `m` with one thread per element of `n`
+    /// (grid (ceil(n / 256)), block (256), no shared memory); nothing when `n` is 0.
+    ///
+    /// # Safety
+    /// As [`CudaBackend::launch`]: the kernel's `// Launch:` line is this configuration, it
+    /// guards its index against `n`, and `args` match its signature with pointers to views
+    /// whose lengths were checked against the op's dimensions.
+    pub(crate) unsafe fn launch_1d(
+        &self,
+        op: &'static str,
+        m: Module,
+        name: &str,
+        n: usize,
+        args: &[KArg],
+    ) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
@@ -386,9 +434,17 @@ impl CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: every kernel in elementwise.cu guards its index against `n`, and callers pass
-        // pointers to views whose lengths were checked against `n`.
-        unsafe { self.launch(op, Module::Elementwise, name, cfg, args) }
+        // SAFETY: the caller's contract.
+        unsafe { self.launch(op, m, name, cfg, args) }
+    }
+
+    /// Enqueue a copy of `src` to device address `dst` through the pinned staging ring
+    /// (returns without waiting; `src` may be reused at once).
+    pub(crate) fn upload_bytes(&self, src: &[u8], dst: CUdeviceptr) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.staging.upload(&self.stream, src, dst)
     }
 }
 
@@ -402,11 +458,33 @@ impl Drop for CudaBackend {
 
 /// Blocks of 256 threads covering `n`, or an error when one launch cannot.
 pub(crate) fn grid_1d(op: &'static str, n: usize) -> Result<u32> {
-    u32::try_from(n.div_ceil(256)).map_err(|_| Error::Invalid {
-        op,
-        what: "n",
-        why: format!("{n} elements exceed one launch"),
-    })
+    grid_dim(op, "n", n.div_ceil(256))
+}
+
+/// `blocks` as a grid dimension, or an error naming the dimension `what` when one launch
+/// cannot hold them (x: 2³¹ − 1 blocks; y and z: 65 535, which callers check with
+/// [`grid_yz`]).
+pub(crate) fn grid_dim(op: &'static str, what: &'static str, blocks: usize) -> Result<u32> {
+    u32::try_from(blocks)
+        .ok()
+        .filter(|&b| b < 1 << 31)
+        .ok_or_else(|| Error::Invalid {
+            op,
+            what,
+            why: format!("{blocks} blocks exceed one launch"),
+        })
+}
+
+/// A grid's y or z dimension (at most 65 535 blocks).
+pub(crate) fn grid_yz(op: &'static str, what: &'static str, blocks: usize) -> Result<u32> {
+    match u32::try_from(blocks) {
+        Ok(b) if b <= 65535 => Ok(b),
+        _ => Err(Error::Invalid {
+            op,
+            what,
+            why: format!("{blocks} exceeds the 65535 blocks of a grid's y or z dimension"),
+        }),
+    }
 }
 
 impl Backend for CudaBackend {

@@ -362,17 +362,14 @@ impl MatmulOps for CudaBackend {
         self.gemm(&d.forward_gemm(), d.batch, dt, odt, out.ptr, a.ptr, b.ptr)?;
         if let Some(bias) = bias {
             let (rows, n) = ((d.batch * d.m) as u64, d.n as u64);
-            self.launch_1d(
-                OP,
-                "bias_add_f32",
-                d.batch * d.m * d.n,
-                &[
-                    KArg::U64(out.ptr),
-                    KArg::U64(bias.ptr),
-                    KArg::U64(rows),
-                    KArg::U64(n),
-                ],
-            )?;
+            let args = [
+                KArg::U64(out.ptr),
+                KArg::U64(bias.ptr),
+                KArg::U64(rows),
+                KArg::U64(n),
+            ];
+            // SAFETY: `out` holds rows·n and `bias` n f32 (checked); the kernel guards its index.
+            unsafe { self.launch_1d(OP, Module::Elementwise, "bias_add_f32", d.batch * d.m * d.n, &args)? };
         }
         Ok(())
     }

@@ -20,17 +20,35 @@ compile_error!(
 );
 
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod activation;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod attention;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod cache;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod device;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod elementwise;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod embed;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod loss;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod matmul;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod modulation;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod modules;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod norm;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod nvrtc;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod optim;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod rope;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod shape;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod staging;
 

@@ -32,11 +32,31 @@ pub(crate) enum Module {
     Elementwise,
     Reduce,
     Activation,
+    Norm,
+    Modulation,
+    Rope,
+    Shape,
+    Loss,
+    Embed,
+    Optim,
+    Attention,
 }
 
 impl Module {
     /// Every module.
-    pub(crate) const ALL: [Module; 3] = [Module::Elementwise, Module::Reduce, Module::Activation];
+    pub(crate) const ALL: [Module; 11] = [
+        Module::Elementwise,
+        Module::Reduce,
+        Module::Activation,
+        Module::Norm,
+        Module::Modulation,
+        Module::Rope,
+        Module::Shape,
+        Module::Loss,
+        Module::Embed,
+        Module::Optim,
+        Module::Attention,
+    ];
 
     pub(crate) fn spec(self) -> &'static ModuleSpec {
         &SPECS[self as usize]
@@ -54,9 +74,14 @@ pub(crate) static SPECS: [ModuleSpec; Module::ALL.len()] = [
         headers: &[PRELUDE],
         kernels: &[
             "add_f32",
+            "add_bf16",
             "accumulate_f32",
-            "scale_f32",
+            "accumulate_bf16",
+            "accumulate_f32_bf16",
             "fill_f32",
+            "fill_bf16",
+            "scale_f32",
+            "scale_bf16",
             "cast_f32_bf16",
             "cast_bf16_f32",
             "bias_add_f32",
@@ -90,6 +115,132 @@ pub(crate) static SPECS: [ModuleSpec; Module::ALL.len()] = [
             "swiglu_forward_bf16",
             "swiglu_backward_f32",
             "swiglu_backward_bf16",
+        ],
+    },
+    ModuleSpec {
+        name: "norm",
+        source: include_str!("../../cuda/norm.cu"),
+        headers: &[PRELUDE],
+        kernels: &[
+            "layernorm_forward_f32",
+            "layernorm_forward_bf16",
+            "layernorm_backward_f32",
+            "layernorm_backward_bf16",
+            "rmsnorm_forward_f32",
+            "rmsnorm_forward_bf16",
+            "rmsnorm_backward_f32",
+            "rmsnorm_backward_bf16",
+            "param_grad_sum_f32",
+            "param_grad_sum_bf16_f32",
+        ],
+    },
+    ModuleSpec {
+        name: "modulation",
+        source: include_str!("../../cuda/modulation.cu"),
+        headers: &[PRELUDE],
+        kernels: &[
+            "modulate_forward_f32",
+            "modulate_forward_bf16",
+            "modulate_backward_f32",
+            "modulate_backward_bf16",
+            "gate_forward_f32",
+            "gate_forward_bf16",
+            "gate_backward_f32",
+            "gate_backward_bf16",
+            "cond_grad_sum_f32",
+            "cond_grad_sum_bf16_f32",
+        ],
+    },
+    ModuleSpec {
+        name: "rope",
+        source: include_str!("../../cuda/rope.cu"),
+        headers: &[PRELUDE],
+        kernels: &[
+            "rope_forward_f32",
+            "rope_forward_bf16",
+            "rope_backward_f32",
+            "rope_backward_bf16",
+        ],
+    },
+    ModuleSpec {
+        name: "shape",
+        source: include_str!("../../cuda/shape.cu"),
+        headers: &[PRELUDE],
+        kernels: &[
+            "swap_axes_f32",
+            "swap_axes_bf16",
+        ],
+    },
+    ModuleSpec {
+        name: "loss",
+        source: include_str!("../../cuda/loss.cu"),
+        headers: &[PRELUDE],
+        kernels: &[
+            "cross_entropy_forward_f32",
+            "cross_entropy_forward_bf16",
+            "cross_entropy_backward_f32",
+            "cross_entropy_backward_bf16",
+            "mse_forward_partial_f32",
+            "mse_forward_partial_bf16",
+            "mse_forward_finish_f32",
+            "mse_backward_f32",
+            "mse_backward_bf16",
+        ],
+    },
+    ModuleSpec {
+        name: "embed",
+        source: include_str!("../../cuda/embed.cu"),
+        headers: &[PRELUDE],
+        kernels: &[
+            "embedding_forward_f32",
+            "embedding_forward_bf16",
+            "embedding_backward_f32",
+            "embedding_backward_bf16",
+            "embedding_backward_f32_bf16",
+            "patchify_forward_f32",
+            "patchify_forward_bf16",
+            "patchify_backward_f32",
+            "patchify_backward_bf16",
+            "unpatchify_forward_f32",
+            "unpatchify_forward_bf16",
+            "unpatchify_backward_f32",
+            "unpatchify_backward_bf16",
+            "timestep_embedding_forward_f32",
+            "timestep_embedding_forward_bf16",
+            "timestep_embedding_backward_f32",
+            "timestep_embedding_backward_bf16",
+        ],
+    },
+    ModuleSpec {
+        name: "optim",
+        source: include_str!("../../cuda/optim.cu"),
+        headers: &[PRELUDE],
+        kernels: &[
+            "adamw_update_f32",
+            "ademamix_update_f32",
+            "sum_squares_partial_f32",
+            "sum_squares_partial_bf16",
+            "sum_squares_finish_f32",
+            "sum_squares_finish_f64",
+            "l2norm_forward_finish_f32",
+            "l2norm_backward_f32",
+        ],
+    },
+    ModuleSpec {
+        name: "attention",
+        source: include_str!("../../cuda/attention.cu"),
+        headers: &[PRELUDE],
+        kernels: &[
+            "attention_forward_f32",
+            "attention_forward_bf16",
+            "attention_backward_delta_f32",
+            "attention_backward_delta_bf16",
+            "attention_backward_dq_f32",
+            "attention_backward_dq_bf16",
+            "attention_backward_dkdv_f32",
+            "attention_backward_dkdv_bf16",
+            "attention_merge_f32",
+            "attention_merge_bf16",
         ],
     },
 ];
@@ -255,19 +406,63 @@ mod tests {
         );
     }
 
+    /// The `extern "C"` kernels `source` defines, after the C preprocessor (g++ -E, which the
+    /// emulated tests need too) has expanded the macros that stamp out dtype variants.
+    fn defined_kernels(name: &str, source: &str) -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+        let out = std::process::Command::new("g++")
+            .args(["-E", "-P", "-x", "c++", "-"])
+            .arg(format!("-I{}", dir.display()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(source.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap_or_else(|e| panic!("g++ -E (the C preprocessor) for {name}.cu: {e}"));
+        assert!(
+            out.status.success(),
+            "g++ -E {name}.cu: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut kernels = Vec::new();
+        for piece in text.split("extern \"C\"").skip(1) {
+            let Some(rest) = piece.trim_start().strip_prefix("__global__") else {
+                continue;
+            };
+            let head = rest.split('(').collect::<Vec<_>>();
+            // `void name(` or `void __launch_bounds__(128) name(`
+            let decl = if head[0].contains("__launch_bounds__") {
+                head[1].split(')').nth(1).unwrap_or_default()
+            } else {
+                head[0]
+            };
+            if let Some(k) = decl.split_whitespace().last() {
+                kernels.push(k.to_string());
+            }
+        }
+        kernels
+    }
+
     #[test]
-    fn every_listed_kernel_is_defined_in_its_source() {
+    fn every_listed_kernel_is_defined_in_its_source_and_every_kernel_is_listed() {
         for spec in &SPECS {
+            let defined = defined_kernels(spec.name, spec.source);
             for k in spec.kernels {
-                let defined = spec.source.lines().any(|l| {
-                    l.contains("extern \"C\"")
-                        && l.contains("__global__")
-                        && l.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                            .any(|w| w == *k)
-                });
                 assert!(
-                    defined,
-                    "{}.cu defines no `extern \"C\" __global__` kernel `{k}`",
+                    defined.iter().any(|d| d == k),
+                    "{}.cu defines no `extern \"C\" __global__` kernel `{k}` (it defines {defined:?})",
+                    spec.name
+                );
+            }
+            for d in &defined {
+                assert!(
+                    spec.kernels.contains(&d.as_str()),
+                    "{}.cu defines `{d}`, which its ModuleSpec does not list in `kernels`",
                     spec.name
                 );
             }
