@@ -22,6 +22,15 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// The kernel's name, less its dtype.
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Forward => "attention_forward",
+            Kernel::Dq => "attention_backward_dq",
+            Kernel::Dkdv => "attention_backward_dkdv",
+        }
+    }
+
     /// Query (or, for dk/dv, key) rows per block.
     fn rows(self, dt: DType) -> usize {
         match (self, dt) {
@@ -79,12 +88,11 @@ fn sizes(d: &AttnDims) -> Vec<KArg> {
 }
 
 impl CudaBackend {
-    /// Launch `kernel` over `rows` (query or key rows) × `heads` × B with the given buffers.
+    /// Launch kernel `k` over `rows` (query or key rows) × `heads` × B with the given buffers.
     fn attention_launch(
         &self,
         op: &'static str,
         k: Kernel,
-        name: &str,
         dt: DType,
         (rows, heads): (usize, usize),
         d: &AttnDims,
@@ -106,7 +114,7 @@ impl CudaBackend {
         args.extend(sizes(d));
         // SAFETY: every buffer was checked against the dims; the head dim and alignment against
         // the kernels' limits; the kernels guard rows past TQ/TK.
-        unsafe { self.launch(op, Module::Attention, &format!("{name}_{}", suffix(dt)), cfg, &args) }
+        unsafe { self.launch(op, Module::Attention, &format!("{}_{}", k.name(), suffix(dt)), cfg, &args) }
     }
 }
 
@@ -124,7 +132,7 @@ impl AttentionOps for CudaBackend {
         let dt = check::attention_forward(CUDA_FLOATS, &out, &lse, &q, &k, &v, &d)?;
         check_limits(OP, dt, d.hd, &[("q", q.ptr), ("k", k.ptr), ("v", v.ptr), ("out", out.ptr)])?;
         let ptrs = [out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr];
-        self.attention_launch(OP, Kernel::Forward, OP, dt, (d.tq, d.nh), &d, &ptrs)
+        self.attention_launch(OP, Kernel::Forward, dt, (d.tq, d.nh), &d, &ptrs)
     }
 
     fn attention_merge(
@@ -202,10 +210,10 @@ impl AttentionOps for CudaBackend {
             let shared = [dout.ptr, q.ptr, k.ptr, v.ptr, lse.ptr, delta];
             let mut ptrs = vec![dk.ptr, dv.ptr];
             ptrs.extend(shared);
-            self.attention_launch(OP, Kernel::Dkdv, "attention_backward_dkdv", dt, (d.tk, d.nkv), &d, &ptrs)?;
+            self.attention_launch(OP, Kernel::Dkdv, dt, (d.tk, d.nkv), &d, &ptrs)?;
             let mut ptrs = vec![dq.ptr];
             ptrs.extend(shared);
-            self.attention_launch(OP, Kernel::Dq, "attention_backward_dq", dt, (d.tq, d.nh), &d, &ptrs)
+            self.attention_launch(OP, Kernel::Dq, dt, (d.tq, d.nh), &d, &ptrs)
         })
     }
 }
