@@ -103,7 +103,7 @@ fn token_sum_bound(d: &ModDims, term: impl Fn(usize) -> f64) -> Vec<f64> {
     for i in 0..d.b * d.t * d.c {
         bound[cond_at(d, i)] += term(i).abs();
     }
-    bound.iter().map(|s| (2 * d.t + 2) as f64 * U * s).collect()
+    bound.iter().map(|s| sum_order(d.t + 1) * s).collect()
 }
 
 #[test]

@@ -104,7 +104,7 @@ fn sum_partials(acc: &mut HostVec, partials: &mut HostVec, parts: usize, c: usiz
 fn column_bound(acc: &HostVec, n: usize, c: usize, terms: impl Fn(usize, usize) -> f64) -> Vec<f64> {
     let a = f64s(acc);
     (0..c)
-        .map(|j| (2 * n + 4) as f64 * U * (a[j].abs() + (0..n).map(|r| terms(r, j).abs()).sum::<f64>()))
+        .map(|j| sum_order(n + 2) * (a[j].abs() + (0..n).map(|r| terms(r, j).abs()).sum::<f64>()))
         .collect()
 }
 
@@ -167,7 +167,7 @@ fn layernorm_forward() {
                 let xs = f64s(&x);
                 let (mu, rs) = (f64s(&mean), f64s(&rstd));
                 let (wv, bv, ys) = (w.as_ref().map(f64s), b.as_ref().map(f64s), f64s(&out));
-                let bmu = |r: usize| (2 * c + 2) as f64 * U * mean_abs(row(&xs, r, c).iter().copied(), c);
+                let bmu = |r: usize| sum_order(c + 1) * mean_abs(row(&xs, r, c).iter().copied(), c);
                 let brs = |r: usize| rs[r] * ((c + 4) as f64 * U + bmu(r) * rs[r]);
                 let what = format!("{kernel} ({n}, {c}) w={has_w} b={has_b}");
                 record(
@@ -274,8 +274,8 @@ fn layernorm_backward() {
                     let (mut ds1, mut ds2, mut s2) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
                     for r in 0..n {
                         let rows = r * c..(r + 1) * c;
-                        ds1[r] = (2 * c + 2) as f64 * U * mean_abs(rows.clone().map(g), c);
-                        ds2[r] = (2 * c + 2) as f64 * U * mean_abs(rows.clone().map(|i| g(i) * xhat(i)), c);
+                        ds1[r] = sum_order(c + 1) * mean_abs(rows.clone().map(g), c);
+                        ds2[r] = sum_order(c + 1) * mean_abs(rows.clone().map(|i| g(i) * xhat(i)), c);
                         s2[r] = rows.map(|i| g(i) * xhat(i)).sum::<f64>() / c as f64;
                     }
                     let s1: Vec<f64> = (0..n)
@@ -435,9 +435,7 @@ fn rmsnorm_backward() {
                         .map(|r| (r * c..(r + 1) * c).map(|i| g(i) * xhat(i)).sum::<f64>() / c as f64)
                         .collect();
                     let ddot: Vec<f64> = (0..n)
-                        .map(|r| {
-                            (2 * c + 2) as f64 * U * mean_abs((r * c..(r + 1) * c).map(|i| g(i) * xhat(i)), c)
-                        })
+                        .map(|r| sum_order(c + 1) * mean_abs((r * c..(r + 1) * c).map(|i| g(i) * xhat(i)), c))
                         .collect();
                     let dx_bound = |i: usize| {
                         let r = i / c;
