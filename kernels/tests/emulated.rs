@@ -17,6 +17,7 @@ mod modulation;
 mod norm;
 mod optim;
 mod prelude;
+mod reduce;
 mod rope;
 mod shape;
 mod tsan;
