@@ -540,3 +540,14 @@ fn checkpoints<B: Ops>(
     let saver = Checkpointer::new(cfg, layout, map, rank, world.size(), head).with_attempt(chosen[1] as u64);
     Ok((start, saver))
 }
+
+/// The models and this loop instantiated on the CUDA backend: a build with CUDA support fails
+/// here unless `CudaBackend` implements every op family the models need.
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+#[allow(dead_code)]
+fn cuda_instances() {
+    use weft_kernels::cuda::CudaBackend;
+    let _ = crate::model::Dit::<CudaBackend>::new;
+    let _ = crate::model::Gpt::<CudaBackend>::new;
+    let _ = train_rank_on::<CudaBackend>;
+}

@@ -3,6 +3,7 @@
 mod checkpoint;
 mod common;
 mod config;
+mod cuda;
 mod data;
 mod matrix;
 mod memory;
