@@ -5,6 +5,7 @@ mod harness;
 mod attention;
 mod bf16;
 mod cuda;
+mod cuda_ops;
 mod emulated;
 mod errors;
 mod gradients;
