@@ -68,6 +68,12 @@ struct Attn {
 #define ATTN_SIZES u64 b, u64 tq, u64 tk, u64 nh, u64 nkv, u64 hd, u64 causal, u64 q_start, u64 k_start
 #define ATTN_DIMS Attn{b, tq, tk, nh, nkv, hd, causal, q_start, k_start, scale}
 
+// The block's dynamic shared memory, declared once for every kernel of the file (one linkage).
+__device__ __forceinline__ unsigned char* shared_bytes() {
+    WEFT_DYNAMIC_SHARED(unsigned char, p);
+    return p;
+}
+
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 
 __device__ __forceinline__ float load(const float* p, u64 i) { return p[i]; }
@@ -176,7 +182,8 @@ __device__ __forceinline__ float dot4(float4 a, float x, float y, float z, float
 
 // Launch: grid (ceil(TQ / 32), NH, B), block (128), dynamic shared memory
 // 4 * 32 * (2 * hdp + hds) bytes (48 KiB at HD = 128). Each warp owns 8 query rows; per tile of
-// 32 keys, lane j scores key j against the warp's rows, then lane d accumulates P V in column d.
+// 32 keys, lane j scores key j against the warp's rows and writes P over the K tile, then lane d
+// accumulates P V in column d.
 extern "C" __global__ void __launch_bounds__(128)
     attention_forward_f32(float* out, float* lse, const float* q, const float* k, const float* v,
                           ATTN_SIZES, float scale) {
@@ -184,7 +191,7 @@ extern "C" __global__ void __launch_bounds__(128)
     const Attn a = ATTN_DIMS;
     const u64 bi = blockIdx.z, h = blockIdx.y, q0 = (u64)blockIdx.x * 32;
     if (q0 >= tq || hd == 0 || hd > 128) return;
-    WEFT_DYNAMIC_SHARED(float, sm);
+    float* sm = reinterpret_cast<float*>(shared_bytes());
     const u32 hdp = (u32)(hd + 3) & ~3u, hds = (u32)(hd + 31) & ~31u, hd32 = (u32)hd;
     float* qs = sm;              // (32, hdp)
     float* ks = qs + 32 * hdp;   // (32, hds), swizzled
@@ -222,27 +229,31 @@ UNROLL
                 s[r] = dot4(qv, x, y, z, w, s[r]);
             }
         }
+        __syncthreads();  // every warp is done with K: its tile holds P (32, 32) now
+        float* ps = ks;
         // The online softmax, row by row; a row with no visible key in this tile is unchanged.
-        float p[R];
 UNROLL
         for (u32 r = 0; r < R; ++r) {
             const u64 qi = q0 + warp * R + r;
             const float x = (lane < nk && a.visible(qi, k0 + lane)) ? scale * s[r] : neg_inf();
             const float mx = warp_max(x);
-            p[r] = 0.0f;
-            if (mx == neg_inf()) continue;
-            const float mn = fmaxf(m[r], mx), corr = expf(m[r] - mn);
-            p[r] = expf(x - mn);
-            l[r] = l[r] * corr + warp_sum(p[r]);
-            m[r] = mn;
+            float p = 0.0f;
+            if (mx != neg_inf()) {
+                const float mn = fmaxf(m[r], mx), corr = expf(m[r] - mn);
+                p = expf(x - mn);
+                l[r] = l[r] * corr + warp_sum(p);
+                m[r] = mn;
 UNROLL
-            for (u32 e = 0; e < 4; ++e) acc[r][e] *= corr;
+                for (u32 e = 0; e < 4; ++e) acc[r][e] *= corr;
+            }
+            ps[(warp * R + r) * 32 + lane] = p;
         }
+        __syncwarp();
         for (u32 j = 0; j < nk; ++j) {
             const float* vr = vs + j * hdp;
 UNROLL
             for (u32 r = 0; r < R; ++r) {
-                const float pj = __shfl_sync(0xffffffffu, p[r], j);
+                const float pj = ps[(warp * R + r) * 32 + j];
 UNROLL
                 for (u32 e = 0; e < 4; ++e) {
                     if (32 * e + lane < hd32) acc[r][e] = fmaf(pj, vr[32 * e + lane], acc[r][e]);
@@ -267,7 +278,8 @@ UNROLL
 
 // Launch: grid (ceil(TQ / 16), NH, B), block (128), dynamic shared memory
 // 4 * (32 * hdp + 64 * hds) bytes (48 KiB at HD = 128). Each warp owns 4 query rows; per tile of
-// 32 keys, lane j computes P and dS for key j, then lane d accumulates dS K in column d.
+// 32 keys, lane j computes P and dS for key j and writes dS over the V tile, then lane d
+// accumulates dS K in column d.
 extern "C" __global__ void __launch_bounds__(128)
     attention_backward_dq_f32(float* dq, const float* dout, const float* q, const float* k,
                               const float* v, const float* lse, const float* delta, ATTN_SIZES,
@@ -276,7 +288,7 @@ extern "C" __global__ void __launch_bounds__(128)
     const Attn a = ATTN_DIMS;
     const u64 bi = blockIdx.z, h = blockIdx.y, q0 = (u64)blockIdx.x * 16;
     if (q0 >= tq || hd == 0 || hd > 128) return;
-    WEFT_DYNAMIC_SHARED(float, sm);
+    float* sm = reinterpret_cast<float*>(shared_bytes());
     const u32 hdp = (u32)(hd + 3) & ~3u, hds = (u32)(hd + 31) & ~31u, hd32 = (u32)hd;
     float* qs = sm;              // (16, hdp)
     float* os = qs + 16 * hdp;   // (16, hdp): dout
@@ -322,19 +334,21 @@ UNROLL
                 dp[r] = dot4(ov, vx, vy, vz, vw, dp[r]);
             }
         }
-        float ds[R];
+        __syncthreads();  // every warp is done with V: its tile holds dS (16, 32) now
+        float* dss = vs;
 UNROLL
         for (u32 r = 0; r < R; ++r) {
             const u64 qi = q0 + warp * R + r;
             const bool ok = lane < nk && lr[r] != neg_inf() && a.visible(qi, k0 + lane);
             const float p = ok ? expf(scale * s[r] - lr[r]) : 0.0f;
-            ds[r] = ok ? p * (dp[r] - dr[r]) : 0.0f;
+            dss[(warp * R + r) * 32 + lane] = ok ? p * (dp[r] - dr[r]) : 0.0f;
         }
+        __syncwarp();
         for (u32 j = 0; j < nk; ++j) {
             const float* kj = ks + j * hds;
 UNROLL
             for (u32 r = 0; r < R; ++r) {
-                const float dsj = __shfl_sync(0xffffffffu, ds[r], j);
+                const float dsj = dss[(warp * R + r) * 32 + j];
 UNROLL
                 for (u32 e = 0; e < 4; ++e) {
                     const u32 d = 32 * e + lane;
@@ -355,28 +369,31 @@ UNROLL
     }
 }
 
-// Launch: grid (ceil(TK / 16), NKV, B), block (128), dynamic shared memory
-// 4 * (32 * hdp + 64 * hds) bytes (48 KiB at HD = 128). Each warp owns 4 keys; per tile of 32
-// queries (of each query head of the group in turn), lane i computes P and dS for query i, then
-// lane d accumulates Pᵀ dO and dSᵀ Q in column d.
-extern "C" __global__ void __launch_bounds__(128)
+// Launch: grid (ceil(TK / 8), NKV, B), block (128), dynamic shared memory
+// 4 * (16 * hdp + 64 * hds + 512) bytes (42 KiB at HD = 128). Each warp owns 2 keys; per tile of
+// 32 queries (of each query head of the group in turn), lane i computes P and dS for query i
+// into shared memory, then lane d accumulates Pᵀ dO and dSᵀ Q in column d.
+// (Bounds of one block per SM: without them ptxas caps sm_80 at 96 registers and spills.)
+extern "C" __global__ void __launch_bounds__(128, 1)
     attention_backward_dkdv_f32(float* dk, float* dv, const float* dout, const float* q,
                                 const float* k, const float* v, const float* lse,
                                 const float* delta, ATTN_SIZES, float scale) {
-    constexpr u32 R = 4;
+    constexpr u32 R = 2;
     const Attn a = ATTN_DIMS;
-    const u64 bi = blockIdx.z, kvh = blockIdx.y, k0 = (u64)blockIdx.x * 16;
+    const u64 bi = blockIdx.z, kvh = blockIdx.y, k0 = (u64)blockIdx.x * 8;
     if (k0 >= tk || hd == 0 || hd > 128) return;
-    WEFT_DYNAMIC_SHARED(float, sm);
+    float* sm = reinterpret_cast<float*>(shared_bytes());
     const u32 hdp = (u32)(hd + 3) & ~3u, hds = (u32)(hd + 31) & ~31u, hd32 = (u32)hd;
-    float* ks = sm;              // (16, hdp)
-    float* vs = ks + 16 * hdp;   // (16, hdp)
-    float* qs = vs + 16 * hdp;   // (32, hds), swizzled
+    float* ks = sm;              // (8, hdp)
+    float* vs = ks + 8 * hdp;    // (8, hdp)
+    float* qs = vs + 8 * hdp;    // (32, hds), swizzled
     float* os = qs + 32 * hds;   // (32, hds), swizzled: dout
+    float* pb = os + 32 * hds;   // (8 keys, 32 queries): P
+    float* db = pb + 8 * 32;     // (8 keys, 32 queries): dS
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 nk = min_u32(tk - k0, 16);
-    fill_f32<false>(ks, 16, hdp, k + a.kv_at(bi, k0, kvh), nkv * hd, nk, hd32);
-    fill_f32<false>(vs, 16, hdp, v + a.kv_at(bi, k0, kvh), nkv * hd, nk, hd32);
+    const u32 nk = min_u32(tk - k0, 8);
+    fill_f32<false>(ks, 8, hdp, k + a.kv_at(bi, k0, kvh), nkv * hd, nk, hd32);
+    fill_f32<false>(vs, 8, hdp, v + a.kv_at(bi, k0, kvh), nkv * hd, nk, hd32);
 
     float dka[R][4], dva[R][4];
 UNROLL
@@ -414,20 +431,21 @@ UNROLL
                     dp[r] = dot4(vv, ox, oy, oz, ow, dp[r]);
                 }
             }
-            float p[R], ds[R];
 UNROLL
             for (u32 r = 0; r < R; ++r) {
                 const bool ok = li != neg_inf() && a.visible(qi, k0 + warp * R + r);
-                p[r] = ok ? expf(scale * s[r] - li) : 0.0f;
-                ds[r] = ok ? p[r] * (dp[r] - di) : 0.0f;
+                const float p = ok ? expf(scale * s[r] - li) : 0.0f;
+                pb[(warp * R + r) * 32 + lane] = p;
+                db[(warp * R + r) * 32 + lane] = ok ? p * (dp[r] - di) : 0.0f;
             }
+            __syncwarp();
             for (u32 i = 0; i < nq; ++i) {
                 const float* qrow = qs + i * hds;
                 const float* drow = os + i * hds;
 UNROLL
                 for (u32 r = 0; r < R; ++r) {
-                    const float pi = __shfl_sync(0xffffffffu, p[r], i);
-                    const float dsi = __shfl_sync(0xffffffffu, ds[r], i);
+                    const float pi = pb[(warp * R + r) * 32 + i];
+                    const float dsi = db[(warp * R + r) * 32 + i];
 UNROLL
                     for (u32 e = 0; e < 4; ++e) {
                         const u32 d = 32 * e + lane;
@@ -539,7 +557,7 @@ __device__ __forceinline__ void forward_mma(bf16* out, float* lse, const bf16* q
     constexpr u32 LD = HD + 8, BQ = 64, BK = 64, KS = HD / 16, ND = HD / 8;
     const u64 bi = blockIdx.z, h = blockIdx.y, q0 = (u64)blockIdx.x * BQ;
     if (q0 >= a.tq) return;
-    WEFT_DYNAMIC_SHARED(bf16, sm);
+    bf16* sm = reinterpret_cast<bf16*>(shared_bytes());
     bf16* ks = sm;            // (64, LD)
     bf16* vs = sm + BK * LD;  // (64, LD)
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane / 4, t = lane % 4;
@@ -691,7 +709,7 @@ __device__ __forceinline__ void dq_mma(bf16* dq, const bf16* dout, const bf16* q
     constexpr u32 LD = HD + 8, BQ = 64, BK = 32, KS = HD / 16, ND = HD / 8;
     const u64 bi = blockIdx.z, h = blockIdx.y, q0 = (u64)blockIdx.x * BQ;
     if (q0 >= a.tq) return;
-    WEFT_DYNAMIC_SHARED(bf16, sm);
+    bf16* sm = reinterpret_cast<bf16*>(shared_bytes());
     bf16* ks = sm;            // (32, LD)
     bf16* vs = sm + BK * LD;  // (32, LD); with ks, the staging tile of Q and dout (64, LD)
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane / 4, t = lane % 4;
@@ -817,7 +835,7 @@ __device__ __forceinline__ void dkdv_mma(bf16* dk, bf16* dv, const bf16* dout, c
     constexpr u32 LD = HD + 8, KB = 64, BQ = 16, KS = HD / 16, ND = HD / 8;
     const u64 bi = blockIdx.z, kvh = blockIdx.y, k0 = (u64)blockIdx.x * KB;
     if (k0 >= a.tk) return;
-    WEFT_DYNAMIC_SHARED(bf16, sm);
+    bf16* sm = reinterpret_cast<bf16*>(shared_bytes());
     bf16* ks = sm;                 // (64, LD)
     bf16* vs = ks + KB * LD;       // (64, LD)
     bf16* qs = vs + KB * LD;       // (16, LD)
