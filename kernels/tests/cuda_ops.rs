@@ -64,11 +64,48 @@ use Op::*;
 
 /// Every op call compared.
 const OPS: &[Op] = &[
-    Gelu, GeluBackward, Silu, SiluBackward, Swiglu, SwigluBackward, LayerNorm, LayerNormBackward, RmsNorm,
-    RmsNormBackward, Modulate, ModulateBackward, Gate, GateBackward, Rope, RopeBackward, SwapAxes, Attention,
-    AttentionBackward, AttentionMerge, CrossEntropy, CrossEntropyBackward, Mse, MseBackward, Embedding,
-    Patchify, PatchifyBackward, Unpatchify, UnpatchifyBackward, Timestep, TimestepBackward, Add, AddBackward,
-    Scale, Accumulate, Fill, Cast, SumSquares, L2Norm, L2NormBackward, AdamWUpdate, AdemamixUpdate,
+    Gelu,
+    GeluBackward,
+    Silu,
+    SiluBackward,
+    Swiglu,
+    SwigluBackward,
+    LayerNorm,
+    LayerNormBackward,
+    RmsNorm,
+    RmsNormBackward,
+    Modulate,
+    ModulateBackward,
+    Gate,
+    GateBackward,
+    Rope,
+    RopeBackward,
+    SwapAxes,
+    Attention,
+    AttentionBackward,
+    AttentionMerge,
+    CrossEntropy,
+    CrossEntropyBackward,
+    Mse,
+    MseBackward,
+    Embedding,
+    Patchify,
+    PatchifyBackward,
+    Unpatchify,
+    UnpatchifyBackward,
+    Timestep,
+    TimestepBackward,
+    Add,
+    AddBackward,
+    Scale,
+    Accumulate,
+    Fill,
+    Cast,
+    SumSquares,
+    L2Norm,
+    L2NormBackward,
+    AdamWUpdate,
+    AdemamixUpdate,
 ];
 
 /// Calls the CUDA backend refuses, and a phrase of the reason it gives.
@@ -94,7 +131,12 @@ const MODD: ModDims = ModDims {
     c: C,
     cond_stride: 2 * C,
 };
-const ROPED: RopeDims = RopeDims { b: 2, t: 3, h: 2, hd: 8 };
+const ROPED: RopeDims = RopeDims {
+    b: 2,
+    t: 3,
+    h: 2,
+    hd: 8,
+};
 const SWAP: SwapDims = SwapDims { a: 3, b: 4, inner: 5 };
 const PATCH: PatchDims = PatchDims {
     b: 1,
@@ -106,7 +148,11 @@ const PATCH: PatchDims = PatchDims {
     ph: 2,
     pw: 3,
 };
-const CE: CrossEntropyDims = CrossEntropyDims { n: N, v: 37, z_loss: 1e-4 };
+const CE: CrossEntropyDims = CrossEntropyDims {
+    n: N,
+    v: 37,
+    z_loss: 1e-4,
+};
 const EMB: EmbeddingDims = EmbeddingDims { n: N, v: 9, c: C };
 const TS: TimestepDims = TimestepDims {
     n: N,
@@ -132,10 +178,19 @@ fn buffers(op: Op, dt: DType) -> (Vec<HostVec>, Vec<HostVec>) {
         host(&rand_vec(seed, n), dt)
     };
     let f = DType::F32;
-    let pos = |v: HostVec| host(&f64s(&v).iter().map(|x| 1.0 + x.abs()).collect::<Vec<_>>(), v.dtype());
+    let pos = |v: HostVec| {
+        host(
+            &f64s(&v).iter().map(|x| 1.0 + x.abs()).collect::<Vec<_>>(),
+            v.dtype(),
+        )
+    };
     let ids = |n: usize, bound: i32| HostVec::I32((0..n as i32).map(|i| (i * 5 + 2) % bound).collect());
     let a = &ATTN;
-    let (nq, nkv, nl) = (a.b * a.tq * a.nh * a.hd, a.b * a.tk * a.nkv * a.hd, a.b * a.nh * a.tq);
+    let (nq, nkv, nl) = (
+        a.b * a.tq * a.nh * a.hd,
+        a.b * a.tk * a.nkv * a.hd,
+        a.b * a.nh * a.tq,
+    );
     let stream = MODD.b * MODD.t * MODD.c;
     let cond = MODD.cond_len();
     let rope_n = ROPED.b * ROPED.t * ROPED.h * ROPED.hd;
@@ -145,15 +200,24 @@ fn buffers(op: Op, dt: DType) -> (Vec<HostVec>, Vec<HostVec>) {
         GeluBackward | SiluBackward => (vec![r(300, dt), r(300, dt)], vec![r(300, dt)]),
         Swiglu => (vec![r(N * 2 * C, dt)], vec![r(N * C, dt)]),
         SwigluBackward => (vec![r(N * C, dt), r(N * 2 * C, dt)], vec![r(N * 2 * C, dt)]),
-        LayerNorm => (vec![r(N * C, dt), r(C, dt), r(C, dt)], vec![r(N * C, dt), r(N, f), r(N, f)]),
+        LayerNorm => (
+            vec![r(N * C, dt), r(C, dt), r(C, dt)],
+            vec![r(N * C, dt), r(N, f), r(N, f)],
+        ),
         LayerNormBackward => {
             let rstd = pos(r(N, f));
-            (vec![r(N * C, dt), r(N * C, dt), r(C, dt), r(N, f), rstd], vec![r(N * C, dt), r(C, f), r(C, dt)])
+            (
+                vec![r(N * C, dt), r(N * C, dt), r(C, dt), r(N, f), rstd],
+                vec![r(N * C, dt), r(C, f), r(C, dt)],
+            )
         }
         RmsNorm => (vec![r(N * C, dt), r(C, dt)], vec![r(N * C, dt), r(N, f)]),
         RmsNormBackward => {
             let rstd = pos(r(N, f));
-            (vec![r(N * C, dt), r(N * C, dt), r(C, dt), rstd], vec![r(N * C, dt), r(C, dt)])
+            (
+                vec![r(N * C, dt), r(N * C, dt), r(C, dt), rstd],
+                vec![r(N * C, dt), r(C, dt)],
+            )
         }
         Modulate => (vec![r(stream, dt), r(cond, dt), r(cond, dt)], vec![r(stream, dt)]),
         ModulateBackward => (
@@ -161,24 +225,48 @@ fn buffers(op: Op, dt: DType) -> (Vec<HostVec>, Vec<HostVec>) {
             vec![r(stream, dt), r(cond, dt), r(cond, dt)],
         ),
         Gate => (vec![r(cond, dt), r(stream, dt)], vec![r(stream, dt)]),
-        GateBackward => (vec![r(stream, dt), r(cond, dt), r(stream, dt)], vec![r(stream, dt), r(cond, dt)]),
+        GateBackward => (
+            vec![r(stream, dt), r(cond, dt), r(stream, dt)],
+            vec![r(stream, dt), r(cond, dt)],
+        ),
         Rope | RopeBackward => (vec![r(rope_n, dt), r(table, f), r(table, f)], vec![r(rope_n, dt)]),
         SwapAxes => (vec![r(SWAP.numel(), dt)], vec![r(SWAP.numel(), dt)]),
         Attention => (vec![r(nq, dt), r(nkv, dt), r(nkv, dt)], vec![r(nq, dt), r(nl, f)]),
         AttentionBackward => (
-            vec![r(nq, dt), r(nq, dt), r(nkv, dt), r(nkv, dt), r(nq, dt), pos(r(nl, f))],
+            vec![
+                r(nq, dt),
+                r(nq, dt),
+                r(nkv, dt),
+                r(nkv, dt),
+                r(nq, dt),
+                pos(r(nl, f)),
+            ],
             vec![r(nq, dt), r(nkv, dt), r(nkv, dt)],
         ),
         AttentionMerge => (vec![r(nq, dt), r(nl, f)], vec![r(nq, dt), r(nl, f)]),
-        CrossEntropy => (vec![r(CE.n * CE.v, dt), ids(CE.n, CE.v as i32)], vec![r(CE.n, f), r(CE.n, f)]),
+        CrossEntropy => (
+            vec![r(CE.n * CE.v, dt), ids(CE.n, CE.v as i32)],
+            vec![r(CE.n, f), r(CE.n, f)],
+        ),
         CrossEntropyBackward => (
-            vec![r(CE.n, f), r(CE.n * CE.v, dt), ids(CE.n, CE.v as i32), pos(r(CE.n, f))],
+            vec![
+                r(CE.n, f),
+                r(CE.n * CE.v, dt),
+                ids(CE.n, CE.v as i32),
+                pos(r(CE.n, f)),
+            ],
             vec![r(CE.n * CE.v, dt)],
         ),
         Mse => (vec![r(1000, dt), r(1000, dt)], vec![r(1, f)]),
         MseBackward => (vec![r(1, f), r(1000, dt), r(1000, dt)], vec![r(1000, dt)]),
-        Embedding => (vec![ids(EMB.n, EMB.v as i32), r(EMB.v * EMB.c, dt)], vec![r(EMB.n * EMB.c, dt)]),
-        EmbeddingBackward => (vec![r(EMB.n * EMB.c, dt), ids(EMB.n, EMB.v as i32)], vec![r(EMB.v * EMB.c, f)]),
+        Embedding => (
+            vec![ids(EMB.n, EMB.v as i32), r(EMB.v * EMB.c, dt)],
+            vec![r(EMB.n * EMB.c, dt)],
+        ),
+        EmbeddingBackward => (
+            vec![r(EMB.n * EMB.c, dt), ids(EMB.n, EMB.v as i32)],
+            vec![r(EMB.v * EMB.c, f)],
+        ),
         Patchify | PatchifyBackward | Unpatchify | UnpatchifyBackward => {
             (vec![r(PATCH.numel(), dt)], vec![r(PATCH.numel(), dt)])
         }
@@ -186,7 +274,10 @@ fn buffers(op: Op, dt: DType) -> (Vec<HostVec>, Vec<HostVec>) {
         TimestepBackward => (vec![r(TS.n * TS.dim, dt), r(TS.n, f)], vec![r(TS.n, f)]),
         Add => (vec![r(300, dt), r(300, dt)], vec![r(300, dt)]),
         AddBackward => (vec![r(300, dt)], vec![r(300, dt), r(300, dt)]),
-        Scale | Cast => (vec![r(300, dt)], vec![r(300, if op == Cast { DType::F32 } else { dt })]),
+        Scale | Cast => (
+            vec![r(300, dt)],
+            vec![r(300, if op == Cast { DType::F32 } else { dt })],
+        ),
         Accumulate => (vec![r(300, dt)], vec![r(300, f)]),
         Fill => (vec![], vec![r(300, dt)]),
         SumSquares => (vec![r(20_000, dt)], vec![r(1, f)]),
@@ -194,7 +285,10 @@ fn buffers(op: Op, dt: DType) -> (Vec<HostVec>, Vec<HostVec>) {
         L2Norm => (vec![r(20_000, f)], vec![r(1, f)]),
         L2NormBackward => (vec![r(1, f), r(300, f), pos(r(1, f))], vec![r(300, f)]),
         AdamWUpdate => (vec![r(9000, f)], vec![r(9000, f), r(9000, f), pos(r(9000, f))]),
-        AdemamixUpdate => (vec![r(9000, f)], vec![r(9000, f), r(9000, f), r(9000, f), pos(r(9000, f))]),
+        AdemamixUpdate => (
+            vec![r(9000, f)],
+            vec![r(9000, f), r(9000, f), r(9000, f), pos(r(9000, f))],
+        ),
     }
 }
 
@@ -204,7 +298,11 @@ fn call<B: Ops>(be: &B, op: Op, ins: &[B::Buffer], outs: &mut [B::Buffer]) -> Re
     let mut o = outs.iter_mut().map(B::view_mut);
     let mut w = || o.next().expect("a written buffer per output");
     let n = |k: usize| B::view(&ins[k]).len();
-    let dims = NormDims { n: N, c: C, eps: 1e-5 };
+    let dims = NormDims {
+        n: N,
+        c: C,
+        eps: 1e-5,
+    };
     match op {
         Gelu => be.gelu_forward(w(), i(0), n(0)),
         GeluBackward => be.gelu_backward(w(), i(0), i(1), n(0)),
@@ -326,7 +424,11 @@ fn gpu_every_op_matches_the_cpu_backend() {
                 }
             };
             for (k, (gv, wv)) in got.iter().zip(&want).enumerate() {
-                let tol = Tolerance::for_dtype(if gv.dtype() == DType::BF16 { DType::BF16 } else { dt });
+                let tol = Tolerance::for_dtype(if gv.dtype() == DType::BF16 {
+                    DType::BF16
+                } else {
+                    dt
+                });
                 match compare(&format!("{op:?} [{dt}] output {k}"), &f64s(gv), &f64s(wv), tol) {
                     Ok(e) => eprintln!("{op:?} [{dt}] output {k}: max |gpu − cpu| = {e:.3e}"),
                     Err(e) => failed.push(e),
@@ -334,7 +436,12 @@ fn gpu_every_op_matches_the_cpu_backend() {
             }
         }
     }
-    assert!(failed.is_empty(), "{} comparisons failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} comparisons failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }
 
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]

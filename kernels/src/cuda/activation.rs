@@ -8,7 +8,14 @@ use crate::Result;
 
 impl CudaBackend {
     /// `<name>_<dtype>(out, inp, n)` or `(dinp, dout, inp, n)` over `n` elements.
-    fn pointwise(&self, op: &'static str, name: &str, dt: crate::DType, ptrs: &[u64], n: usize) -> Result<()> {
+    fn pointwise(
+        &self,
+        op: &'static str,
+        name: &str,
+        dt: crate::DType,
+        ptrs: &[u64],
+        n: usize,
+    ) -> Result<()> {
         let mut args: Vec<KArg> = ptrs.iter().map(|&p| KArg::U64(p)).collect();
         args.push(KArg::U64(n as u64));
         let kernel = format!("{name}_{}", suffix(dt));
@@ -52,10 +59,24 @@ impl ActivationOps for CudaBackend {
             KArg::U64(d.h as u64),
         ];
         // SAFETY: `inp` holds N·2H and `out` N·H elements of `dt`; one thread per output.
-        unsafe { self.launch_1d(OP, Module::Activation, &format!("{OP}_{}", suffix(dt)), d.n * d.h, &args) }
+        unsafe {
+            self.launch_1d(
+                OP,
+                Module::Activation,
+                &format!("{OP}_{}", suffix(dt)),
+                d.n * d.h,
+                &args,
+            )
+        }
     }
 
-    fn swiglu_backward(&self, dinp: CudaMut<'_>, dout: CudaRef<'_>, inp: CudaRef<'_>, d: SwigluDims) -> Result<()> {
+    fn swiglu_backward(
+        &self,
+        dinp: CudaMut<'_>,
+        dout: CudaRef<'_>,
+        inp: CudaRef<'_>,
+        d: SwigluDims,
+    ) -> Result<()> {
         const OP: &str = "swiglu_backward";
         let dt = check::swiglu_backward(CUDA_FLOATS, &dinp, &dout, &inp, &d)?;
         let args = [
@@ -67,6 +88,14 @@ impl ActivationOps for CudaBackend {
         ];
         // SAFETY: `inp`, `dinp` hold N·2H and `dout` N·H elements of `dt`; one thread per
         // element of `dout`.
-        unsafe { self.launch_1d(OP, Module::Activation, &format!("{OP}_{}", suffix(dt)), d.n * d.h, &args) }
+        unsafe {
+            self.launch_1d(
+                OP,
+                Module::Activation,
+                &format!("{OP}_{}", suffix(dt)),
+                d.n * d.h,
+                &args,
+            )
+        }
     }
 }

@@ -58,7 +58,10 @@ fn check_limits(op: &'static str, dt: DType, hd: usize, ptrs: &[(&'static str, C
     let invalid = |what, why: String| Err(Error::Invalid { op, what, why });
     if dt == DType::F32 {
         if hd > 128 {
-            return invalid("hd", format!("the f32 CUDA kernels take a head dim of at most 128, got {hd}"));
+            return invalid(
+                "hd",
+                format!("the f32 CUDA kernels take a head dim of at most 128, got {hd}"),
+            );
         }
         return Ok(());
     }
@@ -79,10 +82,20 @@ fn check_limits(op: &'static str, dt: DType, hd: usize, ptrs: &[(&'static str, C
 
 /// The problem's sizes as the kernels take them, then the f32 scale.
 fn sizes(d: &AttnDims) -> Vec<KArg> {
-    let mut a: Vec<KArg> = [d.b, d.tq, d.tk, d.nh, d.nkv, d.hd, d.causal as usize, d.q_start, d.k_start]
-        .iter()
-        .map(|&v| KArg::U64(v as u64))
-        .collect();
+    let mut a: Vec<KArg> = [
+        d.b,
+        d.tq,
+        d.tk,
+        d.nh,
+        d.nkv,
+        d.hd,
+        d.causal as usize,
+        d.q_start,
+        d.k_start,
+    ]
+    .iter()
+    .map(|&v| KArg::U64(v as u64))
+    .collect();
     a.push(KArg::F32(d.scale as f32));
     a
 }
@@ -114,7 +127,15 @@ impl CudaBackend {
         args.extend(sizes(d));
         // SAFETY: every buffer was checked against the dims; the head dim and alignment against
         // the kernels' limits; the kernels guard rows past TQ/TK.
-        unsafe { self.launch(op, Module::Attention, &format!("{}_{}", k.name(), suffix(dt)), cfg, &args) }
+        unsafe {
+            self.launch(
+                op,
+                Module::Attention,
+                &format!("{}_{}", k.name(), suffix(dt)),
+                cfg,
+                &args,
+            )
+        }
     }
 }
 
@@ -130,7 +151,12 @@ impl AttentionOps for CudaBackend {
     ) -> Result<()> {
         const OP: &str = "attention_forward";
         let dt = check::attention_forward(CUDA_FLOATS, &out, &lse, &q, &k, &v, &d)?;
-        check_limits(OP, dt, d.hd, &[("q", q.ptr), ("k", k.ptr), ("v", v.ptr), ("out", out.ptr)])?;
+        check_limits(
+            OP,
+            dt,
+            d.hd,
+            &[("q", q.ptr), ("k", k.ptr), ("v", v.ptr), ("out", out.ptr)],
+        )?;
         let ptrs = [out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr];
         self.attention_launch(OP, Kernel::Forward, dt, (d.tq, d.nh), &d, &ptrs)
     }
@@ -159,7 +185,15 @@ impl AttentionOps for CudaBackend {
         let threads = d.b * d.tq * d.nh * 32;
         // SAFETY: `out`, `part` hold B·TQ·NH·HD and the log-sum-exps B·NH·TQ elements (checked);
         // the kernel guards its row.
-        unsafe { self.launch_1d(OP, Module::Attention, &format!("{OP}_{}", suffix(dt)), threads, &args) }
+        unsafe {
+            self.launch_1d(
+                OP,
+                Module::Attention,
+                &format!("{OP}_{}", suffix(dt)),
+                threads,
+                &args,
+            )
+        }
     }
 
     fn attention_backward(

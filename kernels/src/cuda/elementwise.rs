@@ -50,7 +50,13 @@ impl ElementwiseOps for CudaBackend {
 
     fn add_backward(&self, da: CudaMut<'_>, db: CudaMut<'_>, dout: CudaRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "add_backward";
-        let dt = check_pointwise(OP, CUDA_FLOATS, &[("da", &da), ("db", &db)], &[("dout", &dout)], n)?;
+        let dt = check_pointwise(
+            OP,
+            CUDA_FLOATS,
+            &[("da", &da), ("db", &db)],
+            &[("dout", &dout)],
+            n,
+        )?;
         for acc in [da.ptr, db.ptr] {
             self.accumulate_into(OP, (acc, dt), (dout.ptr, dt), n)?;
         }
@@ -75,7 +81,10 @@ impl ElementwiseOps for CudaBackend {
         let dt = check_args(
             OP,
             CUDA_FLOATS,
-            &[Arg::act("x", Some(&x), n, &s), Arg::grad("acc", Some(&acc), n, &s)],
+            &[
+                Arg::act("x", Some(&x), n, &s),
+                Arg::grad("acc", Some(&acc), n, &s),
+            ],
         )?;
         self.accumulate_into(OP, (acc.ptr, acc.dtype()), (x.ptr, dt), n)
     }

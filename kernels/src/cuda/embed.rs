@@ -25,12 +25,26 @@ impl CudaBackend {
         args.extend([d.b, d.t, d.h, d.w, d.c, d.pt, d.ph, d.pw].map(|v| KArg::U64(v as u64)));
         // SAFETY: both views hold B·T·H·W·C elements (checked, with the patch sizes dividing
         // their extents); the kernel guards its index.
-        unsafe { self.launch_1d(op, Module::Embed, &format!("{op}_{}", suffix(dt)), d.numel(), &args) }
+        unsafe {
+            self.launch_1d(
+                op,
+                Module::Embed,
+                &format!("{op}_{}", suffix(dt)),
+                d.numel(),
+                &args,
+            )
+        }
     }
 }
 
 impl EmbedOps for CudaBackend {
-    fn embedding_forward(&self, out: CudaMut<'_>, ids: CudaRef<'_>, table: CudaRef<'_>, d: EmbeddingDims) -> Result<()> {
+    fn embedding_forward(
+        &self,
+        out: CudaMut<'_>,
+        ids: CudaRef<'_>,
+        table: CudaRef<'_>,
+        d: EmbeddingDims,
+    ) -> Result<()> {
         const OP: &str = "embedding_forward";
         let dt = check::embedding_forward(CUDA_FLOATS, &out, &ids, &table, &d)?;
         let args = [
@@ -43,10 +57,24 @@ impl EmbedOps for CudaBackend {
         ];
         // SAFETY: `out` holds N·C, `ids` N and `table` V·C elements (checked); the kernel guards
         // its index and each id.
-        unsafe { self.launch_1d(OP, Module::Embed, &format!("{OP}_{}", suffix(dt)), d.n * d.c, &args) }
+        unsafe {
+            self.launch_1d(
+                OP,
+                Module::Embed,
+                &format!("{OP}_{}", suffix(dt)),
+                d.n * d.c,
+                &args,
+            )
+        }
     }
 
-    fn embedding_backward(&self, dtable: CudaMut<'_>, dout: CudaRef<'_>, ids: CudaRef<'_>, d: EmbeddingDims) -> Result<()> {
+    fn embedding_backward(
+        &self,
+        dtable: CudaMut<'_>,
+        dout: CudaRef<'_>,
+        ids: CudaRef<'_>,
+        d: EmbeddingDims,
+    ) -> Result<()> {
         const OP: &str = "embedding_backward";
         check::embedding_backward(CUDA_FLOATS, &dtable, &dout, &ids, &d)?;
         Err(Error::Cuda {
@@ -91,10 +119,24 @@ impl EmbedOps for CudaBackend {
             KArg::F64(d.max_period),
         ];
         // SAFETY: `out` holds N·DIM and `t` N elements (checked); one thread per output.
-        unsafe { self.launch_1d(OP, Module::Embed, &format!("{OP}_{}", suffix(dt)), d.n * d.dim, &args) }
+        unsafe {
+            self.launch_1d(
+                OP,
+                Module::Embed,
+                &format!("{OP}_{}", suffix(dt)),
+                d.n * d.dim,
+                &args,
+            )
+        }
     }
 
-    fn timestep_embedding_backward(&self, dt_: CudaMut<'_>, dout: CudaRef<'_>, t: CudaRef<'_>, d: TimestepDims) -> Result<()> {
+    fn timestep_embedding_backward(
+        &self,
+        dt_: CudaMut<'_>,
+        dout: CudaRef<'_>,
+        t: CudaRef<'_>,
+        d: TimestepDims,
+    ) -> Result<()> {
         const OP: &str = "timestep_embedding_backward";
         let dt = check::timestep_embedding_backward(CUDA_FLOATS, &dt_, &dout, &t, &d)?;
         let args = [

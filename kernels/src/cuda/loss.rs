@@ -17,7 +17,13 @@ const MSE_CHUNK: usize = 4096;
 
 impl CudaBackend {
     /// A cross-entropy kernel: one block per row (blocks stride over the rows).
-    fn cross_entropy(&self, op: &'static str, kernel: &str, d: &CrossEntropyDims, args: &[KArg]) -> Result<()> {
+    fn cross_entropy(
+        &self,
+        op: &'static str,
+        kernel: &str,
+        d: &CrossEntropyDims,
+        args: &[KArg],
+    ) -> Result<()> {
         if d.n == 0 {
             return Ok(());
         }

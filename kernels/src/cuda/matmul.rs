@@ -369,7 +369,15 @@ impl MatmulOps for CudaBackend {
                 KArg::U64(n),
             ];
             // SAFETY: `out` holds rows·n and `bias` n f32 (checked); the kernel guards its index.
-            unsafe { self.launch_1d(OP, Module::Elementwise, "bias_add_f32", d.batch * d.m * d.n, &args)? };
+            unsafe {
+                self.launch_1d(
+                    OP,
+                    Module::Elementwise,
+                    "bias_add_f32",
+                    d.batch * d.m * d.n,
+                    &args,
+                )?
+            };
         }
         Ok(())
     }

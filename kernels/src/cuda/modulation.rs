@@ -24,7 +24,15 @@ impl CudaBackend {
         args.extend([d.b, d.t, d.c, d.cond_stride].map(|v| KArg::U64(v as u64)));
         // SAFETY: the stream views hold B·T·C elements and the conditioning views
         // (B−1)·stride + C (checked); the kernel guards its index.
-        unsafe { self.launch_1d(op, Module::Modulation, &format!("{op}_{}", suffix(dt)), d.b * d.t * d.c, &args) }
+        unsafe {
+            self.launch_1d(
+                op,
+                Module::Modulation,
+                &format!("{op}_{}", suffix(dt)),
+                d.b * d.t * d.c,
+                &args,
+            )
+        }
     }
 
     /// The backward: `kernel(…partials…)` over (column tiles, P, B), then each conditioning
@@ -52,7 +60,15 @@ impl CudaBackend {
             };
             // SAFETY: the views were checked against (B, T, C) and the strided rows; the
             // partials hold B·P·C floats each; the kernel guards columns and samples.
-            unsafe { self.launch(op, Module::Modulation, &format!("{op}_{}", suffix(dt)), cfg, &args(&parts))? };
+            unsafe {
+                self.launch(
+                    op,
+                    Module::Modulation,
+                    &format!("{op}_{}", suffix(dt)),
+                    cfg,
+                    &args(&parts),
+                )?
+            };
             let sum = match dt {
                 DType::BF16 => "cond_grad_sum_bf16_f32",
                 _ => "cond_grad_sum_f32",
@@ -94,7 +110,12 @@ impl ModulationOps for CudaBackend {
         d: ModDims,
     ) -> Result<()> {
         let dt = check::modulate_forward(CUDA_FLOATS, &out, &x, &shift, &scale, &d)?;
-        self.modulation_forward("modulate_forward", dt, &[out.ptr, x.ptr, shift.ptr, scale.ptr], &d)
+        self.modulation_forward(
+            "modulate_forward",
+            dt,
+            &[out.ptr, x.ptr, shift.ptr, scale.ptr],
+            &d,
+        )
     }
 
     fn modulate_backward(
@@ -122,7 +143,13 @@ impl ModulationOps for CudaBackend {
         })
     }
 
-    fn gate_forward(&self, residual: CudaMut<'_>, gate: CudaRef<'_>, y: CudaRef<'_>, d: ModDims) -> Result<()> {
+    fn gate_forward(
+        &self,
+        residual: CudaMut<'_>,
+        gate: CudaRef<'_>,
+        y: CudaRef<'_>,
+        d: ModDims,
+    ) -> Result<()> {
         let dt = check::gate_forward(CUDA_FLOATS, &residual, &gate, &y, &d)?;
         self.modulation_forward("gate_forward", dt, &[residual.ptr, gate.ptr, y.ptr], &d)
     }

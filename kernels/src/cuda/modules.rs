@@ -166,10 +166,7 @@ pub(crate) static SPECS: [ModuleSpec; Module::ALL.len()] = [
         name: "shape",
         source: include_str!("../../cuda/shape.cu"),
         headers: &[PRELUDE],
-        kernels: &[
-            "swap_axes_f32",
-            "swap_axes_bf16",
-        ],
+        kernels: &["swap_axes_f32", "swap_axes_bf16"],
     },
     ModuleSpec {
         name: "loss",

@@ -37,7 +37,15 @@ type Grad = Option<(CUdeviceptr, DType)>;
 
 impl CudaBackend {
     /// A row kernel of norm.cu over `n` rows of `c`, with `shared` bytes of dynamic shared memory.
-    fn norm_rows(&self, op: &'static str, kernel: &str, blocks: usize, c: usize, shared: usize, args: &[KArg]) -> Result<()> {
+    fn norm_rows(
+        &self,
+        op: &'static str,
+        kernel: &str,
+        blocks: usize,
+        c: usize,
+        shared: usize,
+        args: &[KArg],
+    ) -> Result<()> {
         if shared > MAX_SHARED as usize {
             return Err(Error::Invalid {
                 op,
@@ -127,7 +135,16 @@ impl NormOps for CudaBackend {
         d: NormDims,
     ) -> Result<()> {
         const OP: &str = "layernorm_forward";
-        let dt = check::layernorm_forward(CUDA_FLOATS, &out, &mean, &rstd, &inp, weight.as_ref(), bias.as_ref(), &d)?;
+        let dt = check::layernorm_forward(
+            CUDA_FLOATS,
+            &out,
+            &mean,
+            &rstd,
+            &inp,
+            weight.as_ref(),
+            bias.as_ref(),
+            &d,
+        )?;
         if d.n == 0 {
             return Ok(());
         }
@@ -142,7 +159,14 @@ impl NormOps for CudaBackend {
             KArg::U64(d.c as u64),
             KArg::F32(d.eps as f32),
         ];
-        self.norm_rows(OP, &format!("{OP}_{}", suffix(dt)), d.n.min(1 << 20), d.c, 0, &args)
+        self.norm_rows(
+            OP,
+            &format!("{OP}_{}", suffix(dt)),
+            d.n.min(1 << 20),
+            d.c,
+            0,
+            &args,
+        )
     }
 
     fn layernorm_backward(
@@ -172,7 +196,11 @@ impl NormOps for CudaBackend {
         )?;
         let kernel = format!("{OP}_{}", suffix(dt));
         let grads = [grad(&dweight), grad(&dbias)];
-        let shared = if grads.iter().any(Option::is_some) { 8 * d.c } else { 0 };
+        let shared = if grads.iter().any(Option::is_some) {
+            8 * d.c
+        } else {
+            0
+        };
         self.norm_backward(OP, &d, grads, |blocks, [dw, db]| {
             let args = [
                 KArg::U64(dinp.ptr),
@@ -212,7 +240,14 @@ impl NormOps for CudaBackend {
             KArg::U64(d.c as u64),
             KArg::F32(d.eps as f32),
         ];
-        self.norm_rows(OP, &format!("{OP}_{}", suffix(dt)), d.n.min(1 << 20), d.c, 0, &args)
+        self.norm_rows(
+            OP,
+            &format!("{OP}_{}", suffix(dt)),
+            d.n.min(1 << 20),
+            d.c,
+            0,
+            &args,
+        )
     }
 
     fn rmsnorm_backward(
@@ -226,7 +261,16 @@ impl NormOps for CudaBackend {
         d: NormDims,
     ) -> Result<()> {
         const OP: &str = "rmsnorm_backward";
-        let dt = check::rmsnorm_backward(CUDA_FLOATS, &dinp, dweight.as_ref(), &dout, &inp, weight.as_ref(), &rstd, &d)?;
+        let dt = check::rmsnorm_backward(
+            CUDA_FLOATS,
+            &dinp,
+            dweight.as_ref(),
+            &dout,
+            &inp,
+            weight.as_ref(),
+            &rstd,
+            &d,
+        )?;
         let kernel = format!("{OP}_{}", suffix(dt));
         let grads = [grad(&dweight), None];
         let shared = if grads[0].is_some() { 4 * d.c } else { 0 };

@@ -41,7 +41,13 @@ fn correction(beta: f64, step: u32) -> f64 {
 
 impl CudaBackend {
     /// An update over `n` elements: the one-segment table in scratch, then `args(table)`.
-    fn update(&self, op: &'static str, kernel: &str, n: usize, args: impl FnOnce(CUdeviceptr) -> Vec<KArg>) -> Result<()> {
+    fn update(
+        &self,
+        op: &'static str,
+        kernel: &str,
+        n: usize,
+        args: impl FnOnce(CUdeviceptr) -> Vec<KArg>,
+    ) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
@@ -59,7 +65,14 @@ impl CudaBackend {
     }
 
     /// `partials[b] = Σ x²` over chunks of `x`, then `finish(acc, partials, parts)`.
-    fn sum_squares_into(&self, op: &'static str, x: (CUdeviceptr, DType), n: usize, finish: &str, acc: CUdeviceptr) -> Result<()> {
+    fn sum_squares_into(
+        &self,
+        op: &'static str,
+        x: (CUdeviceptr, DType),
+        n: usize,
+        finish: &str,
+        acc: CUdeviceptr,
+    ) -> Result<()> {
         let parts = n.div_ceil(SUM_CHUNK);
         self.with_scratch(parts * 8, |partials| {
             if parts > 0 {
@@ -104,7 +117,14 @@ impl OptimOps for CudaBackend {
         self.sum_squares_into(OP, (x.ptr, DType::F32), n, "l2norm_forward_finish_f32", out.ptr)
     }
 
-    fn l2norm_backward(&self, dx: CudaMut<'_>, dout: CudaRef<'_>, x: CudaRef<'_>, norm: CudaRef<'_>, n: usize) -> Result<()> {
+    fn l2norm_backward(
+        &self,
+        dx: CudaMut<'_>,
+        dout: CudaRef<'_>,
+        x: CudaRef<'_>,
+        norm: CudaRef<'_>,
+        n: usize,
+    ) -> Result<()> {
         const OP: &str = "l2norm_backward";
         check::l2norm_backward(OPTIM_FLOATS, &dx, &dout, &x, &norm, n)?;
         let args = [
@@ -118,9 +138,24 @@ impl OptimOps for CudaBackend {
         unsafe { self.launch_1d(OP, Module::Optim, "l2norm_backward_f32", n, &args) }
     }
 
-    fn adamw_update(&self, params: CudaMut<'_>, m: CudaMut<'_>, v: CudaMut<'_>, grads: CudaRef<'_>, h: AdamW, n: usize) -> Result<()> {
+    fn adamw_update(
+        &self,
+        params: CudaMut<'_>,
+        m: CudaMut<'_>,
+        v: CudaMut<'_>,
+        grads: CudaRef<'_>,
+        h: AdamW,
+        n: usize,
+    ) -> Result<()> {
         const OP: &str = "adamw_update";
-        check::update(OP, OPTIM_FLOATS, &h, &grads, &[("params", &params), ("m", &m), ("v", &v)], n)?;
+        check::update(
+            OP,
+            OPTIM_FLOATS,
+            &h,
+            &grads,
+            &[("params", &params), ("m", &m), ("v", &v)],
+            n,
+        )?;
         let bc2_sqrt = correction(h.beta2, h.step).sqrt() as f32;
         self.update(OP, "adamw_update_f32", n, |table| {
             vec![

@@ -18,6 +18,14 @@ impl ShapeOps for CudaBackend {
             KArg::U64(d.inner as u64),
         ];
         // SAFETY: both views hold A·B·inner elements of `dt` (checked); one thread per element.
-        unsafe { self.launch_1d(OP, Module::Shape, &format!("{OP}_{}", suffix(dt)), d.numel(), &args) }
+        unsafe {
+            self.launch_1d(
+                OP,
+                Module::Shape,
+                &format!("{OP}_{}", suffix(dt)),
+                d.numel(),
+                &args,
+            )
+        }
     }
 }

@@ -69,14 +69,28 @@ fn bias_grad_matches_the_cpu_matmul_backward() {
             let mut dout = host(&rand_vec(3, rows * n), dt);
             let dbias0 = host(&rand_vec(4, n), gdt);
             let mut want = dbias0.clone();
-            c.matmul_backward(None, None, Some(want.view_mut()), dout.view(), a.view(), w.view(), d)
-                .unwrap();
+            c.matmul_backward(
+                None,
+                None,
+                Some(want.view_mut()),
+                dout.view(),
+                a.view(),
+                w.view(),
+                d,
+            )
+            .unwrap();
             let (g, b) = (f64s(&dout), f64s(&dbias0));
             let bound: Vec<f64> = (0..n)
-                .map(|j| sum_order(rows + 1) * (b[j].abs() + (0..rows).map(|r| g[r * n + j].abs()).sum::<f64>()))
+                .map(|j| {
+                    sum_order(rows + 1) * (b[j].abs() + (0..rows).map(|r| g[r * n + j].abs()).sum::<f64>())
+                })
                 .collect();
             // One chunk, chunks of 8 rows (whole row lanes), uneven chunks, one row each (small).
-            let pers = if rows <= 37 { vec![rows, 8, 13, 1] } else { vec![rows, 8, 13] };
+            let pers = if rows <= 37 {
+                vec![rows, 8, 13, 1]
+            } else {
+                vec![rows, 8, 13]
+            };
             for per in pers {
                 let what = format!("bias_grad [{dt} → {gdt}] rows={rows} n={n} per={per}");
                 let mut got = dbias0.clone();
