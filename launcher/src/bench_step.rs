@@ -88,6 +88,9 @@ pub fn step(a: &StepBenchArgs) -> Result<()> {
     let (ModelConfig::Dit(dm), ModelConfig::Gpt(gm)) = (&dc.model, &gc.model) else {
         bail!("--dit must be a DiT config and --gpt a GPT config");
     };
+    // The configs' training.device, as `weft train` would resolve it.
+    weft_trainer::train::cpu_device(&dc)?;
+    weft_trainer::train::cpu_device(&gc)?;
     let be = CpuBackend::new();
     let (db, gb) = (dc.training.micro_batch, gc.training.micro_batch);
     let shapes = Shapes {

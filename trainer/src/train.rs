@@ -115,16 +115,17 @@ pub fn train_rank(cfg: &Config, world: &dyn Comm<CpuBackend>, prefetch: bool) ->
 }
 
 /// The device `training.device` names, resolved once before any work: the CPU entry points
-/// run on `cpu`; a CUDA device that this machine has is refused until the CUDA backend
-/// implements every op family the models use.
+/// run on `cpu`; a CUDA device that this machine has is refused until training on CUDA is
+/// wired (the embedding backward and the NCCL data communicator).
 pub fn cpu_device(cfg: &Config) -> Result<()> {
     match crate::device::check(cfg)? {
         crate::device::Device::Cpu => Ok(()),
         crate::device::Device::Cuda(n) => Err(Error::config(
             "training.device",
             format!(
-                "cuda:{n} is present, but the CUDA backend does not yet implement every op family \
-                 the models need; train with training.device = \"cpu\""
+                "cuda:{n} is present, but training on CUDA is not available yet (the CUDA \
+                 backend has no deterministic embedding backward, and the trainer does not yet \
+                 run its data communicator over NCCL); train with training.device = \"cpu\""
             ),
         )),
     }
