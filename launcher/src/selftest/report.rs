@@ -31,8 +31,14 @@ pub struct Report {
     pub seconds: f64,
 }
 
+/// `x` with `prec` decimals, or three significant digits when that would show nothing
+/// (throughputs of a CPU in TFLOP/s); `-` when absent.
 fn num(x: Option<f64>, prec: usize) -> String {
     match x {
+        Some(v) if v != 0.0 && v.abs() < 10f64.powi(-(prec as i32)) => {
+            let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+            format!("{v:.digits$}")
+        }
         Some(v) => format!("{v:.prec$}"),
         None => "-".into(),
     }
