@@ -171,3 +171,57 @@ fn what_cannot_run_is_said() {
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("error: opening CUDA device 0:"), "{all}");
 }
+
+/// `tools/gpu-check.sh`, where this build cannot open a GPU: it runs each step it can, under a
+/// time limit, and says what did not run.
+fn gpu_check(args: &[&str], budget: &str) -> (Output, String, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/gpu-check.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .args(["--out", results.to_str().unwrap()])
+        .env("GPU_CHECK_BUDGET", budget)
+        .output()
+        .expect("bash runs");
+    let all = text(&out);
+    (out, all, results, dir)
+}
+
+#[test]
+fn the_gpu_check_script_says_what_did_not_run() {
+    let weft_bin = env!("CARGO_BIN_EXE_weft");
+    let (out, all, results, _dir) = gpu_check(&["--weft", weft_bin, "--quick"], "120");
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let summary = std::fs::read_to_string(results.join("summary.txt")).unwrap();
+    assert!(summary.contains("weft selftest gpu: FAILED (exit 1"), "{summary}");
+    assert!(all.contains("error: opening CUDA device 0:"), "{all}");
+    assert!(summary.contains("NOT everything ran or passed"), "{summary}");
+    // Without torch (as in CI) the comparison is named as not run; with it, it ran.
+    assert!(summary.lines().any(|l| l.starts_with("pytorch sdpa: ")), "{summary}");
+
+    // A step that hangs is cut off at the budget.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("weft");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 60\n").unwrap();
+    let mut perm = std::fs::metadata(&slow).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&slow, perm).unwrap();
+    let start = std::time::Instant::now();
+    let (out, all, _, _d) = gpu_check(&["--weft", slow.to_str().unwrap()], "5");
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("weft selftest gpu: TIMED OUT after 5 s"), "{all}");
+    assert!(start.elapsed().as_secs() < 40, "{all}");
+
+    // Usage errors.
+    let (out, all, _, _d) = gpu_check(&["--weft", "/nonexistent/weft"], "60");
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("no executable weft at '/nonexistent/weft'"), "{all}");
+    let (out, all, _, _d) = gpu_check(&["--frobnicate"], "60");
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("unknown argument '--frobnicate'"), "{all}");
+    let (out, all, _, _d) = gpu_check(&["--weft", weft_bin], "soon");
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("GPU_CHECK_BUDGET='soon' is not a whole number"), "{all}");
+}
