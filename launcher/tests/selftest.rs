@@ -21,21 +21,61 @@ fn text(o: &Output) -> String {
 
 /// Every method of `Ops` (46): each must have a row.
 const OPS: &[&str] = &[
-    "matmul_forward", "matmul_backward", "layernorm_forward", "layernorm_backward",
-    "rmsnorm_forward", "rmsnorm_backward", "gelu_forward", "gelu_backward", "silu_forward",
-    "silu_backward", "swiglu_forward", "swiglu_backward", "modulate_forward",
-    "modulate_backward", "gate_forward", "gate_backward", "rope_forward", "rope_backward",
-    "attention_forward", "attention_merge", "attention_backward", "cross_entropy_forward",
-    "cross_entropy_backward", "mse_forward", "mse_backward", "embedding_forward",
-    "embedding_backward", "patchify_forward", "patchify_backward", "unpatchify_forward",
-    "unpatchify_backward", "timestep_embedding_forward", "timestep_embedding_backward",
-    "add_forward", "add_backward", "scale_forward", "scale_backward", "accumulate", "fill",
-    "cast", "swap_axes", "sum_squares", "l2norm_forward", "l2norm_backward", "adamw_update",
+    "matmul_forward",
+    "matmul_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "rmsnorm_forward",
+    "rmsnorm_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "silu_forward",
+    "silu_backward",
+    "swiglu_forward",
+    "swiglu_backward",
+    "modulate_forward",
+    "modulate_backward",
+    "gate_forward",
+    "gate_backward",
+    "rope_forward",
+    "rope_backward",
+    "attention_forward",
+    "attention_merge",
+    "attention_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "mse_forward",
+    "mse_backward",
+    "embedding_forward",
+    "embedding_backward",
+    "patchify_forward",
+    "patchify_backward",
+    "unpatchify_forward",
+    "unpatchify_backward",
+    "timestep_embedding_forward",
+    "timestep_embedding_backward",
+    "add_forward",
+    "add_backward",
+    "scale_forward",
+    "scale_backward",
+    "accumulate",
+    "fill",
+    "cast",
+    "swap_axes",
+    "sum_squares",
+    "l2norm_forward",
+    "l2norm_backward",
+    "adamw_update",
     "ademamix_update",
 ];
 
 /// The optimizer ops take f32 or f64 only (`sum_squares` also reads bf16).
-const F32_ONLY: &[&str] = &["l2norm_forward", "l2norm_backward", "adamw_update", "ademamix_update"];
+const F32_ONLY: &[&str] = &[
+    "l2norm_forward",
+    "l2norm_backward",
+    "adamw_update",
+    "ademamix_update",
+];
 
 fn rows(json: &Value) -> &Vec<Value> {
     json["accuracy"].as_array().expect("accuracy rows")
@@ -80,9 +120,13 @@ fn the_cpu_suite_covers_every_op_and_writes_table_and_json() {
         assert!((0.0..=r["limit"].as_f64().unwrap()).contains(&e), "{r}");
         assert!(r["worst"].as_str().unwrap().contains('/'), "{r}");
     }
-    let matmul = row(&json, "matmul_forward", "f32").unwrap()["max_rel_err"].as_f64().unwrap();
+    let matmul = row(&json, "matmul_forward", "f32").unwrap()["max_rel_err"]
+        .as_f64()
+        .unwrap();
     assert!(matmul > 1e-9 && matmul < 1e-5, "f32 matmul against f64: {matmul}");
-    let bf16 = row(&json, "attention_forward", "bf16").unwrap()["max_rel_err"].as_f64().unwrap();
+    let bf16 = row(&json, "attention_forward", "bf16").unwrap()["max_rel_err"]
+        .as_f64()
+        .unwrap();
     assert!(bf16 > 1e-4, "bf16 attention output is rounded: {bf16}");
 
     // Throughput: the peak and a row per layer GEMM, and attention at each length and mask,
@@ -93,8 +137,14 @@ fn the_cpu_suite_covers_every_op_and_writes_table_and_json() {
     let gemms = json["gemm"]["rows"].as_array().unwrap();
     assert_eq!(gemms.len(), 8);
     for g in gemms {
-        let (f, pct) = (g["fwd_tflops"].as_f64().unwrap(), g["fwd_pct_of_peak"].as_f64().unwrap());
-        assert!(f > 0.0 && (pct - 100.0 * f / peak).abs() < 1e-6 * pct.max(1.0), "{g}");
+        let (f, pct) = (
+            g["fwd_tflops"].as_f64().unwrap(),
+            g["fwd_pct_of_peak"].as_f64().unwrap(),
+        );
+        assert!(
+            f > 0.0 && (pct - 100.0 * f / peak).abs() < 1e-6 * pct.max(1.0),
+            "{g}"
+        );
         assert!(g["bwd_tflops"].as_f64().unwrap() > 0.0, "{g}");
     }
     let attn = json["attention"].as_array().unwrap();
@@ -118,10 +168,30 @@ fn the_cpu_suite_covers_every_op_and_writes_table_and_json() {
     // The table.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("max rel err"), "{stdout}");
-    assert!(stdout.contains(&format!("accuracy: {} rows, 0 failed", rows(&json).len())), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("peak  bf16 gemm 256x256x256")), "{stdout}");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("llama3-8b") || l.starts_with("dit-xl")).count(), 8);
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("causal") || l.starts_with("full")).count(), 4);
+    assert!(
+        stdout.contains(&format!("accuracy: {} rows, 0 failed", rows(&json).len())),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("peak  bf16 gemm 256x256x256")),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("llama3-8b") || l.starts_with("dit-xl"))
+            .count(),
+        8
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("causal") || l.starts_with("full"))
+            .count(),
+        4
+    );
 }
 
 #[test]
@@ -140,14 +210,21 @@ fn a_wrong_op_is_flagged_and_fails_the_run() {
     ]);
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
-    assert!(all.contains("2 of 88 ops out of limits: rmsnorm_backward [f32], rmsnorm_backward [bf16]"), "{all}");
+    assert!(
+        all.contains("2 of 88 ops out of limits: rmsnorm_backward [f32], rmsnorm_backward [bf16]"),
+        "{all}"
+    );
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(json["ok"], false);
     for r in rows(&json) {
         assert_eq!(r["pass"] == false, r["op"] == "rmsnorm_backward", "{r}");
     }
     assert!(json["gemm"].is_null() && json["attention"].as_array().unwrap().is_empty());
-    assert!(all.lines().any(|l| l.contains("rmsnorm_backward") && l.contains("FAIL")), "{all}");
+    assert!(
+        all.lines()
+            .any(|l| l.contains("rmsnorm_backward") && l.contains("FAIL")),
+        "{all}"
+    );
 }
 
 #[test]
@@ -156,13 +233,26 @@ fn what_cannot_run_is_said() {
     let out = weft(&["selftest", "cpu", "--quick", "--max-seconds", "0.001"]);
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
-    assert!(all.contains("skipped: accuracy: optim sum of bf16 squares [bf16] (time limit)"), "{all}");
+    assert!(
+        all.contains("skipped: accuracy: optim sum of bf16 squares [bf16] (time limit)"),
+        "{all}"
+    );
     assert!(all.contains("skipped: gemm: every shape (time limit)"), "{all}");
-    assert!(all.contains("skipped: attention: T=256 full (time limit)"), "{all}");
-    assert!(all.contains("did not run to the end within the time limit"), "{all}");
+    assert!(
+        all.contains("skipped: attention: T=256 full (time limit)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("did not run to the end within the time limit"),
+        "{all}"
+    );
     // Bad arguments.
     let out = weft(&["selftest", "cpu", "--quick", "--inject-fault", "matmul"]);
-    assert!(text(&out).contains("--inject-fault matmul: not an op"), "{}", text(&out));
+    assert!(
+        text(&out).contains("--inject-fault matmul: not an op"),
+        "{}",
+        text(&out)
+    );
     let out = weft(&["selftest", "cpu", "--max-seconds", "-3"]);
     assert!(!out.status.success());
     // A GPU this build or machine cannot open.
@@ -199,7 +289,10 @@ fn the_gpu_check_script_says_what_did_not_run() {
     assert!(all.contains("error: opening CUDA device 0:"), "{all}");
     assert!(summary.contains("NOT everything ran or passed"), "{summary}");
     // Without torch (as in CI) the comparison is named as not run; with it, it ran.
-    assert!(summary.lines().any(|l| l.starts_with("pytorch sdpa: ")), "{summary}");
+    assert!(
+        summary.lines().any(|l| l.starts_with("pytorch sdpa: ")),
+        "{summary}"
+    );
 
     // A step that hangs is cut off at the budget.
     let dir = tempfile::tempdir().unwrap();
@@ -223,5 +316,8 @@ fn the_gpu_check_script_says_what_did_not_run() {
     assert!(all.contains("unknown argument '--frobnicate'"), "{all}");
     let (out, all, _, _d) = gpu_check(&["--weft", weft_bin], "soon");
     assert_eq!(out.status.code(), Some(2), "{all}");
-    assert!(all.contains("GPU_CHECK_BUDGET='soon' is not a whole number"), "{all}");
+    assert!(
+        all.contains("GPU_CHECK_BUDGET='soon' is not a whole number"),
+        "{all}"
+    );
 }

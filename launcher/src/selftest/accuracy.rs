@@ -46,7 +46,10 @@ pub fn run<B: Ops>(
     for (case, reference) in cases::<B>().iter().zip(cases::<CpuBackend>()) {
         for &dt in case.dtypes {
             if deadline.passed() {
-                skipped.push(format!("accuracy: {} {} [{dt}] (time limit)", case.family, case.name));
+                skipped.push(format!(
+                    "accuracy: {} {} [{dt}] (time limit)",
+                    case.family, case.name
+                ));
                 continue;
             }
             let got = match run_case(be, case, Prec::native(dt), sizes, fault) {
@@ -77,13 +80,27 @@ pub fn run<B: Ops>(
             } else {
                 Some(run_case(&cpu, &reference, Prec::native(dt), sizes, None)?)
             };
-            record(&mut rows, case.family, case.name, dt, &got, &truth, same.as_deref())?;
+            record(
+                &mut rows,
+                case.family,
+                case.name,
+                dt,
+                &got,
+                &truth,
+                same.as_deref(),
+            )?;
         }
     }
     Ok(rows)
 }
 
-fn run_case<B: Ops>(be: &B, case: &Case<B>, p: Prec, sizes: &Sizes, fault: Option<&str>) -> Result<Vec<Output>> {
+fn run_case<B: Ops>(
+    be: &B,
+    case: &Case<B>,
+    p: Prec,
+    sizes: &Sizes,
+    fault: Option<&str>,
+) -> Result<Vec<Output>> {
     let mut ctx = Ctx::new(be, p, fault);
     (case.run)(&mut ctx, sizes)?;
     be.synchronize()?;
@@ -109,10 +126,18 @@ fn record(
     }
     for (i, (g, t)) in got.iter().zip(truth).enumerate() {
         if (g.op, g.arg) != (t.op, t.arg) {
-            bail!("case {case} [{dt}]: output {i} is {}/{} here, {}/{} in the reference", g.op, g.arg, t.op, t.arg);
+            bail!(
+                "case {case} [{dt}]: output {i} is {}/{} here, {}/{} in the reference",
+                g.op,
+                g.arg,
+                t.op,
+                t.arg
+            );
         }
         let m = measure(&g.values, &t.values);
-        let vs_cpu = same.and_then(|s| s.get(i)).map(|s| measure(&g.values, &s.values).rel);
+        let vs_cpu = same
+            .and_then(|s| s.get(i))
+            .map(|s| measure(&g.values, &s.values).rel);
         let row = match rows.iter_mut().position(|r| r.op == g.op && r.dtype == dt.name()) {
             Some(j) => &mut rows[j],
             None => {

@@ -43,7 +43,11 @@ pub fn measure(got: &[f64], want: &[f64]) -> Measure {
         return Measure {
             rel: f64::INFINITY,
             abs: f64::INFINITY,
-            mismatch: Some(format!("{} elements, the reference has {}", got.len(), want.len())),
+            mismatch: Some(format!(
+                "{} elements, the reference has {}",
+                got.len(),
+                want.len()
+            )),
         };
     }
     let scale = want
@@ -89,7 +93,10 @@ mod tests {
         let want = reference();
         // f32 rounding and bf16 rounding of the same values.
         let f32s: Vec<f64> = want.iter().map(|&v| v as f32 as f64).collect();
-        let bf16s: Vec<f64> = want.iter().map(|&v| weft_kernels::bf16::from_f64(v).to_f64()).collect();
+        let bf16s: Vec<f64> = want
+            .iter()
+            .map(|&v| weft_kernels::bf16::from_f64(v).to_f64())
+            .collect();
         let m = measure(&f32s, &want);
         assert!(passes(&m, DType::F32), "{m:?}");
         assert!(m.rel > 0.0 && m.rel < 1e-7, "{m:?}");
@@ -124,10 +131,16 @@ mod tests {
     #[test]
     fn special_values_must_match_exactly() {
         let want = vec![1.0, f64::NEG_INFINITY, 2.0];
-        assert!(passes(&measure(&[1.0, f64::NEG_INFINITY, 2.0], &want), DType::F32));
+        assert!(passes(
+            &measure(&[1.0, f64::NEG_INFINITY, 2.0], &want),
+            DType::F32
+        ));
         let m = measure(&[1.0, -1e30, 2.0], &want);
         assert!(m.mismatch.as_deref().unwrap().contains("element 1"), "{m:?}");
-        assert!(!passes(&measure(&[f64::NAN, f64::NEG_INFINITY, 2.0], &want), DType::BF16));
+        assert!(!passes(
+            &measure(&[f64::NAN, f64::NEG_INFINITY, 2.0], &want),
+            DType::BF16
+        ));
         assert!(!passes(&measure(&[1.0, 2.0], &want), DType::F32));
         // An all-zero reference is measured in absolute terms.
         assert_eq!(measure(&[0.0, 1e-3], &[0.0, 0.0]).rel, 1e-3);

@@ -17,10 +17,7 @@ pub struct Prec {
 impl Prec {
     /// A run that stores what it rounds to.
     pub fn native(dt: DType) -> Self {
-        Prec {
-            store: dt,
-            round: dt,
-        }
+        Prec { store: dt, round: dt }
     }
 }
 

@@ -54,7 +54,12 @@ const LAYERS: &[(&str, &str, usize, usize)] = &[
     ("dit-xl", "mlp down", 4608, 1152),
 ];
 
-pub fn run<B: MatmulOps>(be: &B, s: &Sizes, deadline: &Deadline, skipped: &mut Vec<String>) -> Result<GemmReport> {
+pub fn run<B: MatmulOps>(
+    be: &B,
+    s: &Sizes,
+    deadline: &Deadline,
+    skipped: &mut Vec<String>,
+) -> Result<GemmReport> {
     let min = Duration::from_millis(s.min_ms);
     let p = s.peak;
     // Measured first and again last (clocks settle), keeping the better.

@@ -89,7 +89,12 @@ pub fn selftest(a: &SelftestArgs) -> Result<()> {
         .map(|r| format!("{} [{}]", r.op, r.dtype))
         .collect();
     if !failed.is_empty() {
-        bail!("{} of {} ops out of limits: {}", failed.len(), report.accuracy.len(), failed.join(", "));
+        bail!(
+            "{} of {} ops out of limits: {}",
+            failed.len(),
+            report.accuracy.len(),
+            failed.join(", ")
+        );
     }
     if !report.ok {
         bail!("the accuracy suite did not run to the end within the time limit (see `skipped`)");

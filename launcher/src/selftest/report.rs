@@ -48,8 +48,16 @@ impl Report {
     /// The tables a person reads.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "weft selftest {} ({} shapes): {}", self.target, self.sizes.profile, self.device);
-        let _ = writeln!(s, "reference: {}, f64 runs on the same rounded inputs", self.reference);
+        let _ = writeln!(
+            s,
+            "weft selftest {} ({} shapes): {}",
+            self.target, self.sizes.profile, self.device
+        );
+        let _ = writeln!(
+            s,
+            "reference: {}, f64 runs on the same rounded inputs",
+            self.reference
+        );
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -57,7 +65,10 @@ impl Report {
             "family", "op", "dtype", "max rel err", "vs cpu", "limit", "result"
         );
         for r in &self.accuracy {
-            let vs = r.vs_cpu_rel_err.map(|v| format!("{v:.2e}")).unwrap_or_else(|| "-".into());
+            let vs = r
+                .vs_cpu_rel_err
+                .map(|v| format!("{v:.2e}"))
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 s,
                 "{:<12} {:<28} {:<5} {:>11.2e} {:>11} {:>9.0e} {:<6} {}{}",

@@ -31,7 +31,11 @@ pub fn attention<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
 }
 
 fn forward_backward<B: Ops>(x: &mut Ctx<'_, B>, d: AttnDims, seed: u64) -> Result<()> {
-    let (nq, nkv, nl) = (d.b * d.tq * d.nh * d.hd, d.b * d.tk * d.nkv * d.hd, d.b * d.nh * d.tq);
+    let (nq, nkv, nl) = (
+        d.b * d.tq * d.nh * d.hd,
+        d.b * d.tk * d.nkv * d.hd,
+        d.b * d.nh * d.tq,
+    );
     let q = x.input(seed, nq, 2.0)?;
     let k = x.input(seed + 1, nkv, 1.0)?;
     let v = x.input(seed + 2, nkv, 1.0)?;
@@ -48,7 +52,11 @@ fn forward_backward<B: Ops>(x: &mut Ctx<'_, B>, d: AttnDims, seed: u64) -> Resul
     x.out("attention_forward", "out", &out)?;
     x.out("attention_forward", "lse", &lse)?;
     let dout = x.input(seed + 3, nq, 1.0)?;
-    let (mut dq, mut dk, mut dv) = (x.zeros(x.act(), nq)?, x.zeros(x.act(), nkv)?, x.zeros(x.act(), nkv)?);
+    let (mut dq, mut dk, mut dv) = (
+        x.zeros(x.act(), nq)?,
+        x.zeros(x.act(), nkv)?,
+        x.zeros(x.act(), nkv)?,
+    );
     be.attention_backward(
         B::view_mut(&mut dq),
         B::view_mut(&mut dk),

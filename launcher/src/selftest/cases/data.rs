@@ -61,7 +61,13 @@ pub fn mse<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
     x.out("mse_forward", "loss", &loss)?;
     let dloss = x.stat_input(&[1.0])?;
     let mut dpred = x.zeros(x.act(), n)?;
-    be.mse_backward(B::view_mut(&mut dpred), B::view(&dloss), B::view(&pred), B::view(&target), n)?;
+    be.mse_backward(
+        B::view_mut(&mut dpred),
+        B::view(&dloss),
+        B::view(&pred),
+        B::view(&target),
+        n,
+    )?;
     x.out("mse_backward", "dpred", &dpred)
 }
 
@@ -132,7 +138,11 @@ pub fn timestep<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
 /// Add, scale, accumulate, fill and casts over a layer's activations.
 pub fn elementwise<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
     let n = s.rows * s.c;
-    let (a, b, dout) = (x.input(111, n, 1.0)?, x.input(112, n, 1.0)?, x.input(113, n, 1.0)?);
+    let (a, b, dout) = (
+        x.input(111, n, 1.0)?,
+        x.input(112, n, 1.0)?,
+        x.input(113, n, 1.0)?,
+    );
     let be = x.be;
     let mut out = x.zeros(x.act(), n)?;
     be.add_forward(B::view_mut(&mut out), B::view(&a), B::view(&b), n)?;
@@ -153,7 +163,11 @@ pub fn elementwise<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
     for to in [DType::BF16, DType::F32] {
         let mut cast = x.zeros(to, n)?;
         be.cast(B::view_mut(&mut cast), B::view(&a), n)?;
-        x.out("cast", if to == DType::BF16 { "to bf16" } else { "to f32" }, &cast)?;
+        x.out(
+            "cast",
+            if to == DType::BF16 { "to bf16" } else { "to f32" },
+            &cast,
+        )?;
     }
     Ok(())
 }

@@ -33,10 +33,20 @@ fn matmul<B: Ops>(x: &mut Ctx<'_, B>, d: MatmulDims) -> Result<()> {
     let bias = x.input(3, d.n, 1.0)?;
     let mut out = x.zeros(x.act(), no)?;
     let be = x.be;
-    be.matmul_forward(B::view_mut(&mut out), B::view(&a), B::view(&w), Some(B::view(&bias)), d)?;
+    be.matmul_forward(
+        B::view_mut(&mut out),
+        B::view(&a),
+        B::view(&w),
+        Some(B::view(&bias)),
+        d,
+    )?;
     x.out("matmul_forward", "out", &out)?;
     let dout = x.input(4, no, 1.0)?;
-    let (mut da, mut db, mut dbias) = (x.zeros(x.act(), na)?, x.zeros(x.grad(), nb)?, x.zeros(x.grad(), d.n)?);
+    let (mut da, mut db, mut dbias) = (
+        x.zeros(x.act(), na)?,
+        x.zeros(x.grad(), nb)?,
+        x.zeros(x.grad(), d.n)?,
+    );
     be.matmul_backward(
         Some(B::view_mut(&mut da)),
         Some(B::view_mut(&mut db)),
@@ -53,7 +63,10 @@ fn matmul<B: Ops>(x: &mut Ctx<'_, B>, d: MatmulDims) -> Result<()> {
 
 /// `1 + 0.1·U[-1, 1)`: a trained norm weight.
 fn norm_weight(seed: u64, n: usize) -> Vec<f64> {
-    super::super::ctx::random(seed, n, 0.1).iter().map(|v| 1.0 + v).collect()
+    super::super::ctx::random(seed, n, 0.1)
+        .iter()
+        .map(|v| 1.0 + v)
+        .collect()
 }
 
 pub fn layernorm<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
@@ -187,13 +200,24 @@ pub fn modulation<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
     let d = ModDims::new(s.batch, s.rows / s.batch, s.c);
     let (n, nc) = (d.b * d.t * d.c, d.cond_len());
     let inp = x.input(41, n, 2.0)?;
-    let (shift, scale, gate) = (x.input(42, nc, 0.5)?, x.input(43, nc, 0.5)?, x.input(44, nc, 0.5)?);
+    let (shift, scale, gate) = (
+        x.input(42, nc, 0.5)?,
+        x.input(43, nc, 0.5)?,
+        x.input(44, nc, 0.5)?,
+    );
     let be = x.be;
     let mut out = x.zeros(x.act(), n)?;
-    be.modulate_forward(B::view_mut(&mut out), B::view(&inp), B::view(&shift), B::view(&scale), d)?;
+    be.modulate_forward(
+        B::view_mut(&mut out),
+        B::view(&inp),
+        B::view(&shift),
+        B::view(&scale),
+        d,
+    )?;
     x.out("modulate_forward", "out", &out)?;
     let dout = x.input(45, n, 1.0)?;
-    let (mut dx, mut dshift, mut dscale) = (x.zeros(x.act(), n)?, x.zeros(x.act(), nc)?, x.zeros(x.act(), nc)?);
+    let (mut dx, mut dshift, mut dscale) =
+        (x.zeros(x.act(), n)?, x.zeros(x.act(), nc)?, x.zeros(x.act(), nc)?);
     be.modulate_backward(
         B::view_mut(&mut dx),
         B::view_mut(&mut dshift),
@@ -237,10 +261,22 @@ pub fn rope<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
     let inp = x.input(51, n, 1.0)?;
     let be = x.be;
     let mut out = x.zeros(x.act(), n)?;
-    be.rope_forward(B::view_mut(&mut out), B::view(&inp), B::view(&cos), B::view(&sin), d)?;
+    be.rope_forward(
+        B::view_mut(&mut out),
+        B::view(&inp),
+        B::view(&cos),
+        B::view(&sin),
+        d,
+    )?;
     x.out("rope_forward", "out", &out)?;
     let dout = x.input(52, n, 1.0)?;
     let mut dinp = x.zeros(x.act(), n)?;
-    be.rope_backward(B::view_mut(&mut dinp), B::view(&dout), B::view(&cos), B::view(&sin), d)?;
+    be.rope_backward(
+        B::view_mut(&mut dinp),
+        B::view(&dout),
+        B::view(&cos),
+        B::view(&sin),
+        d,
+    )?;
     x.out("rope_backward", "dinp", &dinp)
 }

@@ -33,15 +33,36 @@ pub fn optimizer<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
     x.out("l2norm_forward", "out", &norm)?;
     let dout = x.values(&[1.5], dt, dt)?;
     let mut dx = x.zeros(dt, n)?;
-    be.l2norm_backward(B::view_mut(&mut dx), B::view(&dout), B::view(&g), B::view(&norm), n)?;
+    be.l2norm_backward(
+        B::view_mut(&mut dx),
+        B::view(&dout),
+        B::view(&g),
+        B::view(&norm),
+        n,
+    )?;
     x.out("l2norm_backward", "dx", &dx)?;
 
     let second_moment: Vec<f64> = random(134, n, 0.1).iter().map(|v| v * v).collect();
-    let (mut p, mut m, mut v) = (x.input(132, n, 1.0)?, x.input(133, n, 0.1)?, x.act_values(&second_moment)?);
+    let (mut p, mut m, mut v) = (
+        x.input(132, n, 1.0)?,
+        x.input(133, n, 0.1)?,
+        x.act_values(&second_moment)?,
+    );
     let before = download(be, &p)?;
-    be.adamw_update(B::view_mut(&mut p), B::view_mut(&mut m), B::view_mut(&mut v), B::view(&g), H, n)?;
+    be.adamw_update(
+        B::view_mut(&mut p),
+        B::view_mut(&mut m),
+        B::view_mut(&mut v),
+        B::view(&g),
+        H,
+        n,
+    )?;
     let after = download(be, &p)?;
-    x.push("adamw_update", "update", after.iter().zip(&before).map(|(a, b)| a - b).collect());
+    x.push(
+        "adamw_update",
+        "update",
+        after.iter().zip(&before).map(|(a, b)| a - b).collect(),
+    );
     x.out("adamw_update", "m", &m)?;
     x.out("adamw_update", "v", &v)?;
 
@@ -61,7 +82,11 @@ pub fn optimizer<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
         n,
     )?;
     let again = download(be, &p)?;
-    x.push("ademamix_update", "update", again.iter().zip(&after).map(|(a, b)| a - b).collect());
+    x.push(
+        "ademamix_update",
+        "update",
+        again.iter().zip(&after).map(|(a, b)| a - b).collect(),
+    );
     x.out("ademamix_update", "m", &m)?;
     x.out("ademamix_update", "m2", &m2)?;
     x.out("ademamix_update", "v", &v)
