@@ -15,6 +15,7 @@ mod launch;
 mod rankside;
 mod record;
 mod runlock;
+mod selftest;
 mod sentinel;
 mod slurm;
 mod store;
@@ -67,6 +68,9 @@ enum Command {
     /// Internal: watch the node of a SLURM job's driver and requeue the job if it is lost.
     #[command(hide = true)]
     Sentinel(sentinel::SentinelArgs),
+    /// Check every op of a backend against the CPU reference, then measure GEMM and attention
+    /// throughput (table, and JSON with `--out`).
+    Selftest(selftest::SelftestArgs),
     /// Inspect, verify or export checkpoints.
     Ckpt {
         #[command(subcommand)]
@@ -145,6 +149,7 @@ fn run() -> Result<()> {
         Command::CoordCheck(a) => coord::coord_check(&a),
         Command::Sweep(a) => sweep::sweep(&a),
         Command::Sentinel(a) => sentinel::sentinel(&a),
+        Command::Selftest(a) => selftest::selftest(&a),
         Command::Info => {
             bench::info();
             Ok(())
