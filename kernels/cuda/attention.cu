@@ -373,8 +373,7 @@ UNROLL
 // 4 * (16 * hdp + 64 * hds + 512) bytes (42 KiB at HD = 128). Each warp owns 2 keys; per tile of
 // 32 queries (of each query head of the group in turn), lane i computes P and dS for query i
 // into shared memory, then lane d accumulates Pᵀ dO and dSᵀ Q in column d.
-// (Bounds of one block per SM: without them ptxas caps sm_80 at 96 registers and spills.)
-extern "C" __global__ void __launch_bounds__(128, 1)
+extern "C" __global__ void __launch_bounds__(128)
     attention_backward_dkdv_f32(float* dk, float* dv, const float* dout, const float* q,
                                 const float* k, const float* v, const float* lse,
                                 const float* delta, ATTN_SIZES, float scale) {

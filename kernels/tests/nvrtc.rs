@@ -53,17 +53,18 @@ const BUDGETS: &[(&str, u32)] = &[
     ("rmsnorm_backward_bf16", 40),
     ("param_grad_sum_f32", 32),
     ("param_grad_sum_bf16_f32", 32),
-    // kernels/cuda/attention.cu
-    ("attention_forward_f32", 255),
-    ("attention_forward_bf16", 255),
-    ("attention_backward_delta_f32", 255),
-    ("attention_backward_delta_bf16", 255),
-    ("attention_backward_dq_f32", 255),
-    ("attention_backward_dq_bf16", 255),
-    ("attention_backward_dkdv_f32", 255),
+    // kernels/cuda/attention.cu (the bf16 kernels' largest instantiation, HD = 128, sets them;
+    // dkdv_bf16 holds 128 f32 accumulators per thread there and uses all 255)
+    ("attention_forward_f32", 120),
+    ("attention_forward_bf16", 232),
+    ("attention_backward_delta_f32", 40),
+    ("attention_backward_delta_bf16", 40),
+    ("attention_backward_dq_f32", 120),
+    ("attention_backward_dq_bf16", 232),
+    ("attention_backward_dkdv_f32", 120),
     ("attention_backward_dkdv_bf16", 255),
-    ("attention_merge_f32", 255),
-    ("attention_merge_bf16", 255),
+    ("attention_merge_f32", 32),
+    ("attention_merge_bf16", 32),
     // kernels/cuda/modulation.cu
     ("modulate_forward_f32", 24),
     ("modulate_forward_bf16", 24),
