@@ -24,17 +24,13 @@ fn libtsan() -> PathBuf {
     path
 }
 
-/// This test binary with `args`, under ThreadSanitizer. Only the emulated libraries are
-/// instrumented: the Rust side (the test harness's channels, the locks around the library
-/// cache, rayon in the CPU backend) synchronizes through atomics TSan cannot see, so its
-/// memcpy/calloc calls would be reported as races; `ignore_noninstrumented_modules` drops
-/// those and keeps every report from the kernels.
+/// This test binary with `args`, under ThreadSanitizer.
 fn sanitized_run(args: &[&str], env: &[(&str, &str)]) -> (Output, String) {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(args)
         .env("LD_PRELOAD", libtsan())
         .env("WEFT_EMU_SANITIZE", "thread")
-        .env("TSAN_OPTIONS", "halt_on_error=0 exitcode=66 ignore_noninstrumented_modules=1")
+        .env("TSAN_OPTIONS", "halt_on_error=0 exitcode=66")
         .envs(env.iter().copied())
         .output()
         .unwrap();
