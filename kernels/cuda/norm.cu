@@ -16,9 +16,10 @@
 //    and `dbias_part[...]` (f32 scratch of G·C floats each; null for a gradient the call does
 //    not want). Each thread owns the columns ≡ threadIdx.x (mod K) of a block-private
 //    accumulator in dynamic shared memory: 8·C bytes for layernorm_backward_* (4·C for
-//    rmsnorm_backward_*) when any partial is wanted, else 0. So C ≤ 29056 (layernorm) and
-//    C ≤ 58112 (rmsnorm) within sm_80/sm_90's 227 KiB, after cuFuncSetAttribute raises the
-//    kernel's dynamic shared limit past 48 KiB where needed.
+//    rmsnorm_backward_*) when any partial is wanted, else 0. With the block reduction's 128
+//    static bytes that fits sm_80/sm_90's 227 KiB per block for C ≤ 29040 (layernorm) and
+//    C ≤ 58080 (rmsnorm), once cuFuncSetAttribute raises the kernel's dynamic shared limit
+//    past 48 KiB where needed.
 // 2. param_grad_sum_<acc dtype>_f32 / param_grad_sum_f32, once per gradient: grid (ceil(C / 256)),
 //    block (256), no shared memory: acc[j] += Σ_{b<G} part[b·C + j], the G partials summed in
 //    order b = 0, 1, ... and added to acc once (a bf16 acc is rounded once). The result is the
