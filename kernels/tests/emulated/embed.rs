@@ -64,6 +64,69 @@ fn embedding_forward() {
     }
 }
 
+/// Ids the host's checks refuse never reach memory outside the table: the lookup writes zero
+/// rows for them, and the backward skips them (and positions outside `[0, N)`).
+#[test]
+fn ids_out_of_range_stay_in_bounds() {
+    let (n, v, ch) = (4usize, 3usize, 5usize);
+    let sizes = [n, v, ch].map(|s| Arg::U64(s as u64));
+    let mut table = host(&rand_vec(12, v * ch), DType::F32);
+    let mut id = HostVec::I32(vec![1, -1, 3, 1 << 30]);
+    let mut out = host(&rand_vec(13, n * ch), DType::F32);
+    let args = [
+        buf(&mut out),
+        buf(&mut id),
+        buf(&mut table),
+        sizes[0],
+        sizes[1],
+        sizes[2],
+    ];
+    lib().launch_1d("embedding_forward_f32", n * ch, &args);
+    let HostVec::F32(o) = &out else { unreachable!() };
+    let HostVec::F32(t) = &table else { unreachable!() };
+    assert_eq!(
+        o[..ch],
+        t[ch..2 * ch],
+        "embedding_forward_f32: the valid id's row"
+    );
+    assert!(
+        o[ch..].iter().all(|&x| x.to_bits() == 0),
+        "embedding_forward_f32: {o:?}"
+    );
+
+    // Five tokens. dout (N, C) sits one row into a buffer with a row of nonzero values on either side, so
+    // a read at position -1 or N would add them.
+    let n = 5;
+    let mut padded = vec![1.0f32; (n + 2) * ch];
+    padded[ch..(n + 1) * ch]
+        .copy_from_slice(&rand_vec(14, n * ch).iter().map(|&x| x as f32).collect::<Vec<_>>());
+    let dout = Arg::Ptr(padded[ch..].as_mut_ptr().cast());
+    let mut dtable = zeros(DType::F32, v * ch);
+    // Id -1, then id 2 at positions -1, 1 and N, then id 3 (= V).
+    let mut sorted = HostVec::I32(vec![-1, 2, 2, 2, 3]);
+    let mut positions = HostVec::I32(vec![0, -1, 1, n as i32, 2]);
+    let args = [
+        buf(&mut dtable),
+        dout,
+        buf(&mut sorted),
+        buf(&mut positions),
+        Arg::U64(n as u64),
+        sizes[1],
+        sizes[2],
+    ];
+    lib().launch("embedding_backward_f32", dim(n as u32), dim(32), 0, &args);
+    let HostVec::F32(dt) = &dtable else { unreachable!() };
+    assert!(
+        dt[..2 * ch].iter().all(|&x| x == 0.0),
+        "embedding_backward_f32: {dt:?}"
+    );
+    assert_eq!(
+        dt[2 * ch..],
+        padded[2 * ch..3 * ch],
+        "embedding_backward_f32: row 2 gets token 1 only"
+    );
+}
+
 #[test]
 fn embedding_backward_adds_in_token_order() {
     let c = cpu();

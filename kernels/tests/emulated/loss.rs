@@ -239,6 +239,30 @@ fn cross_entropy_backward() {
     }
 }
 
+/// A target the host's checks refuse (`>= V`) gives a NaN loss, not a read past the row.
+#[test]
+fn cross_entropy_target_out_of_range_is_nan() {
+    let (n, v) = (2usize, 5usize);
+    let mut logits = store(&rand_vec(7, n * v), DType::F32);
+    let mut targets = HostVec::I32(vec![v as i32, 2]);
+    let (mut losses, mut lse) = (zeros(DType::F32, n), zeros(DType::F32, n));
+    let args = [
+        buf(&mut losses),
+        buf(&mut lse),
+        buf(&mut logits),
+        buf(&mut targets),
+        Arg::U64(n as u64),
+        Arg::U64(v as u64),
+        Arg::F32(0.0),
+    ];
+    lib().launch("cross_entropy_forward_f32", dim(n as u32), dim(32), 0, &args);
+    let l = f32s(&losses);
+    assert!(
+        l[0].is_nan() && l[1].is_finite(),
+        "cross_entropy_forward_f32: losses {l:?}"
+    );
+}
+
 /// Runs both MSE forward kernels: partials over ceil(n / MSE_CHUNK) chunks on `grid` blocks of
 /// 256, then the one-block finish.
 fn mse_forward_kernel(

@@ -211,6 +211,59 @@ fn adamw_over_a_segment_table() {
     run_updates(None);
 }
 
+/// A segment that runs past the shard (`n`) steps only its part inside; nothing past `n` is
+/// touched.
+#[test]
+fn a_segment_past_the_shard_stops_at_its_end() {
+    let c = cpu();
+    let (n, len) = (100usize, 140usize);
+    let h = hyper(1);
+    let seg = Segment {
+        offset: 90,
+        length: 50,
+        lr_scale: 1.0,
+        decay: true,
+    };
+    let mut tab = table(&[seg]);
+    let mut got: Vec<HostVec> = (0..3).map(|i| host(&rand_vec(70 + i, len), DType::F32)).collect();
+    got[2] = host(&vec![1e-3; len], DType::F32);
+    let mut grads = host(&rand_vec(73, len), DType::F32);
+    let mut want = got.clone();
+    let mut p: Vec<HostVec> = want.iter().map(|b| part(b, 90, n)).collect();
+    let [pp, m, v] = &mut p[..] else { unreachable!() };
+    let g = part(&grads, 90, n);
+    c.adamw_update(pp.view_mut(), m.view_mut(), v.view_mut(), g.view(), h, n - 90)
+        .unwrap();
+    for (b, p) in want.iter_mut().zip(&p) {
+        put(b, 90, p);
+    }
+    let mut args: Vec<Arg> = got.iter_mut().map(buf).collect();
+    args.extend([
+        buf(&mut grads),
+        Arg::Ptr(tab.as_mut_ptr().cast()),
+        Arg::U64(1),
+        Arg::U64(n as u64),
+        Arg::F64(h.lr),
+        Arg::F64(h.weight_decay),
+        Arg::F64(1.0 - h.beta1),
+    ]);
+    let bc2_sqrt = (1.0 - h.beta2).sqrt() as f32;
+    args.extend(
+        [
+            h.beta1 as f32,
+            h.beta2 as f32,
+            h.eps as f32,
+            bc2_sqrt,
+            h.grad_scale as f32,
+        ]
+        .map(Arg::F32),
+    );
+    lib().launch("adamw_update_f32", dim(1), dim(32), 0, &args);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("adamw_update_f32 buffer {i}"), g, w, 0);
+    }
+}
+
 #[test]
 fn ademamix_over_a_segment_table() {
     run_updates(Some(Mix {
