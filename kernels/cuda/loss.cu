@@ -131,7 +131,7 @@ extern "C" __global__ void mse_forward_partial_bf16(float* partials, const bf16*
 }
 
 // loss[0] = (sum of the `parts` partials) / max(n, 1), for either dtype's partials.
-// Launch: grid (1), block (1024), no dynamic shared memory; also for n = 0 (parts = 0: loss 0).
+// Launch: grid (1), block (256), no dynamic shared memory; also for n = 0 (parts = 0: loss 0).
 extern "C" __global__ void mse_forward_finish_f32(float* loss, const float* partials, u64 parts,
                                                   u64 n) {
     if (blockIdx.x != 0) return;

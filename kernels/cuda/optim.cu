@@ -162,7 +162,7 @@ __device__ __forceinline__ double sum_partials(const double* partials, u64 parts
 
 // acc[0] = acc[0] + Σ partials, added in f64 and rounded to acc's dtype once. The f32 `acc`
 // serves f32 and bf16 `x`; the f64 one, bf16 `x` (the CPU's contract).
-// Launch: grid (1), block (1024), no dynamic shared memory; also for n = 0 (parts = 0).
+// Launch: grid (1), block (256), no dynamic shared memory; also for n = 0 (parts = 0).
 extern "C" __global__ void sum_squares_finish_f32(float* acc, const double* partials, u64 parts) {
     if (blockIdx.x != 0) return;
     const double s = sum_partials(partials, parts);

@@ -45,15 +45,86 @@ fn embedding_forward() {
             let mut table = host(&rand_vec(1, v * ch), dt);
             let mut id = HostVec::I32(ids(2, n, v));
             let mut want = zeros(dt, n * ch);
-            c.embedding_forward(want.view_mut(), id.view(), table.view(), d).unwrap();
+            c.embedding_forward(want.view_mut(), id.view(), table.view(), d)
+                .unwrap();
             let mut got = host(&rand_vec(3, n * ch), dt);
             let kernel = format!("embedding_forward_{}", suffix(dt));
             let sizes = [n, v, ch].map(|s| Arg::U64(s as u64));
-            let args = [buf(&mut got), buf(&mut id), buf(&mut table), sizes[0], sizes[1], sizes[2]];
+            let args = [
+                buf(&mut got),
+                buf(&mut id),
+                buf(&mut table),
+                sizes[0],
+                sizes[1],
+                sizes[2],
+            ];
             lib().launch_1d(&kernel, n * ch, &args);
             assert_close(&format!("{kernel} (N={n}, V={v}, C={ch})"), &got, &want, 0);
         }
     }
+}
+
+/// Ids the host's checks refuse never reach memory outside the table: the lookup writes zero
+/// rows for them, and the backward skips them (and positions outside `[0, N)`).
+#[test]
+fn ids_out_of_range_stay_in_bounds() {
+    let (n, v, ch) = (4usize, 3usize, 5usize);
+    let sizes = [n, v, ch].map(|s| Arg::U64(s as u64));
+    let mut table = host(&rand_vec(12, v * ch), DType::F32);
+    let mut id = HostVec::I32(vec![1, -1, 3, 1 << 30]);
+    let mut out = host(&rand_vec(13, n * ch), DType::F32);
+    let args = [
+        buf(&mut out),
+        buf(&mut id),
+        buf(&mut table),
+        sizes[0],
+        sizes[1],
+        sizes[2],
+    ];
+    lib().launch_1d("embedding_forward_f32", n * ch, &args);
+    let HostVec::F32(o) = &out else { unreachable!() };
+    let HostVec::F32(t) = &table else { unreachable!() };
+    assert_eq!(
+        o[..ch],
+        t[ch..2 * ch],
+        "embedding_forward_f32: the valid id's row"
+    );
+    assert!(
+        o[ch..].iter().all(|&x| x.to_bits() == 0),
+        "embedding_forward_f32: {o:?}"
+    );
+
+    // Five tokens. dout (N, C) sits one row into a buffer with a row of nonzero values on either side, so
+    // a read at position -1 or N would add them.
+    let n = 5;
+    let mut padded = vec![1.0f32; (n + 2) * ch];
+    padded[ch..(n + 1) * ch]
+        .copy_from_slice(&rand_vec(14, n * ch).iter().map(|&x| x as f32).collect::<Vec<_>>());
+    let dout = Arg::Ptr(padded[ch..].as_mut_ptr().cast());
+    let mut dtable = zeros(DType::F32, v * ch);
+    // Id -1, then id 2 at positions -1, 1 and N, then id 3 (= V).
+    let mut sorted = HostVec::I32(vec![-1, 2, 2, 2, 3]);
+    let mut positions = HostVec::I32(vec![0, -1, 1, n as i32, 2]);
+    let args = [
+        buf(&mut dtable),
+        dout,
+        buf(&mut sorted),
+        buf(&mut positions),
+        Arg::U64(n as u64),
+        sizes[1],
+        sizes[2],
+    ];
+    lib().launch("embedding_backward_f32", dim(n as u32), dim(32), 0, &args);
+    let HostVec::F32(dt) = &dtable else { unreachable!() };
+    assert!(
+        dt[..2 * ch].iter().all(|&x| x == 0.0),
+        "embedding_backward_f32: {dt:?}"
+    );
+    assert_eq!(
+        dt[2 * ch..],
+        padded[2 * ch..3 * ch],
+        "embedding_backward_f32: row 2 gets token 1 only"
+    );
 }
 
 #[test]
@@ -114,10 +185,46 @@ fn patchify_and_unpatchify() {
         ("unpatchify_backward", CpuBackend::unpatchify_backward),
     ];
     let shapes = [
-        PatchDims { b: 1, t: 1, h: 1, w: 1, c: 1, pt: 1, ph: 1, pw: 1 },
-        PatchDims { b: 2, t: 4, h: 6, w: 10, c: 3, pt: 2, ph: 3, pw: 5 },
-        PatchDims { b: 3, t: 3, h: 4, w: 4, c: 5, pt: 1, ph: 2, pw: 2 },
-        PatchDims { b: 1, t: 2, h: 8, w: 6, c: 7, pt: 2, ph: 4, pw: 1 },
+        PatchDims {
+            b: 1,
+            t: 1,
+            h: 1,
+            w: 1,
+            c: 1,
+            pt: 1,
+            ph: 1,
+            pw: 1,
+        },
+        PatchDims {
+            b: 2,
+            t: 4,
+            h: 6,
+            w: 10,
+            c: 3,
+            pt: 2,
+            ph: 3,
+            pw: 5,
+        },
+        PatchDims {
+            b: 3,
+            t: 3,
+            h: 4,
+            w: 4,
+            c: 5,
+            pt: 1,
+            ph: 2,
+            pw: 2,
+        },
+        PatchDims {
+            b: 1,
+            t: 2,
+            h: 8,
+            w: 6,
+            c: 7,
+            pt: 2,
+            ph: 4,
+            pw: 1,
+        },
     ];
     for dt in DTYPES {
         for d in shapes {
@@ -143,7 +250,11 @@ fn timestep_embedding() {
     for dt in DTYPES {
         for (n, width) in [(1, 1), (5, 2), (37, 33), (16, 256)] {
             for max_period in [10000.0, 37.5] {
-                let d = TimestepDims { n, dim: width, max_period };
+                let d = TimestepDims {
+                    n,
+                    dim: width,
+                    max_period,
+                };
                 let what = format!("[{dt}] N={n} DIM={width} max_period={max_period}");
                 // DiT timesteps in [0, 1000), a zero and fractional values.
                 let mut t: HostVec = rand_vec(9, n)
@@ -155,18 +266,31 @@ fn timestep_embedding() {
                 let sizes = [Arg::U64(n as u64), Arg::U64(width as u64), Arg::F64(max_period)];
 
                 let mut want = zeros(dt, n * width);
-                c.timestep_embedding_forward(want.view_mut(), t.view(), d).unwrap();
+                c.timestep_embedding_forward(want.view_mut(), t.view(), d)
+                    .unwrap();
                 let mut got = host(&rand_vec(10, n * width), dt);
                 let kernel = format!("timestep_embedding_forward_{}", suffix(dt));
-                lib().launch_1d(&kernel, n * width, &[buf(&mut got), buf(&mut t), sizes[0], sizes[1], sizes[2]]);
+                lib().launch_1d(
+                    &kernel,
+                    n * width,
+                    &[buf(&mut got), buf(&mut t), sizes[0], sizes[1], sizes[2]],
+                );
                 assert_close(&format!("{kernel} {what}"), &got, &want, 0);
 
                 let mut dout = host(&rand_vec(11, n * width), dt);
                 let mut want = zeros(DType::F32, n);
-                c.timestep_embedding_backward(want.view_mut(), dout.view(), t.view(), d).unwrap();
+                c.timestep_embedding_backward(want.view_mut(), dout.view(), t.view(), d)
+                    .unwrap();
                 let mut got: HostVec = vec![f32::NAN; n].into();
                 let kernel = format!("timestep_embedding_backward_{}", suffix(dt));
-                let args = [buf(&mut got), buf(&mut dout), buf(&mut t), sizes[0], sizes[1], sizes[2]];
+                let args = [
+                    buf(&mut got),
+                    buf(&mut dout),
+                    buf(&mut t),
+                    sizes[0],
+                    sizes[1],
+                    sizes[2],
+                ];
                 lib().launch_1d(&kernel, n, &args);
                 assert_close(&format!("{kernel} {what}"), &got, &want, 0);
             }
