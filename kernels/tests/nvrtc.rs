@@ -84,6 +84,11 @@ const BUDGETS: &[(&str, u32)] = &[
     // kernels/cuda/shape.cu
     ("swap_axes_f32", 32),
     ("swap_axes_bf16", 32),
+    // kernels/cuda/reduce.cu
+    ("bias_grad_partial_f32", 40),
+    ("bias_grad_partial_bf16", 40),
+    ("bias_grad_finish_f32", 40),
+    ("bias_grad_finish_bf16", 40),
     // kernels/cuda/loss.cu
     ("cross_entropy_forward_f32", 24),
     ("cross_entropy_forward_bf16", 24),
