@@ -79,17 +79,22 @@ fn the_emulated_suite_is_race_free() {
     if sanitizer().is_some() {
         return; // already the sanitized run (which skips this module)
     }
-    // The families whose kernels share memory or synchronize (reductions, tiles, barriers,
-    // warp exchange). The others give each thread its own elements and nothing shared, so they
-    // cannot race, and TSan's slowdown is spent where it can find something.
-    const PURE: [&str; 4] = [
+    // The families whose kernels share memory or synchronize (reductions, barriers, warp
+    // exchange). The others give each thread its own elements and nothing shared, so they
+    // cannot race, and TSan's slowdown is spent where it can find something. Attention is
+    // left out of this CI run for its cost (about a minute under TSan on two cores); run it
+    // with `WEFT_TSAN_ATTENTION=1`.
+    let mut skip = vec![
         "emulated::activation",
         "emulated::rope",
         "emulated::shape",
         "emulated::embed",
     ];
+    if std::env::var_os("WEFT_TSAN_ATTENTION").is_none() {
+        skip.push("emulated::attention");
+    }
     let mut args = vec!["emulated::", "--skip", "emulated::tsan"];
-    for family in PURE {
+    for family in skip {
         args.extend(["--skip", family]);
     }
     args.extend(["--test-threads", "2"]);
