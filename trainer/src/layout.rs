@@ -281,21 +281,6 @@ impl Layout {
         }
     }
 
-    /// `(length, decays, learning-rate factor)` of consecutive segments covering the whole
-    /// buffer: each tensor, and each run of padding (no decay).
-    pub fn segments(&self) -> Vec<(usize, bool, f64)> {
-        let mut out = vec![];
-        let mut at = 0;
-        for e in &self.entries {
-            if e.offset > at {
-                out.push((e.offset - at, false, 1.0));
-            }
-            out.push((e.numel(), e.role.decays(), e.lr_scale));
-            at = e.range().end;
-        }
-        out
-    }
-
     /// Ranges of the tensors every tp rank holds whole, merged where adjacent.
     pub fn replicated_ranges(&self) -> Vec<Range<usize>> {
         let mut out: Vec<Range<usize>> = vec![];
@@ -335,9 +320,6 @@ mod tests {
         assert!(p[6..64].iter().all(|&v| v == 0.0));
         assert_eq!(&p[64..68], &[0., 0., 0., 0.]);
         assert_eq!(&p[128..132], &[1., 1., 1., 1.]);
-        let segs = l.segments();
-        assert_eq!(segs.iter().map(|s| s.0).sum::<usize>(), 195);
-        assert_eq!(segs[1], (58, false, 1.0));
         assert_eq!(p, l.init(7).unwrap());
         assert_ne!(p, l.init(8).unwrap());
         let mean: f32 = p[..6].iter().sum::<f32>() / 6.0;

@@ -1,14 +1,15 @@
 //! AdamW over the flat buffer, global-norm clipping and learning-rate schedules.
 //!
-//! The optimizer walks the [`Layout`] once per step: each tensor's range gets one fused AdamW
-//! update (decoupled weight decay for every role but [`crate::Role::Vector`]), with the clip
-//! coefficient folded into the gradient scale so clipping costs no extra pass.
+//! The optimizer walks a rank's shard as segments (each tensor's piece, and padding) once per
+//! step: each gets one fused AdamW update (decoupled weight decay for every role but
+//! [`crate::Role::Vector`]), with the clip coefficient folded into the gradient scale so
+//! clipping costs no extra pass.
 
 pub mod matrix;
 
 use crate::config::Optimizer;
 use crate::model::{download_f64, w};
-use crate::{Layout, Result};
+use crate::Result;
 use weft_kernels::{AdamW, Backend, DType, Mix, Ops, Slice};
 
 /// Learning rate at 0-based `step` of `steps`: linear warmup over `warmup_steps`, then
@@ -108,23 +109,6 @@ impl<B: Ops> AdamWState<B> {
         let mut v = vec![&mut self.m, &mut self.v];
         v.extend(self.m2.as_mut());
         v
-    }
-
-    /// Clip `grads` to global norm `o.grad_clip` and apply one AdamW step at `lr`.
-    /// Returns the gradient norm before clipping.
-    pub fn step(
-        &mut self,
-        be: &B,
-        o: &Optimizer,
-        layout: &Layout,
-        params: B::Mut<'_>,
-        grads: B::Ref<'_>,
-        lr: f64,
-    ) -> Result<f64> {
-        let norm = self.sum_squares(be, grads)?.sqrt();
-        let segs = layout.segments();
-        self.step_segments(be, o, &segs, params, grads, lr, norm)?;
-        Ok(norm)
     }
 
     /// `Σ g²` over `grads`.
