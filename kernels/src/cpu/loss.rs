@@ -64,13 +64,18 @@ pub fn cross_entropy_backward<T: Real>(
         });
 }
 
+/// Summed in f64 (as `sum_squares`), so the f32 loss of a large clip is the rounded mean, not
+/// a sequential f32 sum's drift.
 pub fn mse_forward<T: Real>(pred: &[T], target: &[T]) -> T {
-    let n = T::of(pred.len().max(1) as f64);
-    pred.iter()
+    let sum: f64 = pred
+        .iter()
         .zip(target)
-        .map(|(&p, &t)| (p - t) * (p - t))
-        .sum::<T>()
-        / n
+        .map(|(&p, &t)| {
+            let d = (p - t).f64();
+            d * d
+        })
+        .sum();
+    T::of(sum / pred.len().max(1) as f64)
 }
 
 pub fn mse_backward<T: Real>(dpred: &mut [T], dloss: T, pred: &[T], target: &[T]) {

@@ -291,7 +291,8 @@ pub trait LossOps: Backend {
         lse: Self::Ref<'_>,
         d: CrossEntropyDims,
     ) -> Result<()>;
-    /// Mean squared error `loss[0] = Σ (pred − target)² / n` (the flow-matching loss).
+    /// Mean squared error `loss[0] = Σ (pred − target)² / n` (the flow-matching loss; summed in
+    /// f64 on the CPU).
     fn mse_forward(
         &self,
         loss: Self::Mut<'_>,
