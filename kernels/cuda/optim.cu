@@ -1,7 +1,8 @@
 // Optimizer kernels of weft's CUDA backend: one multi-tensor AdamW or AdEMAMix launch over a
 // rank's flat f32 shard, driven by a segment table; Σx² as a deterministic two-pass global
-// reduction in f64; the l2norm forward (the same two passes) and backward. The maths of
-// kernels/src/cpu/optim.rs.
+// reduction in f64; the l2norm forward (the same two passes) and backward; and the element-wise
+// and normalizing pieces of the matrix optimizers (Muon, Scion), whose Newton–Schulz products
+// run on cuBLASLt. The maths of kernels/src/cpu/optim.rs.
 //
 // Segment table (device memory, `nsegments` entries, 24 bytes each, little-endian):
 //   offset  0: u64 offset     first element of the segment in the flat shard
@@ -193,4 +194,91 @@ extern "C" __global__ void l2norm_backward_f32(float* dx, const float* dout, con
     const float nrm = norm[0];
     const float k = nrm > 0.0f ? dout[0] / nrm : 0.0f;
     dx[i] = k * x[i];
+}
+
+// ---- matrix optimizers ------------------------------------------------------------------------
+// Hyper-parameters arrive as double and are rounded to f32 once, as the CPU's `T::of`.
+
+// g = grads·grad_scale, m = mu·m + dampening·g, u = g + mu·m (nesterov != 0) or m, in f32.
+// Launch: grid (ceil(n / 256)), block (256), no dynamic shared memory.
+extern "C" __global__ void momentum_update_f32(float* m, float* u, const float* grads, u64 n,
+                                               double mu, double dampening, double grad_scale,
+                                               u64 nesterov) {
+    const u64 i = grid_index();
+    if (i >= n) return;
+    const float mu_ = (float)mu, damp = (float)dampening, gs = (float)grad_scale;
+    const float g = gs * grads[i];
+    const float mi = mu_ * m[i] + damp * g;
+    m[i] = mi;
+    u[i] = nesterov ? g + mu_ * mi : mi;
+}
+
+// params = keep·params - lr·dir, in f32.
+// Launch: grid (ceil(n / 256)), block (256), no dynamic shared memory.
+extern "C" __global__ void apply_direction_f32(float* params, const float* dir, u64 n, double lr,
+                                               double keep) {
+    const u64 i = grid_index();
+    if (i >= n) return;
+    params[i] = (float)keep * params[i] - (float)lr * dir[i];
+}
+
+// The factor scale / (√Σx² + eps), in f64, rounded to f32 once.
+__device__ __forceinline__ float norm_factor(double sq, double scale, double eps) {
+    return (float)(scale / (sqrt(sq) + eps));
+}
+
+// x *= scale / (‖x‖_F + eps) after sum_squares_partial_f32 over x (`parts` partials): every
+// block adds the partials in the same fixed order, so all use one factor.
+// Launch: grid (ceil(n / 256)) (any grid works), block (256), no dynamic shared memory.
+extern "C" __global__ void normalize_frobenius_f32(float* x, u64 n, const double* partials,
+                                                   u64 parts, double scale, double eps) {
+    const float s = norm_factor(sum_partials(partials, parts), scale, eps);
+    for (u64 i = grid_index(); i < n; i += (u64)gridDim.x * blockDim.x) x[i] *= s;
+}
+
+// Each row of x (rows, cols) times scale / (‖row‖ + eps): a block per row (blocks stride),
+// its Σx² a block reduction in f64.
+// Launch: grid (min(rows, 65535)), block (256), no dynamic shared memory.
+extern "C" __global__ void normalize_rows_f32(float* x, u64 rows, u64 cols, double scale,
+                                              double eps) {
+    for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        float* row = x + r * cols;
+        double sq = 0.0;
+        for (u64 j = threadIdx.x; j < cols; j += blockDim.x) sq += (double)row[j] * (double)row[j];
+        const float s = norm_factor(block_sum_f64(sq), scale, eps);
+        for (u64 j = threadIdx.x; j < cols; j += blockDim.x) row[j] *= s;
+    }
+}
+
+// Each column of x (rows, cols) times scale / (‖column‖ + eps): a thread per column (reads
+// coalesced across a warp), its Σx² added in row order in f64, as the CPU.
+// Launch: grid (ceil(cols / 256)), block (256), no dynamic shared memory.
+extern "C" __global__ void normalize_cols_f32(float* x, u64 rows, u64 cols, double scale,
+                                              double eps) {
+    const u64 j = grid_index();
+    if (j >= cols) return;
+    double sq = 0.0;
+    for (u64 i = 0; i < rows; ++i) sq += (double)x[i * cols + j] * (double)x[i * cols + j];
+    const float s = norm_factor(sq, scale, eps);
+    for (u64 i = 0; i < rows; ++i) x[i * cols + j] *= s;
+}
+
+// x = scale·sign(x) (zero stays zero).
+// Launch: grid (ceil(n / 256)), block (256), no dynamic shared memory.
+extern "C" __global__ void normalize_sign_f32(float* x, u64 n, double scale) {
+    const u64 i = grid_index();
+    if (i >= n) return;
+    const float s = (float)scale, v = x[i];
+    x[i] = v > 0.0f ? s : (v < 0.0f ? -s : 0.0f);
+}
+
+// out (cols, rows) = scale · x (rows, cols)ᵀ: Newton–Schulz's change of orientation (and its
+// final scale). One thread per element of `out`.
+// Launch: grid (ceil(rows·cols / 256)), block (256), no dynamic shared memory.
+extern "C" __global__ void transpose_scaled_f32(float* out, const float* x, u64 rows, u64 cols,
+                                                double scale) {
+    const u64 i = grid_index();
+    if (i >= rows * cols) return;
+    const u64 c = i / rows, r = i - c * rows;
+    out[i] = (float)scale * x[r * cols + c];
 }

@@ -154,6 +154,20 @@ impl CudaBackend {
         lhs: CUdeviceptr,
         rhs: CUdeviceptr,
     ) -> Result<()> {
+        let beta = if g.accumulate { 1.0 } else { 0.0 };
+        self.gemm_scaled(g, batch, (in_dt, out_dt), (dst, lhs, rhs), (1.0, beta, dst))
+    }
+
+    /// As [`CudaBackend::gemm`] with cuBLASLt's scaling: `dst = alpha·op(lhs)·op(rhs) +
+    /// beta·c`, `c` laid out as `dst` (it may be `dst`). `g.accumulate` is not read.
+    pub(crate) fn gemm_scaled(
+        &self,
+        g: &Gemm,
+        batch: usize,
+        (in_dt, out_dt): (DType, DType),
+        (dst, lhs, rhs): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
+        (alpha, beta, c): (f32, f32, CUdeviceptr),
+    ) -> Result<()> {
         const OP: &str = "cublasLt matmul";
         if g.m == 0 || g.n == 0 || batch == 0 {
             return Ok(());
@@ -209,7 +223,7 @@ impl CudaBackend {
                 ),
                 (
                     P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                    batch_alignment(dst, batch, g.m * g.n * osz),
+                    batch_alignment(c, batch, g.m * g.n * osz),
                 ),
                 (
                     P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
@@ -239,7 +253,6 @@ impl CudaBackend {
             // callers against the op's dims); alpha/beta are f32 matching the f32 scale type.
             unsafe {
                 let heur = lt::get_matmul_algo_heuristic(self.lt.0, desc.0, a.0, b.0, d.0, d.0, pref.0)?;
-                let (alpha, beta) = (1f32, if g.accumulate { 1f32 } else { 0f32 });
                 lt::matmul(
                     self.lt.0,
                     desc.0,
@@ -249,7 +262,7 @@ impl CudaBackend {
                     a.0,
                     lhs as *const c_void,
                     b.0,
-                    dst as *const c_void,
+                    c as *const c_void,
                     d.0,
                     dst as *mut c_void,
                     d.0,

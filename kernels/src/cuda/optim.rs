@@ -1,5 +1,5 @@
 //! CUDA implementation of the optimizer ops (`kernels/cuda/optim.cu`): f32 parameters and
-//! state, with the CPU backend's argument checks.
+//! state, with the CPU backend's argument checks. Newton–Schulz's products run on cuBLASLt.
 //!
 //! The update kernels step a rank's flat shard through a device segment table; an op's one
 //! range is a table of one segment (the whole range, learning-rate scale 1, decay on),
@@ -10,7 +10,10 @@
 use super::device::{grid_dim, suffix, CudaBackend, CudaMut, CudaRef, KArg};
 use super::modules::Module;
 use crate::backend::Check;
-use crate::ops::{check, AdamW, Mix, OptimOps, REFERENCE_FLOATS};
+use crate::ops::{
+    check, AdamW, Gemm, Mix, Momentum, NewtonSchulz, Normalize, NormalizeDims, Operand, OptimOps,
+    REFERENCE_FLOATS,
+};
 use crate::{DType, Result};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::LaunchConfig;
@@ -64,14 +67,13 @@ impl CudaBackend {
         })
     }
 
-    /// `partials[b] = Σ x²` over chunks of `x`, then `finish(acc, partials, parts)`.
-    fn sum_squares_into(
+    /// `partials[b] = Σ x²` over chunks of `x` (in scratch), then `then(partials, parts)`.
+    fn with_partials(
         &self,
         op: &'static str,
         x: (CUdeviceptr, DType),
         n: usize,
-        finish: &str,
-        acc: CUdeviceptr,
+        then: impl FnOnce(CUdeviceptr, usize) -> Result<()>,
     ) -> Result<()> {
         let parts = n.div_ceil(SUM_CHUNK);
         self.with_scratch(parts * 8, |partials| {
@@ -86,6 +88,20 @@ impl CudaBackend {
                 // SAFETY: `x` holds n elements; the scratch ceil(n / SUM_CHUNK) doubles.
                 unsafe { self.launch(op, Module::Optim, &kernel, cfg, &args)? };
             }
+            then(partials, parts)
+        })
+    }
+
+    /// Σ x² by [`CudaBackend::with_partials`], then `finish(acc, partials, parts)`.
+    fn sum_squares_into(
+        &self,
+        op: &'static str,
+        x: (CUdeviceptr, DType),
+        n: usize,
+        finish: &str,
+        acc: CUdeviceptr,
+    ) -> Result<()> {
+        self.with_partials(op, x, n, |partials, parts| {
             let cfg = LaunchConfig {
                 grid_dim: (1, 1, 1),
                 block_dim: (1024, 1, 1),
@@ -95,6 +111,68 @@ impl CudaBackend {
             // SAFETY: `acc` holds one element of the kernel's dtype (checked).
             unsafe { self.launch(op, Module::Optim, finish, cfg, &args) }
         })
+    }
+
+    /// `x (rows, cols)` scaled by its norms (the op's checks done).
+    fn normalize(&self, op: &'static str, x: CUdeviceptr, d: &NormalizeDims) -> Result<()> {
+        let (rows, cols, n) = (d.rows, d.cols, d.rows * d.cols);
+        if n == 0 {
+            return Ok(());
+        }
+        let (scale, eps) = (KArg::F64(d.scale), KArg::F64(d.eps));
+        let (r, c) = (KArg::U64(rows as u64), KArg::U64(cols as u64));
+        // SAFETY (every launch): `x` holds rows·cols f32 (checked); partials `parts` doubles.
+        match d.mode {
+            Normalize::Frobenius => self.with_partials(op, (x, DType::F32), n, |partials, parts| {
+                let args = [
+                    KArg::U64(x),
+                    KArg::U64(n as u64),
+                    KArg::U64(partials),
+                    KArg::U64(parts as u64),
+                    scale,
+                    eps,
+                ];
+                unsafe { self.launch_1d(op, Module::Optim, "normalize_frobenius_f32", n, &args) }
+            }),
+            Normalize::Rows => {
+                let cfg = LaunchConfig {
+                    grid_dim: (rows.min(65535) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let args = [KArg::U64(x), r, c, scale, eps];
+                unsafe { self.launch(op, Module::Optim, "normalize_rows_f32", cfg, &args) }
+            }
+            Normalize::Cols => {
+                let args = [KArg::U64(x), r, c, scale, eps];
+                unsafe { self.launch_1d(op, Module::Optim, "normalize_cols_f32", cols, &args) }
+            }
+            Normalize::Sign => {
+                let args = [KArg::U64(x), KArg::U64(n as u64), scale];
+                unsafe { self.launch_1d(op, Module::Optim, "normalize_sign_f32", n, &args) }
+            }
+        }
+    }
+
+    /// `out (cols, rows) = scale · x (rows, cols)ᵀ`; with `rows = 1`, a scaled copy.
+    fn transpose_scaled(
+        &self,
+        out: CUdeviceptr,
+        x: CUdeviceptr,
+        rows: usize,
+        cols: usize,
+        scale: f64,
+    ) -> Result<()> {
+        const OP: &str = "newton_schulz";
+        let args = [
+            KArg::U64(out),
+            KArg::U64(x),
+            KArg::U64(rows as u64),
+            KArg::U64(cols as u64),
+            KArg::F64(scale),
+        ];
+        // SAFETY: the callers pass buffers of rows·cols f32 (checked against the op's dims).
+        unsafe { self.launch_1d(OP, Module::Optim, "transpose_scaled_f32", rows * cols, &args) }
     }
 }
 
@@ -215,6 +293,124 @@ impl OptimOps for CudaBackend {
                 KArg::F32(h.grad_scale as f32),
             ]
         })
+    }
+
+    fn momentum_update(
+        &self,
+        m: CudaMut<'_>,
+        u: CudaMut<'_>,
+        grads: CudaRef<'_>,
+        h: Momentum,
+        n: usize,
+    ) -> Result<()> {
+        const OP: &str = "momentum_update";
+        check::momentum_update(OPTIM_FLOATS, &m, &u, &grads, &h, n)?;
+        let args = [
+            KArg::U64(m.ptr),
+            KArg::U64(u.ptr),
+            KArg::U64(grads.ptr),
+            KArg::U64(n as u64),
+            KArg::F64(h.mu),
+            KArg::F64(h.dampening),
+            KArg::F64(h.grad_scale),
+            KArg::U64(h.nesterov as u64),
+        ];
+        // SAFETY: `m`, `u`, `grads` hold n f32 (checked).
+        unsafe { self.launch_1d(OP, Module::Optim, "momentum_update_f32", n, &args) }
+    }
+
+    /// The iterate `X` and the Gram matrices live in `work`: `[X | next | A | B]`. Each step
+    /// is three cuBLASLt products, the polynomial folded into their scaling:
+    /// `A = X·Xᵀ`, `B = c·A·A + b·A`, `next = B·X + a·X`.
+    fn newton_schulz(&self, x: CudaMut<'_>, work: CudaMut<'_>, d: NewtonSchulz) -> Result<()> {
+        const OP: &str = "newton_schulz";
+        check::newton_schulz(OPTIM_FLOATS, &x, &work, &d)?;
+        let (rows, cols) = (d.rows, d.cols);
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let (r, k) = d.sides();
+        let f = DType::F32.size() as u64;
+        let mut it = work.ptr;
+        let mut next = it + (r * k) as u64 * f;
+        let gram = next + (r * k) as u64 * f;
+        let poly = gram + (r * r) as u64 * f;
+        // X₀: the wide orientation, normalized.
+        if rows <= cols {
+            self.transpose_scaled(it, x.ptr, 1, rows * cols, 1.0)?;
+        } else {
+            self.transpose_scaled(it, x.ptr, rows, cols, 1.0)?;
+        }
+        let unit = NormalizeDims {
+            rows: r,
+            cols: k,
+            mode: Normalize::Frobenius,
+            scale: 1.0,
+            eps: NewtonSchulz::EPS,
+        };
+        self.normalize(OP, it, &unit)?;
+        let (a, b, c) = NewtonSchulz::COEFFICIENTS;
+        let gemm = |m, n, kk, rhs_t| Gemm {
+            m,
+            n,
+            k: kk,
+            lhs: Operand::A,
+            lhs_t: false,
+            rhs: Operand::B,
+            rhs_t,
+            accumulate: false,
+        };
+        let f32s = (DType::F32, DType::F32);
+        for _ in 0..d.steps {
+            self.gemm_scaled(&gemm(r, r, k, true), 1, f32s, (gram, it, it), (1.0, 0.0, gram))?;
+            self.gemm_scaled(
+                &gemm(r, r, r, false),
+                1,
+                f32s,
+                (poly, gram, gram),
+                (c as f32, b as f32, gram),
+            )?;
+            self.gemm_scaled(
+                &gemm(r, k, r, false),
+                1,
+                f32s,
+                (next, poly, it),
+                (1.0, a as f32, it),
+            )?;
+            std::mem::swap(&mut it, &mut next);
+        }
+        if rows <= cols {
+            self.transpose_scaled(x.ptr, it, 1, rows * cols, d.scale)
+        } else {
+            self.transpose_scaled(x.ptr, it, cols, rows, d.scale)
+        }
+    }
+
+    fn matrix_normalize(&self, x: CudaMut<'_>, d: NormalizeDims) -> Result<()> {
+        const OP: &str = "matrix_normalize";
+        check::matrix_normalize(OPTIM_FLOATS, &x, &d)?;
+        self.normalize(OP, x.ptr, &d)
+    }
+
+    fn apply_direction(
+        &self,
+        params: CudaMut<'_>,
+        dir: CudaRef<'_>,
+        lr: f64,
+        keep: f64,
+        n: usize,
+    ) -> Result<()> {
+        const OP: &str = "apply_direction";
+        check::apply_direction(OPTIM_FLOATS, &params, &dir, n)?;
+        let args = [
+            KArg::U64(params.ptr),
+            KArg::U64(dir.ptr),
+            KArg::U64(n as u64),
+            KArg::F64(lr),
+            KArg::F64(keep),
+        ];
+        // SAFETY: `params` and `dir` hold n f32 (checked).
+        unsafe { self.launch_1d(OP, Module::Optim, "apply_direction_f32", n, &args) }
     }
 }
 

@@ -400,6 +400,88 @@ pub struct Mix {
     pub alpha: f64,
 }
 
+/// One momentum step of a matrix optimizer (Muon, Scion): `g = grads·grad_scale`,
+/// `m = mu·m + dampening·g`, then the update direction `u = g + mu·m` (Nesterov) or `u = m`.
+/// Muon's dampening is 1, Scion's `1 − mu`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Momentum {
+    pub mu: f64,
+    pub dampening: f64,
+    pub nesterov: bool,
+    /// Multiplies the gradient first (gradient clipping).
+    pub grad_scale: f64,
+}
+
+impl Momentum {
+    pub(crate) fn rule(&self, op: &'static str) -> Result<()> {
+        Check { op }.rule((0.0..1.0).contains(&self.mu), "mu", || {
+            format!("momentum must be in [0, 1), got {}", self.mu)
+        })
+    }
+}
+
+/// The quintic Newton–Schulz iteration (coefficients 3.4445, −4.7750, 2.0315) on a row-major
+/// `(rows, cols)` matrix `G`: `X₀ = G/(‖G‖_F + 10⁻⁷)` in the wide orientation (`Gᵀ` when
+/// `rows > cols`), `steps` times `A = X·Xᵀ`, `X = a·X + (b·A + c·A·A)·X`, and `scale·X`
+/// stored back in `G`'s orientation: an approximation of `scale·UVᵀ` for `G = UΣVᵀ`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NewtonSchulz {
+    pub rows: usize,
+    pub cols: usize,
+    pub steps: usize,
+    pub scale: f64,
+}
+
+impl NewtonSchulz {
+    /// The coefficients `(a, b, c)`.
+    pub const COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
+    /// `‖G‖_F` is offset by this before dividing.
+    pub const EPS: f64 = 1e-7;
+
+    /// `(r, k)`: the short and the long side.
+    pub fn sides(&self) -> (usize, usize) {
+        (self.rows.min(self.cols), self.rows.max(self.cols))
+    }
+
+    /// Elements of the `work` buffer: two `(r, k)` iterates and two `(r, r)` Gram matrices.
+    pub fn work_len(&self) -> usize {
+        let (r, k) = self.sides();
+        2 * r * k + 2 * r * r
+    }
+}
+
+/// What [`crate::OptimOps::matrix_normalize`] divides by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normalize {
+    /// The whole matrix by its Frobenius norm.
+    Frobenius,
+    /// Each row by its norm.
+    Rows,
+    /// Each column by its norm.
+    Cols,
+    /// Each element by its magnitude (its sign; zero stays zero).
+    Sign,
+}
+
+/// `x (rows, cols)` row-major scaled to `scale·x/(‖part‖ + eps)` per part (`Sign`:
+/// `scale·sign(x)`), norms summed in f64.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormalizeDims {
+    pub rows: usize,
+    pub cols: usize,
+    pub mode: Normalize,
+    pub scale: f64,
+    pub eps: f64,
+}
+
+impl NormalizeDims {
+    pub(crate) fn rule(&self, op: &'static str) -> Result<()> {
+        Check { op }.rule(self.eps >= 0.0, "eps", || {
+            format!("must be ≥ 0, got {}", self.eps)
+        })
+    }
+}
+
 /// A RoPE angle table `(T, HD/2)` as `cos` and `sin`, computed in f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RopeTable {

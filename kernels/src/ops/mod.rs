@@ -423,6 +423,31 @@ pub trait OptimOps: Backend {
         mix: Mix,
         n: usize,
     ) -> Result<()>;
+    /// Muon's and Scion's momentum over a flat range: `m` and the direction `u` (overwritten),
+    /// as [`Momentum`] defines them.
+    fn momentum_update(
+        &self,
+        m: Self::Mut<'_>,
+        u: Self::Mut<'_>,
+        grads: Self::Ref<'_>,
+        h: Momentum,
+        n: usize,
+    ) -> Result<()>;
+    /// Orthogonalize `x (rows, cols)` in place by Newton–Schulz ([`NewtonSchulz`]), with
+    /// `work` ([`NewtonSchulz::work_len`] elements of `x`'s dtype) as temporary space.
+    fn newton_schulz(&self, x: Self::Mut<'_>, work: Self::Mut<'_>, d: NewtonSchulz) -> Result<()>;
+    /// Scale `x (rows, cols)` in place by its norms ([`NormalizeDims`]).
+    fn matrix_normalize(&self, x: Self::Mut<'_>, d: NormalizeDims) -> Result<()>;
+    /// `params = keep·params − lr·dir`: a matrix optimizer's step along its direction, with
+    /// decoupled weight decay (`keep = 1 − lr·wd`) or Scion's constraint (`keep = 1 − lr`).
+    fn apply_direction(
+        &self,
+        params: Self::Mut<'_>,
+        dir: Self::Ref<'_>,
+        lr: f64,
+        keep: f64,
+        n: usize,
+    ) -> Result<()>;
 }
 
 /// Every op family: what a model needs of its backend.

@@ -2,7 +2,7 @@
 //! ([`crate::ops::REFERENCE_FLOATS`] on the CPU, f32 on CUDA).
 
 use crate::backend::{Check, Slice};
-use crate::ops::{check_all, AdamW};
+use crate::ops::{check_all, AdamW, Momentum, NewtonSchulz, NormalizeDims};
 use crate::{DType, Result};
 
 /// An optimizer update: its hyper-parameters, and `n` gradients with state buffers (`state`,
@@ -81,4 +81,61 @@ pub(crate) fn l2norm_backward<M: Slice, R: Slice>(
         ],
     )?;
     check_all(OP, &[dt], &[("dx", Some(dx), n, &s)])
+}
+
+/// `momentum_update`: `grads`, `m`, `u (n)` of one float dtype in `allowed`.
+pub(crate) fn momentum_update<M: Slice, R: Slice>(
+    allowed: &[DType],
+    m: &M,
+    u: &M,
+    grads: &R,
+    h: &Momentum,
+    n: usize,
+) -> Result<DType> {
+    const OP: &str = "momentum_update";
+    h.rule(OP)?;
+    let s = format!("(n={n})");
+    let dt = check_all(OP, allowed, &[("grads", Some(grads), n, &s)])?;
+    check_all(OP, &[dt], &[("m", Some(m), n, &s), ("u", Some(u), n, &s)])
+}
+
+/// `newton_schulz`: `x (rows, cols)` and `work (work_len)` of one float dtype in `allowed`.
+pub(crate) fn newton_schulz<M: Slice>(allowed: &[DType], x: &M, work: &M, d: &NewtonSchulz) -> Result<DType> {
+    let (rows, cols) = (d.rows, d.cols);
+    let (r, k) = d.sides();
+    check_all(
+        "newton_schulz",
+        allowed,
+        &[
+            ("x", Some(x), rows * cols, &format!("(rows={rows}, cols={cols})")),
+            (
+                "work",
+                Some(work),
+                d.work_len(),
+                &format!("(2·r·k + 2·r² with r={r}, k={k})"),
+            ),
+        ],
+    )
+}
+
+/// `matrix_normalize`: `x (rows, cols)` of a float dtype in `allowed`.
+pub(crate) fn matrix_normalize<M: Slice>(allowed: &[DType], x: &M, d: &NormalizeDims) -> Result<DType> {
+    const OP: &str = "matrix_normalize";
+    d.rule(OP)?;
+    let (rows, cols) = (d.rows, d.cols);
+    let s = format!("(rows={rows}, cols={cols})");
+    check_all(OP, allowed, &[("x", Some(x), rows * cols, &s)])
+}
+
+/// `apply_direction`: `params`, `dir (n)` of one float dtype in `allowed`.
+pub(crate) fn apply_direction<M: Slice, R: Slice>(
+    allowed: &[DType],
+    params: &M,
+    dir: &R,
+    n: usize,
+) -> Result<DType> {
+    const OP: &str = "apply_direction";
+    let s = format!("(n={n})");
+    let dt = check_all(OP, allowed, &[("dir", Some(dir), n, &s)])?;
+    check_all(OP, &[dt], &[("params", Some(params), n, &s)])
 }
