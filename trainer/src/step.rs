@@ -17,7 +17,7 @@ use crate::optim::{lr_at, AdamWState};
 use crate::{Config, Error, Layout, Result};
 use std::ops::Range;
 use std::time::{Duration, Instant};
-use weft_kernels::{CpuBackend, HostVec, Ops, Slice};
+use weft_kernels::{CpuBackend, Ops, Slice};
 use weft_parallel::{Dim, Mesh};
 
 /// What a step reports.
@@ -102,11 +102,13 @@ impl<'c, B: Ops> Step<'c, B> {
                 .collect();
             let me = mesh.index_in(rank, &[Dim::Shard, Dim::Tp]);
             adam.set_matrix(crate::optim::matrix::MatrixOpt::new(
+                be,
                 &crate::job::global_layout(cfg),
                 &cfg.optimizer,
                 members,
                 me,
-            ));
+                (prec.master, n),
+            )?);
         }
         Ok(Step {
             store,
@@ -205,8 +207,10 @@ impl<'c, B: Ops> Step<'c, B> {
         }
         let lr = lr_at(&cfg.optimizer, t.steps, step);
         if self.adam.is_matrix() {
-            let (adam, p, gr) = on_cpu(&mut self.adam, &mut self.store.params, &self.store.grads)?;
-            adam.step_matrix(Some(g.owners.as_ref()), &cfg.optimizer, p, gr, lr, Some(norm))?;
+            let (p, gr) = (&mut self.store.params, &self.store.grads);
+            let owners = Some(g.data_owners.as_ref());
+            self.adam
+                .step_matrix(be, owners, &cfg.optimizer, p, gr, lr, Some(norm))?;
         } else {
             let (p, gr) = (B::view_mut(&mut self.store.params), B::view(&self.store.grads));
             self.adam
@@ -220,27 +224,6 @@ impl<'c, B: Ops> Step<'c, B> {
             comm: wait + (self.store.time.gather_wait - gathers_before),
         })
     }
-}
-
-/// The optimizer state and the shard's parameters and gradients as the CPU backend's: what
-/// the matrix optimizers (Muon, Scion) run on today.
-type OnCpu<'a> = (&'a mut AdamWState<CpuBackend>, &'a mut HostVec, &'a HostVec);
-
-fn on_cpu<'a, B: Ops>(
-    adam: &'a mut AdamWState<B>,
-    params: &'a mut B::Buffer,
-    grads: &'a B::Buffer,
-) -> Result<OnCpu<'a>> {
-    use std::any::Any;
-    let a = (adam as &mut dyn Any).downcast_mut::<AdamWState<CpuBackend>>();
-    let p = (params as &mut dyn Any).downcast_mut::<HostVec>();
-    let g = (grads as &dyn Any).downcast_ref::<HostVec>();
-    a.zip(p).zip(g).map(|((a, p), g)| (a, p, g)).ok_or_else(|| {
-        Error::config(
-            "optimizer.kind",
-            "Muon and Scion run on the CPU backend only (training.device = \"cpu\")",
-        )
-    })
 }
 
 /// Ranges of this rank's shard buffer that belong to tensors every tp rank holds whole.

@@ -99,12 +99,17 @@ fn compare(kind: &str, case: Option<&serde_json::Value>, after: &serde_json::Val
     let cfg = config(kind, case);
     let be = CpuBackend::new();
     let mut adam = AdamWState::for_config(&be, DType::F64, l.len(), &cfg).unwrap();
-    adam.set_matrix(MatrixOpt::new(
-        &l,
-        &cfg.optimizer,
-        vec![ShardMap::whole(&l).runs],
-        0,
-    ));
+    adam.set_matrix(
+        MatrixOpt::new(
+            &be,
+            &l,
+            &cfg.optimizer,
+            vec![ShardMap::whole(&l).runs],
+            0,
+            (DType::F64, l.len()),
+        )
+        .unwrap(),
+    );
     let mut params = HostVec::from(flat(&l, &fx["params"]));
     for (step, (g, want)) in fx["grads"]
         .as_array()
@@ -114,7 +119,7 @@ fn compare(kind: &str, case: Option<&serde_json::Value>, after: &serde_json::Val
         .enumerate()
     {
         let g = HostVec::from(flat(&l, g));
-        adam.step_matrix(None, &cfg.optimizer, &mut params, &g, cfg.optimizer.lr, None)
+        adam.step_matrix(&be, None, &cfg.optimizer, &mut params, &g, cfg.optimizer.lr, None)
             .unwrap();
         let HostVec::F64(got) = &params else {
             unreachable!()
@@ -165,19 +170,32 @@ fn distributed_newton_schulz_on_4_ranks_equals_one_process() {
         // One process.
         let be = CpuBackend::new();
         let mut adam = AdamWState::for_config(&be, DType::F64, n, &cfg).unwrap();
-        adam.set_matrix(MatrixOpt::new(
-            &l,
-            &cfg.optimizer,
-            vec![ShardMap::whole(&l).runs],
-            0,
-        ));
+        adam.set_matrix(
+            MatrixOpt::new(
+                &be,
+                &l,
+                &cfg.optimizer,
+                vec![ShardMap::whole(&l).runs],
+                0,
+                (DType::F64, n),
+            )
+            .unwrap(),
+        );
         let mut params = HostVec::from(p0.clone());
         let norm = |g: &[f64]| g.iter().map(|x| x * x).sum::<f64>().sqrt();
         for g in &grads {
             let gn = norm(g);
             let g = HostVec::from(g.clone());
-            adam.step_matrix(None, &cfg.optimizer, &mut params, &g, cfg.optimizer.lr, Some(gn))
-                .unwrap();
+            adam.step_matrix(
+                &be,
+                None,
+                &cfg.optimizer,
+                &mut params,
+                &g,
+                cfg.optimizer.lr,
+                Some(gn),
+            )
+            .unwrap();
         }
         let HostVec::F64(want) = params else {
             unreachable!()
@@ -212,7 +230,15 @@ fn distributed_newton_schulz_on_4_ranks_equals_one_process() {
             let be = CpuBackend::new();
             let mine = cuts[rank]..cuts[rank + 1];
             let mut adam = AdamWState::for_config(&be, DType::F64, mine.len(), &cfg).unwrap();
-            adam.set_matrix(MatrixOpt::new(&l, &cfg.optimizer, members.clone(), rank));
+            let opt = MatrixOpt::new(
+                &be,
+                &l,
+                &cfg.optimizer,
+                members.clone(),
+                rank,
+                (DType::F64, mine.len()),
+            )?;
+            adam.set_matrix(opt);
             let mut params = HostVec::from(p0[mine.clone()].to_vec());
             for g in &grads {
                 // The clip needs the global norm: every rank knows it here.
@@ -220,6 +246,7 @@ fn distributed_newton_schulz_on_4_ranks_equals_one_process() {
                 let g = HostVec::from(g[mine.clone()].to_vec());
                 let c: &dyn weft_parallel::Comm<CpuBackend> = &comm;
                 adam.step_matrix(
+                    &be,
                     Some(c),
                     &cfg.optimizer,
                     &mut params,

@@ -121,6 +121,8 @@ pub struct Groups<B: Backend> {
     pub replicas: Box<dyn Comm<B>>,
     /// Data: the tp group.
     pub tp: Arc<dyn Comm<B>>,
+    /// Data: `[dp_shard, tp]`, as `owners` (the matrix optimizers' exchanges).
+    pub data_owners: Box<dyn Comm<B>>,
 }
 
 impl<B: Backend> Groups<B> {
@@ -150,6 +152,7 @@ impl<B: Backend> Groups<B> {
             shard: dev(&[Dim::Shard])?,
             replicas: dev(&[Dim::Replicate, Dim::Cp])?,
             tp: Arc::from(dev(&[Dim::Tp])?),
+            data_owners: dev(&[Dim::Shard, Dim::Tp])?,
         };
         Ok((groups, dev(&[Dim::Cp])?))
     }

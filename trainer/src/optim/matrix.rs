@@ -9,6 +9,12 @@
 //! rank its pieces back. One process is the same code with a group of one, so the sharded
 //! result is the single-process result, bit for bit.
 //!
+//! Everything runs on the rank's backend (its device buffers and the data communicator):
+//! the momentum and the step are element-wise ops over the rank's runs, the pieces travel by
+//! copies and one all-to-all each way, and the owner's direction is one op
+//! ([`weft_kernels::OptimOps::newton_schulz`], whose products are GEMMs — cuBLASLt on CUDA —
+//! or [`weft_kernels::OptimOps::matrix_normalize`]).
+//!
 //! Geometries (for a linear map `(d_out, d_in)`, stored `(out, in)`; a lookup table
 //! `(vocab, width)` is the map's transpose):
 //! - `Spectral`: `√(d_out/d_in)·UVᵀ` (Scion), or `rms_match·√max(d_out, d_in)·UVᵀ` (Muon),
@@ -23,8 +29,7 @@ use crate::config::Optimizer;
 use crate::layout::TpSplit;
 use crate::shard::Run;
 use crate::{Error, Layout, Result, Role};
-use num_traits::Float;
-use weft_kernels::{AdamW, Backend, CpuBackend, HostVec, OptimOps};
+use weft_kernels::{AdamW, Backend, DType, Momentum, NewtonSchulz, Normalize, NormalizeDims, Ops, Slice};
 use weft_parallel::Comm;
 
 /// How a tensor is updated.
@@ -103,172 +108,60 @@ pub fn plan(global: &Layout, o: &Optimizer) -> (Vec<Geometry>, Vec<Target>) {
     (geoms, targets)
 }
 
-/// The floating-point types the optimizer runs in.
-pub trait Elem: Float + Default + Send + Sync + std::fmt::Debug + 'static {
-    fn host(v: Vec<Self>) -> HostVec;
-    fn slice(h: &HostVec) -> Option<&[Self]>;
-    fn slice_mut(h: &mut HostVec) -> Option<&mut [Self]>;
-    fn of(x: f64) -> Self {
-        Self::from(x).expect("f64 converts")
-    }
+/// How a target's direction is computed: one op on the whole matrix.
+enum Direction {
+    Orthogonalize(NewtonSchulz),
+    Normalize(NormalizeDims),
 }
 
-macro_rules! elem {
-    ($t:ty, $v:ident) => {
-        impl Elem for $t {
-            fn host(v: Vec<Self>) -> HostVec {
-                HostVec::$v(v)
-            }
-            fn slice(h: &HostVec) -> Option<&[Self]> {
-                match h {
-                    HostVec::$v(v) => Some(v),
-                    _ => None,
-                }
-            }
-            fn slice_mut(h: &mut HostVec) -> Option<&mut [Self]> {
-                match h {
-                    HostVec::$v(v) => Some(v),
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-elem!(f32, F32);
-elem!(f64, F64);
-
-/// `dst = alpha·dst + beta·op(a)·op(b)` on row-major matrices (`a: (m, k)`, `b: (k, n)`,
-/// each given transposed when the flag is set).
-#[allow(clippy::too_many_arguments)]
-fn gemm<T: Elem>(m: usize, n: usize, k: usize, dst: &mut [T], a: &[T], ta: bool, b: &[T], tb: bool, beta: T) {
-    assert!(dst.len() == m * n && a.len() == m * k && b.len() == k * n);
-    // Strides of op(x): (column stride, row stride).
-    let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
-    // SAFETY: the asserted lengths cover every index the strides reach.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            T::zero(),
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
-/// The quintic Newton–Schulz iteration: an approximation of `UVᵀ` for `G = UΣVᵀ`
-/// (`g: (rows, cols)` row-major, replaced by the result).
-pub fn newton_schulz<T: Elem>(g: &mut [T], rows: usize, cols: usize, steps: usize) {
-    let (a, b, c) = (T::of(3.4445), T::of(-4.7750), T::of(2.0315));
-    // Work on the wide orientation (r ≤ c): the Gram matrix is the small side.
-    let wide = rows <= cols;
-    let (r, k) = if wide { (rows, cols) } else { (cols, rows) };
-    let mut x: Vec<T> = if wide {
-        g.to_vec()
-    } else {
-        (0..cols)
-            .flat_map(|j| (0..rows).map(move |i| (i, j)))
-            .map(|(i, j)| g[i * cols + j])
-            .collect()
-    };
-    let norm = x.iter().fold(T::zero(), |s, &v| s + v * v).sqrt() + T::of(1e-7);
-    x.iter_mut().for_each(|v| *v = *v / norm);
-    let (mut gram, mut poly, mut next) = (
-        vec![T::zero(); r * r],
-        vec![T::zero(); r * r],
-        vec![T::zero(); r * k],
-    );
-    for _ in 0..steps {
-        // A = X·Xᵀ; B = b·A + c·A·A; X = a·X + B·X.
-        gemm(r, r, k, &mut gram, &x, false, &x, true, T::one());
-        gemm(r, r, r, &mut poly, &gram, false, &gram, false, c);
-        poly.iter_mut().zip(&gram).for_each(|(p, &q)| *p = *p + b * q);
-        gemm(r, k, r, &mut next, &poly, false, &x, false, T::one());
-        x.iter_mut().zip(&next).for_each(|(v, &n)| *v = a * *v + n);
-    }
-    if wide {
-        g.copy_from_slice(&x);
-    } else {
-        for i in 0..rows {
-            for j in 0..cols {
-                g[i * cols + j] = x[j * rows + i];
-            }
-        }
-    }
-}
-
-/// Replace `g` (a whole target, stored row-major) by its update direction, radius included.
-pub fn direction<T: Elem>(t: &Target, g: &mut [T], muon: bool, ns_steps: usize) {
+/// The op that replaces a whole target (stored row-major) by its update direction, radius
+/// included.
+fn direction_of(t: &Target, muon: bool, ns_steps: usize) -> Direction {
     let (rows, cols) = (t.rows, t.cols);
     // The linear map's shape.
     let (d_out, d_in) = if t.table { (cols, rows) } else { (rows, cols) };
-    let rho = T::of(t.radius);
-    let norm = |v: &mut dyn Iterator<Item = T>| v.fold(T::zero(), |s, x| s + x * x).sqrt();
-    let tiny = T::of(1e-12);
+    let rho = t.radius;
+    let tiny = 1e-12;
+    let normalize = |mode, scale| {
+        Direction::Normalize(NormalizeDims {
+            rows,
+            cols,
+            mode,
+            scale,
+            eps: tiny,
+        })
+    };
     match t.geometry {
         Geometry::AdamW => unreachable!("AdamW entries are not targets"),
         Geometry::Spectral => {
-            newton_schulz(g, rows, cols, ns_steps);
             let scale = if muon {
                 (d_out.max(d_in) as f64).sqrt()
             } else {
                 (d_out as f64 / d_in as f64).sqrt()
             };
-            let s = rho * T::of(scale);
-            g.iter_mut().for_each(|v| *v = *v * s);
+            Direction::Orthogonalize(NewtonSchulz {
+                rows,
+                cols,
+                steps: ns_steps,
+                scale: rho * scale,
+            })
         }
-        Geometry::Sign => {
-            let s = rho / T::of(d_in as f64);
-            g.iter_mut().for_each(|v| {
-                *v = if *v > T::zero() {
-                    s
-                } else if *v < T::zero() {
-                    -s
-                } else {
-                    T::zero()
-                }
-            });
-        }
-        Geometry::Rms => {
-            let n = norm(&mut g.iter().copied());
-            let s = rho * T::of((g.len() as f64).sqrt()) / (n + tiny);
-            g.iter_mut().for_each(|v| *v = *v * s);
-        }
+        Geometry::Sign => normalize(Normalize::Sign, rho / d_in as f64),
+        Geometry::Rms => normalize(Normalize::Frobenius, rho * ((rows * cols) as f64).sqrt()),
         // Columns of the map: stored columns, or stored rows of a table.
         Geometry::ColNorm | Geometry::RowNorm => {
             let per_stored_row = (t.geometry == Geometry::ColNorm) == t.table;
             let target = if t.geometry == Geometry::ColNorm {
-                T::of((d_out as f64).sqrt())
+                (d_out as f64).sqrt()
             } else {
-                T::one() / T::of((d_in as f64).sqrt())
+                1.0 / (d_in as f64).sqrt()
             };
-            if per_stored_row {
-                for row in g.chunks_mut(cols) {
-                    let s = rho * target / (norm(&mut row.iter().copied()) + tiny);
-                    row.iter_mut().for_each(|v| *v = *v * s);
-                }
+            let mode = if per_stored_row {
+                Normalize::Rows
             } else {
-                for j in 0..cols {
-                    let n = norm(&mut (0..rows).map(|i| g[i * cols + j]));
-                    let s = rho * target / (n + tiny);
-                    (0..rows).for_each(|i| g[i * cols + j] = g[i * cols + j] * s);
-                }
-            }
+                Normalize::Cols
+            };
+            normalize(mode, rho * target)
         }
     }
 }
@@ -284,8 +177,9 @@ fn overlap(r: &Run, t: &Target) -> Option<(usize, usize, usize)> {
     (a < b).then(|| (r.local + a - g0, a - t0, b - a))
 }
 
-/// Muon or Scion for one rank: the plan, and the runs every rank of its owners group holds.
-pub struct MatrixOpt {
+/// Muon or Scion for one rank: the plan, the runs every rank of its owners group holds, and
+/// the device buffers of a step.
+pub struct MatrixOpt<B: Backend> {
     geometry: Vec<Geometry>,
     /// Whether AdamW decays each entry (see [`Role::decays`]), and its learning-rate factor.
     decays: Vec<bool>,
@@ -297,15 +191,32 @@ pub struct MatrixOpt {
     /// Per bucket of targets, the block each rank sends each owner: the most elements any
     /// rank holds of any of its targets (fixed by the shards, so computed once).
     block: Vec<usize>,
+    /// The shard's update directions before (`u`) and after (`dir`) the whole-matrix step.
+    u: B::Buffer,
+    dir: B::Buffer,
+    /// What this rank sends and receives in a bucket's exchanges (`size` blocks).
+    send: B::Buffer,
+    recv: B::Buffer,
+    /// The largest target this rank owns, assembled; Newton–Schulz's work space.
+    whole: B::Buffer,
+    work: B::Buffer,
 }
 
-impl MatrixOpt {
+impl<B: Ops> MatrixOpt<B> {
     /// `global`: the model at `tp = 1`; `members`: every owners-group rank's runs, in group
-    /// order; `me`: this rank's index in the group.
-    pub fn new(global: &Layout, o: &Optimizer, members: Vec<Vec<Run>>, me: usize) -> Self {
+    /// order; `me`: this rank's index in the group; `dtype`, `n`: the shard's master dtype
+    /// and length.
+    pub fn new(
+        be: &B,
+        global: &Layout,
+        o: &Optimizer,
+        members: Vec<Vec<Run>>,
+        me: usize,
+        (dtype, n): (DType, usize),
+    ) -> Result<Self> {
         let (geometry, targets) = plan(global, o);
         let size = members.len();
-        let block = targets
+        let block: Vec<usize> = targets
             .chunks(size)
             .map(|bucket| {
                 let held = |src: &Vec<Run>, t: &Target| -> usize {
@@ -317,7 +228,20 @@ impl MatrixOpt {
                 most.max().unwrap_or(0)
             })
             .collect();
-        MatrixOpt {
+        let muon = o.kind == "muon";
+        let ns_steps = if muon { o.muon.ns_steps } else { o.scion.ns_steps };
+        let owned = || targets.chunks(size).filter_map(|b| b.get(me));
+        let whole = owned().map(|t| t.rows * t.cols).max().unwrap_or(0);
+        let work = owned()
+            .map(|t| match direction_of(t, muon, ns_steps) {
+                Direction::Orthogonalize(d) => d.work_len(),
+                Direction::Normalize(_) => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let exchange = size * block.iter().copied().max().unwrap_or(0);
+        let alloc = |what, len| crate::alloc::alloc(be, what, dtype, len);
+        Ok(MatrixOpt {
             block,
             geometry,
             decays: global.entries.iter().map(|e| e.role.decays()).collect(),
@@ -325,65 +249,97 @@ impl MatrixOpt {
             targets,
             members,
             me,
-        }
+            u: alloc("the matrix optimizer's directions", n)?,
+            dir: alloc("the matrix optimizer's directions", n)?,
+            send: alloc("the matrix optimizer's exchange buffers", exchange)?,
+            recv: alloc("the matrix optimizer's exchange buffers", exchange)?,
+            whole: alloc("the matrix optimizer's assembled matrix", whole)?,
+            work: alloc("Newton–Schulz's work space", work)?,
+        })
+    }
+
+    /// This rank's ranges of the entries updated as whole matrices.
+    fn matrix_runs(&self) -> Vec<std::ops::Range<usize>> {
+        self.members[self.me]
+            .iter()
+            .filter(|r| self.geometry[r.entry] != Geometry::AdamW)
+            .map(|r| r.local..r.local + r.len as usize)
+            .collect()
     }
 
     /// One step: AdamW for the element-wise entries, momentum and the whole-matrix direction
     /// for the others (`scale`: the gradient-clip factor; `step`: 1-based, for AdamW).
     #[allow(clippy::too_many_arguments)]
     pub fn step(
-        &self,
-        comm: Option<&dyn Comm<CpuBackend>>,
+        &mut self,
+        be: &B,
+        comm: Option<&dyn Comm<B>>,
         o: &Optimizer,
-        (params, m, v): (&mut HostVec, &mut HostVec, &mut HostVec),
-        grads: &HostVec,
+        (params, m, v): (&mut B::Buffer, &mut B::Buffer, &mut B::Buffer),
+        grads: &B::Buffer,
         lr: f64,
         scale: f64,
         step: u32,
     ) -> Result<()> {
-        self.adamw_runs(o, (params, m, v), grads, lr, scale, step)?;
-        match params {
-            HostVec::F32(_) => self.matrix_step::<f32>(comm, o, params, m, grads, lr, scale),
-            HostVec::F64(_) => self.matrix_step::<f64>(comm, o, params, m, grads, lr, scale),
-            other => Err(Error::Other(format!(
-                "{} optimizer on {:?} parameters",
-                o.kind,
-                other.dtype()
-            ))),
+        self.adamw_runs(be, o, (params, m, v), grads, lr, scale, step)?;
+        let muon = o.kind == "muon";
+        let mu = if muon { o.muon.momentum } else { o.scion.momentum };
+        let h = Momentum {
+            mu,
+            dampening: if muon { 1.0 } else { 1.0 - mu },
+            nesterov: muon && o.muon.nesterov,
+            grad_scale: scale,
+        };
+        for at in self.matrix_runs() {
+            be.momentum_update(
+                B::view_mut(m).range(at.clone()),
+                B::view_mut(&mut self.u).range(at.clone()),
+                B::view(grads).range(at.clone()),
+                h,
+                at.len(),
+            )?;
         }
+        self.directions(
+            be,
+            comm,
+            muon,
+            if muon { o.muon.ns_steps } else { o.scion.ns_steps },
+        )?;
+        let keep = if muon {
+            1.0 - lr * o.weight_decay
+        } else if o.scion.constrained {
+            1.0 - lr
+        } else {
+            1.0
+        };
+        for at in self.matrix_runs() {
+            be.apply_direction(
+                B::view_mut(params).range(at.clone()),
+                B::view(&self.dir).range(at.clone()),
+                lr,
+                keep,
+                at.len(),
+            )?;
+        }
+        Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn adamw_runs(
         &self,
+        be: &B,
         o: &Optimizer,
-        (params, m, v): (&mut HostVec, &mut HostVec, &mut HostVec),
-        grads: &HostVec,
+        (params, m, v): (&mut B::Buffer, &mut B::Buffer, &mut B::Buffer),
+        grads: &B::Buffer,
         lr: f64,
         scale: f64,
         step: u32,
     ) -> Result<()> {
-        let be = CpuBackend::new();
-        let (mut p, mut mm, mut vv, mut g) = (
-            CpuBackend::view_mut(params),
-            CpuBackend::view_mut(m),
-            CpuBackend::view_mut(v),
-            CpuBackend::view(grads),
-        );
-        let mut at = 0;
         for r in &self.members[self.me] {
             if self.geometry[r.entry] != Geometry::AdamW {
                 continue;
             }
-            let skip = r.local - at;
-            let n = r.len as usize;
-            let (_, pr) = p.split_at(skip);
-            let (pe, pr) = pr.split_at(n);
-            let (_, mr) = mm.split_at(skip);
-            let (me, mr) = mr.split_at(n);
-            let (_, vr) = vv.split_at(skip);
-            let (ve, vr) = vr.split_at(n);
-            let (_, gr) = g.split_at(skip);
-            let (ge, gr) = gr.split_at(n);
+            let at = r.local..r.local + r.len as usize;
             let h = AdamW {
                 lr: lr * self.lr_scale[r.entry],
                 beta1: o.beta1,
@@ -393,141 +349,93 @@ impl MatrixOpt {
                 step,
                 grad_scale: scale,
             };
-            be.adamw_update(pe, me, ve, ge, h, n)?;
-            (p, mm, vv, g) = (pr, mr, vr, gr);
-            at = r.local + n;
+            be.adamw_update(
+                B::view_mut(params).range(at.clone()),
+                B::view_mut(m).range(at.clone()),
+                B::view_mut(v).range(at.clone()),
+                B::view(grads).range(at.clone()),
+                h,
+                at.len(),
+            )?;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn matrix_step<T: Elem>(
-        &self,
-        comm: Option<&dyn Comm<CpuBackend>>,
-        o: &Optimizer,
-        params: &mut HostVec,
-        m: &mut HostVec,
-        grads: &HostVec,
-        lr: f64,
-        scale: f64,
-    ) -> Result<()> {
-        let muon = o.kind == "muon";
-        let dtype = || Error::Other("optimizer buffers of different dtypes".into());
-        let (p, mo, g) = (
-            T::slice_mut(params).ok_or_else(dtype)?,
-            T::slice_mut(m).ok_or_else(dtype)?,
-            T::slice(grads).ok_or_else(dtype)?,
-        );
-        // Momentum, on this rank's pieces.
-        let (mu, s) = if muon {
-            (T::of(o.muon.momentum), T::of(scale))
-        } else {
-            (T::of(o.scion.momentum), T::of(scale))
-        };
-        let nesterov = muon && o.muon.nesterov;
-        let mut u = vec![T::zero(); p.len()];
-        for r in self.members[self.me]
-            .iter()
-            .filter(|r| self.geometry[r.entry] != Geometry::AdamW)
-        {
-            for i in r.local..r.local + r.len as usize {
-                let gi = s * g[i];
-                mo[i] = if muon {
-                    mu * mo[i] + gi
-                } else {
-                    mu * mo[i] + (T::one() - mu) * gi
-                };
-                u[i] = if nesterov { gi + mu * mo[i] } else { mo[i] };
-            }
-        }
-        let dir = self.directions(
-            comm,
-            &u,
-            muon,
-            if muon { o.muon.ns_steps } else { o.scion.ns_steps },
-        )?;
-        let eta = T::of(lr);
-        let keep = if muon {
-            T::one() - eta * T::of(o.weight_decay)
-        } else if o.scion.constrained {
-            T::one() - eta
-        } else {
-            T::one()
-        };
-        for r in self.members[self.me]
-            .iter()
-            .filter(|r| self.geometry[r.entry] != Geometry::AdamW)
-        {
-            for i in r.local..r.local + r.len as usize {
-                p[i] = keep * p[i] - eta * dir[i];
-            }
-        }
-        Ok(())
-    }
-
-    /// Each target's direction, computed once on its owner; this rank's pieces of them.
-    fn directions<T: Elem>(
-        &self,
-        comm: Option<&dyn Comm<CpuBackend>>,
-        u: &[T],
-        muon: bool,
-        ns_steps: usize,
-    ) -> Result<Vec<T>> {
+    /// Each target's direction, computed once on its owner, from `u` into this rank's
+    /// pieces of `dir`.
+    fn directions(&mut self, be: &B, comm: Option<&dyn Comm<B>>, muon: bool, ns_steps: usize) -> Result<()> {
         let size = self.members.len();
-        let mut dir = vec![T::zero(); u.len()];
-        let be = CpuBackend::new();
-        let exchange = |send: Vec<T>| -> Result<Vec<T>> {
+        let copy = |dst: B::Mut<'_>, src: B::Ref<'_>| -> Result<()> { Ok(be.cast(dst, src, src.len())?) };
+        // The owner's matrices go in `whole`; the pieces to and from it in `send`/`recv`.
+        let exchange = |send: &B::Buffer, recv: &mut B::Buffer, len: usize| -> Result<()> {
             match comm {
-                Some(c) if size > 1 => {
-                    let send = T::host(send);
-                    let mut recv = T::host(vec![T::zero(); send.len()]);
-                    c.all_to_all(&be, CpuBackend::view(&send), CpuBackend::view_mut(&mut recv))
-                        .map_err(|e| Error::Other(format!("optimizer all-to-all: {e}")))?;
-                    Ok(T::slice(&recv).expect("same dtype").to_vec())
-                }
-                _ => Ok(send),
+                Some(c) if size > 1 => c
+                    .all_to_all(
+                        be,
+                        B::view(send).range(0..size * len),
+                        B::view_mut(recv).range(0..size * len),
+                    )
+                    .map_err(|e| Error::Other(format!("optimizer all-to-all: {e}"))),
+                _ => copy(B::view_mut(recv).range(0..len), B::view(send).range(0..len)),
             }
         };
         for (bucket, &len) in self.targets.chunks(size).zip(&self.block) {
             // To each owner, this rank's pieces of its target.
-            let mut send = vec![T::zero(); size * len];
             for (d, t) in bucket.iter().enumerate() {
                 let mut at = d * len;
                 for (local, _, n) in self.members[self.me].iter().filter_map(|r| overlap(r, t)) {
-                    send[at..at + n].copy_from_slice(&u[local..local + n]);
+                    copy(
+                        B::view_mut(&mut self.send).range(at..at + n),
+                        B::view(&self.u).range(local..local + n),
+                    )?;
                     at += n;
                 }
             }
-            let recv = exchange(send)?;
+            exchange(&self.send, &mut self.recv, len)?;
             // The owner assembles its target, computes the direction, and returns the pieces.
-            let mut back = vec![T::zero(); size * len];
             if let Some(t) = bucket.get(self.me) {
-                let mut whole = vec![T::zero(); t.rows * t.cols];
+                let numel = t.rows * t.cols;
                 for src in 0..size {
                     let mut at = src * len;
                     for (_, off, n) in self.members[src].iter().filter_map(|r| overlap(r, t)) {
-                        whole[off..off + n].copy_from_slice(&recv[at..at + n]);
+                        copy(
+                            B::view_mut(&mut self.whole).range(off..off + n),
+                            B::view(&self.recv).range(at..at + n),
+                        )?;
                         at += n;
                     }
                 }
-                direction(t, &mut whole, muon, ns_steps);
+                let whole = B::view_mut(&mut self.whole).range(0..numel);
+                match direction_of(t, muon, ns_steps) {
+                    Direction::Orthogonalize(d) => {
+                        let work = B::view_mut(&mut self.work).range(0..d.work_len());
+                        be.newton_schulz(whole, work, d)?
+                    }
+                    Direction::Normalize(d) => be.matrix_normalize(whole, d)?,
+                }
                 for src in 0..size {
                     let mut at = src * len;
                     for (_, off, n) in self.members[src].iter().filter_map(|r| overlap(r, t)) {
-                        back[at..at + n].copy_from_slice(&whole[off..off + n]);
+                        copy(
+                            B::view_mut(&mut self.send).range(at..at + n),
+                            B::view(&self.whole).range(off..off + n),
+                        )?;
                         at += n;
                     }
                 }
             }
-            let mine = exchange(back)?;
+            exchange(&self.send, &mut self.recv, len)?;
             for (d, t) in bucket.iter().enumerate() {
                 let mut at = d * len;
                 for (local, _, n) in self.members[self.me].iter().filter_map(|r| overlap(r, t)) {
-                    dir[local..local + n].copy_from_slice(&mine[at..at + n]);
+                    copy(
+                        B::view_mut(&mut self.dir).range(local..local + n),
+                        B::view(&self.recv).range(at..at + n),
+                    )?;
                     at += n;
                 }
             }
         }
-        Ok(dir)
+        Ok(())
     }
 }

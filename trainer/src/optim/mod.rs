@@ -47,7 +47,7 @@ pub struct AdamWState<B: Backend> {
     mix_steps: u64,
     acc: B::Buffer,
     /// Muon or Scion (`m` is their momentum; `v` serves the AdamW entries).
-    matrix: Option<matrix::MatrixOpt>,
+    matrix: Option<matrix::MatrixOpt<B>>,
 }
 
 /// AdEMAMix's `α` and `β3` at 1-based step `t` of a warm-up over `total` steps: `α` grows
@@ -90,7 +90,7 @@ impl<B: Ops> AdamWState<B> {
     }
 
     /// Use Muon or Scion (`cfg.optimizer.kind`), built by the trainer that knows the shards.
-    pub fn set_matrix(&mut self, m: matrix::MatrixOpt) {
+    pub fn set_matrix(&mut self, m: matrix::MatrixOpt<B>) {
         self.matrix = Some(m);
     }
 
@@ -170,24 +170,25 @@ impl<B: Ops> AdamWState<B> {
     }
 }
 
-impl AdamWState<weft_kernels::CpuBackend> {
-    /// One Muon/Scion step (see [`Self::set_matrix`]): clip to `o.grad_clip` with the global
-    /// norm `norm` (this buffer's own when `None`), then update. `comm`: the owners group
-    /// the matrices are dealt over (`None`: one process). Returns the norm.
+impl<B: Ops> AdamWState<B> {
+    /// One Muon/Scion step (see [`Self::set_matrix`]) on the backend's buffers: clip to
+    /// `o.grad_clip` with the global norm `norm` (this buffer's own when `None`), then update.
+    /// `comm`: the data communicator of the owners group the matrices are dealt over (`None`:
+    /// one process). Returns the norm.
+    #[allow(clippy::too_many_arguments)]
     pub fn step_matrix(
         &mut self,
-        comm: Option<&dyn weft_parallel::Comm<weft_kernels::CpuBackend>>,
+        be: &B,
+        comm: Option<&dyn weft_parallel::Comm<B>>,
         o: &Optimizer,
-        params: &mut weft_kernels::HostVec,
-        grads: &weft_kernels::HostVec,
+        params: &mut B::Buffer,
+        grads: &B::Buffer,
         lr: f64,
         norm: Option<f64>,
     ) -> Result<f64> {
         let norm = match norm {
             Some(n) => n,
-            None => self
-                .sum_squares(&weft_kernels::CpuBackend::new(), grads.view())?
-                .sqrt(),
+            None => self.sum_squares(be, B::view(grads))?.sqrt(),
         };
         let scale = if o.grad_clip > 0.0 && norm > o.grad_clip {
             o.grad_clip / (norm + 1e-6)
@@ -197,9 +198,10 @@ impl AdamWState<weft_kernels::CpuBackend> {
         self.step += 1;
         let opt = self
             .matrix
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| crate::Error::Other("no matrix optimizer set".into()))?;
         opt.step(
+            be,
             comm,
             o,
             (params, &mut self.m, &mut self.v),
