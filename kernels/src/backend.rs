@@ -76,6 +76,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Wait until every queued op has finished.
     fn synchronize(&self) -> Result<()>;
 
+    /// Where a view starts: with its dtype and length, what another rank of this process that
+    /// shares the device needs to read it ([`Backend::view_at`]).
+    fn address(v: &Self::Ref<'_>) -> usize;
+    /// The view of `len` elements of `dtype` at `address`.
+    ///
+    /// # Safety
+    /// `address` must be the [`Backend::address`] of a live view of this backend's device
+    /// holding at least `len` elements of `dtype`, whose memory is neither freed nor written
+    /// while this view, or work enqueued through it, lives.
+    unsafe fn view_at<'a>(address: usize, dtype: DType, len: usize) -> Self::Ref<'a>;
+
     /// A second in-order queue on this device, for work that may overlap the main queue.
     type Stream: Send + Sync;
     /// A point in a queue: everything enqueued on it before the event was recorded.

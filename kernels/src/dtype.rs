@@ -19,6 +19,16 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every dtype, in declaration order.
+    pub const ALL: [DType; 6] = [
+        DType::F64,
+        DType::F32,
+        DType::BF16,
+        DType::F16,
+        DType::I32,
+        DType::U16,
+    ];
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
@@ -116,6 +126,21 @@ macro_rules! host_views {
             /// The raw bytes (native endian).
             pub fn as_bytes(&self) -> &'a [u8] {
                 match *self { $(HostRef::$variant(s) => bytes_of(s)),* }
+            }
+            /// The address of the first element.
+            pub fn address(&self) -> usize {
+                match *self { $(HostRef::$variant(s) => s.as_ptr() as usize),* }
+            }
+            /// The view of `len` elements of `dtype` at `address`.
+            ///
+            /// # Safety
+            /// `address` must be the [`HostRef::address`] of a view of at least `len` elements
+            /// of `dtype` whose memory stays allocated and unwritten for `'a`.
+            pub unsafe fn at(address: usize, dtype: DType, len: usize) -> HostRef<'a> {
+                match dtype {
+                    // SAFETY: the caller's contract.
+                    $(DType::$variant => HostRef::$variant(unsafe { std::slice::from_raw_parts(address as *const $ty, len) })),*
+                }
             }
         }
 

@@ -305,3 +305,57 @@ fn tensor_parallel_splits_the_weights_and_sp_cp_split_the_activations() {
     assert!(tp.activations < one.activations, "{tp:?} vs {one:?}");
     assert!(cp.activations * 10 < one.activations * 6, "{cp:?} vs {one:?}");
 }
+
+/// The meshes a single GPU runs with thread ranks sharing it.
+const ONE_DEVICE: &[(&str, [usize; 5])] = &[
+    ("dp_shard=2", [1, 2, 1, 1, 1]),
+    ("tp=2", [1, 1, 1, 2, 1]),
+    ("cp=2 ring", [1, 1, 2, 1, 1]),
+    ("cp=2 Ulysses", [1, 1, 2, 1, 2]),
+    ("dp_shard=2 × cp=2 × tp=2", [1, 2, 2, 2, 1]),
+];
+
+/// The mesh of `c` on thread ranks whose data communicator is the shared-device one (what a
+/// mesh on one GPU runs with), here on the CPU backend.
+fn sharded_on_one_device(c: &Config) -> Vec<RankOutcome> {
+    use weft_parallel::comm::shared::{self, SharedComm};
+    use weft_trainer::train::train_rank_on;
+    let opts = TrainOptions {
+        progress: false,
+        prefetch: true,
+    };
+    shared::run(
+        c.parallel.world(),
+        |_, control: HostComm, data: SharedComm<CpuBackend>| {
+            train_rank_on(c, &CpuBackend, &control, &data, opts)
+        },
+    )
+    .unwrap()
+}
+
+/// Every gather, reduce-scatter, all-reduce, all-to-all and ring step of a step through the
+/// shared-device communicator gives the host communicator's bits: the same losses and final
+/// parameters, for the DiT and the GPT, in f32 and bf16.
+#[test]
+fn meshes_on_one_shared_device_equal_the_host_transport_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in [dit as fn(&std::path::Path, &[&str]) -> Config, gpt] {
+        for prec in [
+            &[][..],
+            &["training.param_dtype=\"bf16\"", "training.reduce_dtype=\"bf16\""][..],
+        ] {
+            for (name, dims) in ONE_DEVICE {
+                let mut m = mesh_sets(dims);
+                m.extend(prec.iter().map(|s| s.to_string()));
+                let sets: Vec<&str> = m.iter().map(String::as_str).collect();
+                let c = model(dir.path(), &sets);
+                let host = sharded(&c);
+                let dev = sharded_on_one_device(&c);
+                for (h, d) in host.iter().zip(&dev) {
+                    assert_eq!(h.losses, d.losses, "{name} {prec:?}: losses");
+                    assert!(h.params == d.params, "{name} {prec:?}: parameters");
+                }
+            }
+        }
+    }
+}

@@ -89,6 +89,13 @@ impl Backend for CpuBackend {
     fn share<'b>(v: &'b HostRef<'_>) -> HostRef<'b> {
         *v
     }
+    fn address(v: &HostRef<'_>) -> usize {
+        v.address()
+    }
+    unsafe fn view_at<'a>(address: usize, dtype: DType, len: usize) -> HostRef<'a> {
+        // SAFETY: the caller's contract.
+        unsafe { HostRef::at(address, dtype, len) }
+    }
     fn upload(&self, src: HostRef<'_>, mut dst: HostMut<'_>) -> Result<()> {
         copy_checked("upload", src, dst.rb())
     }

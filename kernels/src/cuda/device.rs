@@ -532,6 +532,17 @@ impl Backend for CudaBackend {
     fn share<'b>(v: &'b CudaRef<'_>) -> CudaRef<'b> {
         *v
     }
+    fn address(v: &CudaRef<'_>) -> usize {
+        v.ptr as usize
+    }
+    unsafe fn view_at<'a>(address: usize, dtype: DType, len: usize) -> CudaRef<'a> {
+        CudaRef {
+            ptr: address as CUdeviceptr,
+            dtype,
+            len,
+            _borrow: PhantomData,
+        }
+    }
     fn freeze<'b>(v: &'b CudaMut<'_>) -> CudaRef<'b> {
         CudaRef {
             ptr: v.ptr,

@@ -60,6 +60,18 @@ impl HostComm {
             worker: Mutex::new(None),
         }
     }
+    /// Every rank's `mine` (equal lengths), concatenated in rank order.
+    pub(crate) fn gather_bytes(&self, mine: &[u8]) -> Result<Vec<u8>> {
+        let mut all = vec![0u8; mine.len() * self.t.size()];
+        self.t.all_gather(mine, &mut all)?;
+        Ok(all)
+    }
+    pub(crate) fn send_bytes(&self, buf: &[u8], to: usize) -> Result<()> {
+        self.t.send(buf, to)
+    }
+    pub(crate) fn recv_bytes(&self, buf: &mut [u8], from: usize) -> Result<()> {
+        self.t.recv(buf, from)
+    }
     /// [`Comm::split`] keeping the concrete type.
     pub fn split_host(&self, color: usize, key: usize) -> Result<HostComm> {
         Ok(HostComm::new(self.t.split(color, key)?))

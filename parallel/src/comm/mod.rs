@@ -6,7 +6,8 @@
 //!
 //! Host memory (the CPU backend) is moved by a [`Transport`]: ranks as threads in one process
 //! ([`local`]) or processes over MPI ([`mpi`], feature `mpi`). On GPUs the NCCL communicator
-//! ([`nccl`], feature `cuda`) implements [`Comm`] directly on device memory.
+//! ([`nccl`], feature `cuda`) implements [`Comm`] directly on device memory, one rank per
+//! GPU; thread ranks that share one device use [`shared`] (copies in the device's memory).
 //!
 //! **Determinism.** Host reductions never use the transport's own reduction: a reduce-scatter
 //! is an all-to-all followed by a sum over the ranks' contributions in rank order, and an
@@ -20,6 +21,7 @@ pub mod local;
 pub mod mpi;
 #[cfg(any(feature = "cuda", feature = "cuda-12"))]
 pub mod nccl;
+pub mod shared;
 pub mod watch;
 
 pub use host::{HostComm, Transport};
