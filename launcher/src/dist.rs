@@ -6,6 +6,7 @@ use serde_json::json;
 use weft_kernels::CpuBackend;
 use weft_parallel::comm::local;
 use weft_parallel::comm::watch::{Activity, Watched};
+use weft_trainer::device::Device;
 use weft_trainer::mesh::check_mesh;
 use weft_trainer::train::{train_rank, RankOutcome};
 use weft_trainer::Config;
@@ -34,11 +35,14 @@ pub fn train(cfg: &Config) -> Result<()> {
         "{world} ranks as threads of this process (mesh {:?})",
         weft_trainer::mesh::mesh_of(cfg).sizes
     );
-    let outs = local::run(world, |rank, comm| {
-        let comm = watched(rank, comm);
-        crate::rankside::comm_check(&comm)?;
-        anyhow::Ok(train_rank(cfg, &comm, true)?)
-    })?;
+    let outs = match weft_trainer::device::resolve(cfg)? {
+        Device::Cpu => local::run(world, |rank, comm| {
+            let comm = watched(rank, comm);
+            crate::rankside::comm_check(&comm)?;
+            anyhow::Ok(train_rank(cfg, &comm, true)?)
+        })?,
+        Device::Cuda(n) => cuda::threads(cfg, n)?,
+    };
     for o in &outs {
         report_memory(o);
     }
@@ -53,7 +57,10 @@ fn train_mpi(cfg: &Config) -> Result<()> {
     let out = {
         let comm = watched(mpi.rank(), mpi.comm());
         crate::rankside::comm_check(&comm)?;
-        train_rank(cfg, &comm, true)?
+        match weft_trainer::device::resolve(cfg)? {
+            Device::Cpu => train_rank(cfg, &comm, true)?,
+            Device::Cuda(n) => cuda::nccl_rank(cfg, n, &mpi.comm(), &comm)?,
+        }
     };
     report_memory(&out);
     if out.rank == 0 {
@@ -65,6 +72,62 @@ fn train_mpi(cfg: &Config) -> Result<()> {
 #[cfg(not(feature = "mpi"))]
 fn train_mpi(_: &Config) -> Result<()> {
     bail!("this weft was built without the `mpi` feature; rebuild with `--features mpi` to run under mpirun/srun")
+}
+
+/// Ranks on CUDA devices ([`weft_trainer::on_cuda`]).
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+mod cuda {
+    use super::watched;
+    use anyhow::Result;
+    use weft_trainer::on_cuda;
+    use weft_trainer::train::{RankOutcome, TrainOptions};
+    use weft_trainer::Config;
+
+    const OPTS: TrainOptions = TrainOptions {
+        progress: false,
+        prefetch: true,
+    };
+
+    /// Every rank a thread of this process, all on device `n`.
+    pub fn threads(cfg: &Config, n: usize) -> Result<Vec<RankOutcome>> {
+        Ok(on_cuda::threads(cfg, n, OPTS, &|rank, host| {
+            let comm = watched(rank, host);
+            crate::rankside::comm_check(&comm).map_err(|e| weft_trainer::Error::Other(e.to_string()))?;
+            Ok(Box::new(comm))
+        })?)
+    }
+
+    /// This process as one MPI rank, on its node's device and NCCL.
+    #[cfg(feature = "mpi")]
+    pub fn nccl_rank(
+        cfg: &Config,
+        n: usize,
+        world: &weft_parallel::comm::HostComm,
+        control: &dyn weft_parallel::Comm<weft_kernels::CpuBackend>,
+    ) -> Result<RankOutcome> {
+        Ok(on_cuda::nccl_rank(cfg, n, world, control, OPTS)?)
+    }
+}
+
+/// Without CUDA support `training.device` never resolves to CUDA.
+#[cfg(not(any(feature = "cuda", feature = "cuda-12")))]
+mod cuda {
+    use anyhow::Result;
+    use weft_trainer::train::RankOutcome;
+    use weft_trainer::Config;
+
+    pub fn threads(_: &Config, _: usize) -> Result<Vec<RankOutcome>> {
+        unreachable!("device::resolve refuses CUDA in a build without it")
+    }
+    #[cfg(feature = "mpi")]
+    pub fn nccl_rank(
+        _: &Config,
+        _: usize,
+        _: &weft_parallel::comm::HostComm,
+        _: &dyn weft_parallel::Comm<weft_kernels::CpuBackend>,
+    ) -> Result<RankOutcome> {
+        unreachable!("device::resolve refuses CUDA in a build without it")
+    }
 }
 
 fn report_memory(o: &RankOutcome) {

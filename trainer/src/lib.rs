@@ -15,6 +15,8 @@ pub mod mesh;
 mod metrics;
 pub mod model;
 pub mod observe;
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+pub mod on_cuda;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -89,9 +89,12 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
             ),
         ));
     }
-    cpu_device(cfg)?;
-    let mut outs =
-        weft_parallel::comm::local::run(1, |_, comm| train_rank_on(cfg, &CpuBackend, &comm, &comm, opts))?;
+    let mut outs = match crate::device::check(cfg)? {
+        crate::device::Device::Cpu => {
+            weft_parallel::comm::local::run(1, |_, comm| train_rank_on(cfg, &CpuBackend, &comm, &comm, opts))?
+        }
+        crate::device::Device::Cuda(n) => on_cuda(cfg, n, opts)?,
+    };
     let o = outs.pop().expect("one rank");
     Ok(Summary {
         dir: cfg.run_dir(),
@@ -104,7 +107,8 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<Summary> {
 }
 
 /// Train on this rank of `world` on the CPU. Every rank of the mesh calls this with the same
-/// config.
+/// config. (Ranks on CUDA devices start through [`crate::on_cuda`], which needs a device data
+/// communicator.)
 pub fn train_rank(cfg: &Config, world: &dyn Comm<CpuBackend>, prefetch: bool) -> Result<RankOutcome> {
     cpu_device(cfg)?;
     let opts = TrainOptions {
@@ -114,21 +118,27 @@ pub fn train_rank(cfg: &Config, world: &dyn Comm<CpuBackend>, prefetch: bool) ->
     train_rank_on(cfg, &CpuBackend, world, world, opts)
 }
 
-/// The device `training.device` names, resolved once before any work: the CPU entry points
-/// run on `cpu`; a CUDA device that this machine has is refused until training on CUDA is
-/// wired (the embedding backward and the NCCL data communicator).
+/// Refuse a config whose `training.device` is not the CPU, for the entry points that run the
+/// CPU backend only (benchmarks of the CPU step, [`train_rank`]).
 pub fn cpu_device(cfg: &Config) -> Result<()> {
-    match crate::device::check(cfg)? {
+    match crate::device::resolve(cfg)? {
         crate::device::Device::Cpu => Ok(()),
         crate::device::Device::Cuda(n) => Err(Error::config(
             "training.device",
-            format!(
-                "cuda:{n} is present, but training on CUDA is not available yet (the CUDA \
-                 backend has no deterministic embedding backward, and the trainer does not yet \
-                 run its data communicator over NCCL); train with training.device = \"cpu\""
-            ),
+            format!("is cuda:{n}, but this entry point runs the CPU backend; set training.device = \"cpu\""),
         )),
     }
+}
+
+/// One process on CUDA device `n`.
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+fn on_cuda(cfg: &Config, n: usize, opts: TrainOptions) -> Result<Vec<RankOutcome>> {
+    crate::on_cuda::threads(cfg, n, opts, &|_, host| Ok(Box::new(host)))
+}
+
+#[cfg(not(any(feature = "cuda", feature = "cuda-12")))]
+fn on_cuda(_: &Config, _: usize, _: TrainOptions) -> Result<Vec<RankOutcome>> {
+    unreachable!("device::check refuses CUDA in a build without it")
 }
 
 /// Train on this rank with backend `be`: `control` carries host scalars and decisions, `data`
@@ -540,15 +550,4 @@ fn checkpoints<B: Ops>(
     });
     let saver = Checkpointer::new(cfg, layout, map, rank, world.size(), head).with_attempt(chosen[1] as u64);
     Ok((start, saver))
-}
-
-/// The models and this loop instantiated on the CUDA backend: a build with CUDA support fails
-/// here unless `CudaBackend` implements every op family the models need.
-#[cfg(any(feature = "cuda", feature = "cuda-12"))]
-#[allow(dead_code)]
-fn cuda_instances() {
-    use weft_kernels::cuda::CudaBackend;
-    let _ = crate::model::Dit::<CudaBackend>::new;
-    let _ = crate::model::Gpt::<CudaBackend>::new;
-    let _ = train_rank_on::<CudaBackend>;
 }

@@ -53,6 +53,10 @@ impl NcclComm {
     /// Create the world communicator. `host` is the bootstrap group (same ranks), used once
     /// to share rank 0's unique id.
     pub fn world(be: &CudaBackend, host: HostComm) -> Result<NcclComm> {
+        // NCCL binds the communicator to the device current on this thread.
+        be.context()
+            .bind_to_thread()
+            .map_err(|e| Error::Comm(format!("binding the rank's device: {e}")))?;
         Self::init(be.stream().cu_stream() as sys::cudaStream_t, host)
     }
 
