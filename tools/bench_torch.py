@@ -1,9 +1,14 @@
-"""PyTorch (CPU) side of `weft bench step`: the same DiT and GPT training step as weft
-(forward, backward, AdamW) on random data, timed; prints one JSON object.
+"""PyTorch side of `weft bench step` and `weft bench mfu`: the same DiT and GPT training step
+as weft (forward, backward, clipping, AdamW) on random data, timed; prints one JSON object.
 
-    python3 tools/bench_torch.py '{"dit": {...}, "gpt": {...}, "steps": 10}'
+    python3 tools/bench_torch.py '{"dit": {...}, "gpt": {...}, "steps": 10}'       # bench step (CPU)
+    python3 tools/bench_torch.py '{"mfu": {"kind": "dit", "model": {...}, "batch": 8,
+        "grad_accum": 1, "steps": 10, "device": "cuda", "dtype": "bf16", "compile": true}}'
 
-Exits with status 3 and a message when PyTorch is not installed.
+`bench mfu` runs eager (bf16 compute under autocast over f32 weights, as weft's mixed
+precision) and, when asked, `torch.compile` of the same model; a compile failure is reported,
+not fatal. Exits with status 3 and a message when PyTorch (or its CUDA support, for a CUDA
+run) is missing.
 """
 
 import json
@@ -77,13 +82,14 @@ class Dit(torch.nn.Module):
         hd = c // m["heads"]
         n = (t // s.p[0]) * (h // s.p[1]) * (w // s.p[2])
         ang = torch.rand(n, hd // 2)
-        s.cos, s.sin = ang.cos(), ang.sin()
+        s.register_buffer("cos", ang.cos(), persistent=False)
+        s.register_buffer("sin", ang.sin(), persistent=False)
 
     def forward(s, x, tt, y):
         b, t, h, w, c = x.shape
         pt, ph, pw = s.p
         tok = x.view(b, t // pt, pt, h // ph, ph, w // pw, pw, c).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, pt * ph * pw * c)
-        f = torch.exp(-math.log(10000) * torch.arange(128) / 128)[None] * (tt[:, None] * 1000)
+        f = torch.exp(-math.log(10000) * torch.arange(128, device=tt.device) / 128)[None] * (tt[:, None] * 1000)
         cond = s.t2(F.silu(s.t1(torch.cat([f.cos(), f.sin()], -1)))) + s.y(y)
         sc = F.silu(cond)
         z = s.x_embed(tok)
@@ -118,7 +124,8 @@ class Gpt(torch.nn.Module):
         s.head = None if m["tie_embeddings"] else torch.nn.Linear(c, v, bias=False)
         hd = c // m["heads"]
         ang = torch.arange(m["seq_len"])[:, None] * 10000 ** (-2 * torch.arange(hd // 2)[None] / hd)
-        s.cos, s.sin = ang.cos(), ang.sin()
+        s.register_buffer("cos", ang.cos(), persistent=False)
+        s.register_buffer("sin", ang.sin(), persistent=False)
         s.z = m["z_loss"]
 
     def forward(s, ids, targets):
@@ -149,8 +156,70 @@ def bench(model, make_batch, loss_fn, steps):
     return times[len(times) // 2]
 
 
+def bench_on(model, make_batch, loss_fn, steps, accum, device, dtype):
+    """Median seconds of a training step (accum micro-batches) on `device`."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    amp = dtype == "bf16"
+    times = []
+    for i in range(steps + 2):
+        batches = [make_batch() for _ in range(accum)]
+        sync()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        for b in batches:
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(model, b) / accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sync()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def mfu(spec):
+    device = spec["device"]
+    if device == "cuda" and not torch.cuda.is_available():
+        print("this PyTorch has no CUDA device", file=sys.stderr)
+        sys.exit(3)
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    m, b, kind = spec["model"], spec["batch"], spec["kind"]
+    dev = torch.device(device)
+    if kind == "dit":
+        make = lambda: Dit(m)
+        mk = lambda: (
+            torch.randn(b, *m["latent"], device=dev),
+            torch.rand(b, device=dev),
+            torch.randint(0, m["num_classes"], (b,), device=dev),
+            torch.randn(b, *m["latent"], device=dev),
+        )
+        lf = lambda mod, x: F.mse_loss(mod(x[0], x[1], x[2]).float(), x[3])
+    else:
+        make = lambda: Gpt(m)
+        v, t = m["vocab_size"], m["seq_len"]
+        mk = lambda: (torch.randint(0, v, (b, t), device=dev), torch.randint(0, v, (b, t), device=dev))
+        lf = lambda mod, x: mod(*x)
+    out = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+    args = (spec["steps"], spec.get("grad_accum", 1), device, spec["dtype"])
+    model = make().to(dev)
+    out["eager_step_s"] = bench_on(model, mk, lf, *args)
+    if spec.get("compile"):
+        try:
+            out["compile_step_s"] = bench_on(torch.compile(model), mk, lf, *args)
+        except Exception as e:  # a compiler failure is a result to report, not a crash
+            out["compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    print(json.dumps(out))
+
+
 def main():
     spec = json.loads(sys.argv[1])
+    if "mfu" in spec:
+        return mfu(spec["mfu"])
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -5,8 +5,8 @@
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
-use weft_kernels::{Backend, CpuBackend};
-use weft_parallel::comm::local;
+use weft_kernels::{Backend, CpuBackend, Ops};
+use weft_parallel::comm::shared::{self, SharedComm};
 use weft_trainer::config::ModelConfig;
 use weft_trainer::data::{shapes::Shapes, Source, Split};
 use weft_trainer::job::Precision;
@@ -31,24 +31,32 @@ pub struct StepBenchArgs {
     pub python: String,
 }
 
-/// Median seconds of `steps` weft training steps (after 2 warm-up steps): the trainer's own
-/// [`Step`] on a mesh of one, with the model `make` builds and batches from `src`.
-fn weft_steps<M, S>(cfg: &Config, make: impl Fn() -> Result<M> + Sync, src: &S, steps: usize) -> Result<f64>
+/// Median seconds of `steps` weft training steps (after 2 warm-up steps) on `be`: the
+/// trainer's own [`Step`] on a mesh of one, with the model `make` builds and batches from
+/// `src`. The data communicator is the shared-device one, so any backend runs it.
+pub(crate) fn weft_steps<B, M, S>(
+    cfg: &Config,
+    be: &B,
+    make: impl Fn() -> Result<M> + Sync,
+    src: &S,
+    steps: usize,
+) -> Result<f64>
 where
-    M: Model<CpuBackend>,
+    B: Ops,
+    M: Model<B>,
     S: Source<Batch = M::Batch> + Sync,
 {
-    let mut times = local::run(1, |_, comm| {
-        let be = CpuBackend::new();
+    let mut times = shared::run(1, |_, control, data: SharedComm<B>| {
         let mesh = check_mesh(cfg, 1)?;
-        let (groups, _) = Groups::split(&mesh, &comm, &comm)?;
+        let (groups, _) = Groups::split(&mesh, &control, &data)?;
         let mut model = make()?;
         let layout = cfg.parametrize(model.layout().clone());
-        let mut st = Step::new(cfg, &be, &groups, (mesh, 0), &layout, true)?;
+        let mut st = Step::new(cfg, be, &groups, (mesh, 0), &layout, true)?;
         let mut times = vec![];
         for i in 0..steps + 2 {
             let t0 = Instant::now();
-            st.run(cfg, &be, &mut model, src, i as u64)?;
+            st.run(cfg, be, &mut model, src, i as u64)?;
+            be.synchronize()?;
             if i >= 2 {
                 times.push(t0.elapsed().as_secs_f64());
             }
@@ -61,9 +69,9 @@ where
 }
 
 /// Tokens that need no file: a fixed pattern per sample index.
-struct SyntheticTokens {
-    seq_len: usize,
-    vocab: u64,
+pub(crate) struct SyntheticTokens {
+    pub seq_len: usize,
+    pub vocab: u64,
 }
 
 impl Source for SyntheticTokens {
@@ -99,14 +107,14 @@ pub fn step(a: &StepBenchArgs) -> Result<()> {
     };
     let prec = |c: &Config| Precision::of(c).param;
     let dit = || Ok(Dit::new(&be, dm, db, prec(&dc), false)?);
-    let dit_s = weft_steps(&dc, dit, &shapes, a.steps)?;
+    let dit_s = weft_steps(&dc, &be, dit, &shapes, a.steps)?;
     let n = gb * gm.seq_len;
     let tokens = SyntheticTokens {
         seq_len: gm.seq_len,
         vocab: gm.vocab_size as u64,
     };
     let gpt = || Ok(Gpt::new(&be, gm, gb, prec(&gc), false)?);
-    let gpt_s = weft_steps(&gc, gpt, &tokens, a.steps)?;
+    let gpt_s = weft_steps(&gc, &be, gpt, &tokens, a.steps)?;
     println!(
         "weft    {}: DiT {:.1} ms/step ({:.0} clips/s), GPT {:.1} ms/step ({:.0} tokens/s)",
         be.name(),

@@ -4,6 +4,7 @@ mod attempt;
 mod bench;
 mod bench_ckpt;
 mod bench_fsdp;
+mod bench_mfu;
 mod bench_step;
 mod ckpt;
 mod commands;
@@ -84,6 +85,9 @@ enum BenchWhat {
     Kernels(bench::KernelBenchArgs),
     /// One training step of the tiny DiT and GPT, in weft and in PyTorch (same run).
     Step(bench_step::StepBenchArgs),
+    /// A config's training step on its device: steps/s, tokens/s, TFLOP/s and MFU against the
+    /// device's measured GEMM peak, next to the same model in PyTorch (same run).
+    Mfu(bench_mfu::MfuBenchArgs),
     /// How much FSDP all-gather time is hidden behind compute, on MPI ranks.
     Fsdp(bench_fsdp::FsdpBenchArgs),
     /// Training stall per checkpoint (background vs synchronous save) and write speed vs the
@@ -134,6 +138,9 @@ fn run() -> Result<()> {
         Command::Bench {
             what: BenchWhat::Step(args),
         } => bench_step::step(&args),
+        Command::Bench {
+            what: BenchWhat::Mfu(args),
+        } => bench_mfu::mfu(&args),
         Command::Bench {
             what: BenchWhat::Fsdp(args),
         } => bench_fsdp::fsdp(&args),

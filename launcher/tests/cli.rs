@@ -317,3 +317,68 @@ fn a_cuda_device_this_machine_lacks_is_refused_before_any_rank_starts() {
         assert_eq!(err.contains(&want), !ok, "{device}: {err}");
     }
 }
+
+/// `weft bench mfu` on the CPU backend: the step's rate against the GEMM peak measured in the
+/// same run, its JSON, and the PyTorch side through the script protocol (here a stand-in
+/// script that reports a fixed step time, so the ratio column is checked exactly; the real
+/// `tools/bench_torch.py` needs PyTorch, which it reports as missing with status 3).
+#[test]
+fn mfu_benchmark_reports_the_step_against_the_measured_peak_and_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = format!("job.out_dir=\"{}\"", dir.path().display());
+    let torch = dir.path().join("torch.py");
+    std::fs::write(
+        &torch,
+        "import json, sys\nspec = json.loads(sys.argv[1])['mfu']\n\
+         assert spec['kind'] == 'gpt' and spec['device'] == 'cpu' and spec['dtype'] == 'f32'\n\
+         assert spec['batch'] == 2 and spec['steps'] == 1 and spec['model']['width'] > 0\n\
+         print(json.dumps({'torch': 'stand-in', 'eager_step_s': 10.0}))\n",
+    )
+    .unwrap();
+    let out = weft(&[
+        "bench",
+        "mfu",
+        "../configs/gpt-tiny.toml",
+        "--steps",
+        "1",
+        "--set",
+        &out_dir,
+        "--set",
+        "training.micro_batch=2",
+        "--script",
+        torch.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("GEMM peak on this device"), "{text}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("gpt-tiny/bench_mfu.json")).unwrap())
+            .unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{j}");
+    let (weft, torch) = (&rows[0], &rows[1]);
+    assert_eq!(weft["name"], "weft");
+    let (step, flops, peak) = (
+        weft["step_s"].as_f64().unwrap(),
+        j["flops_per_step"].as_f64().unwrap(),
+        j["peak_flops"].as_f64().unwrap(),
+    );
+    assert!(step > 0.0 && flops > 0.0 && peak > 0.0, "{j}");
+    let mfu = weft["mfu"].as_f64().unwrap();
+    assert!((mfu - flops / step / peak).abs() < 1e-9 * mfu, "{j}");
+    assert!(mfu > 0.0 && mfu < 1.0, "MFU {mfu} outside (0, 1): {j}");
+    assert_eq!(j["samples_per_step"], 2);
+    let tokens = weft["tokens_per_s"].as_f64().unwrap();
+    assert!((tokens - 2.0 * j["tokens_per_sample"].as_f64().unwrap() / step).abs() < 1e-6 * tokens);
+    // The stand-in's 10 s step: weft's speed-up over it is 10 s / weft's step.
+    assert_eq!(torch["step_s"], 10.0);
+    assert!((torch["weft_speedup"].as_f64().unwrap() - 10.0 / step).abs() < 1e-9 * 10.0 / step);
+    assert!(
+        text.lines().any(|l| l.starts_with("PyTorch eager stand-in")),
+        "{text}"
+    );
+}

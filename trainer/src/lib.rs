@@ -13,6 +13,7 @@ pub mod layout;
 pub mod memory;
 pub mod mesh;
 mod metrics;
+pub use metrics::{measure_peak, Peak};
 pub mod model;
 pub mod observe;
 #[cfg(any(feature = "cuda", feature = "cuda-12"))]
