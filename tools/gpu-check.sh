@@ -15,13 +15,17 @@
 #      attention throughput;
 #   3. where PyTorch imports and sees the GPU, tools/gpu_attention_torch.py on the same
 #      attention shapes (DIR/torch_attention.json);
-#   4. weft and PyTorch side by side (DIR/attention_side_by_side.txt), and a summary of what
-#      ran (DIR/summary.txt).
+#   4. weft and PyTorch side by side (DIR/attention_side_by_side.txt);
+#   5. training on the GPU against the CPU backend (tools/gpu_train_check.py): the mesh matrix
+#      on thread ranks sharing the GPU, and dit-tiny in bf16 (DIR/train_check.txt/.json);
+#   6. `weft bench mfu` of dit-1b and llama-1b in bf16 on the GPU, next to PyTorch eager on the
+#      same model (DIR/mfu-*.log, DIR/mfu/*/bench_mfu.json); and a summary of what ran
+#      (DIR/summary.txt).
 # Exit status: 0 when the self-test passed and every step ran, 1 otherwise, 2 on bad usage.
 
 set -u
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 
 weft="${WEFT:-./weft}"
 out="${OUT:-./gpu-check-out}"
@@ -100,9 +104,9 @@ fi
 # 2. weft's own self-test (it stops starting cases after --max-seconds and lists the rest).
 selftest_json="$out/selftest.json"
 rm -f "$selftest_json"
-max_s=$(( $(limit 280) - 40 ))
+max_s=$(( $(limit 190) - 30 ))
 [ "$max_s" -lt 10 ] && max_s=10
-run "weft selftest gpu" 280 "$out/selftest.log" \
+run "weft selftest gpu" 190 "$out/selftest.log" \
     "$weft" selftest gpu ${quick[@]+"${quick[@]}"} --max-seconds "$max_s" --out "$selftest_json" || status=1
 [ -f "$selftest_json" ] || note "weft selftest gpu: wrote no JSON"
 
@@ -121,11 +125,11 @@ elif [ ! -f "$torch_py" ]; then
 else
     shapes=()
     [ -f "$selftest_json" ] && shapes=(--shapes-from "$selftest_json")
-    torch_max=$(( $(limit 120) - 30 ))
+    torch_max=$(( $(limit 70) - 20 ))
     [ "$torch_max" -lt 10 ] && torch_max=10
     min_ms=300
     [ ${#quick[@]} -gt 0 ] && min_ms=20
-    run "pytorch sdpa" 120 "$out/torch_attention.log" \
+    run "pytorch sdpa" 70 "$out/torch_attention.log" \
         python3 "$torch_py" --out "$torch_json" ${shapes[@]+"${shapes[@]}"} --max-seconds "$torch_max" --min-ms "$min_ms" || status=1
 fi
 
@@ -139,6 +143,29 @@ else
     note "side by side: not run (needs the self-test JSON and python3)"
 fi
 
+# 5. Training on the GPU against the CPU backend.
+if command -v python3 >/dev/null 2>&1 && [ -f "$here/gpu_train_check.py" ]; then
+    train_max=$(( $(limit 120) - 10 ))
+    [ "$train_max" -lt 10 ] && train_max=10
+    run "training on the gpu" 120 "$out/train_check.log" \
+        python3 "$here/gpu_train_check.py" --weft "$weft" --out "$out" --config "$here/../configs/dit-tiny.toml" \
+        --max-seconds "$train_max" ${quick[@]+"${quick[@]}"} || status=1
+else
+    note "training on the gpu: not run (needs python3 and $here/gpu_train_check.py)"
+    status=1
+fi
+
+# 6. MFU of the 1B models in bf16, next to PyTorch eager.
+mfu_steps=5
+[ ${#quick[@]} -gt 0 ] && mfu_steps=1
+for model in dit-1b llama-1b; do
+    run "bench mfu $model" 45 "$out/mfu-$model.log" \
+        "$weft" bench mfu "$here/../configs/$model.toml" --steps "$mfu_steps" \
+        --script "$here/bench_torch.py" \
+        --set 'training.device="cuda"' --set 'training.param_dtype="bf16"' \
+        --set "job.out_dir=\"$out/mfu\"" || status=1
+done
+
 note "gpu-check: $((SECONDS - start)) s; $([ $status -eq 0 ] && echo 'everything ran and passed' || echo 'NOT everything ran or passed (see above)')"
-note "results in $out: summary.txt, selftest.json/.log, torch_attention.json/.log, attention_side_by_side.txt"
+note "results in $out: summary.txt, selftest.json/.log, torch_attention.json/.log, attention_side_by_side.txt, train_check.txt/.json, mfu-*.log, mfu/*/bench_mfu.json"
 exit $status
