@@ -3,12 +3,16 @@
 // kernels/src/cpu/embed.rs. Activations are f32 or bf16 (loaded, computed in f32, rounded once
 // when stored); timesteps `t` and their gradient `dt` are f32 in both variants; ids are i32.
 //
-// The embedding backward is a deterministic scatter-add without atomics. The host gives the
-// token ids sorted: `sorted_ids (N)`, the ids in ascending order, and `positions (N)`, the token
-// index of each, ascending among equal ids (a stable sort of (id, position) pairs; the
-// host holds the ids it uploaded). One block per sorted entry: the block that starts a run of
-// equal ids owns that table row and adds the run's `dout` rows into it in position order — the
-// CPU's token order, so the result equals the CPU's bit for bit — each thread owning channels.
+// The embedding backward is a deterministic scatter-add without atomics, on the device alone.
+// The ids are sorted first: `sort_keys_pack` packs token i's id and position into one key,
+// `((u64)(u32)ids[i] << 32) | i`, and pads the keys to P = the next power of two with ~0; a
+// bitonic sort (`sort_keys_tile`, `sort_keys_step`, `sort_keys_merge`, launched in the order
+// kernels/src/cuda/sort.rs plans) puts them in ascending order. Positions are unique, so every
+// correct sort gives the same order: by id, then by position (a stable sort of the ids). Negative
+// ids become large u32 and sort last; padding (id 0xffffffff) sorts after every token.
+// The backward then runs one block per sorted key: the block that starts a run of equal ids
+// owns that table row and adds the run's `dout` rows into it in position order — the CPU's token
+// order, so the result equals the CPU's bit for bit — each thread owning channels.
 
 #include "prelude.cuh"
 
@@ -35,24 +39,129 @@ extern "C" __global__ void embedding_forward_bf16(bf16* out, const int* ids, con
     embed_fwd(out, ids, table, n, v, c);
 }
 
-// dtable[id] += sum of dout[p] over the run of `id` in sorted order, in f32, rounded once.
-// Entries with an id outside [0, V) or a position outside [0, N) are skipped.
-// Launch: grid (N) (any grid works: blocks stride over the sorted entries), block (256; any
-// multiple of 32), no dynamic shared memory.
+// ---- the key sort ----------------------------------------------------------------------------
+
+// Keys per tile of the sort: a tile is sorted (and a stage's last steps are merged) in shared
+// memory by TILE / 2 threads, one compare-exchange each per step. The emulated tests build this
+// file with a small tile to reach the global and merge kernels at small sizes; the host's plan
+// (kernels/src/cuda/sort.rs, TILE) uses the default.
+#ifndef WEFT_SORT_TILE
+#define WEFT_SORT_TILE 2048
+#endif
+#define SORT_TILE WEFT_SORT_TILE
+
+// keys[i] = (id << 32) | i for i < N (the id as u32), ~0 for N <= i < P.
+// Launch: grid (ceil(P / 256)), block (256), no dynamic shared memory.
+extern "C" __global__ void sort_keys_pack(u64* keys, const int* ids, u64 n, u64 p) {
+    const u64 i = grid_index();
+    if (i >= p) return;
+    keys[i] = i < n ? ((u64)(u32)ids[i] << 32) | i : ~0ull;
+}
+
+// The pair of step `j` (a power of two) that pair number `t` names: its lower index has bit j
+// clear, its partner is that index + j.
+__device__ __forceinline__ u64 bitonic_low(u64 t, u64 j) {
+    return ((t & ~(j - 1)) << 1) | (t & (j - 1));
+}
+
+// Orders keys a (at global index g) and b (at g + j) for stage k: ascending where bit k of g is
+// clear, descending where it is set — a function of the global index, so the tile, step and
+// merge kernels agree on every stage.
+__device__ __forceinline__ void bitonic_order(u64& a, u64& b, u64 g, u64 k) {
+    const bool ascending = (g & k) == 0;
+    if ((a > b) == ascending) {
+        const u64 t = a;
+        a = b;
+        b = t;
+    }
+}
+
+// Steps j = from, from / 2, ..., 1 of stage k on the `m` keys of `s` (shared memory) that start
+// at global index `base`: the block's threads order the m / 2 pairs of each step (one each with
+// TILE / 2 threads), and every thread reaches every barrier.
+__device__ __forceinline__ void tile_steps(u64* s, u64 base, u64 m, u64 k, u64 from) {
+    for (u64 j = from; j > 0; j >>= 1) {
+        for (u64 t = threadIdx.x; t < m / 2; t += blockDim.x) {
+            const u64 i = bitonic_low(t, j);
+            bitonic_order(s[i], s[i + j], base + i, k);
+        }
+        __syncthreads();
+    }
+}
+
+// Copies the `m` keys at `base` into shared memory (two per thread with TILE / 2 threads).
+__device__ __forceinline__ void tile_load(u64* s, const u64* keys, u64 base, u64 m) {
+    for (u64 i = threadIdx.x; i < m; i += blockDim.x) s[i] = keys[base + i];
+    __syncthreads();
+}
+
+// Copies them back (after tile_steps' last barrier).
+__device__ __forceinline__ void tile_store(u64* keys, const u64* s, u64 base, u64 m) {
+    for (u64 i = threadIdx.x; i < m; i += blockDim.x) keys[base + i] = s[i];
+}
+
+// Stages k = 2, 4, ..., min(P, TILE) on each tile of TILE keys (all of them when P < TILE):
+// afterwards each tile is sorted, ascending or descending by bit TILE of its index (P <= TILE:
+// all P keys ascending).
+// Launch: grid (ceil(P / TILE)), block (TILE / 2; at most that), no dynamic shared memory
+// (8·TILE bytes static).
+extern "C" __global__ void __launch_bounds__(SORT_TILE / 2) sort_keys_tile(u64* keys, u64 p) {
+    __shared__ u64 s[SORT_TILE];
+    const u64 base = (u64)blockIdx.x * SORT_TILE;
+    if (base >= p) return;
+    const u64 m = p - base < SORT_TILE ? p - base : SORT_TILE;
+    tile_load(s, keys, base, m);
+    for (u64 k = 2; k <= m; k <<= 1) tile_steps(s, base, m, k, k / 2);
+    tile_store(keys, s, base, m);
+}
+
+// Step j of stage k (TILE <= j < k, pairs in different tiles): thread t orders pair t.
+// Launch: grid (ceil(P / 2 / 256)), block (256), no dynamic shared memory.
+extern "C" __global__ void sort_keys_step(u64* keys, u64 p, u64 k, u64 j) {
+    const u64 t = grid_index();
+    if (t >= p / 2) return;
+    const u64 i = bitonic_low(t, j);
+    u64 a = keys[i], b = keys[i + j];
+    bitonic_order(a, b, i, k);
+    keys[i] = a;
+    keys[i + j] = b;
+}
+
+// Steps j = TILE / 2, ..., 1 of stage k (k > TILE, after its steps j >= TILE), each tile in
+// shared memory.
+// Launch: grid (P / TILE), block (TILE / 2; at most that), no dynamic shared memory (8·TILE
+// bytes static).
+extern "C" __global__ void __launch_bounds__(SORT_TILE / 2) sort_keys_merge(u64* keys, u64 p,
+                                                                           u64 k) {
+    __shared__ u64 s[SORT_TILE];
+    const u64 base = (u64)blockIdx.x * SORT_TILE;
+    if (base + SORT_TILE > p) return;
+    tile_load(s, keys, base, SORT_TILE);
+    tile_steps(s, base, SORT_TILE, k, SORT_TILE / 2);
+    tile_store(keys, s, base, SORT_TILE);
+}
+
+// ---- the backward -----------------------------------------------------------------------------
+
+// dtable[id] += sum of dout[p] over the run of `id` in the sorted keys (id in the high, p in the
+// low 32 bits), in position order, in f32, rounded once. Keys with an id >= V (as u32: negative
+// ids too) or a position >= N are skipped; only keys[0..N) are read.
+// Launch: grid (min(N, 2^31 - 1)) (any grid works: blocks stride over the keys), block (256;
+// any multiple of 32), no dynamic shared memory.
 template <class G, class T>
-__device__ __forceinline__ void embed_bwd(G* dtable, const T* dout, const int* sorted_ids,
-                                          const int* positions, u64 n, u64 v, u64 c) {
+__device__ __forceinline__ void embed_bwd(G* dtable, const T* dout, const u64* keys, u64 n, u64 v,
+                                          u64 c) {
     for (u64 j = blockIdx.x; j < n; j += gridDim.x) {
-        const int id = sorted_ids[j];
-        if ((j > 0 && sorted_ids[j - 1] == id) || id < 0 || (u64)id >= v) continue;
+        const u64 id = keys[j] >> 32;
+        if ((j > 0 && (keys[j - 1] >> 32) == id) || id >= v) continue;
         u64 end = j + 1;
-        while (end < n && sorted_ids[end] == id) ++end;
-        G* row = dtable + (u64)id * c;
+        while (end < n && (keys[end] >> 32) == id) ++end;
+        G* row = dtable + id * c;
         for (u64 ch = threadIdx.x; ch < c; ch += blockDim.x) {
             float acc = load_f32(row, ch);
             for (u64 k = j; k < end; ++k) {
-                const int p = positions[k];
-                if (p >= 0 && (u64)p < n) acc += load_f32(dout, (u64)p * c + ch);
+                const u64 p = keys[k] & 0xffffffffull;
+                if (p < n) acc += load_f32(dout, p * c + ch);
             }
             store_f32(row, ch, acc);
         }
@@ -60,23 +169,19 @@ __device__ __forceinline__ void embed_bwd(G* dtable, const T* dout, const int* s
 }
 
 extern "C" __global__ void embedding_backward_f32(float* dtable, const float* dout,
-                                                  const int* sorted_ids, const int* positions,
-                                                  u64 n, u64 v, u64 c) {
-    embed_bwd(dtable, dout, sorted_ids, positions, n, v, c);
+                                                  const u64* keys, u64 n, u64 v, u64 c) {
+    embed_bwd(dtable, dout, keys, n, v, c);
 }
 
 extern "C" __global__ void embedding_backward_bf16(bf16* dtable, const bf16* dout,
-                                                   const int* sorted_ids, const int* positions,
-                                                   u64 n, u64 v, u64 c) {
-    embed_bwd(dtable, dout, sorted_ids, positions, n, v, c);
+                                                   const u64* keys, u64 n, u64 v, u64 c) {
+    embed_bwd(dtable, dout, keys, n, v, c);
 }
 
 // An f32 table gradient of a bf16 call.
 extern "C" __global__ void embedding_backward_f32_bf16(float* dtable, const bf16* dout,
-                                                       const int* sorted_ids,
-                                                       const int* positions, u64 n, u64 v,
-                                                       u64 c) {
-    embed_bwd(dtable, dout, sorted_ids, positions, n, v, c);
+                                                       const u64* keys, u64 n, u64 v, u64 c) {
+    embed_bwd(dtable, dout, keys, n, v, c);
 }
 
 // Video (B, T, H, W, C) <-> tokens (B, T/pt·H/ph·W/pw, pt·ph·pw·C), tokens ordered (t, h, w),

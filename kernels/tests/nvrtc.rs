@@ -102,6 +102,10 @@ const BUDGETS: &[(&str, u32)] = &[
     // kernels/cuda/embed.cu
     ("embedding_forward_f32", 24),
     ("embedding_forward_bf16", 24),
+    ("sort_keys_pack", 16),
+    ("sort_keys_tile", 32),
+    ("sort_keys_step", 24),
+    ("sort_keys_merge", 24),
     ("embedding_backward_f32", 40),
     ("embedding_backward_bf16", 40),
     ("embedding_backward_f32_bf16", 40),

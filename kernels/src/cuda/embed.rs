@@ -2,21 +2,25 @@
 //! activations, f32 timesteps, i32 ids, with the CPU backend's argument checks.
 //!
 //! Ids are read on the device only: an id outside `0..V`, which the CPU refuses with
-//! [`crate::Error::Index`], gives a zero row here (reading them would wait for the device).
-//! The embedding backward is refused: see [`EMBEDDING_BACKWARD`].
+//! [`crate::Error::Index`], gives a zero row in the lookup and is skipped by the backward here
+//! (reading them would wait for the device).
+//!
+//! The embedding backward sorts the tokens by (id, position) on the device — packed `u64` keys
+//! in scratch memory, a bitonic sort launched as [`super::sort::plan`] says — and then adds each
+//! table row's `dout` rows in token order, as the CPU does: deterministic, without atomics, and
+//! equal to the CPU bit for bit.
 
-use super::device::{suffix, CudaBackend, CudaMut, CudaRef, KArg, CUDA_FLOATS};
+use super::device::{grid_dim, suffix, CudaBackend, CudaMut, CudaRef, KArg, CUDA_FLOATS};
 use super::modules::Module;
+use super::sort;
+use crate::backend::Slice;
 use crate::ops::{check, EmbedOps, EmbeddingDims, PatchDims, TimestepDims};
 use crate::{DType, Error, Result};
+use cudarc::driver::LaunchConfig;
 
-/// Why `embedding_backward` has no CUDA launch: embed.cu's deterministic scatter-add takes the
-/// ids sorted (`sorted_ids`, `positions`), sorted by a host that holds them; the op receives
-/// the ids in device memory, and neither a device sort nor an unsorted deterministic kernel
-/// exists to bridge the two (reading the ids back would wait for the device inside an op).
-pub(crate) const EMBEDDING_BACKWARD: &str = "not supported on the CUDA backend: embed.cu's \
-     embedding_backward kernels take the ids sorted on the host (sorted_ids, positions), while \
-     the op's ids are in device memory and embed.cu has no kernel that sorts them there";
+/// The most tokens one `embedding_backward` sorts: a key holds a token's position in 32 bits,
+/// and position `u32::MAX` would tie with the padding keys.
+const MAX_TOKENS: usize = u32::MAX as usize - 1;
 
 impl CudaBackend {
     /// One of the four patch permutations, one thread per element.
@@ -76,10 +80,59 @@ impl EmbedOps for CudaBackend {
         d: EmbeddingDims,
     ) -> Result<()> {
         const OP: &str = "embedding_backward";
-        check::embedding_backward(CUDA_FLOATS, &dtable, &dout, &ids, &d)?;
-        Err(Error::Cuda {
-            op: OP,
-            msg: EMBEDDING_BACKWARD.into(),
+        let dt = check::embedding_backward(CUDA_FLOATS, &dtable, &dout, &ids, &d)?;
+        if d.n > MAX_TOKENS {
+            return Err(Error::Invalid {
+                op: OP,
+                what: "n",
+                why: format!(
+                    "{} tokens: the CUDA backend sorts at most {MAX_TOKENS} (a token's position \
+                     is a 32-bit key)",
+                    d.n
+                ),
+            });
+        }
+        if d.n == 0 {
+            return Ok(());
+        }
+        let kernel = match (dtable.dtype(), dt) {
+            (DType::F32, DType::BF16) => format!("{OP}_f32_bf16"),
+            _ => format!("{OP}_{}", suffix(dt)),
+        };
+        let (n, p) = (d.n as u64, sort::padded_len(d.n as u64));
+        self.with_scratch(p as usize * 8, |keys| {
+            let args = [KArg::U64(keys), KArg::U64(ids.ptr), KArg::U64(n), KArg::U64(p)];
+            // SAFETY: the scratch holds P keys, `ids` N i32 (checked); one thread per key.
+            unsafe { self.launch_1d(OP, Module::Embed, "sort_keys_pack", p as usize, &args)? };
+            for l in sort::plan(p, sort::TILE) {
+                let cfg = LaunchConfig {
+                    grid_dim: (grid_dim(OP, "n", l.grid as usize)?, 1, 1),
+                    block_dim: (l.block, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut args = vec![KArg::U64(keys)];
+                args.extend(l.scalars().into_iter().map(KArg::U64));
+                // SAFETY: the scratch holds the plan's P keys; the plan's grid and block are
+                // the kernel's `// Launch:` line for TILE (embed.cu's default, sort::TILE).
+                unsafe { self.launch(OP, Module::Embed, l.kernel(), cfg, &args)? };
+            }
+            let cfg = LaunchConfig {
+                // Blocks stride over the keys: any grid is valid.
+                grid_dim: (d.n.min(i32::MAX as usize) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let args = [
+                KArg::U64(dtable.ptr),
+                KArg::U64(dout.ptr),
+                KArg::U64(keys),
+                KArg::U64(n),
+                KArg::U64(d.v as u64),
+                KArg::U64(d.c as u64),
+            ];
+            // SAFETY: `dtable` holds V·C and `dout` N·C elements (checked), the scratch N
+            // sorted keys (read up to N); the kernel skips ids >= V and positions >= N.
+            unsafe { self.launch(OP, Module::Embed, &kernel, cfg, &args) }
         })
     }
 

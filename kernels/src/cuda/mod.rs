@@ -11,6 +11,9 @@
 //! Kernels: one NVRTC module per `kernels/cuda/*.cu` family (the table in `modules.rs`), compiled
 //! into a cubin for the device's architecture on the module's first use and cached on disk
 //! (`cache.rs`: `$WEFT_KERNEL_CACHE`, else `$XDG_CACHE_HOME/weft/kernels`, else `~/.cache/weft/kernels`).
+//!
+//! [`sort`], the launch plan of the device key sort behind `embedding_backward`, is plain data
+//! and present in every build, so the emulated tests run the kernels with the backend's plan.
 
 #[cfg(all(feature = "cuda-12", feature = "cuda-13"))]
 compile_error!(
@@ -49,6 +52,7 @@ mod optim;
 mod rope;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod shape;
+pub mod sort;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod staging;
 

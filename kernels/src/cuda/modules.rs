@@ -191,6 +191,10 @@ pub(crate) static SPECS: [ModuleSpec; Module::ALL.len()] = [
         kernels: &[
             "embedding_forward_f32",
             "embedding_forward_bf16",
+            "sort_keys_pack",
+            "sort_keys_tile",
+            "sort_keys_step",
+            "sort_keys_merge",
             "embedding_backward_f32",
             "embedding_backward_bf16",
             "embedding_backward_f32_bf16",

@@ -4,6 +4,10 @@
 
 EMU_EXPORT(embedding_forward_f32)
 EMU_EXPORT(embedding_forward_bf16)
+EMU_EXPORT(sort_keys_pack)
+EMU_EXPORT(sort_keys_tile)
+EMU_EXPORT(sort_keys_step)
+EMU_EXPORT(sort_keys_merge)
 EMU_EXPORT(embedding_backward_f32)
 EMU_EXPORT(embedding_backward_bf16)
 EMU_EXPORT(embedding_backward_f32_bf16)

@@ -81,12 +81,18 @@ fn the_emulated_suite_is_race_free() {
     }
     // CI runs the families that cover every kind of sharing the kernels use (the prelude's
     // warp and block reductions and the mma/ldmatrix/cp.async twins, the two-stage reductions,
-    // the norms' row reductions and shared accumulators) within its time; the whole suite,
+    // the norms' row reductions and shared accumulators, the embedding backward's key sort in
+    // shared memory) within its time; the whole suite,
     // attention included (about ten minutes on two cores), runs with `WEFT_TSAN_ALL=1`.
     let mut args = if std::env::var_os("WEFT_TSAN_ALL").is_some() {
         vec!["emulated::", "--skip", "emulated::tsan"]
     } else {
-        vec!["emulated::prelude", "emulated::reduce", "emulated::norm"]
+        vec![
+            "emulated::prelude",
+            "emulated::reduce",
+            "emulated::norm",
+            "emulated::embed::device_sort_with_small_tiles",
+        ]
     };
     args.extend(["--test-threads", "2"]);
     let (out, text) = sanitized_run(&args, &[]);
