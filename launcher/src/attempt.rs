@@ -134,6 +134,14 @@ pub(crate) fn watch(
                 "error": f.error, "detail": "training continues; the last good checkpoint is kept"}),
             );
         }
+        // Communicators a rank's NCCL watchdog aborted: the rank fails with the reason; the
+        // log names it and its node now, not when the attempt is over.
+        while b.aborts_logged < b.comm_aborts.len() {
+            let a = b.comm_aborts[b.aborts_logged].clone();
+            b.aborts_logged += 1;
+            tracing::error!(rank = a.rank, host = a.host, "{}", a.error);
+            events.log(json!({"event": "comm_abort", "rank": a.rank, "host": a.host, "error": a.error}));
+        }
         // The step the run reached (a failure is reported at it).
         let top = b.ranks.values().map(|r| r.step).max().unwrap_or(0);
         let step = top;

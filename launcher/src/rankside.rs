@@ -138,6 +138,23 @@ fn send(m: Msg) {
     }
 }
 
+/// What this process's NCCL watchdog aborted since the last call (`sent`: how many were
+/// already reported).
+fn nccl_aborts(sent: &mut usize) -> Vec<String> {
+    #[cfg(any(feature = "cuda", feature = "cuda-12"))]
+    {
+        let all = weft_parallel::comm::watchdog::failures();
+        let new = all.get(*sent..).unwrap_or_default().to_vec();
+        *sent = all.len();
+        new
+    }
+    #[cfg(not(any(feature = "cuda", feature = "cuda-12")))]
+    {
+        let _ = sent;
+        vec![]
+    }
+}
+
 /// The preflight's all-reduce check, on a rank of a launched run (nothing otherwise): every
 /// rank contributes a known vector of 4 MiB, the sum is checked exactly, and the best of three
 /// timings is reported as bus bandwidth, before the first step.
@@ -260,6 +277,7 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
         .name("weft-heartbeat".into())
         .spawn(move || {
             let mut gpu_read = std::time::Instant::now();
+            let mut aborts_sent = 0;
             loop {
                 // A beat after every step, every quarter second what each rank is doing in its
                 // collectives (the driver names a hung rank from it), and every 10 s the GPUs.
@@ -273,6 +291,9 @@ pub fn attach(cfg: &weft_trainer::Config) -> Result<()> {
                             .into_iter()
                             .map(|(r, done, blocked)| serde_json::json!({"status": {"rank": r, "collectives": done, "blocked": blocked}}))
                             .collect();
+                        for why in nccl_aborts(&mut aborts_sent) {
+                            v.push(serde_json::json!({"abort": {"rank": rank, "error": why}}));
+                        }
                         if gpu_read.elapsed() > Duration::from_secs(10) {
                             gpu_read = std::time::Instant::now();
                             let gpus = crate::gpu::snapshot();

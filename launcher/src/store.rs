@@ -15,7 +15,8 @@
 //! rank sends
 //! `{"beat": {"rank": R, "step": N, "seconds": T, "compute": C}}` after every step, a `status`
 //! (collectives completed, blocked in one) every quarter second, its all-reduce check
-//! (`comm`) once before the first step, a `save` when a checkpoint save failed, and on GPU
+//! (`comm`) once before the first step, a `save` when a checkpoint save failed, an `abort`
+//! when its NCCL watchdog aborted a communicator (a hung collective, a dead peer), and on GPU
 //! nodes a `gpu` health reading now and then. After its all-reduce check a rank waits for the
 //! driver's verdict on the whole preflight: `{"go": true}` or `{"stop": why}`. A malformed line or one longer than 64 KiB ends
 //! that connection only; the driver keeps running.
@@ -115,6 +116,10 @@ pub struct Board {
     pub save_failures: Vec<SaveFailure>,
     /// How many of `save_failures` the driver has logged.
     pub save_logged: usize,
+    /// Communicators a rank's NCCL watchdog aborted, in the order reported (logged and
+    /// drained by the driver, like `save_failures`).
+    pub comm_aborts: Vec<CommAbort>,
+    pub aborts_logged: usize,
     /// The driver's preflight verdict for this attempt: ranks wait for it after their
     /// all-reduce check, so no step runs on a refused attempt.
     pub go: Option<Result<(), String>>,
@@ -125,6 +130,15 @@ pub struct Board {
 pub struct SaveFailure {
     pub rank: usize,
     pub step: u64,
+    pub error: String,
+    #[serde(skip)]
+    pub host: String,
+}
+
+/// A communicator a rank's NCCL watchdog aborted, and why.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CommAbort {
+    pub rank: usize,
     pub error: String,
     #[serde(skip)]
     pub host: String,
@@ -219,6 +233,7 @@ enum Msg {
     Status(Status),
     Comm(CommCheck),
     Save(SaveFailure),
+    Abort(CommAbort),
     Gpu(GpuMsg),
 }
 
@@ -417,6 +432,11 @@ async fn serve(
                 b.save_failures.push(f);
                 continue;
             }
+            Msg::Abort(mut a) => {
+                a.host = b.placement.host(a.rank).unwrap_or("?").to_string();
+                b.comm_aborts.push(a);
+                continue;
+            }
             Msg::Gpu(g) => {
                 if let Some(r) = b.ranks.get_mut(&g.rank) {
                     r.gpus = g.gpus;
@@ -524,6 +544,13 @@ mod tests {
             serde_json::json!({"save": {"rank": 3, "step": 4, "error": "x"}})
         )
         .unwrap();
+        // So is a communicator its watchdog aborted.
+        writeln!(
+            s,
+            "{}",
+            serde_json::json!({"abort": {"rank": 3, "error": "nccl communicator (rank 1 of 2) aborted: a collective has not finished after 600 s"}})
+        )
+        .unwrap();
         // A second join for a rank of this attempt is refused, and so is a rank outside it.
         let (_, _, again) = client(addr, &join(3, "n2", 2));
         assert!(again.contains("rank 3 already joined this attempt"), "{again}");
@@ -554,6 +581,8 @@ mod tests {
             let b = board.lock().unwrap();
             if b.ranks[&3].gone.is_some() {
                 assert_eq!(b.save_failures[0].host, "n2");
+                assert_eq!(b.comm_aborts[0].host, "n2");
+                assert!(b.comm_aborts[0].error.contains("has not finished"));
                 assert!(!b.ranks.contains_key(&9) && b.ranks.len() == 2);
                 assert_eq!(b.rejected, 3);
                 break;

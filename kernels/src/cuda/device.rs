@@ -321,6 +321,7 @@ impl CudaBackend {
         // the place of the tracking. The flag is per context: cudarc slices other code makes in
         // this (primary) context afterwards are untracked as well.
         unsafe { ctx.disable_event_tracking() };
+        keep_freed_memory(&ctx).map_err(unavailable)?;
         let stream = ctx.new_stream().map_err(unavailable)?;
         let dev_name = ctx.name().map_err(unavailable)?;
         let (major, minor) = ctx.compute_capability().map_err(unavailable)?;
@@ -453,6 +454,27 @@ impl Drop for CudaBackend {
         // Queued work may still use the modules, the workspace, the scratch block or the
         // staging ring, all freed after this: let it finish first.
         let _ = self.stream.synchronize();
+    }
+}
+
+/// Let the device's stream-ordered memory pool keep what is freed (its release threshold is 0
+/// by default: every synchronization hands freed memory back to the driver, and the next
+/// step's allocations pay for it again). Memory stays with the process, as in PyTorch's
+/// caching allocator.
+fn keep_freed_memory(ctx: &CudaContext) -> std::result::Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    ctx.bind_to_thread()?;
+    let mut pool = std::mem::MaybeUninit::uninit();
+    let mut keep = u64::MAX;
+    // SAFETY: a live device of this context; the attribute takes a u64 (cuuint64_t).
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), ctx.cu_device()).result()?;
+        sys::cuMemPoolSetAttribute(
+            pool.assume_init(),
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut keep as *mut u64).cast(),
+        )
+        .result()
     }
 }
 

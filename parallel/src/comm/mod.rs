@@ -23,6 +23,8 @@ pub mod mpi;
 pub mod nccl;
 pub mod shared;
 pub mod watch;
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+pub mod watchdog;
 
 pub use host::{HostComm, Transport};
 
