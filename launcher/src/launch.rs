@@ -125,12 +125,29 @@ pub fn launch(a: &LaunchArgs) -> Result<()> {
         weft_trainer::memory::check(&cfg, world)?;
     }
     // One MPI process per rank where this binary has MPI and `mpirun` is here (always on
-    // SLURM); otherwise the ranks run as threads of one process.
-    let procs = a.procs_per_node.unwrap_or(if a.slurm || mpi_here() {
-        world / a.nodes.max(1)
+    // SLURM); otherwise the ranks run as threads of one process. On CUDA, a process per rank
+    // needs a GPU per rank (NCCL refuses two ranks on one GPU): with fewer GPUs here, the
+    // ranks are threads sharing one.
+    let on_gpu = weft_trainer::device::resolve(&cfg)? != weft_trainer::device::Device::Cpu;
+    let gpus = if on_gpu && !a.slurm {
+        crate::gpu::snapshot().len()
     } else {
-        1
-    });
+        0
+    };
+    let procs = a
+        .procs_per_node
+        .unwrap_or(if a.slurm || (mpi_here() && (!on_gpu || gpus >= world)) {
+            world / a.nodes.max(1)
+        } else {
+            1
+        });
+    if on_gpu && !a.slurm && procs > 1 && gpus < procs {
+        bail!(
+            "--procs-per-node {procs} on CUDA needs a GPU per rank (NCCL refuses two ranks on one \
+             GPU), and this machine has {gpus}; use --procs-per-node 1 to run the ranks as threads \
+             sharing one GPU"
+        );
+    }
     if (a.slurm || procs > 1) && !cfg!(feature = "mpi") {
         bail!(
             "{} needs MPI ranks, and this weft was built without the `mpi` feature; rebuild with \

@@ -383,9 +383,14 @@ pub fn submit_job(a: &crate::launch::LaunchArgs, cfg: &weft_trainer::Config, pro
     for s in &a.set {
         driver.extend(["--set".to_string(), s.clone()]);
     }
-    let job = a
+    let mut job = a
         .sbatch
         .job(&cfg.job.name, (a.nodes, a.spare_nodes, procs), &dir, None);
+    // Ranks on GPUs: one GPU per rank on every node, unless --gres says otherwise.
+    let gpus = format!("gpu:{procs}");
+    if job.gres.is_none() && weft_trainer::device::resolve(cfg)? != weft_trainer::device::Device::Cpu {
+        job.gres = Some(&gpus);
+    }
     let script = script(&job, &driver)?;
     if a.dry_run {
         print!("{script}");

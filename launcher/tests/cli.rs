@@ -382,3 +382,53 @@ fn mfu_benchmark_reports_the_step_against_the_measured_peak_and_pytorch() {
         "{text}"
     );
 }
+
+/// A SLURM job of CUDA ranks asks for a GPU per rank on every node unless `--gres` says
+/// otherwise; a CPU job asks for none.
+#[test]
+fn a_slurm_job_on_cuda_asks_for_one_gpu_per_rank() {
+    if !cfg!(feature = "mpi") {
+        return; // --slurm needs MPI ranks; this build has none (the test says so by passing)
+    }
+    let cfg = format!("{ROOT}/configs/dit-tiny.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = format!("job.out_dir=\"{}\"", dir.path().display());
+    let job = |device: &str, extra: &[&str]| {
+        let dev = format!("training.device=\"{device}\"");
+        let mut args = vec![
+            "launch",
+            "--slurm",
+            "--nodes",
+            "2",
+            "--dry-run",
+            &cfg,
+            "--set",
+            &out_dir,
+            "--set",
+            "parallel.dp_shard=8",
+            "--set",
+            &dev,
+        ];
+        args.extend(extra);
+        weft(&args)
+    };
+    let out = job("cpu", &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("--gres"), "{text}");
+    let out = job("cuda", &[]);
+    if !cfg!(any(feature = "cuda", feature = "cuda-12")) {
+        assert!(!out.status.success());
+        return;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("#SBATCH --ntasks-per-node=4\n"), "{text}");
+    assert!(text.contains("#SBATCH --gres=gpu:4\n"), "{text}");
+    let out = job("cuda", &["--gres", "gpu:h100:8"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("#SBATCH --gres=gpu:h100:8\n") && !text.contains("gpu:4"),
+        "{text}"
+    );
+}
