@@ -153,6 +153,27 @@ extern "C" __global__ void sum_squares_partial_bf16(double* partials, const bf16
     sum_squares_partial(partials, x, n);
 }
 
+// partials[b] = Σ x over chunk b, in f64 (as sum_squares_partial).
+// Launch: as sum_squares_partial_*.
+template <class T>
+__device__ __forceinline__ void sum_partial(double* partials, const T* x, u64 n) {
+    for (u64 b = blockIdx.x; b * OPTIM_SUM_CHUNK < n; b += gridDim.x) {
+        const u64 lo = b * OPTIM_SUM_CHUNK, hi = min(n, lo + OPTIM_SUM_CHUNK);
+        double s = 0.0;
+        for (u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) s += (double)load_f32(x, i);
+        s = block_sum_f64(s);
+        if (threadIdx.x == 0) partials[b] = s;
+    }
+}
+
+extern "C" __global__ void sum_partial_f32(double* partials, const float* x, u64 n) {
+    sum_partial(partials, x, n);
+}
+
+extern "C" __global__ void sum_partial_bf16(double* partials, const bf16* x, u64 n) {
+    sum_partial(partials, x, n);
+}
+
 // The sum of the `parts` partials, in a fixed order, in thread 0 (every thread of the one block
 // takes part).
 __device__ __forceinline__ double sum_partials(const double* partials, u64 parts) {
@@ -174,6 +195,22 @@ extern "C" __global__ void sum_squares_finish_f64(double* acc, const double* par
     if (blockIdx.x != 0) return;
     const double s = sum_partials(partials, parts);
     if (threadIdx.x == 0) acc[0] = acc[0] + s;
+}
+
+// acc[0] = acc[0] + alpha · Σ partials, in f64, rounded to acc's dtype once (the `sum` op).
+// Launch: as sum_squares_finish_f32.
+extern "C" __global__ void sum_finish_f32(float* acc, const double* partials, u64 parts,
+                                          double alpha) {
+    if (blockIdx.x != 0) return;
+    const double s = sum_partials(partials, parts);
+    if (threadIdx.x == 0) acc[0] = (float)((double)acc[0] + alpha * s);
+}
+
+extern "C" __global__ void sum_finish_f64(double* acc, const double* partials, u64 parts,
+                                          double alpha) {
+    if (blockIdx.x != 0) return;
+    const double s = sum_partials(partials, parts);
+    if (threadIdx.x == 0) acc[0] = acc[0] + alpha * s;
 }
 
 // out[0] = ‖x‖₂ = f32(√Σ partials) after sum_squares_partial_f32 over x (the l2norm forward).

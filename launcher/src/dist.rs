@@ -80,7 +80,7 @@ mod cuda {
     use super::watched;
     use anyhow::Result;
     use weft_trainer::on_cuda;
-    use weft_trainer::train::{RankOutcome, TrainOptions};
+    use weft_trainer::train::{train_rank_on, RankOutcome, TrainOptions};
     use weft_trainer::Config;
 
     const OPTS: TrainOptions = TrainOptions {
@@ -90,10 +90,10 @@ mod cuda {
 
     /// Every rank a thread of this process, all on device `n`.
     pub fn threads(cfg: &Config, n: usize) -> Result<Vec<RankOutcome>> {
-        Ok(on_cuda::threads(cfg, n, OPTS, &|rank, host| {
+        Ok(on_cuda::threads(cfg, n, |rank, be, host, data| {
             let comm = watched(rank, host);
             crate::rankside::comm_check(&comm).map_err(|e| weft_trainer::Error::Other(e.to_string()))?;
-            Ok(Box::new(comm))
+            train_rank_on(cfg, be, &comm, data, OPTS)
         })?)
     }
 
@@ -105,7 +105,9 @@ mod cuda {
         world: &weft_parallel::comm::HostComm,
         control: &dyn weft_parallel::Comm<weft_kernels::CpuBackend>,
     ) -> Result<RankOutcome> {
-        Ok(on_cuda::nccl_rank(cfg, n, world, control, OPTS)?)
+        Ok(on_cuda::nccl_rank(cfg, n, world, |be, data| {
+            train_rank_on(cfg, be, control, data, OPTS)
+        })?)
     }
 }
 

@@ -12,12 +12,13 @@
 use crate::data::{sample_indices, Source, Split};
 use crate::job::Precision;
 use crate::mesh::{comm_err, Fsdp, Groups};
+use crate::model::download_f64;
 use crate::model::Model;
 use crate::optim::{lr_at, AdamWState};
 use crate::{Config, Error, Layout, Result};
 use std::ops::Range;
 use std::time::{Duration, Instant};
-use weft_kernels::{CpuBackend, Ops, Slice};
+use weft_kernels::{CpuBackend, DType, Ops, Slice};
 use weft_parallel::{Dim, Mesh};
 
 /// What a step reports.
@@ -50,6 +51,8 @@ pub struct Step<'c, B: Ops> {
     /// Ranges of the shard holding tensors every tp rank holds whole (their gradients are
     /// partial sums over the tp group).
     replicated: Vec<Range<usize>>,
+    /// f64 on the device: each micro-batch's loss, then this rank's Σg² (see [`Step::run`]).
+    scalars: B::Buffer,
 }
 
 impl<'c, B: Ops> Step<'c, B> {
@@ -119,6 +122,7 @@ impl<'c, B: Ops> Step<'c, B> {
             segs,
             counted,
             replicated,
+            scalars: be.alloc(DType::F64, cfg.training.grad_accum + 1)?,
         })
     }
 
@@ -141,19 +145,19 @@ impl<'c, B: Ops> Step<'c, B> {
         let mut wait = Duration::ZERO;
         let mut timed = |t: Instant| wait += t.elapsed();
         be.fill(B::view_mut(&mut self.store.grads), 0.0, n)?;
-        let mut loss = 0.0;
-        // A non-finite loss is remembered, not returned at once: every rank must reach the
-        // same collectives, and all of them stop together below.
-        let mut bad = None;
-        for micro in 0..t.grad_accum {
-            let idx = sample_indices(step, micro, t.grad_accum, dp_rank, dp, b);
+        // The micro-batches' losses and the gradient norm's partial sum stay on the device
+        // (`scalars`: one f64 per micro-batch, then Σg²) until one download after the
+        // gradients are reduced. A non-finite loss is found only then, and all ranks stop
+        // together below (every rank must reach the same collectives first).
+        let accum = t.grad_accum;
+        let zeros = vec![0f64; accum + 1];
+        be.upload((&zeros).into(), B::view_mut(&mut self.scalars))?;
+        for micro in 0..accum {
+            let idx = sample_indices(step, micro, accum, dp_rank, dp, b);
             let batch = src.batch(Split::Train, &idx)?;
-            let l = model.forward_with(be, &mut self.store, &batch)?;
-            if !l.is_finite() && bad.is_none() {
-                bad = Some(non_finite_loss(cfg, model, step, l, &batch, &idx));
-            }
-            loss += l / t.grad_accum as f64;
-            model.backward_with(be, &mut self.store, 1.0 / (t.grad_accum * dp) as f64)?;
+            let slot = B::view_mut(&mut self.scalars).range(micro..micro + 1);
+            model.forward_into(be, &mut self.store, &batch, slot)?;
+            model.backward_with(be, &mut self.store, 1.0 / (accum * dp) as f64)?;
             let t0 = Instant::now();
             self.store.finish_micro_batch(be)?;
             timed(t0);
@@ -169,12 +173,23 @@ impl<'c, B: Ops> Step<'c, B> {
         }
         // Global norm: each element counted once, by the shard rank that owns it and (for a
         // tensor every tp rank holds whole) by tp rank 0.
-        let mut sq = vec![0f64];
         for r in &self.counted {
-            sq[0] += self
-                .adam
-                .sum_squares(be, B::view(&self.store.grads).range(r.clone()))?;
+            let acc = B::view_mut(&mut self.scalars).range(accum..accum + 1);
+            be.sum_squares(acc, B::view(&self.store.grads).range(r.clone()), r.len())?;
         }
+        // The step's one download: the losses and this rank's Σg².
+        let scalars = download_f64(be, B::view(&self.scalars))?;
+        let mut loss = 0.0;
+        let mut bad = None;
+        for (micro, &l) in scalars[..accum].iter().enumerate() {
+            if !l.is_finite() && bad.is_none() {
+                let idx = sample_indices(step, micro, accum, dp_rank, dp, b);
+                let batch = src.batch(Split::Train, &idx)?;
+                bad = Some(non_finite_loss(cfg, model, step, l, &batch, &idx));
+            }
+            loss += l / accum as f64;
+        }
+        let mut sq = vec![scalars[accum]];
         let t0 = Instant::now();
         g.owners
             .all_reduce(&CpuBackend, (&mut sq).into())

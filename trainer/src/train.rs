@@ -133,7 +133,9 @@ pub fn cpu_device(cfg: &Config) -> Result<()> {
 /// One process on CUDA device `n`.
 #[cfg(any(feature = "cuda", feature = "cuda-12"))]
 fn on_cuda(cfg: &Config, n: usize, opts: TrainOptions) -> Result<Vec<RankOutcome>> {
-    crate::on_cuda::threads(cfg, n, opts, &|_, host| Ok(Box::new(host)))
+    crate::on_cuda::threads(cfg, n, |_, be, control, data| {
+        train_rank_on(cfg, be, &control, data, opts)
+    })
 }
 
 #[cfg(not(any(feature = "cuda", feature = "cuda-12")))]

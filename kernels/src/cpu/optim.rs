@@ -20,6 +20,15 @@ pub fn sum_squares<T: Real>(x: &[T]) -> f64 {
     parts.iter().sum()
 }
 
+/// `Σ x` in f64, chunked as [`sum_squares`].
+pub fn sum<T: Real>(x: &[T]) -> f64 {
+    let parts: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| v.f64()).sum())
+        .collect();
+    parts.iter().sum()
+}
+
 pub fn adamw_update<T: Real>(p: &mut [T], m: &mut [T], v: &mut [T], g: &[T], h: &AdamW) {
     let (b1, b2) = (h.beta1, h.beta2);
     let bc1 = 1.0 - b1.powi(h.step as i32);
@@ -197,12 +206,21 @@ pub fn matrix_normalize<T: Real>(x: &mut [T], d: &NormalizeDims) {
 
 impl OptimOps for CpuBackend {
     fn sum_squares(&self, acc: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {
-        let (xdt, _) = check::sum_squares(REFERENCE_FLOATS, &acc, &x, n)?;
+        let (xdt, _) = check::sum_squares("sum_squares", REFERENCE_FLOATS, &acc, &x, n)?;
         let s = match xdt {
             DType::BF16 => sum_squares::<f32>(&widen(x)),
             _ => with_real!(xdt, T => sum_squares::<T>(T::get(x))),
         };
         with_real!(acc.dtype(), T => { let a = T::get_mut(acc); a[0] = T::of(a[0].f64() + s); });
+        Ok(())
+    }
+    fn sum(&self, acc: HostMut<'_>, x: HostRef<'_>, alpha: f64, n: usize) -> Result<()> {
+        let (xdt, _) = check::sum_squares("sum", REFERENCE_FLOATS, &acc, &x, n)?;
+        let s = match xdt {
+            DType::BF16 => sum::<f32>(&widen(x)),
+            _ => with_real!(xdt, T => sum::<T>(T::get(x))),
+        };
+        with_real!(acc.dtype(), T => { let a = T::get_mut(acc); a[0] = T::of(a[0].f64() + alpha * s); });
         Ok(())
     }
     fn l2norm_forward(&self, out: HostMut<'_>, x: HostRef<'_>, n: usize) -> Result<()> {

@@ -179,14 +179,55 @@ impl CudaBackend {
 impl OptimOps for CudaBackend {
     fn sum_squares(&self, acc: CudaMut<'_>, x: CudaRef<'_>, n: usize) -> Result<()> {
         const OP: &str = "sum_squares";
-        let (xdt, adt) = check::sum_squares(REFERENCE_FLOATS, &acc, &x, n)?;
-        // The CUDA kernels read f32 or bf16 (an f64 `acc` only takes a bf16 `x`).
+        let (xdt, adt) = check::sum_squares(OP, REFERENCE_FLOATS, &acc, &x, n)?;
+        // The CUDA kernels read f32 or bf16 (into an f32 or f64 `acc`).
         Check { op: OP }.dtype_in("x", xdt, &[DType::F32, DType::BF16])?;
         let finish = match adt {
             DType::F64 => "sum_squares_finish_f64",
             _ => "sum_squares_finish_f32",
         };
         self.sum_squares_into(OP, (x.ptr, xdt), n, finish, acc.ptr)
+    }
+
+    fn sum(&self, acc: CudaMut<'_>, x: CudaRef<'_>, alpha: f64, n: usize) -> Result<()> {
+        const OP: &str = "sum";
+        let (xdt, adt) = check::sum_squares(OP, REFERENCE_FLOATS, &acc, &x, n)?;
+        Check { op: OP }.dtype_in("x", xdt, &[DType::F32, DType::BF16])?;
+        let parts = n.div_ceil(SUM_CHUNK);
+        self.with_scratch(parts * 8, |partials| {
+            if parts > 0 {
+                let cfg = LaunchConfig {
+                    grid_dim: (grid_dim(OP, "n", parts)?, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let args = [KArg::U64(partials), KArg::U64(x.ptr), KArg::U64(n as u64)];
+                // SAFETY: `x` holds n elements; the scratch ceil(n / SUM_CHUNK) doubles.
+                unsafe {
+                    self.launch(
+                        OP,
+                        Module::Optim,
+                        &format!("sum_partial_{}", suffix(xdt)),
+                        cfg,
+                        &args,
+                    )?
+                };
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1024, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let args = [
+                KArg::U64(acc.ptr),
+                KArg::U64(partials),
+                KArg::U64(parts as u64),
+                KArg::F64(alpha),
+            ];
+            let finish = format!("sum_finish_{}", suffix(adt));
+            // SAFETY: `acc` holds one element of the kernel's dtype (checked).
+            unsafe { self.launch(OP, Module::Optim, &finish, cfg, &args) }
+        })
     }
 
     fn l2norm_forward(&self, out: CudaMut<'_>, x: CudaRef<'_>, n: usize) -> Result<()> {

@@ -384,6 +384,10 @@ pub trait OptimOps: Backend {
     /// `acc[0] += Σ x²` — the building block of a global gradient norm over many ranges
     /// (and, later, ranks). Accumulates in f64 on CPU.
     fn sum_squares(&self, acc: Self::Mut<'_>, x: Self::Ref<'_>, n: usize) -> Result<()>;
+    /// `acc[0] += alpha·Σ x`, summed in f64 and rounded to `acc`'s dtype once: a loss left on
+    /// the device (the mean of per-token losses, a share of a micro-batch's) until one
+    /// download at the end of the step. Same dtypes as [`OptimOps::sum_squares`].
+    fn sum(&self, acc: Self::Mut<'_>, x: Self::Ref<'_>, alpha: f64, n: usize) -> Result<()>;
     /// `out[0] = ‖x‖₂`.
     fn l2norm_forward(&self, out: Self::Mut<'_>, x: Self::Ref<'_>, n: usize) -> Result<()>;
     /// `dx = dout[0]·x/‖x‖` (overwrite; 0 where `‖x‖ = 0`).

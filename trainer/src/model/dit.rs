@@ -479,7 +479,13 @@ impl<B: Ops> Model<B> for Dit<B> {
         &self.layout
     }
 
-    fn forward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &DitBatch) -> Result<f64> {
+    fn forward_into(
+        &mut self,
+        be: &B,
+        wt: &mut dyn Weights<B>,
+        batch: &DitBatch,
+        acc: B::Mut<'_>,
+    ) -> Result<()> {
         self.run(be, wt, batch)?;
         let n = self.pd.numel();
         if batch.target.len() != n {
@@ -489,6 +495,7 @@ impl<B: Ops> Model<B> for Dit<B> {
             )));
         }
         upload_f32(be, &batch.target, w::<B>(&mut self.a.target))?;
+        let share = self.share();
         let a = &mut self.a;
         self.has_target = true;
         if let Some(tt) = a.target_tokens.as_mut() {
@@ -501,10 +508,12 @@ impl<B: Ops> Model<B> for Dit<B> {
             super::select_rows(be, r::<B>(tt), local, self.b, rows, &self.positions)?;
             let target = r::<B>(&a.target).range(0..m);
             be.mse_forward(w::<B>(&mut a.loss), r::<B>(&a.out), target, m)?;
-            return Ok(download_f64(be, r::<B>(&a.loss))?[0] * self.share());
+            be.sum(acc, r::<B>(&a.loss), share, 1)?;
+            return Ok(());
         }
         be.mse_forward(w::<B>(&mut a.loss), r::<B>(&a.pred), r::<B>(&a.target), n)?;
-        Ok(download_f64(be, r::<B>(&a.loss))?[0])
+        be.sum(acc, r::<B>(&a.loss), 1.0, 1)?;
+        Ok(())
     }
 
     fn backward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, dloss: f64) -> Result<()> {

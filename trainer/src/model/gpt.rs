@@ -282,7 +282,13 @@ impl<B: Ops> Model<B> for Gpt<B> {
         &self.layout
     }
 
-    fn forward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &TokenBatch) -> Result<f64> {
+    fn forward_into(
+        &mut self,
+        be: &B,
+        wt: &mut dyn Weights<B>,
+        batch: &TokenBatch,
+        acc: B::Mut<'_>,
+    ) -> Result<()> {
         self.run(be, wt, &batch.ids)?;
         let (n, v) = (self.rows(), self.cfg.vocab_size);
         if batch.targets.len() != batch.ids.len() {
@@ -306,8 +312,8 @@ impl<B: Ops> Model<B> for Gpt<B> {
             d,
         )?;
         self.valid = batch.targets.iter().filter(|&&t| t >= 0).count();
-        let losses = download_f64(be, r::<B>(&self.losses))?;
-        Ok(losses.iter().sum::<f64>() / self.valid.max(1) as f64)
+        be.sum(acc, r::<B>(&self.losses), 1.0 / self.valid.max(1) as f64, n)?;
+        Ok(())
     }
 
     fn backward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, dloss: f64) -> Result<()> {

@@ -29,8 +29,23 @@ pub trait Model<B: Ops> {
     /// One micro-batch on the host.
     type Batch;
     fn layout(&self) -> &Layout;
+    /// Run forward on `batch` and add the micro-batch's mean loss (this rank's share of it
+    /// under tp/cp) into `acc[0]` on the device (an f64 scalar), without waiting for the
+    /// device: a step downloads its losses once, at its end.
+    fn forward_into(
+        &mut self,
+        be: &B,
+        wt: &mut dyn Weights<B>,
+        batch: &Self::Batch,
+        acc: B::Mut<'_>,
+    ) -> Result<()>;
     /// Run forward on `batch` and return the mean loss of the micro-batch.
-    fn forward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &Self::Batch) -> Result<f64>;
+    fn forward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, batch: &Self::Batch) -> Result<f64> {
+        // Allocations are zero-filled.
+        let mut acc = be.alloc(DType::F64, 1)?;
+        self.forward_into(be, wt, batch, B::view_mut(&mut acc))?;
+        Ok(download_f64(be, B::view(&acc))?[0])
+    }
     /// Backward of the last forward with `d loss = dloss` (`1/grad_accum` when accumulating);
     /// adds into the gradients of `wt`.
     fn backward_with(&mut self, be: &B, wt: &mut dyn Weights<B>, dloss: f64) -> Result<()>;

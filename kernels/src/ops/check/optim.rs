@@ -26,22 +26,26 @@ pub(crate) fn update<M: Slice, R: Slice>(
     Ok(dt)
 }
 
-/// `sum_squares`: `x (n)` of a dtype in `allowed` or bf16; `acc (1)` of `x`'s dtype, or of one
-/// in `allowed` for a bf16 `x`. Returns `(x dtype, acc dtype)`.
+/// `sum_squares` and `sum` (`op`): `x (n)` of a dtype in `allowed` or bf16; `acc (1)` of a
+/// dtype in `allowed` at least as wide as `x`'s (an f64 `acc` takes any `x`). Returns
+/// `(x dtype, acc dtype)`.
 pub(crate) fn sum_squares<M: Slice, R: Slice>(
+    op: &'static str,
     allowed: &[DType],
     acc: &M,
     x: &R,
     n: usize,
 ) -> Result<(DType, DType)> {
-    let c = Check { op: "sum_squares" };
+    let c = Check { op };
     let mut xs = allowed.to_vec();
     xs.push(DType::BF16);
     let xdt = c.dtype_in("x", x.dtype(), &xs)?;
-    let adt = match xdt {
-        DType::BF16 => allowed,
-        _ => std::slice::from_ref(&xdt),
-    };
+    let wide: Vec<DType> = allowed
+        .iter()
+        .copied()
+        .filter(|&a| a == DType::F64 || xdt != DType::F64)
+        .collect();
+    let adt = wide.as_slice();
     c.len("x", x.len(), n, || format!("(n={n})"))?;
     let adt = c.dtype_in("acc", acc.dtype(), adt)?;
     c.len("acc", acc.len(), 1, || "(1)".into())?;
