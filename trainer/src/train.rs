@@ -265,11 +265,15 @@ where
             s.comm.as_secs_f64(),
         );
         let exit = step + 1 < t.steps && ((t.exit_after > 0 && step + 1 - start >= t.exit_after) || s.stop);
+        // A save's training stall: the copy of the device's state to the host (none on the
+        // CPU backend) and the staging below; the writer does the rest in the background.
+        let t_copy = Instant::now();
         let host = if saver.due(step + 1) || exit {
             on_host(be, st.adam.buffers().into_iter().chain([&st.store.params]))?
         } else {
             vec![]
         };
+        saver.stall += t_copy.elapsed();
         let bufs: Vec<_> = match host.split_last() {
             Some((params, optim)) => {
                 ckpt::named(cfg, params.as_ref(), optim.iter().map(|c| c.as_ref()).collect())
@@ -342,6 +346,14 @@ where
         pb.finish_and_clear();
     }
     saver.finish();
+    if saver.saves > 0 && rank == 0 {
+        tracing::info!(
+            saves = saver.saves,
+            "checkpoints stalled training {:.1} ms per save (the copy to the host and staging; \
+             the writer runs in the background)",
+            saver.stall.as_secs_f64() * 1e3 / saver.saves as f64
+        );
+    }
     let step_time = started.elapsed();
     let done = start + losses.len() as u64;
     let params = whole_weights(cfg, be, &st, &layout, (&mesh, groups))?;
