@@ -38,7 +38,7 @@ pub fn train(cfg: &Config) -> Result<()> {
     let outs = match weft_trainer::device::resolve(cfg)? {
         Device::Cpu => local::run(world, |rank, comm| {
             let comm = watched(rank, comm);
-            crate::rankside::comm_check(&comm)?;
+            crate::rankside::comm_check(&CpuBackend, &comm)?;
             anyhow::Ok(train_rank(cfg, &comm, true)?)
         })?,
         Device::Cuda(n) => cuda::threads(cfg, n)?,
@@ -56,9 +56,11 @@ fn train_mpi(cfg: &Config) -> Result<()> {
     check_mesh(cfg, mpi.size())?;
     let out = {
         let comm = watched(mpi.rank(), mpi.comm());
-        crate::rankside::comm_check(&comm)?;
         match weft_trainer::device::resolve(cfg)? {
-            Device::Cpu => train_rank(cfg, &comm, true)?,
+            Device::Cpu => {
+                crate::rankside::comm_check(&CpuBackend, &comm)?;
+                train_rank(cfg, &comm, true)?
+            }
             Device::Cuda(n) => cuda::nccl_rank(cfg, n, &mpi.comm(), &comm)?,
         }
     };
@@ -92,7 +94,7 @@ mod cuda {
     pub fn threads(cfg: &Config, n: usize) -> Result<Vec<RankOutcome>> {
         Ok(on_cuda::threads(cfg, n, |rank, be, host, data| {
             let comm = watched(rank, host);
-            crate::rankside::comm_check(&comm).map_err(|e| weft_trainer::Error::Other(e.to_string()))?;
+            crate::rankside::comm_check(be, data).map_err(|e| weft_trainer::Error::Other(e.to_string()))?;
             train_rank_on(cfg, be, &comm, data, OPTS)
         })?)
     }
@@ -106,6 +108,7 @@ mod cuda {
         control: &dyn weft_parallel::Comm<weft_kernels::CpuBackend>,
     ) -> Result<RankOutcome> {
         Ok(on_cuda::nccl_rank(cfg, n, world, |be, data| {
+            crate::rankside::comm_check(be, data).map_err(|e| weft_trainer::Error::Other(e.to_string()))?;
             train_rank_on(cfg, be, control, data, OPTS)
         })?)
     }

@@ -156,28 +156,34 @@ fn nccl_aborts(sent: &mut usize) -> Vec<String> {
 }
 
 /// The preflight's all-reduce check, on a rank of a launched run (nothing otherwise): every
-/// rank contributes a known vector of 4 MiB, the sum is checked exactly, and the best of three
-/// timings is reported as bus bandwidth, before the first step.
-pub fn comm_check(comm: &dyn weft_parallel::Comm<weft_kernels::CpuBackend>) -> Result<()> {
-    use weft_kernels::{Backend, CpuBackend, HostVec};
+/// rank contributes a known vector of 4 MiB on its device, through the communicator its
+/// gradients will use (NCCL or the shared-device one on GPUs), the sum is checked exactly, and
+/// the best of three timings is reported as bus bandwidth, before the first step.
+pub fn comm_check<B: weft_kernels::Ops>(be: &B, comm: &dyn weft_parallel::Comm<B>) -> Result<()> {
+    use weft_kernels::HostVec;
     if OUTBOX.get().is_none() {
         return Ok(());
     }
     let (n, len) = (comm.size(), 1usize << 20);
-    let be = CpuBackend::new();
     let value = |r: usize, i: usize| ((r + 1) * (i % 7 + 1)) as f32;
     let mut best = f64::INFINITY;
     let mut ok = true;
+    let mut buf = be.alloc(weft_kernels::DType::F32, len)?;
     for round in 0..4 {
-        let mut v = HostVec::from((0..len).map(|i| value(comm.rank(), i)).collect::<Vec<_>>());
+        let mine = HostVec::from((0..len).map(|i| value(comm.rank(), i)).collect::<Vec<_>>());
+        be.upload(mine.view(), B::view_mut(&mut buf))?;
+        be.synchronize()?;
         let t = std::time::Instant::now();
-        comm.all_reduce(&be, CpuBackend::view_mut(&mut v))
+        comm.all_reduce(be, B::view_mut(&mut buf))
             .map_err(|e| anyhow::anyhow!("preflight all-reduce: {e}"))?;
+        be.synchronize()?;
         let secs = t.elapsed().as_secs_f64();
         if round > 0 {
             best = best.min(secs);
         }
-        let HostVec::F32(got) = &v else {
+        let mut got = HostVec::zeros(weft_kernels::DType::F32, len);
+        be.download(B::view(&buf), got.view_mut())?;
+        let HostVec::F32(got) = &got else {
             unreachable!("an f32 buffer")
         };
         ok &= (0..len).all(|i| got[i] == (0..n).map(|r| value(r, i)).sum::<f32>());
