@@ -11,8 +11,10 @@
 //! is 3.44 at 0 and 3.9 at 1.21), and a Lipschitz function of the singular values is Lipschitz
 //! in the Frobenius norm with the same constant (through the Hermitian dilation), so after five
 //! steps the error is at most `Σ L^(5−t)·‖E_t‖_F ≤ 340·max‖E_t‖_F`. In f32 each step's products
-//! over `k ≤ 300` terms give `‖E_t‖_F` of a few `√k·2⁻²⁴` in practice: the f32 allowance is
-//! 2·10⁻³ (measured below 2·10⁻⁴), the f64 one 10⁻¹⁰ (measured ~10⁻¹³).
+//! over `k ≤ 300` terms give an `‖E_t‖_F` of about `√k·2⁻²⁴·‖X‖_F` (rounding errors of random
+//! sign), ~10⁻⁶ here, so the f32 allowance for a singular value (and for the asymmetry of
+//! `X·Gᵀ`, relative to `‖G‖_F`) is 10⁻⁴, the f64 one 10⁻¹⁰. Measured: 1.3·10⁻⁶ in f32,
+//! 3·10⁻¹³ in f64.
 //!
 //! The band: for `σ ∈ [0.01, 1]` (a normalized matrix has `σ ≤ 1`), `p⁵(σ) ∈ [0.6818, 1.1344]`
 //! (checked here on a fine grid); every singular value of a matrix whose smallest normalized
@@ -189,7 +191,7 @@ fn newton_schulz_lands_singular_values_in_the_band() {
             "({rows}, {cols}): σ_min/‖G‖_F = {smallest}: not a band case"
         );
         for dt in F {
-            let slack = if dt == DType::F32 { 2e-3 } else { 1e-10 };
+            let slack = if dt == DType::F32 { 1e-4 } else { 1e-10 };
             let s = singular_values(&ns(&g, rows, cols, 5, 1.0, dt), rows, cols);
             assert!(
                 s.iter().all(|&v| (0.68 - slack..=1.135 + slack).contains(&v)),
@@ -216,7 +218,7 @@ fn newton_schulz_acts_on_singular_values_alone() {
             // The input as the op sees it.
             let g = f64s(&host(&g, dt));
             let norm = frobenius(&g) + NewtonSchulz::EPS;
-            let tol = if dt == DType::F32 { 2e-3 } else { 1e-10 };
+            let tol = if dt == DType::F32 { 1e-4 } else { 1e-10 };
             let x = ns(&g, rows, cols, 5, 1.0, dt);
             let mut want: Vec<f64> = singular_values(&g, rows, cols)
                 .iter()

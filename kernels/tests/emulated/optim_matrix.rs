@@ -10,8 +10,8 @@
 //!   the same exact squares in another order than the CPU (partials of 8192 elements and a
 //!   block's butterfly; the CPU chunks of 16384 and a row, each in sequence). Two f64 sums of
 //!   `n` non-negative terms are each within `(n − 1)·2⁻⁵³` relative of the exact sum; `√`
-//!   halves that and the f64 quotient `scale/(√Σ + eps)` adds one rounding, so the two
-//!   quotients differ by under `(n + 1)·2⁻⁵³` relative — below 2⁻³³ for `n < 10⁶`, while an f32
+//!   halves that, and the `√`, the `+ eps` and the division of `scale/(√Σ + eps)` round once
+//!   each on each side, so the two f64 quotients differ by under `(n + 5)·2⁻⁵³` relative — below 2⁻³³ for `n < 10⁶`, while an f32
 //!   ulp is at least 2⁻²⁴ relative. The f32 factor is therefore the CPU's, or, when the quotient
 //!   lies within 2⁻³³ of a rounding boundary, its neighbour: the tolerance is **one ulp of the
 //!   factor**, the products then bitwise. The test asks, per part (the matrix, or a row), that
