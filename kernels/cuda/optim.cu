@@ -259,9 +259,10 @@ extern "C" __global__ void apply_direction_f32(float* params, const float* dir, 
     params[i] = (float)keep * params[i] - (float)lr * dir[i];
 }
 
-// The factor scale / (√Σx² + eps), in f64, rounded to f32 once.
+// The factor scale / (√Σx² + eps), in f64, rounded to f32 once; 0 for a part whose Σx² is 0
+// (all zeros: they stay zeros, where eps = 0 would make them 0·∞ = NaN).
 __device__ __forceinline__ float norm_factor(double sq, double scale, double eps) {
-    return (float)(scale / (sqrt(sq) + eps));
+    return sq > 0.0 ? (float)(scale / (sqrt(sq) + eps)) : 0.0f;
 }
 
 // x *= scale / (‖x‖_F + eps) after sum_squares_partial_f32 over x (`parts` partials): every

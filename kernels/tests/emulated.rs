@@ -16,6 +16,7 @@ mod loss;
 mod modulation;
 mod norm;
 mod optim;
+mod optim_matrix;
 mod prelude;
 mod reduce;
 mod rope;

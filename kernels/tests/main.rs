@@ -11,4 +11,5 @@ mod errors;
 mod gradients;
 mod numerics;
 mod nvrtc;
+mod optim_matrix;
 mod streams;

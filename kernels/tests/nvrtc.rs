@@ -130,6 +130,13 @@ const BUDGETS: &[(&str, u32)] = &[
     ("sum_squares_finish_f64", 24),
     ("l2norm_forward_finish_f32", 24),
     ("l2norm_backward_f32", 24),
+    ("momentum_update_f32", 24),
+    ("apply_direction_f32", 16),
+    ("normalize_frobenius_f32", 32),
+    ("normalize_rows_f32", 32),
+    ("normalize_cols_f32", 40),
+    ("normalize_sign_f32", 16),
+    ("transpose_scaled_f32", 24),
     // kernels/tests/emu: the prelude's probes
     ("reduce_probe", 32),
     ("tree_sum", 24),

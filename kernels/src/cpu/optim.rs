@@ -171,7 +171,14 @@ pub fn newton_schulz<T: Real>(g: &mut [T], work: &mut [T], d: &NewtonSchulz) {
 
 pub fn matrix_normalize<T: Real>(x: &mut [T], d: &NormalizeDims) {
     let (rows, cols) = (d.rows, d.cols);
-    let factor = |sq: f64| T::of(d.scale / (sq.sqrt() + d.eps));
+    // A part of zeros stays zeros (with eps = 0 its factor would be ∞, and 0·∞ NaN).
+    let factor = |sq: f64| {
+        if sq > 0.0 {
+            T::of(d.scale / (sq.sqrt() + d.eps))
+        } else {
+            T::zero()
+        }
+    };
     match d.mode {
         Normalize::Frobenius => {
             let s = factor(sum_squares(x));

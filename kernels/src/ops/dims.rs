@@ -464,7 +464,7 @@ pub enum Normalize {
 }
 
 /// `x (rows, cols)` row-major scaled to `scale·x/(‖part‖ + eps)` per part (`Sign`:
-/// `scale·sign(x)`), norms summed in f64.
+/// `scale·sign(x)`), norms summed in f64. A part of zeros stays zeros, also with `eps = 0`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NormalizeDims {
     pub rows: usize,

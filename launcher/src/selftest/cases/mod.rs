@@ -56,6 +56,7 @@ pub fn cases<B: Ops>() -> Vec<Case<B>> {
         c("shape", "swap axes", BOTH, data::swap_axes),
         c("optim", "adamw, ademamix, norms", F32, optim::optimizer),
         c("optim", "sum of bf16 squares", BF16, optim::sum_squares_bf16),
+        c("optim", "muon, scion", F32, optim::matrix_optimizer),
     ]
 }
 
@@ -107,4 +108,8 @@ pub const ALL_OPS: &[&str] = &[
     "l2norm_backward",
     "adamw_update",
     "ademamix_update",
+    "momentum_update",
+    "newton_schulz",
+    "matrix_normalize",
+    "apply_direction",
 ];
