@@ -383,6 +383,83 @@ fn sum_squares_two_pass() {
     }
 }
 
+/// `sum` (acc += alpha·Σx) with its two kernels against the CPU: signed values, so the bound
+/// is absolute, in units of `|alpha|·Σ|x|`: both sum in f64, the CPU in chunks of 16384
+/// (`k_cpu` roundings on a path), the kernels per thread, then a block tree, then the
+/// partials (`k_kernel`); an f32 `acc` adds one f32 rounding of the result.
+#[test]
+fn sum_two_pass() {
+    let c = cpu();
+    for (adt, xdt) in [
+        (DType::F32, DType::F32),
+        (DType::F64, DType::F32),
+        (DType::F32, DType::BF16),
+        (DType::F64, DType::BF16),
+    ] {
+        for (n, grid) in SUM_SIZES {
+            let alpha = -0.37;
+            let mut x = host(&rand_vec(51, n).iter().map(|v| 3.0 * v).collect::<Vec<_>>(), xdt);
+            let mut want = host(&[1.5], adt);
+            c.sum(want.view_mut(), x.view(), alpha, n).unwrap();
+            let parts = n.div_ceil(SUM_CHUNK);
+            let mut partials: HostVec = vec![f64::NAN; parts].into();
+            if n > 0 {
+                let partial = if xdt == DType::BF16 {
+                    "sum_partial_bf16"
+                } else {
+                    "sum_partial_f32"
+                };
+                let g = grid.unwrap_or(parts as u32);
+                lib().launch(
+                    partial,
+                    dim(g),
+                    dim(256),
+                    0,
+                    &[buf(&mut partials), buf(&mut x), Arg::U64(n as u64)],
+                );
+            }
+            let mut got = host(&[1.5], adt);
+            let finish = if adt == DType::F64 {
+                "sum_finish_f64"
+            } else {
+                "sum_finish_f32"
+            };
+            lib().launch(
+                finish,
+                dim(1),
+                dim(256),
+                0,
+                &[
+                    buf(&mut got),
+                    buf(&mut partials),
+                    Arg::U64(parts as u64),
+                    Arg::F64(alpha),
+                ],
+            );
+            let (g, w) = (crate::harness::f64s(&got)[0], crate::harness::f64s(&want)[0]);
+            let abs: f64 = crate::harness::f64s(&x).iter().map(|v| v.abs()).sum::<f64>() * alpha.abs() + 1.5;
+            let k_cpu = n.min(16384) + n.div_ceil(16384) + 2;
+            let k_kernel = SUM_CHUNK / 256 + 10 + parts.div_ceil(256) + 13;
+            let mut tol = (k_cpu + k_kernel) as f64 * f64::EPSILON / 2.0 * abs;
+            if adt == DType::F32 {
+                tol += w.abs() * f32::EPSILON as f64;
+            }
+            assert!(
+                (g - w).abs() <= tol,
+                "{finish} x [{xdt}] n={n}: emulated kernel {g}, CPU {w} (at most {tol:e} apart)"
+            );
+            // The sum is weighted: without alpha it would be far off.
+            if n > 1000 {
+                let unweighted = 1.5 + crate::harness::f64s(&x).iter().sum::<f64>();
+                assert!(
+                    (g - unweighted).abs() > 100.0 * tol,
+                    "{finish}: alpha not applied"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn l2norm_forward_and_backward() {
     let c = cpu();

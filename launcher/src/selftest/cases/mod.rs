@@ -55,7 +55,7 @@ pub fn cases<B: Ops>() -> Vec<Case<B>> {
         c("elementwise", "pointwise", BOTH, data::elementwise),
         c("shape", "swap axes", BOTH, data::swap_axes),
         c("optim", "adamw, ademamix, norms", F32, optim::optimizer),
-        c("optim", "sum of bf16 squares", BF16, optim::sum_squares_bf16),
+        c("optim", "sums of bf16 values", BF16, optim::sum_squares_bf16),
         c("optim", "muon, scion", F32, optim::matrix_optimizer),
     ]
 }
@@ -104,6 +104,7 @@ pub const ALL_OPS: &[&str] = &[
     "cast",
     "swap_axes",
     "sum_squares",
+    "sum",
     "l2norm_forward",
     "l2norm_backward",
     "adamw_update",

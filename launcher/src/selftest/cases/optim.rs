@@ -29,6 +29,9 @@ pub fn optimizer<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
     let mut acc = x.values(&[0.25], dt, dt)?;
     be.sum_squares(B::view_mut(&mut acc), B::view(&g), n)?;
     x.out("sum_squares", "acc", &acc)?;
+    let mut total = x.values(&[0.25], dt, dt)?;
+    be.sum(B::view_mut(&mut total), B::view(&g), -0.5, n)?;
+    x.out("sum", "acc", &total)?;
     let mut norm = x.zeros(dt, 1)?;
     be.l2norm_forward(B::view_mut(&mut norm), B::view(&g), n)?;
     x.out("l2norm_forward", "out", &norm)?;
@@ -93,13 +96,16 @@ pub fn optimizer<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
     x.out("ademamix_update", "v", &v)
 }
 
-/// bf16 gradients squared and summed into an f32 accumulator.
+/// bf16 values squared and summed, and summed, into f32 accumulators (gradient norms, losses).
 pub fn sum_squares_bf16<B: Ops>(x: &mut Ctx<'_, B>, s: &Sizes) -> Result<()> {
     let n = s.flat;
     let g = x.input(141, n, 1.0)?;
     let mut acc = x.values(&[0.25], x.stat(), x.stat())?;
     x.be.sum_squares(B::view_mut(&mut acc), B::view(&g), n)?;
-    x.out("sum_squares", "acc", &acc)
+    x.out("sum_squares", "acc", &acc)?;
+    let mut total = x.values(&[0.25], x.stat(), x.stat())?;
+    x.be.sum(B::view_mut(&mut total), B::view(&g), -0.5, n)?;
+    x.out("sum", "acc", &total)
 }
 
 /// Muon's and Scion's pieces: momentum steps (Muon's Nesterov one, then Scion's damped one),
