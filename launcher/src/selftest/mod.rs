@@ -1,10 +1,12 @@
 //! `weft selftest cpu|gpu`: every op of every family on a backend against the CPU reference
-//! (the largest error per op and dtype), then GEMM and attention throughput — the check a
-//! machine gets before it trains, from the release binary alone.
+//! (the largest error per op and dtype), every collective of the communicators its ranks
+//! train through, then GEMM and attention throughput — the check a machine gets before it
+//! trains, from the release binary alone.
 
 mod accuracy;
 mod attention_speed;
 mod cases;
+mod comm;
 mod compare;
 mod ctx;
 mod gemm;
@@ -73,7 +75,10 @@ pub fn selftest(a: &SelftestArgs) -> Result<()> {
         }
     }
     let report = match a.target {
-        Target::Cpu => run_suite(&CpuBackend::new(), a)?,
+        Target::Cpu => {
+            let comm = comm::shared_device(|| Ok(CpuBackend::new()));
+            run_suite(&CpuBackend::new(), a, comm)?
+        }
         Target::Gpu => gpu(a)?,
     };
     print!("{}", report.table());
@@ -96,14 +101,25 @@ pub fn selftest(a: &SelftestArgs) -> Result<()> {
             failed.join(", ")
         );
     }
+    let broken: Vec<String> = report
+        .comm
+        .iter()
+        .filter(|r| !r.pass)
+        .map(|r| format!("{} {} [{}]", r.transport, r.collective, r.dtype))
+        .collect();
+    if !broken.is_empty() {
+        bail!("{} collectives failed: {}", broken.len(), broken.join(", "));
+    }
     if !report.ok {
         bail!("the accuracy suite did not run to the end within the time limit (see `skipped`)");
     }
     Ok(())
 }
 
-/// The whole suite on `be`: accuracy against the CPU, then GEMM and attention throughput.
-pub fn run_suite<B: Ops>(be: &B, a: &SelftestArgs) -> Result<Report> {
+/// The whole suite on `be`: accuracy against the CPU, the communicators' rows `comm` (run by
+/// the caller, which knows which communicators the device has), then GEMM and attention
+/// throughput.
+pub fn run_suite<B: Ops>(be: &B, a: &SelftestArgs, comm: Vec<comm::CommRow>) -> Result<Report> {
     let sizes = if a.quick { Sizes::quick() } else { Sizes::full() };
     let limit = a.max_seconds.unwrap_or(if a.quick { 60.0 } else { 360.0 });
     let deadline = Deadline::new(Duration::from_secs_f64(limit));
@@ -131,6 +147,7 @@ pub fn run_suite<B: Ops>(be: &B, a: &SelftestArgs) -> Result<Report> {
         sizes,
         ok,
         accuracy,
+        comm,
         gemm,
         attention,
         skipped,
@@ -150,7 +167,9 @@ fn gpu(a: &SelftestArgs) -> Result<Report> {
 /// The suite on the CUDA device.
 #[cfg(any(feature = "cuda", feature = "cuda-12"))]
 fn gpu_suite(be: &CudaBackend, a: &SelftestArgs) -> Result<Report> {
-    run_suite(be, a)
+    let mut comm = comm::shared_device(|| Ok(CudaBackend::new(a.device)?));
+    comm.extend(comm::nccl(a.device));
+    run_suite(be, a, comm)
 }
 
 /// Without CUDA support no [`CudaBackend`] exists ([`CudaBackend::new`] has already failed).

@@ -2,6 +2,7 @@
 
 use super::accuracy::AccuracyRow;
 use super::attention_speed::AttentionRow;
+use super::comm::CommRow;
 use super::gemm::GemmReport;
 use super::sizes::Sizes;
 use serde::Serialize;
@@ -24,6 +25,8 @@ pub struct Report {
     /// Every accuracy row passed (and none could not run).
     pub ok: bool,
     pub accuracy: Vec<AccuracyRow>,
+    /// Every collective of the communicators the device's ranks train through.
+    pub comm: Vec<CommRow>,
     pub gemm: Option<GemmReport>,
     pub attention: Vec<AttentionRow>,
     /// What did not run, and why.
@@ -85,6 +88,28 @@ impl Report {
         }
         let failed = self.accuracy.iter().filter(|r| !r.pass).count();
         let _ = writeln!(s, "accuracy: {} rows, {failed} failed", self.accuracy.len());
+        if !self.comm.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "{:<14} {:>5} {:<28} {:<5} result",
+                "communicator", "ranks", "collective", "dtype"
+            );
+            for r in &self.comm {
+                let _ = writeln!(
+                    s,
+                    "{:<14} {:>5} {:<28} {:<5} {}{}",
+                    r.transport,
+                    r.ranks,
+                    r.collective,
+                    r.dtype,
+                    if r.pass { "ok" } else { "FAIL" },
+                    r.error.as_ref().map(|e| format!(" — {e}")).unwrap_or_default()
+                );
+            }
+            let failed = self.comm.iter().filter(|r| !r.pass).count();
+            let _ = writeln!(s, "collectives: {} rows, {failed} failed", self.comm.len());
+        }
         if let Some(g) = &self.gemm {
             let _ = writeln!(s);
             if let Some(p) = &g.peak {
