@@ -307,9 +307,9 @@ fn matrix_normalize_modes_match_host_math() {
     for (rows, cols) in [(1, 1), (1, 300), (300, 1), (37, 53), (64, 64)] {
         // A zero row and a zero column (parts of norm 0), and random values.
         let mut g = rand_vec(70, rows * cols);
-        for i in 0..rows * cols {
+        for (i, v) in g.iter_mut().enumerate() {
             if (rows > 3 && i / cols == 2) || (cols > 3 && i % cols == 1) {
-                g[i] = 0.0;
+                *v = 0.0;
             }
         }
         for dt in F {
