@@ -138,6 +138,20 @@ fn the_cpu_suite_covers_every_op_and_writes_table_and_json() {
         .unwrap();
     assert!(bf16 > 1e-4, "bf16 attention output is rounded: {bf16}");
 
+    // Collectives: the shared-device communicator over two thread ranks, every collective
+    // blocking and in the background, f32 and bf16, each exact.
+    let comm = json["comm"].as_array().expect("comm rows");
+    assert_eq!(comm.len(), 20, "{all}");
+    for r in comm {
+        assert_eq!(r["transport"], "shared-device");
+        assert_eq!(r["ranks"], 2);
+        assert_eq!(r["pass"], true, "{r}");
+    }
+    for c in ["all_gather", "reduce_scatter", "all_reduce", "all_to_all", "broadcast", "shift"] {
+        assert!(comm.iter().any(|r| r["collective"] == c && r["dtype"] == "bf16"), "{c}");
+    }
+    assert!(all.contains("collectives: 20 rows, 0 failed"), "{all}");
+
     // Throughput: the peak and a row per layer GEMM, and attention at each length and mask,
     // with FLOPs counted as flash-attention counts them.
     let peak = json["gemm"]["peak"]["tflops"].as_f64().unwrap();
