@@ -147,8 +147,18 @@ fn the_cpu_suite_covers_every_op_and_writes_table_and_json() {
         assert_eq!(r["ranks"], 2);
         assert_eq!(r["pass"], true, "{r}");
     }
-    for c in ["all_gather", "reduce_scatter", "all_reduce", "all_to_all", "broadcast", "shift"] {
-        assert!(comm.iter().any(|r| r["collective"] == c && r["dtype"] == "bf16"), "{c}");
+    for c in [
+        "all_gather",
+        "reduce_scatter",
+        "all_reduce",
+        "all_to_all",
+        "broadcast",
+        "shift",
+    ] {
+        assert!(
+            comm.iter().any(|r| r["collective"] == c && r["dtype"] == "bf16"),
+            "{c}"
+        );
     }
     assert!(all.contains("collectives: 20 rows, 0 failed"), "{all}");
 

@@ -182,3 +182,49 @@ fn a_shard_group_larger_than_a_unit_is_refused() {
     let c = gpt(dir.path(), &["parallel.dp_shard=33"]);
     assert!(check_mesh(&c, 33).is_err());
 }
+
+/// FSDP's gathers, full gradients and reduce-scatters reuse their buffers: after the first
+/// step (two micro-batches, every unit gathered twice), later steps allocate none.
+#[test]
+fn fsdp_buffers_are_reused_after_the_first_step() {
+    use weft_trainer::data::shapes::Shapes;
+    use weft_trainer::mesh::Groups;
+    use weft_trainer::step::Step;
+    let dir = tempfile::tempdir().unwrap();
+    for reduce in ["f32", "bf16"] {
+        let r = format!("training.reduce_dtype=\"{reduce}\"");
+        let c = dit(
+            dir.path(),
+            &["parallel.dp_shard=2", "training.param_dtype=\"bf16\"", &r],
+        );
+        let weft_trainer::config::ModelConfig::Dit(m) = &c.model else {
+            unreachable!()
+        };
+        let counts = local::run(2, |rank, comm: HostComm| {
+            let be = CpuBackend::new();
+            let mesh = check_mesh(&c, 2)?;
+            let (groups, _) = Groups::split(&mesh, &comm, &comm)?;
+            let mut model = Dit::new(&be, m, c.training.micro_batch, DType::BF16, false)?;
+            let layout = c.parametrize(model.layout().clone());
+            let mut st = Step::new(&c, &be, &groups, (mesh, rank), &layout, true)?;
+            let src = Shapes {
+                cfg: m.clone(),
+                seed: 0,
+            };
+            let mut after = vec![];
+            for step in 0..3 {
+                st.run(&c, &be, &mut model, &src, step)?;
+                after.push(st.store.buffers_allocated());
+            }
+            Ok::<_, weft_trainer::Error>(after)
+        })
+        .unwrap();
+        for after in counts {
+            assert!(after[0] > 0, "{reduce}: {after:?}");
+            assert_eq!(
+                after[0], after[2],
+                "{reduce}: allocations after each step {after:?}"
+            );
+        }
+    }
+}

@@ -12,7 +12,11 @@
 //! gradients (f32); a gather casts the shard to the compute dtype first (bf16: half the
 //! bytes on the wire and in memory); a unit's gradient is accumulated in the master dtype
 //! during backward and reduce-scattered in the reduce dtype.
+//!
+//! The collectives' buffers come from a [`Pool`] and go back to it when done, so a step
+//! allocates nothing after its first micro-batch.
 
+use super::pool::Pool;
 use crate::job::Precision;
 use crate::model::Weights;
 use crate::{Error, Layout, Result};
@@ -57,6 +61,7 @@ pub struct Fsdp<'c, B: Backend> {
     gathering: Vec<Option<Pending<B>>>,
     full_grads: Vec<Option<B::Buffer>>,
     reducing: Vec<Option<Pending<B>>>,
+    pool: Pool<B>,
     prefetch: bool,
     live: usize,
     pub peak: usize,
@@ -104,6 +109,7 @@ impl<'c, B: Ops> Fsdp<'c, B> {
             gathering: (0..n).map(|_| None).collect(),
             full_grads: (0..n).map(|_| None).collect(),
             reducing: (0..n).map(|_| None).collect(),
+            pool: Pool::default(),
             units,
             prefetch: true,
             live: 0,
@@ -117,6 +123,11 @@ impl<'c, B: Ops> Fsdp<'c, B> {
     /// Start the next block's gather early (default) or only when it is needed.
     pub fn set_prefetch(&mut self, on: bool) {
         self.prefetch = on;
+    }
+
+    /// Communication buffers allocated so far (the rest were reused).
+    pub fn buffers_allocated(&self) -> usize {
+        self.pool.allocated
     }
 
     pub fn shard_len(&self) -> usize {
@@ -193,10 +204,11 @@ impl<'c, B: Ops> Fsdp<'c, B> {
             return Ok(());
         }
         let (m, ds, dt) = (self.m[u], self.comm.size(), self.prec.param);
-        let mut send = be.alloc(dt, m)?;
+        // Both are written whole (the cast, the gather): reused contents do not matter.
+        let mut send = self.pool.take(be, dt, m)?;
         let src = B::view(&self.params).range(self.off[u]..self.off[u] + m);
         be.cast(B::view_mut(&mut send), src, m)?;
-        let recv = be.alloc(dt, m * ds)?;
+        let recv = self.pool.take(be, dt, m * ds)?;
         self.track((m * dt.size()) as isize);
         self.track_gathered(u, 1);
         self.gathering[u] = Some(self.comm.start(be, Collective::AllGather, send, recv)?);
@@ -209,7 +221,8 @@ impl<'c, B: Ops> Fsdp<'c, B> {
         }
         self.start_gather(be, u)?;
         let t = Instant::now();
-        let (_, full) = self.gathering[u].take().expect("gather started").wait()?;
+        let (send, full) = self.gathering[u].take().expect("gather started").wait()?;
+        self.pool.give(send);
         self.time.gather_wait += t.elapsed();
         self.time.gathers += 1;
         self.track(-((self.m[u] * self.prec.param.size()) as isize));
@@ -226,10 +239,12 @@ impl<'c, B: Ops> Fsdp<'c, B> {
     pub fn finish_micro_batch(&mut self, be: &B) -> Result<()> {
         for u in 0..self.units.len() {
             if let Some(p) = self.reducing[u].take() {
-                let (_, part) = p.wait()?;
+                let (send, part) = p.wait()?;
                 let m = self.m[u];
                 let dst = B::view_mut(&mut self.grads).range(self.off[u]..self.off[u] + m);
                 be.accumulate(dst, B::view(&part), m)?;
+                self.pool.give(send);
+                self.pool.give(part);
                 self.track(-((m * (self.comm.size() + 1) * self.prec.reduce.size()) as isize));
             }
             if self.full_grads[u].is_some() {
@@ -237,7 +252,8 @@ impl<'c, B: Ops> Fsdp<'c, B> {
                     "unit {u}: gradients were never marked complete"
                 )));
             }
-            if self.gathered[u].take().is_some() {
+            if let Some(g) = self.gathered[u].take() {
+                self.pool.give(g);
                 self.track_gathered(u, -1);
             }
         }
@@ -256,7 +272,10 @@ impl<B: Ops> Weights<B> for Fsdp<'_, B> {
         self.ensure(be, u)?;
         let full = self.m[u] * self.comm.size();
         if self.full_grads[u].is_none() {
-            self.full_grads[u] = Some(be.alloc(self.prec.master, full)?);
+            // The model adds into it: zero a reused buffer.
+            let mut g = self.pool.take(be, self.prec.master, full)?;
+            be.fill(B::view_mut(&mut g), 0.0, full)?;
+            self.full_grads[u] = Some(g);
             self.track((full * self.prec.master.size()) as isize);
         }
         let n = self.units[u].len();
@@ -273,8 +292,11 @@ impl<B: Ops> Weights<B> for Fsdp<'_, B> {
     }
 
     fn release(&mut self, _be: &B, u: usize) -> Result<()> {
-        if !self.outer(u) && self.gathered[u].take().is_some() {
-            self.track_gathered(u, -1);
+        if !self.outer(u) {
+            if let Some(g) = self.gathered[u].take() {
+                self.pool.give(g);
+                self.track_gathered(u, -1);
+            }
         }
         Ok(())
     }
@@ -289,14 +311,14 @@ impl<B: Ops> Weights<B> for Fsdp<'_, B> {
             full
         } else {
             // Both copies live until the cast is done.
-            let mut send = be.alloc(rd, n)?;
+            let mut send = self.pool.take(be, rd, n)?;
             self.track((n * rd.size()) as isize);
             be.cast(B::view_mut(&mut send), B::view(&full), n)?;
-            drop(full);
+            self.pool.give(full);
             self.track(-((n * self.prec.master.size()) as isize));
             send
         };
-        let recv = be.alloc(rd, self.m[u])?;
+        let recv = self.pool.take(be, rd, self.m[u])?;
         self.track((self.m[u] * rd.size()) as isize);
         self.reducing[u] = Some(self.comm.start(be, Collective::ReduceScatter, send, recv)?);
         Ok(())

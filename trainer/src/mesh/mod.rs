@@ -16,6 +16,7 @@
 //! are all-reduced over the cp group (every cp rank saw other tokens).
 
 pub mod fsdp;
+mod pool;
 
 pub use fsdp::{CommTime, Fsdp, Memory};
 
