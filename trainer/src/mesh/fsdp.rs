@@ -13,7 +13,7 @@
 //! bytes on the wire and in memory); a unit's gradient is accumulated in the master dtype
 //! during backward and reduce-scattered in the reduce dtype.
 //!
-//! The collectives' buffers come from a [`Pool`] and go back to it when done, so a step
+//! The collectives' buffers come from a pool (`pool.rs`) and go back to it when done, so a step
 //! allocates nothing after its first micro-batch.
 
 use super::pool::Pool;
