@@ -101,6 +101,12 @@ pub trait Backend: Send + Sync + 'static {
     fn wait(&self, on: Option<&Self::Stream>, event: &Self::Event) -> Result<()>;
     /// Block the host until the work before `event` has finished.
     fn sync_event(&self, event: &Self::Event) -> Result<()>;
+
+    /// `(bytes in use, bytes in all)` of the device's own memory, as its driver reports it
+    /// (every process's use of it); `None` for a device whose memory is the host's.
+    fn device_memory(&self) -> Result<Option<(usize, usize)>> {
+        Ok(None)
+    }
 }
 
 /// Argument validation shared by every backend, so all of them refuse the same calls with the

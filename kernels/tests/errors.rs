@@ -262,14 +262,31 @@ fn f16_and_optimizer_dtypes_stay_where_they_were() {
         m,
         "adamw_update: argument `grads` has dtype bf16, expected one of f32, f64"
     );
-    // sum_squares reads bf16 into an f32 or f64 accumulator, never a bf16 one.
+    // sum_squares and sum read bf16 into an f32 or f64 accumulator, never a bf16 one, and
+    // never narrow: f64 values go into an f64 accumulator only (f32 ones into either).
     let m = msg(c.sum_squares(zeros(bf, 1).view_mut(), zeros(bf, 2).view(), 2));
     assert_eq!(
         m,
         "sum_squares: argument `acc` has dtype bf16, expected one of f32, f64"
     );
-    let m = msg(c.sum_squares(zeros(DType::F64, 1).view_mut(), zeros(DType::F32, 2).view(), 2));
-    assert_eq!(m, "sum_squares: argument `acc` has dtype f64, expected f32");
+    let m = msg(c.sum(zeros(bf, 1).view_mut(), zeros(bf, 2).view(), 1.0, 2));
+    assert_eq!(m, "sum: argument `acc` has dtype bf16, expected one of f32, f64");
+    let m = msg(c.sum_squares(zeros(DType::F32, 1).view_mut(), zeros(DType::F64, 2).view(), 2));
+    assert_eq!(m, "sum_squares: argument `acc` has dtype f32, expected f64");
+    let m = msg(c.sum(
+        zeros(DType::F32, 1).view_mut(),
+        zeros(DType::F64, 2).view(),
+        1.0,
+        2,
+    ));
+    assert_eq!(m, "sum: argument `acc` has dtype f32, expected f64");
+    // An f64 accumulator of f32 values: a loss or a norm summed without rounding to f32.
+    let mut acc = zeros(DType::F64, 1);
+    c.sum_squares(acc.view_mut(), HostVec::from(vec![3.0f32, 4.0]).view(), 2)
+        .unwrap();
+    c.sum(acc.view_mut(), HostVec::from(vec![0.5f32, 0.25]).view(), 4.0, 2)
+        .unwrap();
+    assert_eq!(acc, HostVec::from(vec![28.0f64]));
 }
 
 #[test]

@@ -153,6 +153,14 @@ fn report_memory(o: &RankOutcome) {
         o.gather_wait.as_secs_f64() * 1e3,
         o.gathers
     );
+    if let (Some(used), Some(total)) = (m.device_in_use, m.device_total) {
+        tracing::info!(
+            rank = o.rank,
+            "device memory in use (the driver's count): {:.3} GiB of {:.3} GiB",
+            used as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64
+        );
+    }
 }
 
 /// FNV-1a of the parameters' bits: equal runs print equal digests.

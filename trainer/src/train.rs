@@ -371,6 +371,7 @@ where
     }
     let n = st.store.shard_len();
     let dt = st.store.master_dtype();
+    let device = be.device_memory()?;
     let memory = Memory {
         params: n * dt.size(),
         grads: n * dt.size(),
@@ -378,6 +379,8 @@ where
         activations: model.activation_bytes(),
         comm_peak: st.store.peak,
         gathered_peak: st.store.gathered_peak,
+        device_in_use: device.map(|d| d.0),
+        device_total: device.map(|d| d.1),
     };
     Ok(RankOutcome {
         rank,

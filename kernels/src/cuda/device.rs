@@ -625,6 +625,12 @@ impl Backend for CudaBackend {
     fn sync_event(&self, event: &CudaEvent) -> Result<()> {
         event.synchronize().map_err(cuda_err("sync_event"))
     }
+
+    fn device_memory(&self) -> Result<Option<(usize, usize)>> {
+        self.context_bind()?;
+        let (free, total) = cudarc::driver::result::mem_get_info().map_err(cuda_err("device_memory"))?;
+        Ok(Some((total - free, total)))
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub struct Memory {
     pub comm_peak: usize,
     /// Gathered parameter units (in the compute dtype) alone, at their peak.
     pub gathered_peak: usize,
+    /// What the device's driver reports in use, and its size, at the end of the run (`None`
+    /// on the CPU, whose memory is the host's).
+    pub device_in_use: Option<usize>,
+    pub device_total: Option<usize>,
 }
 
 /// Time spent on parameter gathers: waiting for them (exposed) and in total when they ran
