@@ -31,7 +31,7 @@ __device__ __forceinline__ void modulate_fwd(T* out, const T* x, const T* shift,
     const u64 i = grid_index();
     if (i >= b * t * c) return;
     const u64 col = i % c, k = i / (t * c) * cond_stride + col;
-    store_rounded(out, i, load_as_f32(x, i) * (1.0f + load_as_f32(scale, k)) + load_as_f32(shift, k));
+    store_f32(out, i, load_f32(x, i) * (1.0f + load_f32(scale, k)) + load_f32(shift, k));
 }
 
 // residual += gate · y
@@ -41,7 +41,7 @@ __device__ __forceinline__ void gate_fwd(T* residual, const T* gate, const T* y,
     const u64 i = grid_index();
     if (i >= b * t * c) return;
     const u64 col = i % c, k = i / (t * c) * cond_stride + col;
-    store_rounded(residual, i, load_as_f32(residual, i) + load_as_f32(gate, k) * load_as_f32(y, i));
+    store_f32(residual, i, load_f32(residual, i) + load_f32(gate, k) * load_f32(y, i));
 }
 
 // The block's column, sample and token range of a backward kernel (false: no column).
@@ -70,14 +70,14 @@ __device__ __forceinline__ void modulate_bwd(T* dx, float* dshift_part, float* d
                                              u64 t, u64 c, u64 cond_stride) {
     Chunk ch;
     if (!chunk(ch, t, c) || ch.sample >= b) return;
-    const float s1 = 1.0f + load_as_f32(scale, ch.sample * cond_stride + ch.col);
+    const float s1 = 1.0f + load_f32(scale, ch.sample * cond_stride + ch.col);
     float dsh = 0.0f, dsc = 0.0f;
     for (u64 tok = ch.begin; tok < ch.end; ++tok) {
         const u64 i = (ch.sample * t + tok) * c + ch.col;
-        const float dy = load_as_f32(dout, i);
-        store_rounded(dx, i, dy * s1);
+        const float dy = load_f32(dout, i);
+        store_f32(dx, i, dy * s1);
         dsh += dy;
-        dsc += dy * load_as_f32(x, i);
+        dsc += dy * load_f32(x, i);
     }
     dshift_part[part_index(ch, c)] = dsh;
     dscale_part[part_index(ch, c)] = dsc;
@@ -89,13 +89,13 @@ __device__ __forceinline__ void gate_bwd(T* dy, float* dgate_part, const T* dout
                                          const T* y, u64 b, u64 t, u64 c, u64 cond_stride) {
     Chunk ch;
     if (!chunk(ch, t, c) || ch.sample >= b) return;
-    const float g = load_as_f32(gate, ch.sample * cond_stride + ch.col);
+    const float g = load_f32(gate, ch.sample * cond_stride + ch.col);
     float dg = 0.0f;
     for (u64 tok = ch.begin; tok < ch.end; ++tok) {
         const u64 i = (ch.sample * t + tok) * c + ch.col;
-        const float go = load_as_f32(dout, i);
-        store_rounded(dy, i, go * g);
-        dg += go * load_as_f32(y, i);
+        const float go = load_f32(dout, i);
+        store_f32(dy, i, go * g);
+        dg += go * load_f32(y, i);
     }
     dgate_part[part_index(ch, c)] = dg;
 }
@@ -108,7 +108,7 @@ __device__ __forceinline__ void cond_grad_sum(T* dcond, const float* partials, u
     if (i >= c || sample >= b) return;
     float s = 0.0f;
     for (u64 p = 0; p < parts; ++p) s += partials[(sample * parts + p) * c + i];
-    store_rounded(dcond, sample * cond_stride + i, s);
+    store_f32(dcond, sample * cond_stride + i, s);
 }
 
 #define WEFT_MODULATION(T, suffix)                                                                  \

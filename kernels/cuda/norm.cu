@@ -38,19 +38,19 @@ __device__ __forceinline__ void layernorm_fwd(T* out, float* mean, float* rstd, 
         const T* x = inp + row * c;
         T* o = out + row * c;
         float s = 0.0f;
-        for (u64 i = threadIdx.x; i < c; i += blockDim.x) s += load_as_f32(x, i);
+        for (u64 i = threadIdx.x; i < c; i += blockDim.x) s += load_f32(x, i);
         const float mu = block_sum(s) / cn;
         float v = 0.0f;
         for (u64 i = threadIdx.x; i < c; i += blockDim.x) {
-            const float d = load_as_f32(x, i) - mu;
+            const float d = load_f32(x, i) - mu;
             v += d * d;
         }
         const float rs = 1.0f / sqrtf(block_sum(v) / cn + eps);
         for (u64 i = threadIdx.x; i < c; i += blockDim.x) {
-            float y = (load_as_f32(x, i) - mu) * rs;
-            if (weight) y *= load_as_f32(weight, i);
-            if (bias) y += load_as_f32(bias, i);
-            store_rounded(o, i, y);
+            float y = (load_f32(x, i) - mu) * rs;
+            if (weight) y *= load_f32(weight, i);
+            if (bias) y += load_f32(bias, i);
+            store_f32(o, i, y);
         }
         if (threadIdx.x == 0) {
             mean[row] = mu;
@@ -68,14 +68,14 @@ __device__ __forceinline__ void rmsnorm_fwd(T* out, float* rstd, const T* inp, c
         T* o = out + row * c;
         float s = 0.0f;
         for (u64 i = threadIdx.x; i < c; i += blockDim.x) {
-            const float v = load_as_f32(x, i);
+            const float v = load_f32(x, i);
             s += v * v;
         }
         const float rs = 1.0f / sqrtf(block_sum(s) / cn + eps);
         for (u64 i = threadIdx.x; i < c; i += blockDim.x) {
-            float y = load_as_f32(x, i) * rs;
-            if (weight) y *= load_as_f32(weight, i);
-            store_rounded(o, i, y);
+            float y = load_f32(x, i) * rs;
+            if (weight) y *= load_f32(weight, i);
+            store_f32(o, i, y);
         }
         if (threadIdx.x == 0) rstd[row] = rs;
     }
@@ -106,17 +106,17 @@ __device__ __forceinline__ void layernorm_bwd(T* dinp, float* dweight_part, floa
         const float mu = mean[row], rs = rstd[row];
         float s1 = 0.0f, s2 = 0.0f;
         for (u64 i = threadIdx.x; i < c; i += blockDim.x) {
-            const float g = weight ? load_as_f32(dy, i) * load_as_f32(weight, i) : load_as_f32(dy, i);
+            const float g = weight ? load_f32(dy, i) * load_f32(weight, i) : load_f32(dy, i);
             s1 += g;
-            s2 += g * (load_as_f32(x, i) - mu) * rs;
+            s2 += g * (load_f32(x, i) - mu) * rs;
         }
         s1 = block_sum(s1) / cn;
         s2 = block_sum(s2) / cn;
         for (u64 i = threadIdx.x; i < c; i += blockDim.x) {
-            const float d = load_as_f32(dy, i);
-            const float g = weight ? d * load_as_f32(weight, i) : d;
-            const float xhat = (load_as_f32(x, i) - mu) * rs;
-            store_rounded(dx, i, (g - s1 - xhat * s2) * rs);
+            const float d = load_f32(dy, i);
+            const float g = weight ? d * load_f32(weight, i) : d;
+            const float xhat = (load_f32(x, i) - mu) * rs;
+            store_f32(dx, i, (g - s1 - xhat * s2) * rs);
             if (params) {
                 dw[i] += d * xhat;
                 db[i] += d;
@@ -147,14 +147,14 @@ __device__ __forceinline__ void rmsnorm_bwd(T* dinp, float* dweight_part, const 
         const float rs = rstd[row];
         float s = 0.0f;
         for (u64 i = threadIdx.x; i < c; i += blockDim.x) {
-            const float g = weight ? load_as_f32(dy, i) * load_as_f32(weight, i) : load_as_f32(dy, i);
-            s += g * load_as_f32(x, i) * rs;
+            const float g = weight ? load_f32(dy, i) * load_f32(weight, i) : load_f32(dy, i);
+            s += g * load_f32(x, i) * rs;
         }
         const float dot = block_sum(s) / cn;
         for (u64 i = threadIdx.x; i < c; i += blockDim.x) {
-            const float d = load_as_f32(dy, i), v = load_as_f32(x, i);
-            const float g = weight ? d * load_as_f32(weight, i) : d;
-            store_rounded(dx, i, (g - v * rs * dot) * rs);
+            const float d = load_f32(dy, i), v = load_f32(x, i);
+            const float g = weight ? d * load_f32(weight, i) : d;
+            store_f32(dx, i, (g - v * rs * dot) * rs);
             if (dweight_part) dw[i] += d * v * rs;
         }
     }
@@ -170,7 +170,7 @@ __device__ __forceinline__ void param_grad_sum(T* acc, const float* partials, u6
     if (j >= n) return;
     float s = 0.0f;
     for (u64 b = 0; b < parts; ++b) s += partials[b * n + j];
-    store_rounded(acc, j, load_as_f32(acc, j) + s);
+    store_f32(acc, j, load_f32(acc, j) + s);
 }
 
 // ---- symbols ----------------------------------------------------------------------------------

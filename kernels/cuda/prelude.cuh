@@ -43,16 +43,8 @@ __device__ __forceinline__ u32 pack_bf16x2(bf16 lo, bf16 hi) {
     return (u32)lo | ((u32)hi << 16);
 }
 
-// Element `i` of an f32 or bf16 buffer, as f32 (exact).
-__device__ __forceinline__ float load_as_f32(const float* p, u64 i) { return p[i]; }
-__device__ __forceinline__ float load_as_f32(const bf16* p, u64 i) { return bf16_to_f32(p[i]); }
-
-// Stores an f32 value into element `i` of an f32 or bf16 buffer (bf16: rounded to nearest even).
-__device__ __forceinline__ void store_rounded(float* p, u64 i, float v) { p[i] = v; }
-__device__ __forceinline__ void store_rounded(bf16* p, u64 i, float v) { p[i] = f32_to_bf16_rne(v); }
-
-// f32 in registers for a load or store of either dtype (bf16 stores round once, to nearest
-// even).
+// Element `i` of an f32 or bf16 buffer as f32 (exact), and an f32 stored into element `i`
+// of either (bf16: rounded once, to nearest even).
 __device__ __forceinline__ float load_f32(const float* p, u64 i) { return p[i]; }
 __device__ __forceinline__ float load_f32(const bf16* p, u64 i) { return bf16_to_f32(p[i]); }
 __device__ __forceinline__ void store_f32(float* p, u64 i, float v) { p[i] = v; }

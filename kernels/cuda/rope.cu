@@ -22,9 +22,9 @@ __device__ __forceinline__ void rope_apply(T* out, const T* inp, const float* co
     const u64 at = token * h * hd + head * hd + i;
     const u64 angle = (token % t) * half + i;
     const float c = cos[angle], si = sign * sin[angle];
-    const float x1 = load_as_f32(inp, at), x2 = load_as_f32(inp, at + half);
-    store_rounded(out, at, x1 * c - x2 * si);
-    store_rounded(out, at + half, x2 * c + x1 * si);
+    const float x1 = load_f32(inp, at), x2 = load_f32(inp, at + half);
+    store_f32(out, at, x1 * c - x2 * si);
+    store_f32(out, at + half, x2 * c + x1 * si);
 }
 
 #define WEFT_ROPE(T, suffix)                                                                      \
