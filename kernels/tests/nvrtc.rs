@@ -394,7 +394,18 @@ fn every_kernel_compiles_for_sm80_and_sm90_within_budget() {
     }
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let prelude = std::fs::read_to_string(root.join("cuda/prelude.cuh")).unwrap();
+    // Every header of kernels/cuda (the prelude, the attention kernels' parts), by name.
+    let mut owned: Vec<(String, String)> = vec![];
+    for e in std::fs::read_dir(root.join("cuda")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "cuh") {
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            owned.push((name, std::fs::read_to_string(&p).unwrap()));
+        }
+    }
+    owned.sort();
+    let headers: Vec<(&str, String)> = owned.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+    assert!(headers.iter().any(|h| h.0 == "prelude.cuh"), "{owned:?}");
     let mut sources: Vec<PathBuf> = vec![];
     for dir in ["cuda", "tests/emu"] {
         for e in std::fs::read_dir(root.join(dir)).unwrap() {
@@ -413,7 +424,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_within_budget() {
         let src = std::fs::read_to_string(path).unwrap();
         for arch in ARCHS {
             let (ptx, log) = nvrtc
-                .compile(name, &src, &[("prelude.cuh", prelude.clone())], arch)
+                .compile(name, &src, &headers, arch)
                 .unwrap_or_else(|log| panic!("NVRTC compute_{arch}: {name} does not compile:\n{log}"));
             assert!(
                 log.trim().is_empty(),

@@ -65,6 +65,14 @@ impl Module {
 
 /// The prelude every family includes.
 const PRELUDE: Header = ("prelude.cuh", include_str!("../../cuda/prelude.cuh"));
+const ATTENTION: [Header; 3] = [
+    (
+        "attention_common.cuh",
+        include_str!("../../cuda/attention_common.cuh"),
+    ),
+    ("attention_f32.cuh", include_str!("../../cuda/attention_f32.cuh")),
+    ("attention_tc.cuh", include_str!("../../cuda/attention_tc.cuh")),
+];
 
 /// The module table (indexed by [`Module`]).
 pub(crate) static SPECS: [ModuleSpec; Module::ALL.len()] = [
@@ -241,7 +249,7 @@ pub(crate) static SPECS: [ModuleSpec; Module::ALL.len()] = [
     ModuleSpec {
         name: "attention",
         source: include_str!("../../cuda/attention.cu"),
-        headers: &[PRELUDE],
+        headers: &[PRELUDE, ATTENTION[0], ATTENTION[1], ATTENTION[2]],
         kernels: &[
             "attention_forward_f32",
             "attention_forward_bf16",
