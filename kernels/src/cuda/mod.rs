@@ -35,6 +35,8 @@ mod elementwise;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod embed;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+mod libraries;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod loss;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 mod matmul;
