@@ -123,13 +123,18 @@ fn the_emulated_suite_is_race_free() {
 fn a_missing_barrier_is_reported() {
     if std::env::var_os(RACE_CHILD).is_some() {
         // The subprocess: the tree reduction of reductions.cu without the barrier between its
-        // steps; threads read partial sums other threads are still writing.
+        // steps; threads read partial sums other threads are still writing. ThreadSanitizer
+        // keeps a few accesses per word, so with many threads on one word a race can slip
+        // past one launch: several launches of small blocks make the report certain in
+        // practice (it is printed once).
         let lib = shim("reductions", &["WEFT_DROP_BARRIER"]);
-        let n = 2 * 256;
-        let mut x = HostVec::from(vec![1.0f32; n]);
-        let mut sums = HostVec::zeros(weft_kernels::DType::F32, 2);
-        let args = [buf(&mut sums), buf(&mut x), Arg::U64(n as u64)];
-        lib.launch("tree_sum", dim(2), dim(256), 4 * 256, &args);
+        for block in [64u32, 64, 128, 256, 64, 128] {
+            let n = 2 * block as usize;
+            let mut x = HostVec::from(vec![1.0f32; n]);
+            let mut sums = HostVec::zeros(weft_kernels::DType::F32, 2);
+            let args = [buf(&mut sums), buf(&mut x), Arg::U64(n as u64)];
+            lib.launch("tree_sum", dim(2), dim(block), 4 * block as usize, &args);
+        }
         return;
     }
     if sanitizer().is_some() {
