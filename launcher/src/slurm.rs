@@ -285,10 +285,16 @@ impl Allocation {
             return Ok(None);
         }
         let others: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
+        // The sentinels' output goes to files on their own nodes' view of the run directory,
+        // not through this `srun`: it dies with this node, and a sentinel must outlive it.
+        let log = events.with_file_name("sentinel-%n.log");
+        let output = format!("--output={}", log.display());
         let child = Command::new("srun")
             .args([
                 "--no-kill",
                 "--overlap",
+                "--input=none",
+                &output,
                 &format!("--job-name={}", crate::sentinel::STEP_NAME),
                 &format!("--nodes={}", others.len()),
                 &format!("--ntasks={}", others.len()),
