@@ -75,6 +75,19 @@ impl CudaBackend {
         n: usize,
         then: impl FnOnce(CUdeviceptr, usize) -> Result<()>,
     ) -> Result<()> {
+        self.with_chunk_sums(op, "sum_squares_partial", x, n, then)
+    }
+
+    /// The first pass of a two-pass sum: `partial` (`sum_squares_partial` or `sum_partial`)
+    /// writes one f64 per chunk of `x` into scratch, then `then(partials, parts)`.
+    fn with_chunk_sums(
+        &self,
+        op: &'static str,
+        partial: &str,
+        x: (CUdeviceptr, DType),
+        n: usize,
+        then: impl FnOnce(CUdeviceptr, usize) -> Result<()>,
+    ) -> Result<()> {
         let parts = n.div_ceil(SUM_CHUNK);
         self.with_scratch(parts * 8, |partials| {
             if parts > 0 {
@@ -84,7 +97,7 @@ impl CudaBackend {
                     shared_mem_bytes: 0,
                 };
                 let args = [KArg::U64(partials), KArg::U64(x.0), KArg::U64(n as u64)];
-                let kernel = format!("sum_squares_partial_{}", suffix(x.1));
+                let kernel = format!("{partial}_{}", suffix(x.1));
                 // SAFETY: `x` holds n elements; the scratch ceil(n / SUM_CHUNK) doubles.
                 unsafe { self.launch(op, Module::Optim, &kernel, cfg, &args)? };
             }
@@ -193,26 +206,7 @@ impl OptimOps for CudaBackend {
         const OP: &str = "sum";
         let (xdt, adt) = check::sum_squares(OP, REFERENCE_FLOATS, &acc, &x, n)?;
         Check { op: OP }.dtype_in("x", xdt, &[DType::F32, DType::BF16])?;
-        let parts = n.div_ceil(SUM_CHUNK);
-        self.with_scratch(parts * 8, |partials| {
-            if parts > 0 {
-                let cfg = LaunchConfig {
-                    grid_dim: (grid_dim(OP, "n", parts)?, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let args = [KArg::U64(partials), KArg::U64(x.ptr), KArg::U64(n as u64)];
-                // SAFETY: `x` holds n elements; the scratch ceil(n / SUM_CHUNK) doubles.
-                unsafe {
-                    self.launch(
-                        OP,
-                        Module::Optim,
-                        &format!("sum_partial_{}", suffix(xdt)),
-                        cfg,
-                        &args,
-                    )?
-                };
-            }
+        self.with_chunk_sums(OP, "sum_partial", (x.ptr, xdt), n, |partials, parts| {
             let cfg = LaunchConfig {
                 grid_dim: (1, 1, 1),
                 block_dim: (1024, 1, 1),
