@@ -127,18 +127,18 @@ extern "C" __global__ void ademamix_update_f32(float* params, float* m, float* m
     });
 }
 
-// partials[b] = Σ x² over chunk b (elements [b · OPTIM_SUM_CHUNK, (b + 1) · OPTIM_SUM_CHUNK) ∩
-// [0, n)), in f64.
+// partials[b] = Σ x² (SQUARE) or Σ x over chunk b (elements [b · OPTIM_SUM_CHUNK,
+// (b + 1) · OPTIM_SUM_CHUNK) ∩ [0, n)), in f64: the first pass of `sum_squares` and `sum`.
 // Launch: grid (ceil(n / OPTIM_SUM_CHUNK)) (any grid works), block (256), no dynamic shared
 // memory; nothing when n = 0. `partials` holds ceil(n / OPTIM_SUM_CHUNK) doubles.
-template <class T>
-__device__ __forceinline__ void sum_squares_partial(double* partials, const T* x, u64 n) {
+template <bool SQUARE, class T>
+__device__ __forceinline__ void chunk_sums(double* partials, const T* x, u64 n) {
     for (u64 b = blockIdx.x; b * OPTIM_SUM_CHUNK < n; b += gridDim.x) {
         const u64 lo = b * OPTIM_SUM_CHUNK, hi = min(n, lo + OPTIM_SUM_CHUNK);
         double s = 0.0;
         for (u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
             const double xi = (double)load_f32(x, i);
-            s += xi * xi;
+            s += SQUARE ? xi * xi : xi;
         }
         s = block_sum_f64(s);
         if (threadIdx.x == 0) partials[b] = s;
@@ -146,32 +146,19 @@ __device__ __forceinline__ void sum_squares_partial(double* partials, const T* x
 }
 
 extern "C" __global__ void sum_squares_partial_f32(double* partials, const float* x, u64 n) {
-    sum_squares_partial(partials, x, n);
+    chunk_sums<true>(partials, x, n);
 }
 
 extern "C" __global__ void sum_squares_partial_bf16(double* partials, const bf16* x, u64 n) {
-    sum_squares_partial(partials, x, n);
-}
-
-// partials[b] = Σ x over chunk b, in f64 (as sum_squares_partial).
-// Launch: as sum_squares_partial_*.
-template <class T>
-__device__ __forceinline__ void sum_partial(double* partials, const T* x, u64 n) {
-    for (u64 b = blockIdx.x; b * OPTIM_SUM_CHUNK < n; b += gridDim.x) {
-        const u64 lo = b * OPTIM_SUM_CHUNK, hi = min(n, lo + OPTIM_SUM_CHUNK);
-        double s = 0.0;
-        for (u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) s += (double)load_f32(x, i);
-        s = block_sum_f64(s);
-        if (threadIdx.x == 0) partials[b] = s;
-    }
+    chunk_sums<true>(partials, x, n);
 }
 
 extern "C" __global__ void sum_partial_f32(double* partials, const float* x, u64 n) {
-    sum_partial(partials, x, n);
+    chunk_sums<false>(partials, x, n);
 }
 
 extern "C" __global__ void sum_partial_bf16(double* partials, const bf16* x, u64 n) {
-    sum_partial(partials, x, n);
+    chunk_sums<false>(partials, x, n);
 }
 
 // The sum of the `parts` partials, in a fixed order, in thread 0 (every thread of the one block
