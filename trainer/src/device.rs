@@ -73,7 +73,8 @@ pub fn check(cfg: &Config) -> Result<Device> {
     Ok(device)
 }
 
-fn unusable(cfg: &Config, e: weft_kernels::Error) -> Error {
+/// `cfg`'s device could not be opened: the error names the key's value and the reason.
+pub(crate) fn unusable(cfg: &Config, e: weft_kernels::Error) -> Error {
     Error::Device {
         device: cfg.training.device.clone(),
         why: e.to_string(),

@@ -7,17 +7,15 @@
 //! - one process per rank (MPI, SLURM): rank `r` of a node takes device `N + local rank`, and
 //!   the data communicator is NCCL, bootstrapped over the host group.
 
-use crate::{Config, Error, Result};
+use crate::{Config, Result};
 use weft_kernels::cuda::CudaBackend;
 use weft_parallel::comm::shared::{self, SharedComm};
 use weft_parallel::comm::HostComm;
 use weft_parallel::Comm;
 
+/// Device `ordinal` (its error names the device number and the reason).
 fn backend(cfg: &Config, ordinal: usize) -> Result<CudaBackend> {
-    CudaBackend::new(ordinal).map_err(|e| Error::Device {
-        device: cfg.training.device.clone(),
-        why: format!("cuda:{ordinal}: {e}"),
-    })
+    CudaBackend::new(ordinal).map_err(|e| crate::device::unusable(cfg, e))
 }
 
 /// `cfg`'s `parallel.world()` ranks as threads of this process on device `ordinal`:
