@@ -4,7 +4,7 @@
 //! in the same run — next to the same model in PyTorch (eager, and `torch.compile` where it
 //! works) on the same device, as ratios. Writes `bench_mfu.json` in the run directory.
 
-use crate::bench_step::{weft_steps, SyntheticTokens};
+use crate::bench_step::{pytorch_side, weft_steps, SyntheticTokens};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -188,19 +188,9 @@ fn pytorch(
     spec["device"] = json!(if device.starts_with("cuda") { "cuda" } else { "cpu" });
     spec["dtype"] = json!(dt.name());
     spec["compile"] = json!(a.compile);
-    let out = std::process::Command::new(&a.python)
-        .arg(&a.script)
-        .arg(json!({ "mfu": spec }).to_string())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", a.python))?;
-    match out.status.code() {
-        Some(0) => serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("{}: unreadable output: {e}", a.script.display())),
-        Some(3) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        _ => Err(format!(
-            "{} failed: {}",
-            a.script.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
+    // A failed PyTorch run does not lose weft's numbers: it is reported in the table's stead.
+    match pytorch_side(&a.python, &a.script, &json!({ "mfu": spec })) {
+        Ok(r) => r,
+        Err(e) => Err(format!("{e:#}")),
     }
 }

@@ -68,6 +68,34 @@ where
     Ok(times[times.len() / 2])
 }
 
+/// Run the PyTorch side (`script` with the JSON `spec`) and read its JSON answer. `Ok(Err(why))`
+/// when it cannot run here (no Python, or the script's status 3: PyTorch or its CUDA support
+/// is missing); `Err` when it ran and failed.
+pub(crate) fn pytorch_side(
+    python: &str,
+    script: &std::path::Path,
+    spec: &serde_json::Value,
+) -> Result<std::result::Result<serde_json::Value, String>> {
+    let out = match std::process::Command::new(python)
+        .arg(script)
+        .arg(spec.to_string())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(format!("cannot run {python}: {e}"))),
+    };
+    match out.status.code() {
+        Some(0) => Ok(Ok(serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{}: unreadable output", script.display()))?)),
+        Some(3) => Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_string())),
+        _ => bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+}
+
 /// Tokens that need no file: a fixed pattern per sample index.
 pub(crate) struct SyntheticTokens {
     pub seq_len: usize,
@@ -124,27 +152,13 @@ pub fn step(a: &StepBenchArgs) -> Result<()> {
         n as f64 / gpt_s
     );
     let spec = serde_json::json!({"dit": dm, "gpt": gm, "dit_batch": db, "gpt_batch": gb, "steps": a.steps});
-    let out = std::process::Command::new(&a.python)
-        .arg(&a.script)
-        .arg(spec.to_string())
-        .output();
-    let out = match out {
-        Ok(o) if o.status.code() == Some(3) => {
-            println!("PyTorch: skipped — {}", String::from_utf8_lossy(&o.stderr).trim());
-            return Ok(());
-        }
-        Ok(o) if o.status.success() => o,
-        Ok(o) => bail!(
-            "{} failed: {}",
-            a.script.display(),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => {
-            println!("PyTorch: skipped — cannot run {}: {e}", a.python);
+    let r = match pytorch_side(&a.python, &a.script, &spec)? {
+        Ok(r) => r,
+        Err(why) => {
+            println!("PyTorch: skipped — {why}");
             return Ok(());
         }
     };
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("PyTorch output")?;
     let (td, tg) = (
         r["dit_step_s"].as_f64().unwrap_or(f64::NAN),
         r["gpt_step_s"].as_f64().unwrap_or(f64::NAN),
